@@ -1,0 +1,73 @@
+"""Format detection and the one entry point, :func:`load_dataset`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlret.data._policy import OnError
+from vlret.data.csv_format import read_csv
+from vlret.data.karpathy import read_karpathy
+from vlret.data.lavis import read_lavis, split_from_filename
+from vlret.data.records import RetrievalDataset
+from vlret.data.vse import read_vse, vse_splits
+from vlret.errors import DataError
+
+FORMATS = ("karpathy", "lavis", "csv", "vse")
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the annotation format of a file or folder; raises :class:`DataError` when it cannot tell."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "no such file or folder")
+    if path.is_dir():
+        if vse_splits(path):
+            return "vse"
+        if any(split_from_filename(p) for p in path.glob("*.json")):
+            return "lavis"
+        raise DataError(path, None, "folder has neither {split}_caps.txt files nor *_{train,val,test}.json files")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix == ".json":
+        with path.open("rb") as fh:
+            head = fh.read(4096).lstrip()
+        if head.startswith(b"["):
+            return "lavis"
+        if head.startswith(b"{"):
+            return "karpathy"
+    raise DataError(path, None, f"unknown annotation format; expected one of {', '.join(FORMATS)}")
+
+
+def load_dataset(
+    path: str | Path,
+    format: str = "auto",
+    media_root: str | Path | None = None,
+    on_error: OnError = "raise",
+    **options: Any,
+) -> RetrievalDataset:
+    """Read annotations in any supported format into a :class:`RetrievalDataset`.
+
+    ``options`` go to the format's reader (for CSV: ``path_column``, ``caption_column``, ``split_column``,
+    ``default_split``; for LAVIS: ``split``; for VSE: ``splits``).
+    """
+    fmt = detect_format(path) if format == "auto" else format
+    readers = {"karpathy": read_karpathy, "lavis": read_lavis, "csv": read_csv, "vse": read_vse}
+    if fmt not in readers:
+        raise DataError(path, None, f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+    return readers[fmt](path, media_root=media_root, on_error=on_error, **options)
+
+
+def dataset_fingerprint(dataset: RetrievalDataset) -> str:
+    """A content hash of the records (ids, paths, splits, captions), for cache keys."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in dataset.items:
+        h.update(json.dumps([item.id, item.path, item.split]).encode())
+    for cap in dataset.captions:
+        h.update(json.dumps([cap.item_id, cap.text]).encode())
+    h.update(str(dataset.media_root.resolve()).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,22 @@
+"""Errors that name what was wrong and where, so a user can fix their input."""
+
+from __future__ import annotations
+
+
+class VlretError(Exception):
+    """Base class of every error vlret raises on purpose."""
+
+
+class DataError(VlretError):
+    """Bad input data: the message names the file, the record (line, index or key) and what was expected."""
+
+    def __init__(self, file: str, record: str | int | None, problem: str):
+        self.file = str(file)
+        self.record = record
+        self.problem = problem
+        where = self.file if record is None else f"{self.file}, record {record}"
+        super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(VlretError):
+    """An invalid option, model name or configuration key."""
