@@ -1,0 +1,199 @@
+"""The ``vlret`` command line: ``vlret data ...``, ``vlret eval``, ``vlret results table``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vlret.errors import VlretError
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="auto", help="karpathy, lavis, csv, vse, or auto (default)")
+    p.add_argument("--media-root", help="folder the media paths are relative to (default: beside the annotations)")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="stop at a bad record, or skip and list it")
+    p.add_argument("--path-column", default="image", help="CSV: column with the media path")
+    p.add_argument("--caption-column", default="caption", help="CSV: column with the caption")
+    p.add_argument("--split-column", default="split", help="CSV: column with the split (optional)")
+    p.add_argument("--default-split", default="test", help="CSV: split of rows without a split column")
+
+
+def _load(args: argparse.Namespace):
+    from vlret.data import detect_format, load_dataset
+
+    fmt = detect_format(args.data) if args.format == "auto" else args.format
+    options = {}
+    if fmt == "csv":
+        options = {
+            "path_column": args.path_column,
+            "caption_column": args.caption_column,
+            "split_column": args.split_column,
+            "default_split": args.default_split,
+        }
+    return load_dataset(args.data, fmt, args.media_root, args.on_error, **options)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+# ----- vlret data ---------------------------------------------------------------------------------------
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from vlret.data.images import check_media
+
+    dataset = _load(args)
+    if args.check_media:
+        dataset = check_media(dataset, args.on_error)
+    stats = dataset.stats()
+    stats["skipped_records"] = [s.as_dict() for s in dataset.skipped]
+    _print_json(stats)
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from vlret.data import write_karpathy
+
+    dataset = _load(args)
+    write_karpathy(dataset, args.out)
+    print(f"wrote {len(dataset.items)} items, {len(dataset.captions)} captions to {args.out}")
+    for s in dataset.skipped:
+        print(f"skipped {s.file} {s.record}: {s.reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from vlret.data.synth import SynthConfig, write_benchmark
+
+    cfg = SynthConfig(images=args.images, seed=args.seed, size=args.size, difficulty=args.difficulty)
+    path = write_benchmark(args.out, cfg, force=args.force)
+    print(path)
+    return 0
+
+
+# ----- vlret eval ---------------------------------------------------------------------------------------
+
+
+def _model_for(name: str, dataset, split: str):
+    from vlret.models import create_model
+    from vlret.models.registry import is_model_reference
+
+    if is_model_reference(name):
+        return create_model(name)
+    # A fresh tiny model builds its vocabulary from the training captions (or the evaluated split's).
+    source = "train" if "train" in dataset.splits else split
+    return create_model(name, captions=[c.text for c in dataset.split(source).captions])
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vlret.data._io import write_json
+    from vlret.evaluate import evaluate_model, evaluate_scores, results_table
+
+    dataset = _load(args)
+    if args.scores:
+        scores = np.load(args.scores, mmap_mode="r")
+        result = evaluate_scores(scores, dataset, args.protocol, args.split, args.direction, source=args.scores)
+    else:
+        model = _model_for(args.model, dataset, args.split or "test")
+        result = evaluate_model(
+            model,
+            dataset,
+            args.protocol,
+            args.split,
+            args.direction,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            use_cache=not args.no_cache,
+            on_error=args.on_error,
+        )
+    if args.out:
+        write_json(args.out, result)
+    print(results_table([result]))
+    for s in result["skipped"]:
+        print(f"skipped {s['file']} {s['record']}: {s['reason']}", file=sys.stderr)
+    if args.out:
+        print(f"result written to {args.out}")
+    return 0
+
+
+def cmd_results_table(args: argparse.Namespace) -> int:
+    from vlret.evaluate.results import load_result, results_table
+
+    results = [load_result(f) for f in args.files]
+    names = [Path(f).stem for f in args.files] if args.by_file else None
+    print(results_table(results, names))
+    return 0
+
+
+# ----- parser -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vlret import __version__
+    from vlret.evaluate.protocols import DIRECTIONS, PROTOCOLS
+
+    parser = argparse.ArgumentParser(prog="vlret", description="Text-visual retrieval toolkit.")
+    parser.add_argument("--version", action="version", version=f"vlret {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="read, check, convert and synthesise datasets")
+    data_cmds = data.add_subparsers(dest="data_command", required=True)
+    stats = data_cmds.add_parser("stats", help="counts per split; --check-media opens every image")
+    stats.add_argument("data", help="annotation file or folder")
+    stats.add_argument("--check-media", action="store_true", help="open every media file and report unreadable ones")
+    _add_data_options(stats)
+    stats.set_defaults(func=cmd_data_stats)
+    convert = data_cmds.add_parser("convert", help="convert any supported format to Karpathy JSON")
+    convert.add_argument("data", help="annotation file or folder")
+    convert.add_argument("--out", required=True, help="output Karpathy JSON file")
+    _add_data_options(convert)
+    convert.set_defaults(func=cmd_data_convert)
+    synth = data_cmds.add_parser("synth", help="write the synthetic benchmark (images + Karpathy JSON)")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--images", type=int, default=2000, help="number of images (default 2000)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    synth.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard), default 0.5")
+    synth.add_argument("--force", action="store_true", help="rewrite even if the folder holds the same benchmark")
+    synth.set_defaults(func=cmd_data_synth)
+
+    ev = commands.add_parser("eval", help="evaluate a model or a score matrix with a retrieval protocol")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="tiny-cnn, tiny-vit, hf:<id or folder>, or a saved vlret model folder")
+    source.add_argument("--scores", help=".npy score matrix (captions x items of the split; higher = better)")
+    ev.add_argument("--data", required=True, help="annotation file or folder")
+    ev.add_argument("--split", help="split to evaluate (default: the protocol's, test)")
+    ev.add_argument("--protocol", default="generic", choices=list(PROTOCOLS))
+    ev.add_argument("--direction", default="both", choices=list(DIRECTIONS), help="t2i: text->visual only")
+    ev.add_argument("--out", help="write the result JSON here")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/vlret/features or $VLRET_CACHE)")
+    ev.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    _add_data_options(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    results = commands.add_parser("results", help="aggregate result files")
+    results_cmds = results.add_subparsers(dest="results_command", required=True)
+    table = results_cmds.add_parser("table", help="print a markdown table of result files")
+    table.add_argument("files", nargs="+")
+    table.add_argument("--by-file", action="store_true", help="name rows by file instead of by model")
+    table.set_defaults(func=cmd_results_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VlretError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Run a protocol on a model or on a precomputed score matrix, and return a result dict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlret.data.images import check_media
+from vlret.data.records import RetrievalDataset
+from vlret.evaluate.encode import encode_dataset
+from vlret.evaluate.metrics import mean_metrics, retrieval_metrics
+from vlret.evaluate.protocols import DIRECTIONS, Fold, Protocol, get_protocol, prepare
+from vlret.evaluate.ranking import DEFAULT_CHUNK, Ranks, dot_block_fn, rank_blocks
+from vlret.evaluate.results import make_result
+from vlret.errors import ConfigError, DataError
+from vlret.models.base import RetrievalModel
+
+
+def _select_split(dataset: RetrievalDataset, split: str | None, protocol: Protocol) -> tuple[RetrievalDataset, str]:
+    name = split or protocol.default_split
+    try:
+        return dataset.split(name), name
+    except KeyError as exc:
+        raise DataError(dataset.source, None, str(exc.args[0])) from None
+
+
+def _fold_metrics(ranks: list[Ranks], direction: str) -> tuple[dict, list[dict]]:
+    per_fold = [retrieval_metrics(r.t2i, None if direction == "t2i" else r.i2t) for r in ranks]
+    return (per_fold[0] if len(per_fold) == 1 else mean_metrics(per_fold)), per_fold
+
+
+def _package(
+    ranks: list[Ranks],
+    selected: RetrievalDataset,
+    folds: list[Fold],
+    protocol: Protocol,
+    split: str,
+    direction: str,
+    **fields,
+) -> dict:
+    metrics, per_fold = _fold_metrics(ranks, direction)
+    captions_per_item: dict[str, int] = {}
+    for caps in selected.item_to_captions:
+        captions_per_item[str(len(caps))] = captions_per_item.get(str(len(caps)), 0) + 1
+    pairs = sum((f.caption_stop - f.caption_start) * (f.item_stop - f.item_start) for f in folds)
+    return make_result(
+        data={"source": selected.source, "format": selected.format, "split": split},
+        protocol={**protocol.describe(), "split": split, "direction": direction, "captions_per_item": captions_per_item},
+        metrics=metrics,
+        folds=per_fold if len(folds) > 1 else None,
+        counts={
+            "gallery_items": len(selected.items),
+            "captions": len(selected.captions),
+            "t2i_queries": len(selected.captions),
+            "i2t_queries": 0 if direction == "t2i" else len(selected.items),
+            "pairs_scored": pairs,
+        },
+        skipped=[s.as_dict() for s in selected.skipped],
+        **fields,
+    )
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+
+
+def evaluate_embeddings(
+    item_embeds: np.ndarray,
+    text_embeds: np.ndarray,
+    selected: RetrievalDataset,
+    folds: list[Fold],
+    chunk: int = DEFAULT_CHUNK,
+) -> list[Ranks]:
+    """Ranks per fold under the dot product of normalised embeddings (in ``selected`` order)."""
+    items, texts = torch.from_numpy(item_embeds), torch.from_numpy(text_embeds)
+    cap_item = selected.caption_to_item
+    out = []
+    for f in folds:
+        fold_texts = texts[f.caption_start : f.caption_stop]
+        fold_items = items[f.item_start : f.item_stop]
+        t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
+        positive = (fold_texts * fold_items[torch.from_numpy(t2i)]).sum(1)
+        block_fn = dot_block_fn(fold_texts, fold_items)
+        out.append(rank_blocks(block_fn, t2i, positive, len(fold_items), chunk))
+    return out
+
+
+def evaluate_model(
+    model: RetrievalModel,
+    dataset: RetrievalDataset,
+    protocol: str = "generic",
+    split: str | None = None,
+    direction: str = "both",
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    on_error: str = "raise",
+    progress: bool = True,
+) -> dict:
+    """Encode a split with ``model`` and run ``protocol`` on it (cosine scores)."""
+    _check_direction(direction)
+    proto = get_protocol(protocol)
+    started = time.perf_counter()
+    split_data, split_name = _select_split(dataset, split, proto)
+    split_data = check_media(split_data, on_error)  # type: ignore[arg-type]
+    selected, _, folds = prepare(split_data, proto)
+    encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress)
+    encoded_at = time.perf_counter()
+    ranks = evaluate_embeddings(encoded.item_embeds, encoded.text_embeds, selected, folds)
+    done = time.perf_counter()
+    return _package(
+        ranks,
+        selected,
+        folds,
+        proto,
+        split_name,
+        direction,
+        model=model.identity(),
+        features={"from_cache": encoded.from_cache, "dim": int(encoded.item_embeds.shape[1])},
+        seconds={"encode": round(encoded_at - started, 3), "score": round(done - encoded_at, 3), "total": round(done - started, 3)},
+    )
+
+
+def evaluate_scores(
+    scores: np.ndarray,
+    dataset: RetrievalDataset,
+    protocol: str = "generic",
+    split: str | None = None,
+    direction: str = "both",
+    source: str | None = None,
+) -> dict:
+    """Run ``protocol`` on a precomputed (texts x items) score matrix of one split.
+
+    Rows are the split's captions in the order the annotations list them, columns the split's items in order
+    (higher = more similar). A numpy memmap (``np.load(path, mmap_mode="r")``) is read block by block.
+    """
+    _check_direction(direction)
+    proto = get_protocol(protocol)
+    started = time.perf_counter()
+    split_data, split_name = _select_split(dataset, split, proto)
+    expected = (len(split_data.captions), len(split_data.items))
+    if scores.ndim != 2 or tuple(scores.shape) != expected:
+        raise DataError(
+            source or "scores", None, f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} for split {split_name!r}"
+        )
+    selected, keep, folds = prepare(split_data, proto)
+    keep_rows = np.asarray(keep)
+    cap_item = selected.caption_to_item
+    ranks = []
+    for f in folds:
+        rows = keep_rows[f.caption_start : f.caption_stop]
+        t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
+
+        def block_fn(start: int, stop: int, rows=rows, f=f) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(scores[rows[start:stop]][:, f.item_start : f.item_stop], dtype=np.float32))
+
+        positive = torch.as_tensor(np.asarray(scores[rows, t2i + f.item_start], dtype=np.float32))
+        ranks.append(rank_blocks(block_fn, t2i, positive, f.item_stop - f.item_start, tie_tolerance=0.0))
+    done = time.perf_counter()
+    return _package(
+        ranks,
+        selected,
+        folds,
+        proto,
+        split_name,
+        direction,
+        model={"name": "precomputed scores", "scores": source},
+        seconds={"score": round(done - started, 3), "total": round(done - started, 3)},
+    )

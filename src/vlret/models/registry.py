@@ -1,0 +1,60 @@
+"""The one factory: :func:`create_model` builds any backbone vlret knows by name, or loads a saved folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from vlret.errors import ConfigError
+from vlret.models.base import MODEL_CONFIG_FILE, RetrievalModel
+from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
+
+NAMES_HELP = "tiny-cnn, tiny-vit, hf:<hub id or folder>, or a folder saved by vlret"
+
+
+def create_model(
+    name: str, captions: Sequence[str] | None = None, seed: int | None = 0, **options
+) -> RetrievalModel:
+    """Build a model by name.
+
+    - ``tiny-cnn`` / ``tiny-vit``: a fresh tiny dual encoder; ``captions`` (the training captions) build its
+      vocabulary; ``options`` override :class:`~vlret.models.tiny.TinyConfig` fields; ``seed`` fixes the init.
+    - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint.
+    - a folder containing ``vlret_model.json``: a model saved with ``model.save(folder)``.
+    """
+    if name in TINY_ARCHS:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return TinyDualEncoder.from_captions(name, list(captions or []), **options)
+    if name.startswith("hf:"):
+        from vlret.models.hf import HFDualEncoder  # transformers is slow to import; only when needed
+
+        return HFDualEncoder.from_pretrained(name[3:])
+    if (Path(name) / MODEL_CONFIG_FILE).is_file():
+        return load_model(name)
+    raise ConfigError(f"unknown model {name!r}; expected {NAMES_HELP}")
+
+
+def load_model(folder: str | Path) -> RetrievalModel:
+    """Load a model saved by ``model.save(folder)``."""
+    folder = Path(folder)
+    config_file = folder / MODEL_CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(f"{folder} is not a saved vlret model (no {MODEL_CONFIG_FILE})")
+    meta = json.loads(config_file.read_text())
+    if meta.get("kind") == "tiny":
+        return TinyDualEncoder.load(folder, meta)
+    if meta.get("kind") == "hf":
+        from vlret.models.hf import HFDualEncoder
+
+        return HFDualEncoder.load(folder, meta)
+    raise ConfigError(f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny' or 'hf'")
+
+
+def is_model_reference(name: str) -> bool:
+    """True when ``name`` names a model :func:`create_model` can build without training captions."""
+    return name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()
