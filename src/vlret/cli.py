@@ -12,8 +12,15 @@ from vlret.errors import VlretError
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="karpathy, lavis, csv, vse, or auto (default)")
-    p.add_argument("--media-root", help="folder the media paths are relative to (default: beside the annotations)")
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="stop at a bad record, or skip and list it")
+    p.add_argument(
+        "--media-root", help="folder the media paths are relative to (default: beside the annotations)"
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="stop at a bad record, or skip and list it",
+    )
     p.add_argument("--path-column", default="image", help="CSV: column with the media path")
     p.add_argument("--caption-column", default="caption", help="CSV: column with the caption")
     p.add_argument("--split-column", default="split", help="CSV: column with the split (optional)")
@@ -97,7 +104,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = _load(args)
     if args.scores:
         scores = np.load(args.scores, mmap_mode="r")
-        result = evaluate_scores(scores, dataset, args.protocol, args.split, args.direction, source=args.scores)
+        result = evaluate_scores(
+            scores, dataset, args.protocol, args.split, args.direction, source=args.scores
+        )
     else:
         model = _model_for(args.model, dataset, args.split or "test")
         result = evaluate_model(
@@ -145,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmds = data.add_subparsers(dest="data_command", required=True)
     stats = data_cmds.add_parser("stats", help="counts per split; --check-media opens every image")
     stats.add_argument("data", help="annotation file or folder")
-    stats.add_argument("--check-media", action="store_true", help="open every media file and report unreadable ones")
+    stats.add_argument(
+        "--check-media", action="store_true", help="open every media file and report unreadable ones"
+    )
     _add_data_options(stats)
     stats.set_defaults(func=cmd_data_stats)
     convert = data_cmds.add_parser("convert", help="convert any supported format to Karpathy JSON")
@@ -159,12 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     synth.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard), default 0.5")
-    synth.add_argument("--force", action="store_true", help="rewrite even if the folder holds the same benchmark")
+    synth.add_argument(
+        "--force", action="store_true", help="rewrite even if the folder holds the same benchmark"
+    )
     synth.set_defaults(func=cmd_data_synth)
 
     ev = commands.add_parser("eval", help="evaluate a model or a score matrix with a retrieval protocol")
     source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="tiny-cnn, tiny-vit, hf:<id or folder>, or a saved vlret model folder")
+    source.add_argument(
+        "--model", help="tiny-cnn, tiny-vit, hf:<id or folder>, or a saved vlret model folder"
+    )
     source.add_argument("--scores", help=".npy score matrix (captions x items of the split; higher = better)")
     ev.add_argument("--data", required=True, help="annotation file or folder")
     ev.add_argument("--split", help="split to evaluate (default: the protocol's, test)")
@@ -172,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--direction", default="both", choices=list(DIRECTIONS), help="t2i: text->visual only")
     ev.add_argument("--out", help="write the result JSON here")
     ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/vlret/features or $VLRET_CACHE)")
+    ev.add_argument(
+        "--cache-dir", help="feature cache folder (default ~/.cache/vlret/features or $VLRET_CACHE)"
+    )
     ev.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     _add_data_options(ev)
     ev.set_defaults(func=cmd_eval)

@@ -14,7 +14,7 @@ class DataError(VlretError):
         self.file = str(file)
         self.record = record
         self.problem = problem
-        where = self.file if record is None else f"{self.file}, record {record}"
+        where = self.file if record is None else f"{self.file}: {record}"
         super().__init__(f"{where}: {problem}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ def detect_format(path: str | Path) -> str:
             return "vse"
         if any(split_from_filename(p) for p in path.glob("*.json")):
             return "lavis"
-        raise DataError(path, None, "folder has neither {split}_caps.txt files nor *_{train,val,test}.json files")
+        raise DataError(
+            path, None, "folder has neither {split}_caps.txt files nor *_{train,val,test}.json files"
+        )
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
@@ -62,8 +65,6 @@ def load_dataset(
 
 def dataset_fingerprint(dataset: RetrievalDataset) -> str:
     """A content hash of the records (ids, paths, splits, captions), for cache keys."""
-    import hashlib
-
     h = hashlib.sha256()
     for item in dataset.items:
         h.update(json.dumps([item.id, item.path, item.split]).encode())

@@ -49,7 +49,9 @@ def read_karpathy(
             continue
         texts = [clean_caption(s.get("raw") if isinstance(s, dict) else None) for s in sentences]
         if None in texts:
-            policy.bad(path, f"{record} sentences[{texts.index(None)}]", 'empty or missing "raw" caption text')
+            policy.bad(
+                path, f"{record} sentences[{texts.index(None)}]", 'empty or missing "raw" caption text'
+            )
             continue
         rel = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
         if rel in seen:

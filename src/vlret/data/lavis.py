@@ -42,7 +42,9 @@ def read_lavis(
     for file in files:
         file_split = split or split_from_filename(file)
         if file_split is None:
-            raise DataError(file, None, "cannot tell the split from the file name; pass split='train'|'val'|'test'")
+            raise DataError(
+                file, None, "cannot tell the split from the file name; pass split='train'|'val'|'test'"
+            )
         _read_file(file, file_split, policy, items, captions, index)
     root = Path(media_root) if media_root is not None else (path if path.is_dir() else path.parent)
     return RetrievalDataset(items, captions, root, str(path), "lavis", policy.skipped)

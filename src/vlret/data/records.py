@@ -81,7 +81,9 @@ class RetrievalDataset:
     @cached_property
     def caption_to_item(self) -> np.ndarray:
         """``[n_captions]`` int64: index of each caption's item."""
-        return np.fromiter((self._index[c.item_id] for c in self.captions), dtype=np.int64, count=len(self.captions))
+        return np.fromiter(
+            (self._index[c.item_id] for c in self.captions), dtype=np.int64, count=len(self.captions)
+        )
 
     @cached_property
     def item_to_captions(self) -> list[list[int]]:

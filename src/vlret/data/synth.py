@@ -302,7 +302,9 @@ def generate(cfg: SynthConfig) -> tuple[RetrievalDataset, list[dict]]:
                 items.append(Item(path, path, split))
                 texts = captions_for(sc, np.random.default_rng([cfg.seed, n + k, 1]), cfg)
                 captions.extend(Caption(t, path) for t in texts)
-                scenes.append({"path": path, "near_duplicate_of": twin_of, "objects": [asdict(o) for o in sc.objects]})
+                scenes.append(
+                    {"path": path, "near_duplicate_of": twin_of, "objects": [asdict(o) for o in sc.objects]}
+                )
             n += len(variants)
             made += len(variants)
     return RetrievalDataset(items, captions, Path("."), "synthetic", "karpathy"), scenes
@@ -317,9 +319,9 @@ def write_benchmark(out: str | Path, cfg: SynthConfig, force: bool = False) -> P
     out = Path(out)
     dataset_file, settings_file = out / "dataset.json", out / "synth.json"
     settings = asdict(cfg)
-    if not force and dataset_file.is_file() and settings_file.is_file():
-        if json.loads(settings_file.read_text()) == settings:
-            return dataset_file
+    complete = dataset_file.is_file() and settings_file.is_file()
+    if not force and complete and json.loads(settings_file.read_text()) == settings:
+        return dataset_file
     dataset, scenes = generate(cfg)
     for n, (item, scene) in enumerate(zip(dataset.items, scenes, strict=True)):
         path = out / item.path

@@ -25,7 +25,9 @@ def vse_splits(folder: Path) -> list[str]:
 
 def _lines(path: Path) -> list[str]:
     if not path.is_file():
-        raise DataError(path, None, "file not found (the VSE layout needs {split}_caps.txt and {split}_ids.txt)")
+        raise DataError(
+            path, None, "file not found (the VSE layout needs {split}_caps.txt and {split}_ids.txt)"
+        )
     return path.read_text(encoding="utf-8").splitlines()
 
 
@@ -41,7 +43,9 @@ def read_vse(
     mapping_file = folder / "id_mapping.json"
     mapping = read_json(mapping_file)
     if not isinstance(mapping, dict):
-        raise DataError(mapping_file, "top level", "expected an object mapping image id (string) -> image path")
+        raise DataError(
+            mapping_file, "top level", "expected an object mapping image id (string) -> image path"
+        )
     items: list[Item] = []
     captions: list[Caption] = []
     seen: set[str] = set()

@@ -10,16 +10,18 @@ import torch
 
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
+from vlret.errors import ConfigError, DataError
 from vlret.evaluate.encode import encode_dataset
 from vlret.evaluate.metrics import mean_metrics, retrieval_metrics
 from vlret.evaluate.protocols import DIRECTIONS, Fold, Protocol, get_protocol, prepare
 from vlret.evaluate.ranking import DEFAULT_CHUNK, Ranks, dot_block_fn, rank_blocks
 from vlret.evaluate.results import make_result
-from vlret.errors import ConfigError, DataError
 from vlret.models.base import RetrievalModel
 
 
-def _select_split(dataset: RetrievalDataset, split: str | None, protocol: Protocol) -> tuple[RetrievalDataset, str]:
+def _select_split(
+    dataset: RetrievalDataset, split: str | None, protocol: Protocol
+) -> tuple[RetrievalDataset, str]:
     name = split or protocol.default_split
     try:
         return dataset.split(name), name
@@ -48,7 +50,12 @@ def _package(
     pairs = sum((f.caption_stop - f.caption_start) * (f.item_stop - f.item_start) for f in folds)
     return make_result(
         data={"source": selected.source, "format": selected.format, "split": split},
-        protocol={**protocol.describe(), "split": split, "direction": direction, "captions_per_item": captions_per_item},
+        protocol={
+            **protocol.describe(),
+            "split": split,
+            "direction": direction,
+            "captions_per_item": captions_per_item,
+        },
         metrics=metrics,
         folds=per_fold if len(folds) > 1 else None,
         counts={
@@ -121,7 +128,11 @@ def evaluate_model(
         direction,
         model=model.identity(),
         features={"from_cache": encoded.from_cache, "dim": int(encoded.item_embeds.shape[1])},
-        seconds={"encode": round(encoded_at - started, 3), "score": round(done - encoded_at, 3), "total": round(done - started, 3)},
+        seconds={
+            "encode": round(encoded_at - started, 3),
+            "score": round(done - encoded_at, 3),
+            "total": round(done - started, 3),
+        },
     )
 
 
@@ -145,7 +156,9 @@ def evaluate_scores(
     expected = (len(split_data.captions), len(split_data.items))
     if scores.ndim != 2 or tuple(scores.shape) != expected:
         raise DataError(
-            source or "scores", None, f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} for split {split_name!r}"
+            source or "scores",
+            None,
+            f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} for split {split_name!r}",
         )
     selected, keep, folds = prepare(split_data, proto)
     keep_rows = np.asarray(keep)
@@ -156,7 +169,9 @@ def evaluate_scores(
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
 
         def block_fn(start: int, stop: int, rows=rows, f=f) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(scores[rows[start:stop]][:, f.item_start : f.item_stop], dtype=np.float32))
+            return torch.as_tensor(
+                np.asarray(scores[rows[start:stop]][:, f.item_start : f.item_stop], dtype=np.float32)
+            )
 
         positive = torch.as_tensor(np.asarray(scores[rows, t2i + f.item_start], dtype=np.float32))
         ranks.append(rank_blocks(block_fn, t2i, positive, f.item_stop - f.item_start, tie_tolerance=0.0))

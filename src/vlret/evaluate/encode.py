@@ -47,7 +47,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def cache_key(model: RetrievalModel, dataset: RetrievalDataset) -> str:
-    parts = {"model": model.identity(), "weights": weights_fingerprint(model), "data": dataset_fingerprint(dataset)}
+    parts = {
+        "model": model.identity(),
+        "weights": weights_fingerprint(model),
+        "data": dataset_fingerprint(dataset),
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -64,7 +68,9 @@ def encode_images(
     out = []
     device = model.device
     items = dataset.items
-    for start in tqdm(range(0, len(items), batch_size), desc="encode images", disable=not progress, unit="batch"):
+    for start in tqdm(
+        range(0, len(items), batch_size), desc="encode images", disable=not progress, unit="batch"
+    ):
         batch = items[start : start + batch_size]
         pixels = np.stack(
             [model.image_transform(load_image(dataset.media_path(it), f"item {it.id!r}")) for it in batch]
@@ -74,12 +80,16 @@ def encode_images(
 
 
 @torch.no_grad()
-def encode_texts(model: RetrievalModel, texts: list[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+def encode_texts(
+    model: RetrievalModel, texts: list[str], batch_size: int = 256, progress: bool = True
+) -> np.ndarray:
     """Normalised embeddings of texts."""
     model.eval()
     out = []
     device = model.device
-    for start in tqdm(range(0, len(texts), batch_size), desc="encode texts", disable=not progress, unit="batch"):
+    for start in tqdm(
+        range(0, len(texts), batch_size), desc="encode texts", disable=not progress, unit="batch"
+    ):
         batch = {k: v.to(device) for k, v in model.tokenize(texts[start : start + batch_size]).items()}
         out.append(_normalise(model.encode_texts(batch).embeds).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

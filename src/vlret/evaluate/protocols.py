@@ -27,7 +27,9 @@ class Protocol:
 
     def describe(self) -> dict:
         caption_rule = (
-            "all captions of each item" if self.captions_per_item is None else f"first {self.captions_per_item} captions of each item"
+            "all captions of each item"
+            if self.captions_per_item is None
+            else f"first {self.captions_per_item} captions of each item"
         )
         fold_rule = (
             "one gallery"
@@ -69,7 +71,9 @@ def caption_selection(dataset: RetrievalDataset, protocol: Protocol) -> list[int
         if protocol.captions_per_item is not None:
             if len(caps) < protocol.captions_per_item:
                 raise DataError(
-                    dataset.source, f"item {item.id!r}", f"{protocol.name} needs {protocol.captions_per_item} captions per item, found {len(caps)}"
+                    dataset.source,
+                    f"item {item.id!r}",
+                    f"{protocol.name} needs {protocol.captions_per_item} captions per item, found {len(caps)}",
                 )
             caps = caps[: protocol.captions_per_item]
         keep.extend(caps)
@@ -84,12 +88,18 @@ def prepare(dataset: RetrievalDataset, protocol: Protocol) -> tuple[RetrievalDat
     """
     n = len(dataset.items)
     if protocol.expected_items is not None and n != protocol.expected_items:
-        raise DataError(dataset.source, None, f"protocol {protocol.name} expects {protocol.expected_items} items in the split, found {n}")
+        raise DataError(
+            dataset.source,
+            None,
+            f"protocol {protocol.name} expects {protocol.expected_items} items in the split, found {n}",
+        )
     if n == 0:
         raise DataError(dataset.source, None, "the split has no items")
     keep = caption_selection(dataset, protocol)
     captions = [dataset.captions[c] for c in keep]
-    selected = RetrievalDataset(dataset.items, captions, dataset.media_root, dataset.source, dataset.format, list(dataset.skipped))
+    selected = RetrievalDataset(
+        dataset.items, captions, dataset.media_root, dataset.source, dataset.format, list(dataset.skipped)
+    )
     if n % protocol.folds:
         raise DataError(dataset.source, None, f"{n} items do not split into {protocol.folds} equal folds")
     size = n // protocol.folds
@@ -98,5 +108,7 @@ def prepare(dataset: RetrievalDataset, protocol: Protocol) -> tuple[RetrievalDat
     for f in range(protocol.folds):
         lo, hi = f * size, (f + 1) * size
         in_fold = ((cap_item >= lo) & (cap_item < hi)).nonzero()[0]
-        folds.append(Fold(lo, hi, int(in_fold[0]) if len(in_fold) else 0, int(in_fold[-1]) + 1 if len(in_fold) else 0))
+        folds.append(
+            Fold(lo, hi, int(in_fold[0]) if len(in_fold) else 0, int(in_fold[-1]) + 1 if len(in_fold) else 0)
+        )
     return selected, keep, folds

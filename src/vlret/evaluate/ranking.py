@@ -30,7 +30,9 @@ class Ranks:
     i2t: np.ndarray  # [n_items]
 
 
-def iter_blocks(block_fn: BlockFn, n_rows: int, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+def iter_blocks(
+    block_fn: BlockFn, n_rows: int, chunk: int = DEFAULT_CHUNK
+) -> Iterator[tuple[int, torch.Tensor]]:
     for start in range(0, n_rows, chunk):
         yield start, block_fn(start, min(start + chunk, n_rows))
 
@@ -62,7 +64,9 @@ def rank_blocks(
         own_item = t2i_item[start : start + block.shape[0]]
         own_score = block[rows, own_item]
         # text -> item: wrong items at or above the correct one (the correct one always counts itself: -1).
-        t2i_ranks[start : start + len(rows)] = (block >= (own_score - tie_tolerance)[:, None]).sum(1, dtype=torch.int32) - 1
+        t2i_ranks[start : start + len(rows)] = (block >= (own_score - tie_tolerance)[:, None]).sum(
+            1, dtype=torch.int32
+        ) - 1
         # item -> text: per item, texts at or above its best correct text, minus its own texts among them.
         at_or_above = block >= best_threshold[None, :]
         i2t_counts += at_or_above.sum(0, dtype=torch.int32)
@@ -71,7 +75,9 @@ def rank_blocks(
     return Ranks(t2i_ranks.numpy(), i2t_counts.numpy())
 
 
-def topk_blocks(block_fn: BlockFn, n_rows: int, k: int, chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def topk_blocks(
+    block_fn: BlockFn, n_rows: int, k: int, chunk: int = DEFAULT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, gallery indices) per row, best first; ties broken by lower index."""
     values, indices = [], []
     for _, block in iter_blocks(block_fn, n_rows, chunk):
@@ -101,7 +107,9 @@ def dot_block_fn(queries: torch.Tensor, gallery: torch.Tensor) -> BlockFn:
     return block
 
 
-def rank_matrix(scores: np.ndarray | torch.Tensor, text_to_item: np.ndarray, chunk: int = DEFAULT_CHUNK) -> Ranks:
+def rank_matrix(
+    scores: np.ndarray | torch.Tensor, text_to_item: np.ndarray, chunk: int = DEFAULT_CHUNK
+) -> Ranks:
     """Ranks from a full (texts x items) matrix; the correct scores are read from the matrix itself."""
     rows = np.arange(len(text_to_item))
     positive = torch.as_tensor(np.asarray(scores[rows, text_to_item], dtype=np.float32))
@@ -113,4 +121,6 @@ def rank_embeddings(
 ) -> Ranks:
     """Ranks under the dot product of (already normalised) embeddings, without forming the whole matrix."""
     positive = (text_embeds * item_embeds[torch.as_tensor(text_to_item)]).sum(1)
-    return rank_blocks(dot_block_fn(text_embeds, item_embeds), text_to_item, positive, len(item_embeds), chunk)
+    return rank_blocks(
+        dot_block_fn(text_embeds, item_embeds), text_to_item, positive, len(item_embeds), chunk
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,11 @@ def git_revision() -> str | None:
     """The commit vlret runs from, when it runs from a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(vlret.__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(vlret.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -69,5 +72,5 @@ def load_result(path: str | Path) -> dict:
 
     result = read_json(path)
     if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-        raise DataError(path, None, f"not a vlret result file (expected \"schema\": \"{SCHEMA}\")")
+        raise DataError(path, None, f'not a vlret result file (expected "schema": "{SCHEMA}")')
     return result

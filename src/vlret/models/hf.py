@@ -30,7 +30,11 @@ def transform_from_processor(processor) -> ImageTransform:
     resample = _PIL_RESAMPLE_NAMES.get(int(getattr(processor, "resample", 3)), "bicubic")
     mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     if "shortest_edge" in size:
-        crop = processor.crop_size["height"] if getattr(processor, "do_center_crop", False) else size["shortest_edge"]
+        crop = (
+            processor.crop_size["height"]
+            if getattr(processor, "do_center_crop", False)
+            else size["shortest_edge"]
+        )
         return ImageTransform(size["shortest_edge"], crop, mean, std, resample, "shortest")
     return ImageTransform(size["height"], size["height"], mean, std, resample, "squash")
 
@@ -66,7 +70,9 @@ class HFDualEncoder(RetrievalModel):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         max_len = self.model.config.text_config.max_position_embeddings
         padding = "max_length" if self.pad_to_max else True
-        out = self.tokenizer(list(texts), padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
+        out = self.tokenizer(
+            list(texts), padding=padding, truncation=True, max_length=max_len, return_tensors="pt"
+        )
         return {k: v for k, v in out.items() if k in ("input_ids", "attention_mask")}
 
     def encode_images(self, pixels: torch.Tensor) -> Features:

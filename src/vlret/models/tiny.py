@@ -87,7 +87,13 @@ class TinyViT(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos = nn.Parameter(torch.randn(1, n_patches + 1, cfg.width) * 0.02)
         layer = nn.TransformerEncoderLayer(
-            cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            cfg.width,
+            cfg.heads,
+            4 * cfg.width,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, cfg.image_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.width)
@@ -106,7 +112,13 @@ class TinyTextEncoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(1, cfg.max_text_length, cfg.width) * 0.02)
         layer = nn.TransformerEncoderLayer(
-            cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            cfg.width,
+            cfg.heads,
+            4 * cfg.width,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.width)
@@ -130,7 +142,11 @@ class TinyDualEncoder(RetrievalModel):
         self.name = cfg.arch
         self.tokenizer = tokenizer
         self.image_transform = ImageTransform(
-            size=cfg.image_size, crop=cfg.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash"
+            size=cfg.image_size,
+            crop=cfg.image_size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            resize_mode="squash",
         )
         self.image_encoder = TinyCNN(cfg) if cfg.arch == "tiny-cnn" else TinyViT(cfg)
         self.text_encoder = TinyTextEncoder(cfg)
@@ -147,7 +163,11 @@ class TinyDualEncoder(RetrievalModel):
 
     def identity(self) -> dict:
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
-        return {**super().identity(), "config": asdict(self.cfg), "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()[:16]}
+        return {
+            **super().identity(),
+            "config": asdict(self.cfg),
+            "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()[:16],
+        }
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         encodings = self.tokenizer.encode_batch(list(texts))
@@ -167,7 +187,9 @@ class TinyDualEncoder(RetrievalModel):
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"kind": "tiny", "config": asdict(self.cfg)}
         (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors"
+        )
         self.tokenizer.save(str(folder / "tokenizer.json"))
 
     @classmethod

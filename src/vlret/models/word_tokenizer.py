@@ -31,6 +31,8 @@ def train_word_tokenizer(texts: Iterable[str], max_length: int = 32, min_frequen
 def configure(tokenizer: Tokenizer, max_length: int) -> None:
     """Add the ``[CLS] ... [SEP]`` template, truncation to ``max_length`` and padding with ``[PAD]``."""
     cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in (CLS, SEP, PAD))
-    tokenizer.post_processor = TemplateProcessing(single=f"{CLS} $A {SEP}", special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+    tokenizer.post_processor = TemplateProcessing(
+        single=f"{CLS} $A {SEP}", special_tokens=[(CLS, cls_id), (SEP, sep_id)]
+    )
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=PAD)

@@ -1,0 +1,73 @@
+"""Tiny transformers CLIP and SigLIP checkpoints built offline, for tests."""
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    PreTrainedTokenizerFast,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+)
+
+from vlret.models.word_tokenizer import train_word_tokenizer
+
+WORDS = ["a red circle", "a blue square on the left", "two green triangles", "an orange diamond at the top"]
+
+
+def _hf_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    tok: Tokenizer = train_word_tokenizer(WORDS, max_length=max_length)
+    tok.no_padding()
+    tok.no_truncation()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[CLS]", eos_token="[SEP]"
+    )
+
+
+def _small(vocab: int, **text) -> tuple[dict, dict]:
+    t = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+    )
+    t.update(text)
+    v = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    return t, v
+
+
+def make_clip(folder: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = _hf_tokenizer(16)
+    t, v = _small(len(tokenizer), eos_token_id=3, bos_token_id=2, pad_token_id=0)
+    model = CLIPModel(CLIPConfig(text_config=t, vision_config=v, projection_dim=24)).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def make_siglip(folder: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = _hf_tokenizer(16)
+    t, v = _small(len(tokenizer), pad_token_id=0)
+    model = SiglipModel(SiglipConfig(text_config=t, vision_config=v)).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
