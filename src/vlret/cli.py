@@ -130,6 +130,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- vlret train --------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlret.train import Trainer, load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    summary = Trainer(recipe, resume=args.resume, progress=not args.quiet).fit()
+    _print_json(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlret.demo import run_demo
+
+    outcome = run_demo(args.out, args.data_dir, args.overrides, progress=not args.quiet, images=args.images)
+    print()
+    print(outcome["table"])
+    print()
+    for name, path in outcome["results"].items():
+        print(f"result ({name}): {path}")
+    print(f"report: {outcome['report']}")
+    return 0
+
+
 def cmd_results_table(args: argparse.Namespace) -> int:
     from vlret.evaluate.results import load_result, results_table
 
@@ -193,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     _add_data_options(ev)
     ev.set_defaults(func=cmd_eval)
+
+    train = commands.add_parser("train", help="train a model from a YAML recipe")
+    train.add_argument("--recipe", help="YAML recipe (default: the built-in defaults)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3 optim.lr=1e-4")
+    train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    demo = commands.add_parser(
+        "demo", help="synthesise, train the tiny model, evaluate, report (about 5 min)"
+    )
+    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    demo.add_argument("--data-dir", default="data/synth", help="where the synthetic benchmark is written")
+    demo.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=1")
+    demo.add_argument("--images", type=int, help="benchmark size (default: the calibrated 5000)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
 
     results = commands.add_parser("results", help="aggregate result files")
     results_cmds = results.add_subparsers(dest="results_command", required=True)

@@ -41,6 +41,8 @@ class RetrievalModel(nn.Module, ABC):
     #: the name the registry knows the architecture by (``tiny-cnn``, ``hf:...``)
     name: str
     image_transform: ImageTransform
+    #: parameter-name prefixes of pretrained towers, which train at ``lr * backbone_lr_factor``
+    backbone_prefixes: tuple[str, ...] = ()
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -42,6 +42,8 @@ def transform_from_processor(processor) -> ImageTransform:
 class HFDualEncoder(RetrievalModel):
     """A transformers CLIPModel or SiglipModel with its tokenizer and preprocessing."""
 
+    backbone_prefixes = ("model.vision_model.", "model.text_model.")
+
     def __init__(self, source: str, model, tokenizer, image_transform: ImageTransform):
         super().__init__()
         self.name = f"hf:{source}"

@@ -1,0 +1,72 @@
+"""Training throughput of the tiny dual encoder through the real data pipeline, against the same training
+steps on batches already in memory, in one run. Target: ratio >= 0.85 (the pipeline must not starve the model).
+
+Both sides run ``Trainer.train_step`` (forward, loss, backward, clip, AdamW); only where the batches come from
+differs. The ratio is printed last.
+
+    .venv/bin/python bench/train_speed.py [--steps 30] [--images 1000] [--no-cache-images]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from vlret.data.synth import SynthConfig, write_benchmark
+from vlret.train import Trainer, load_recipe
+from vlret.train.data import EpochBatches, epoch_loader
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument(
+        "--no-cache-images", action="store_true", help="decode every image from disk each step"
+    )
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=args.images, seed=0))
+        recipe = load_recipe(
+            "demo_tiny",
+            [
+                f"data.path={data}",
+                f"output_dir={Path(tmp) / 'run'}",
+                f"train.batch_size={args.batch_size}",
+                f"data.cache_images={str(not args.no_cache_images).lower()}",
+                f"data.num_workers={args.num_workers}",
+            ],
+        )
+        trainer = Trainer(recipe, progress=False)
+        batches = EpochBatches(trainer.source, trainer.model.tokenize, args.batch_size, 0, 0, trainer.info)
+        steps = min(args.steps, len(batches))
+
+        in_memory = [batches[j] for j in range(steps)]
+        trainer.train_step([in_memory[0]], 0)  # warm-up
+        start = time.perf_counter()
+        for batch in in_memory:
+            trainer.train_step([batch], 0)
+        model_only = steps * args.batch_size / (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        loader = iter(epoch_loader(batches, args.num_workers))
+        for _ in range(steps):
+            trainer.train_step([next(loader)], 0)
+        pipeline = steps * args.batch_size / (time.perf_counter() - start)
+
+    print(
+        f"cache_images={not args.no_cache_images} num_workers={args.num_workers} batch={args.batch_size} steps={steps}"
+    )
+    print(
+        f"batches in memory: {model_only:.0f} samples/s   through the data pipeline: {pipeline:.0f} samples/s"
+    )
+    print(f"ratio: {pipeline / model_only:.2f}")
+
+
+if __name__ == "__main__":
+    main()

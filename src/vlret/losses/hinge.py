@@ -1,0 +1,59 @@
+"""VSE++ hinge triplet loss (Faghri et al.), as SGRAF, VSL and AVSE use it.
+
+With ``S`` the ``[B, B]`` image x caption similarity (positives on the diagonal) and margin ``m``:
+``c_s[i, j] = [m + S[i, j] - S[i, i]]_+`` (caption retrieval) and ``c_im[i, j] = [m + S[i, j] - S[j, j]]_+``
+(image retrieval), diagonals zeroed. Hardest negatives: ``sum_i max_j c_s + sum_j max_i c_im``; otherwise the
+sums over all negatives. During the first ``warmup_epochs`` epochs all negatives are used (AVSE's
+``vse_mean_warmup_epochs``).
+
+Reduction: ``sum`` is the default because every seed method sums (and their learning rates are tuned for
+it); ``mean`` divides by the batch size. Same-image captions in a batch are negatives in the seeds' code;
+``mask_same_image=True`` excludes them instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlret.losses.base import same_item_mask
+
+
+@dataclass
+class HingeLoss:
+    margin: float = 0.2
+    max_violation: bool = True
+    warmup_epochs: int = 0
+    reduction: str = "sum"  # or "mean"
+    mask_same_image: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
+
+    def similarity(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cosine similarity by default; a similarity head can put its own ``[B, B]`` matrix in outputs."""
+        if "similarity" in outputs:
+            return outputs["similarity"]
+        return outputs["image_embeds"] @ outputs["text_embeds"].T
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        scores = self.similarity(outputs)
+        diagonal = scores.diag()
+        cost_caption = (self.margin + scores - diagonal[:, None]).clamp(min=0)
+        cost_image = (self.margin + scores - diagonal[None, :]).clamp(min=0)
+        if self.mask_same_image:
+            excluded = same_item_mask(outputs["item_ids"])
+        else:
+            excluded = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+        cost_caption = cost_caption.masked_fill(excluded, 0)
+        cost_image = cost_image.masked_fill(excluded, 0)
+        hardest = self.max_violation and batch.get("epoch", 0) >= self.warmup_epochs
+        if hardest:
+            total = cost_caption.max(1).values.sum() + cost_image.max(0).values.sum()
+        else:
+            total = cost_caption.sum() + cost_image.sum()
+        if self.reduction == "mean":
+            total = total / len(scores)
+        return {"hinge": total}

@@ -1,0 +1,127 @@
+"""A self-contained HTML report of a run: results table, training curves, and sample queries with their
+top-5 retrieved images (the correct one outlined in green). Pictures are embedded as base64, so the file can be
+mailed or opened anywhere."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from vlret.evaluate.results import results_table
+
+
+@dataclass
+class RetrievedImage:
+    path: Path
+    score: float
+    correct: bool
+
+
+@dataclass
+class SampleQuery:
+    text: str
+    results: list[RetrievedImage]
+
+
+def _png_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _thumbnail(path: Path, size: int = 96) -> str:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img = img.resize((size, round(size * img.height / img.width)), Image.Resampling.NEAREST)
+        return _png_data_url(img)
+
+
+def training_curves(records: list[dict]) -> str | None:
+    """A PNG (data URL) of the training loss per step and the validation recalls per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    if not train:
+        return None
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="#3465a4")
+    ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
+    for key, label in (
+        ("t2i_r1", "text→image R@1"),
+        ("t2i_r5", "text→image R@5"),
+        ("i2t_r1", "image→text R@1"),
+    ):
+        if val and key in val[0]:
+            ax_val.plot([r["epoch"] for r in val], [100 * r[key] for r in val], marker="o", label=label)
+    ax_val.set(title="validation", xlabel="epoch", ylabel="%")
+    ax_val.legend(loc="lower right")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.query { margin: 1.2rem 0; } .query p { margin: 0 0 0.4rem; font-weight: 600; }
+.hits { display: flex; gap: 8px; } figure { margin: 0; text-align: center; font-size: 12px; }
+figure img { border: 4px solid #ddd; image-rendering: pixelated; }
+figure.correct img { border-color: #2e9d3a; }
+"""
+
+
+def _markdown_table_to_html(md: str) -> str:
+    lines = [line for line in md.splitlines() if line.strip() and not set(line) <= set("|-")]
+    rows = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines]
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    results: list[dict],
+    names: list[str],
+    records: list[dict],
+    samples: list[SampleQuery],
+    notes: list[str] = (),
+) -> Path:
+    """Write the HTML report; returns its path."""
+    path = Path(path)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
+    parts.append(f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
+    parts.append("<h2>Results (test split)</h2>" + _markdown_table_to_html(results_table(results, names)))
+    parts.extend(f"<p>{html.escape(n)}</p>" for n in notes)
+    curves = training_curves(records)
+    if curves:
+        parts.append(f"<h2>Training</h2><img alt='training curves' src='{curves}'>")
+    if samples:
+        parts.append("<h2>Sample queries: top 5 (green = the correct image)</h2>")
+    for sample in samples:
+        parts.append(f"<div class='query'><p>“{html.escape(sample.text)}”</p><div class='hits'>")
+        for rank, hit in enumerate(sample.results, 1):
+            cls = " class='correct'" if hit.correct else ""
+            parts.append(
+                f"<figure{cls}><img alt='rank {rank}' src='{_thumbnail(hit.path)}'>"
+                f"<figcaption>#{rank} · {hit.score:.3f}</figcaption></figure>"
+            )
+        parts.append("</div></div>")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

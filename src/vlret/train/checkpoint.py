@@ -1,0 +1,78 @@
+"""Checkpoints written atomically: each in its own ``step-NNNNNNN`` folder, published by swapping a symlink.
+
+``checkpoints/last`` and ``checkpoints/best`` are symbolic links; replacing a link with ``os.replace`` is
+atomic, so a reader (or a resumed run) sees the previous checkpoint or the new one, never a partial one.
+Folders no link points to are removed afterwards. The trainer state is saved with ``torch.save`` and read
+back with ``weights_only=True``: tensors and plain containers only, nothing arbitrary is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from vlret.models.base import RetrievalModel
+from vlret.models.registry import load_model
+
+STATE_FILE = "trainer_state.pt"
+
+
+def _publish(link: Path, target_name: str) -> None:
+    tmp = link.with_name(f".{link.name}.new")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target_name, tmp)
+    os.replace(tmp, link)
+
+
+def save_checkpoint(
+    folder: Path,
+    model: RetrievalModel,
+    state: dict,
+    step: int,
+    is_best: bool = False,
+    meta: dict | None = None,
+) -> Path:
+    """Write model + trainer state for ``step`` and point ``last`` (and ``best`` if asked) at it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = folder / name
+    tmp = folder / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp / "model")
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _publish(folder / "last", name)
+    if is_best:
+        _publish(folder / "best", name)
+    _prune(folder)
+    return final
+
+
+def _prune(folder: Path) -> None:
+    keep = {os.readlink(folder / link) for link in ("last", "best") if (folder / link).is_symlink()}
+    for path in folder.glob("step-*"):
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / "last" / STATE_FILE).is_file()
+
+
+def load_checkpoint(folder: Path, which: str = "last") -> tuple[RetrievalModel, dict]:
+    """The model and trainer state of ``last`` or ``best``."""
+    path = folder / which
+    model = load_model(path / "model")
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    return model, state
+
+
+def read_meta(folder: Path, which: str = "best") -> dict | None:
+    path = folder / which / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None

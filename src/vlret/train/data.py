@@ -1,0 +1,136 @@
+"""The training data pipeline: one sample per caption, deterministic batches, optional augmentation.
+
+Batch ``b`` of epoch ``e`` is fixed by the seed alone: the pairs are permuted by ``default_rng([seed, e])``,
+cut into global batches (the last, incomplete one is dropped), and each process takes its contiguous slice.
+Augmentation draws from a generator seeded by ``(seed, epoch, sample)``. A run resumed at any step therefore
+sees exactly the batches an uninterrupted run would, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vlret.data.images import load_image
+from vlret.data.records import RetrievalDataset
+from vlret.data.transforms import ImageTransform
+from vlret.train.distributed import DistInfo
+from vlret.train.recipe import DataSection
+
+
+@dataclass
+class Augment:
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    hflip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.crop_scale != (1.0, 1.0) or self.hflip
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Random-resized crop (same aspect ratio) and optional horizontal flip."""
+        lo, hi = self.crop_scale
+        if (lo, hi) != (1.0, 1.0):
+            side = float(np.sqrt(rng.uniform(lo, hi)))
+            w, h = max(1, round(image.width * side)), max(1, round(image.height * side))
+            left = int(rng.integers(0, image.width - w + 1))
+            top = int(rng.integers(0, image.height - h + 1))
+            image = image.crop((left, top, left + w, top + h))
+        if self.hflip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return image
+
+
+class PairSource:
+    """The (item, caption) pairs of a split and the pixels of their images."""
+
+    def __init__(self, dataset: RetrievalDataset, transform: ImageTransform, section: DataSection):
+        self.dataset = dataset
+        self.transform = transform
+        self.augment = Augment(tuple(section.crop_scale), section.hflip)
+        self.caption_item = dataset.caption_to_item
+        self.texts = [c.text for c in dataset.captions]
+        self._images: dict[int, Image.Image] | None = None
+        self._pixels: np.ndarray | None = None
+        if section.cache_images:
+            self._fill_cache()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def _load(self, item: int) -> Image.Image:
+        it = self.dataset.items[item]
+        return load_image(self.dataset.media_path(it), f"item {it.id!r}")
+
+    def _fill_cache(self) -> None:
+        if self.augment.active:
+            self._images = {i: self._load(i) for i in range(len(self.dataset.items))}
+        else:  # nothing random: cache the finished pixels
+            self._pixels = np.stack([self.transform(self._load(i)) for i in range(len(self.dataset.items))])
+
+    def pixels(self, item: int, rng: np.random.Generator) -> np.ndarray:
+        if self._pixels is not None:
+            return self._pixels[item]
+        image = self._images[item] if self._images is not None else self._load(item)
+        return self.transform(self.augment(image, rng) if self.augment.active else image)
+
+
+class EpochBatches(Dataset):
+    """This process's slice of every global batch of one epoch, from ``start_batch`` on."""
+
+    def __init__(
+        self,
+        source: PairSource,
+        tokenize: Callable[[list[str]], dict[str, torch.Tensor]],
+        batch_size: int,
+        epoch: int,
+        seed: int,
+        info: DistInfo,
+        start_batch: int = 0,
+    ):
+        if batch_size % info.world_size:
+            raise ValueError(
+                f"batch size {batch_size} does not split evenly over {info.world_size} processes"
+            )
+        self.source, self.tokenize = source, tokenize
+        self.batch_size, self.epoch, self.seed, self.info = batch_size, epoch, seed, info
+        self.order = np.random.default_rng([seed, epoch]).permutation(len(source))
+        self.n_batches = len(source) // batch_size
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        return max(0, self.n_batches - self.start_batch)
+
+    def __getitem__(self, j: int) -> dict:
+        b = j + self.start_batch
+        per_rank = self.batch_size // self.info.world_size
+        lo = b * self.batch_size + self.info.rank * per_rank
+        captions = self.order[lo : lo + per_rank]
+        items = self.source.caption_item[captions]
+        pixels = np.stack(
+            [
+                self.source.pixels(int(i), np.random.default_rng([self.seed, self.epoch, int(c)]))
+                for i, c in zip(items, captions, strict=True)
+            ]
+        )
+        return {
+            "pixels": torch.from_numpy(pixels),
+            "text": self.tokenize([self.source.texts[c] for c in captions]),
+            "item_ids": torch.from_numpy(items.astype(np.int64)),
+        }
+
+
+def epoch_loader(batches: EpochBatches, num_workers: int) -> DataLoader:
+    return DataLoader(
+        batches,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
+    )

@@ -1,0 +1,31 @@
+"""Learning-rate schedules as multipliers of the peak rate: linear warm-up, then cosine, step or constant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from vlret.train.recipe import ScheduleSection
+
+
+def warmup_steps(section: ScheduleSection, total_steps: int) -> int:
+    return section.warmup_steps or int(round(section.warmup_fraction * total_steps))
+
+
+def lr_multiplier(section: ScheduleSection, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """``f(step)`` for ``LambdaLR``: the factor applied to each group's peak learning rate at ``step``."""
+    warm = warmup_steps(section, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if section.name == "constant":
+            return 1.0
+        if section.name == "step":
+            epoch = step // max(steps_per_epoch, 1)
+            return section.gamma ** sum(epoch >= e for e in section.step_epochs)
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        floor = section.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,311 @@
+"""The training loop every objective plugs into.
+
+A recipe names a backbone, the data, weighted loss terms, the optimiser and schedule. The trainer builds
+deterministic batches (see :mod:`vlret.train.data`), encodes both towers, gathers features across processes,
+sums the weighted loss terms (logging each), steps AdamW with per-group learning rates, validates on the
+validation split every epoch, and writes atomic checkpoints (``last``, and ``best`` by the validation metric).
+``resume=True`` continues from ``last`` exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vlret.data import load_dataset
+from vlret.data.records import RetrievalDataset
+from vlret.evaluate.api import evaluate_model
+from vlret.losses import LOSSES
+from vlret.models import RetrievalModel, create_model
+from vlret.train import checkpoint as ckpt
+from vlret.train.data import EpochBatches, PairSource, epoch_loader
+from vlret.train.distributed import (
+    DistInfo,
+    average_gradients,
+    barrier,
+    gather_no_grad,
+    gather_with_grad,
+    init_from_env,
+)
+from vlret.train.logger import MetricsLogger
+from vlret.train.recipe import Recipe
+from vlret.train.schedule import lr_multiplier
+
+
+@dataclass
+class WeightedLoss:
+    """A recipe's loss terms with their weights."""
+
+    terms: dict[str, tuple[float, object]] = field(default_factory=dict)
+
+    @classmethod
+    def from_recipe(cls, losses: dict[str, dict]) -> WeightedLoss:
+        built = {}
+        for name, options in losses.items():
+            options = dict(options)
+            weight = float(options.pop("weight", 1.0))
+            built[name] = (weight, LOSSES[name](**options))
+        return cls(built)
+
+    def __call__(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, logged = 0.0, {}
+        for weight, loss in self.terms.values():
+            for term, value in loss(outputs, batch).items():
+                logged[term] = value.detach()
+                total = total + weight * value
+        return total, logged
+
+
+def encode_batch(model: RetrievalModel, batch: dict, info: DistInfo, device: torch.device) -> dict:
+    """Normalised embeddings of a batch, gathered from every process, plus item ids and the logit scale."""
+    pixels = batch["pixels"].to(device, non_blocking=True)
+    text = {k: v.to(device, non_blocking=True) for k, v in batch["text"].items()}
+    image_embeds = F.normalize(model.encode_images(pixels).embeds.float(), dim=-1)
+    text_embeds = F.normalize(model.encode_texts(text).embeds.float(), dim=-1)
+    return {
+        "image_embeds": gather_with_grad(image_embeds, info),
+        "text_embeds": gather_with_grad(text_embeds, info),
+        "item_ids": gather_no_grad(batch["item_ids"].to(device), info),
+        "logit_scale": model.logit_scale.float(),
+    }
+
+
+def parameter_groups(model: RetrievalModel, recipe: Recipe) -> list[dict]:
+    """AdamW groups: backbone vs. the rest (lr factor), and no weight decay on biases, norms and scalars."""
+    opt = recipe.optim
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        backbone = any(name.startswith(p) for p in model.backbone_prefixes)
+        decay = param.ndim >= 2
+        groups.setdefault((backbone, decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": opt.lr * (opt.backbone_lr_factor if backbone else 1.0),
+            "weight_decay": opt.weight_decay if decay else 0.0,
+            "name": f"{'backbone' if backbone else 'head'}{'' if decay else '_no_decay'}",
+        }
+        for (backbone, decay), params in sorted(groups.items())
+    ]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Train a model by a recipe; ``fit()`` returns a summary dict."""
+
+    def __init__(self, recipe: Recipe, resume: bool = False, progress: bool = True):
+        self.recipe = recipe
+        self.progress = progress
+        self.device = pick_device(recipe.train.device)
+        self.info = init_from_env(self.device.type)
+        if self.info.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.info.local_rank)
+        self.out = Path(recipe.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.data = self._load_data()
+        self.train_split = self.data.split(recipe.data.train_split)
+        resume_state = None
+        if resume and ckpt.has_checkpoint(self.ckpt_dir):
+            self.model, resume_state = ckpt.load_checkpoint(self.ckpt_dir, "last")
+        else:
+            captions = [c.text for c in self.train_split.captions]
+            self.model = create_model(
+                recipe.model.name, captions=captions, seed=recipe.train.seed, **recipe.model.options
+            )
+        self.model.to(self.device).train()
+        self.loss = WeightedLoss.from_recipe(recipe.losses)
+        self.source = PairSource(self.train_split, self.model.image_transform, recipe.data)
+        micro_batches = len(self.source) // recipe.train.batch_size
+        self.steps_per_epoch = micro_batches // recipe.train.grad_accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.source)} training pairs make no full step of batch {recipe.train.batch_size} "
+                f"x {recipe.train.grad_accum_steps} accumulation"
+            )
+        self.total_steps = recipe.train.epochs * self.steps_per_epoch
+        if recipe.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, recipe.train.max_steps)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, recipe), betas=tuple(recipe.optim.betas), eps=recipe.optim.eps
+        )
+        factor = lr_multiplier(
+            recipe.schedule, recipe.train.epochs * self.steps_per_epoch, self.steps_per_epoch
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best: float | None = None
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.logger = MetricsLogger(self.out, enabled=self.info.is_main)
+
+    # ----- set-up ---------------------------------------------------------------------------------------
+    def _load_data(self) -> RetrievalDataset:
+        d = self.recipe.data
+        if not d.path:
+            raise ValueError("recipe data.path is empty: name the annotation file or folder to train on")
+        return load_dataset(d.path, d.format, d.media_root)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.recipe.train.amp
+        if amp == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else None
+        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _state(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.best = state["best"]
+        torch.set_rng_state(state["torch_rng"])
+
+    # ----- the loop -------------------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[dict], epoch: int) -> dict[str, float]:
+        """One optimiser step over ``grad_accum_steps`` micro-batches; returns the logged values."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        logged: dict[str, float] = {}
+        for batch in micro_batches:
+            with self._autocast():
+                outputs = encode_batch(self.model, batch, self.info, self.device)
+            total, terms = self.loss(outputs, {"epoch": epoch})
+            self.scaler.scale(total / len(micro_batches)).backward()
+            logged["loss"] = logged.get("loss", 0.0) + float(total.detach()) / len(micro_batches)
+            for k, v in terms.items():
+                logged[k] = logged.get(k, 0.0) + float(v) / len(micro_batches)
+        average_gradients(params, self.info)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.recipe.optim.clip_grad_norm:
+            logged["grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.clip_grad_norm)
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        logged["temperature"] = math.exp(-self.model.logit_scale.item())
+        return logged
+
+    def validate(self) -> dict:
+        was_training = self.model.training
+        result = evaluate_model(
+            self.model,
+            self.data,
+            protocol=self.recipe.eval.protocol,
+            split=self.recipe.data.val_split,
+            batch_size=self.recipe.eval.batch_size,
+            use_cache=False,
+            progress=False,
+        )
+        self.model.train(was_training)
+        return result["metrics"]
+
+    def _save(self, epoch: int, is_best: bool = False) -> None:
+        if self.info.is_main:
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                self.model,
+                self._state(),
+                self.step,
+                is_best,
+                {"epoch": epoch, "best": self.best},
+            )
+        barrier(self.info)
+
+    def fit(self) -> dict:
+        r = self.recipe
+        started = time.perf_counter()
+        k = r.train.grad_accum_steps
+        every = r.train.checkpoint_every_steps
+        while self.step < self.total_steps:
+            epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
+            batches = EpochBatches(
+                self.source,
+                self.model.tokenize,
+                r.train.batch_size,
+                epoch,
+                r.train.seed,
+                self.info,
+                step_in_epoch * k,
+            )
+            loader = iter(epoch_loader(batches, r.data.num_workers))
+            steps_left = min(self.steps_per_epoch - step_in_epoch, self.total_steps - self.step)
+            bar = tqdm(
+                total=steps_left,
+                desc=f"epoch {epoch + 1}/{r.train.epochs}",
+                disable=not (self.progress and self.info.is_main),
+            )
+            window_start, window_samples = time.perf_counter(), 0
+            for _ in range(steps_left):
+                logged = self.train_step([next(loader) for _ in range(k)], epoch)
+                window_samples += r.train.batch_size * k
+                bar.update(1)
+                if self.step % r.train.log_every_steps == 0 or self.step == self.total_steps:
+                    logged["samples_per_s"] = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                    logged["lr"] = self.optimizer.param_groups[0]["lr"]
+                    logged["epoch"] = epoch + self.step / self.steps_per_epoch - epoch  # fractional epoch
+                    self.logger.log(logged, self.step)
+                    bar.set_postfix(
+                        loss=f"{logged['loss']:.3f}",
+                        lr=f"{logged['lr']:.2e}",
+                        sps=f"{logged['samples_per_s']:.0f}",
+                    )
+                    window_start, window_samples = time.perf_counter(), 0
+                if every and self.step % every == 0 and self.step % self.steps_per_epoch:
+                    self._save(epoch)
+            bar.close()
+            if self.step % self.steps_per_epoch == 0:
+                self._end_epoch(epoch)
+            elif self.step == self.total_steps:
+                self._save(epoch)
+        self.logger.close()
+        return {
+            "steps": self.step,
+            "best_metric": self.best,
+            "metric": r.eval.metric,
+            "seconds": round(time.perf_counter() - started, 2),
+            "checkpoints": str(self.ckpt_dir),
+        }
+
+    def _end_epoch(self, epoch: int) -> None:
+        r = self.recipe
+        is_best = False
+        due = (epoch + 1) % r.eval.every_epochs == 0 or self.step == self.total_steps
+        if due and self.info.is_main:
+            metrics = self.validate()
+            value = metrics[r.eval.metric]
+            is_best = self.best is None or value > self.best
+            self.best = value if is_best else self.best
+            self.logger.log({**metrics, "epoch": epoch + 1}, self.step, prefix="val")
+        self._save(epoch + 1, is_best)

@@ -1,0 +1,73 @@
+"""Two CPU processes (gloo) with all-gathered features give the loss and gradients of one process on the
+whole batch."""
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vlret.losses import HingeLoss, InfoNCELoss
+from vlret.models import create_model
+from vlret.train.distributed import DistInfo, average_gradients
+from vlret.train.trainer import WeightedLoss, encode_batch
+
+CAPTIONS = [
+    "a red circle",
+    "two blue squares",
+    "a small green triangle on the left",
+    "an orange diamond",
+    "a red square above a blue circle",
+    "three shapes",
+    "a large dotted purple circle",
+    "a yellow triangle at the top",
+]
+ITEMS = [0, 0, 1, 2, 3, 3, 4, 5]  # repeated items exercise the multi-positive mask
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn", captions=CAPTIONS, seed=0)
+    pixels = torch.randn(len(CAPTIONS), 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    loss = WeightedLoss({"infonce": (1.0, InfoNCELoss()), "hinge": (0.5, HingeLoss())})
+    return model, pixels, loss
+
+
+def _batch(model, pixels, rows):
+    return {
+        "pixels": pixels[rows],
+        "text": model.tokenize([CAPTIONS[r] for r in rows]),
+        "item_ids": torch.tensor([ITEMS[r] for r in rows]),
+    }
+
+
+def _run(model, batch, loss, info):
+    total, _ = loss(encode_batch(model, batch, info, torch.device("cpu")), {"epoch": 1})
+    total.backward()
+    params = list(model.parameters())
+    average_gradients(params, info)
+    return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _worker(rank, world, init_file, out_file):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model, pixels, loss = _setup()
+    per = len(CAPTIONS) // world
+    rows = list(range(rank * per, (rank + 1) * per))
+    total, grads = _run(model, _batch(model, pixels, rows), loss, DistInfo(rank, world))
+    torch.save({"loss": total, "grads": grads}, f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_on_whole_batch(tmp_path):
+    model, pixels, loss = _setup()
+    ref_loss, ref_grads = _run(model, _batch(model, pixels, list(range(len(CAPTIONS)))), loss, DistInfo())
+    os.environ.pop("WORLD_SIZE", None)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=True)
+        torch.testing.assert_close(got["loss"], ref_loss, atol=1e-5, rtol=1e-5)
+        assert got["grads"].keys() == ref_grads.keys()
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(got["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
