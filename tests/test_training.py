@@ -54,7 +54,8 @@ def test_killed_run_resumes_to_identical_weights(synth_data, tmp_path):
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vlret.cli", "train", "--quiet", *_overrides(synth_data, killed)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the same thread count as this process: float reductions, and so the weights, depend on it
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while _last_step(killed) < 8 and proc.poll() is None and time.time() < deadline:

@@ -169,6 +169,7 @@ def cmd_results_table(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from vlret import __version__
+    from vlret.data.synth import SynthConfig
     from vlret.evaluate.protocols import DIRECTIONS, PROTOCOLS
 
     parser = argparse.ArgumentParser(prog="vlret", description="Text-visual retrieval toolkit.")
@@ -191,10 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_data_convert)
     synth = data_cmds.add_parser("synth", help="write the synthetic benchmark (images + Karpathy JSON)")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--images", type=int, default=2000, help="number of images (default 2000)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    synth.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard), default 0.5")
+    d = SynthConfig()
+    synth.add_argument("--images", type=int, default=d.images, help=f"number of images (default {d.images})")
+    synth.add_argument("--seed", type=int, default=d.seed)
+    synth.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
+    synth.add_argument(
+        "--difficulty", type=float, default=d.difficulty, help=f"0 (easy) .. 1 (hard), default {d.difficulty}"
+    )
     synth.add_argument(
         "--force", action="store_true", help="rewrite even if the folder holds the same benchmark"
     )

@@ -63,7 +63,8 @@ def training_curves(records: list[dict]) -> str | None:
         if val and key in val[0]:
             ax_val.plot([r["epoch"] for r in val], [100 * r[key] for r in val], marker="o", label=label)
     ax_val.set(title="validation", xlabel="epoch", ylabel="%")
-    ax_val.legend(loc="lower right")
+    if val:
+        ax_val.legend(loc="lower right")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
     fig.tight_layout()
