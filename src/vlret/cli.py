@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vlret.errors import VlretError
+from vlret.errors import ConfigError, VlretError
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -155,6 +155,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- vlret rerank -------------------------------------------------------------------------------------
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def _visa_split(args: argparse.Namespace):
+    dataset = _load(args)
+    name = args.split or "test"
+    try:
+        return dataset, dataset.split(name)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+
+
+def _print_visa(result: dict) -> None:
+    base, visa = result["metrics"]["base"], result["metrics"]["visa"]
+    print("| ranking | R@1 | R@5 | R@10 |\n|---|---|---|---|")
+    for name, m in (("base", base), ("base + VISA", visa)):
+        print(f"| {name} | {100 * m['t2i_r1']:.1f} | {100 * m['t2i_r5']:.1f} | {100 * m['t2i_r10']:.1f} |")
+
+
+def cmd_rerank_visa(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vlret.rerank.visa.config import load_visa_config
+    from vlret.rerank.visa.run import base_from_embeddings, base_from_scores, run_visa
+
+    config = load_visa_config(args.config)
+    dataset, split = _visa_split(args)
+    if args.scores:
+        scores = np.load(args.scores, mmap_mode="r")
+        expected = (len(split.captions), len(split.items))
+        if tuple(scores.shape) != expected:
+            raise ConfigError(
+                f"{args.scores}: shape {tuple(scores.shape)}; expected (captions, items) = {expected}"
+            )
+        candidates, base_topk, base_ranks = base_from_scores(scores, split, config.k)
+        source = {"scores": args.scores}
+    else:
+        from vlret.evaluate.encode import encode_dataset
+
+        model = _model_for(args.model, dataset, split.items[0].split)
+        encoded = encode_dataset(model, split, batch_size=args.batch_size)
+        candidates, base_topk, base_ranks = base_from_embeddings(
+            encoded.text_embeds, encoded.item_embeds, split, config.k
+        )
+        source = {"model": model.identity()}
+    result = run_visa(
+        split,
+        candidates,
+        base_topk,
+        base_ranks,
+        config,
+        args.out,
+        _parse_shard(args.shard),
+        source=source,
+        query_limit=args.queries,
+    )
+    if result is None:
+        print(
+            f"shard {args.shard} done; when every shard is done: vlret rerank visa-merge --data {args.data} --out {args.out}"
+        )
+        return 0
+    _print_visa(result)
+    print(f"result written to {Path(args.out) / 'result.json'}")
+    return 0
+
+
+def cmd_rerank_visa_merge(args: argparse.Namespace) -> int:
+    from vlret.rerank.visa.config import load_visa_config
+    from vlret.rerank.visa.run import merge_visa
+
+    config = load_visa_config(args.config)
+    _, split = _visa_split(args)
+    result = merge_visa(split, config, args.out)
+    _print_visa(result)
+    print(f"result written to {Path(args.out) / 'result.json'}")
+    return 0
+
+
 def cmd_results_table(args: argparse.Namespace) -> int:
     from vlret.evaluate.results import load_result, results_table
 
@@ -239,6 +329,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, help="benchmark size (default: the calibrated 5000)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    rerank = commands.add_parser("rerank", help="re-rank a retriever's top-K (VISA)")
+    rerank_cmds = rerank.add_subparsers(dest="rerank_command", required=True)
+    visa = rerank_cmds.add_parser(
+        "visa", help="VISA: descriptions, questions, answers, text relevance, fusion"
+    )
+    visa_source = visa.add_mutually_exclusive_group(required=True)
+    visa_source.add_argument("--scores", help=".npy base score matrix (captions x items of the split)")
+    visa_source.add_argument("--model", help="compute the base scores with this model instead")
+    visa.add_argument("--data", required=True, help="annotation file or folder")
+    visa.add_argument("--split", help="split to re-rank (default test)")
+    visa.add_argument("--config", help="VISA YAML (default: offline synthetic backends)")
+    visa.add_argument("--out", required=True, help="run folder: caches, arrays, result.json")
+    visa.add_argument("--shard", help="i/n: this process's share of the queries")
+    visa.add_argument("--queries", type=int, help="only the first N queries (smoke runs)")
+    visa.add_argument("--batch-size", type=int, default=64)
+    _add_data_options(visa)
+    visa.set_defaults(func=cmd_rerank_visa)
+    merge = rerank_cmds.add_parser("visa-merge", help="join the shards of a VISA run, fuse and evaluate")
+    merge.add_argument("--data", required=True)
+    merge.add_argument("--split")
+    merge.add_argument("--config")
+    merge.add_argument("--out", required=True)
+    _add_data_options(merge)
+    merge.set_defaults(func=cmd_rerank_visa_merge)
 
     results = commands.add_parser("results", help="aggregate result files")
     results_cmds = results.add_subparsers(dest="results_command", required=True)

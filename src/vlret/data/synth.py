@@ -74,7 +74,7 @@ class SynthConfig:
     images: int = 5000
     seed: int = 0
     size: int = 64
-    difficulty: float = 0.2
+    difficulty: float = 0.1
     split_fractions: dict[str, float] = field(default_factory=lambda: dict(SPLIT_FRACTIONS))
 
     def __post_init__(self) -> None:

@@ -1,0 +1,1 @@
+"""Generation and relevance backends: OpenAI-compatible HTTP, local transformers, and offline ones."""

@@ -1,0 +1,99 @@
+"""A chat client for OpenAI-compatible servers: vLLM, SGLang, Ollama (``/v1``), LM Studio, hosted APIs.
+
+Images travel as base64 data URLs before the text, in one user message. Transient failures (connection
+errors, timeouts, HTTP 429 and 5xx) are retried with exponential backoff; other HTTP errors raise at once
+with the server's message. Calls and token counts are added up in ``usage`` (thread-safe: the VISA pipeline
+calls it from several threads, which is how its concurrency limit works).
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from vlret.errors import VlretError
+from vlret.rerank.backends.base import Usage
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class BackendError(VlretError):
+    """A generation backend failed for good (after retries, or with a non-retryable error)."""
+
+
+def image_data_url(path: Path) -> str:
+    mime = mimetypes.guess_type(str(path))[0] or "image/png"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+class OpenAIChat:
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+    ):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.id = f"openai:{model}@{self.base_url}"
+        key = os.environ.get(api_key_env, "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.usage = Usage()
+        self._lock = threading.Lock()
+
+    def _payload(self, prompt: str, images: list[Path], max_tokens: int, temperature: float) -> dict:
+        content = [{"type": "image_url", "image_url": {"url": image_data_url(p)}} for p in images]
+        content.append({"type": "text", "text": prompt})
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content if images else prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+
+    def chat(
+        self, prompt: str, images: list[Path] = (), max_tokens: int = 512, temperature: float = 0.0
+    ) -> str:
+        payload = self._payload(prompt, list(images), max_tokens, temperature)
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.post(url, json=payload)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return self._read(response.json())
+                problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code not in RETRY_STATUS:
+                    raise BackendError(f"{url}: {problem}")
+            if attempt < self.max_retries:
+                time.sleep(min(self.backoff * 2**attempt, 8.0))
+        raise BackendError(f"{url}: gave up after {self.max_retries + 1} attempts ({problem})")
+
+    def _read(self, body: dict) -> str:
+        try:
+            text = body["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.base_url}: unexpected reply shape {str(body)[:200]}") from None
+        usage = body.get("usage") or {}
+        with self._lock:
+            self.usage.calls += 1
+            self.usage.prompt_tokens += int(usage.get("prompt_tokens", 0))
+            self.usage.completion_tokens += int(usage.get("completion_tokens", 0))
+        return text
+
+    def close(self) -> None:
+        self.client.close()

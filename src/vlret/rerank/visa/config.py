@@ -1,0 +1,168 @@
+"""VISA settings (YAML, validated like training recipes) and the factory that builds the four roles.
+
+```yaml
+k: 20                 # candidates re-ranked per query
+questions: 3          # questions per query
+w_base: 1.0           # fusion weights
+w_text: 1.0
+compat: false         # reproduce the official quirks (see docs)
+concurrency: 8        # backend calls in flight
+media: image          # or video
+describer:          {backend: synthetic}
+question_generator: {backend: rule}
+vqa:                {backend: synthetic}
+reranker:           {backend: lexical}
+```
+
+Backends: ``openai`` (``model``, ``base_url``, ``api_key_env``, ``timeout``, ``max_retries``; vLLM, SGLang,
+Ollama, hosted APIs), ``hf`` (``model``: a transformers image-text-to-text or causal LM id or folder),
+``synthetic`` / ``rule`` (offline, for the synthetic benchmark), and for the reranker ``cross-encoder``
+(``model``), ``bi-encoder`` (``model``, default all-MiniLM-L6-v2) or ``lexical``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vlret.errors import ConfigError
+from vlret.rerank.backends.base import ChatDescriber, ChatQuestionGenerator, ChatVisualQA
+from vlret.train.recipe import _build
+
+
+@dataclass
+class VisaConfig:
+    k: int = 20
+    questions: int = 3
+    w_base: float = 1.0
+    w_text: float = 1.0
+    compat: bool = False
+    concurrency: int = 8
+    media: str = "image"
+    describer: dict = field(default_factory=lambda: {"backend": "synthetic"})
+    question_generator: dict = field(default_factory=lambda: {"backend": "rule"})
+    vqa: dict = field(default_factory=lambda: {"backend": "synthetic"})
+    reranker: dict = field(default_factory=lambda: {"backend": "lexical"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_visa_config(path: str | Path | None, overrides: dict | None = None) -> VisaConfig:
+    data = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: VISA config not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    data.update(overrides or {})
+    try:
+        config = _build(VisaConfig, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'visa config'}: {exc}") from None
+    if config.k < 1 or config.questions < 1 or config.concurrency < 1:
+        raise ConfigError(f"{path or 'visa config'}: k, questions and concurrency must be at least 1")
+    return config
+
+
+_CHAT_KEYS = {
+    "backend",
+    "model",
+    "base_url",
+    "api_key_env",
+    "timeout",
+    "max_retries",
+    "max_tokens",
+    "temperature",
+    "device",
+}
+
+
+def _chat_model(spec: dict, role: str):
+    unknown = set(spec) - _CHAT_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{role}: unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(sorted(_CHAT_KEYS))}"
+        )
+    if "model" not in spec:
+        raise ConfigError(f"{role}: backend {spec['backend']!r} needs a 'model'")
+    if spec["backend"] == "openai":
+        from vlret.rerank.backends.openai_http import OpenAIChat
+
+        return OpenAIChat(
+            spec["model"],
+            base_url=spec.get("base_url", "http://127.0.0.1:8000/v1"),
+            api_key_env=spec.get("api_key_env", "OPENAI_API_KEY"),
+            timeout=float(spec.get("timeout", 120)),
+            max_retries=int(spec.get("max_retries", 4)),
+        )
+    from vlret.rerank.backends.hf_local import HFChat
+
+    return HFChat(spec["model"], device=spec.get("device"))
+
+
+def _spec(spec: dict, role: str) -> tuple[str, dict]:
+    if not isinstance(spec, dict) or "backend" not in spec:
+        raise ConfigError(f"{role}: expected a mapping with a 'backend'")
+    return spec["backend"], {k: v for k, v in spec.items() if k != "backend"}
+
+
+def build_describer(config: VisaConfig):
+    backend, _ = _spec(config.describer, "describer")
+    if backend == "synthetic":
+        from vlret.rerank.backends.synthetic import SyntheticDescriber
+
+        return SyntheticDescriber()
+    if backend in ("openai", "hf"):
+        return ChatDescriber(_chat_model(config.describer, "describer"), config.media)
+    raise ConfigError(f"describer: unknown backend {backend!r}; expected synthetic, openai or hf")
+
+
+def build_question_generator(config: VisaConfig):
+    backend, options = _spec(config.question_generator, "question_generator")
+    if backend == "rule":
+        from vlret.rerank.backends.synthetic import RuleQuestionGenerator
+
+        return RuleQuestionGenerator()
+    if backend in ("openai", "hf"):
+        return ChatQuestionGenerator(
+            _chat_model(config.question_generator, "question_generator"),
+            config.media,
+            float(options.get("temperature", 0.2)),
+        )
+    raise ConfigError(f"question_generator: unknown backend {backend!r}; expected rule, openai or hf")
+
+
+def build_vqa(config: VisaConfig):
+    backend, _ = _spec(config.vqa, "vqa")
+    if backend == "synthetic":
+        from vlret.rerank.backends.synthetic import SyntheticVisualQA
+
+        return SyntheticVisualQA()
+    if backend in ("openai", "hf"):
+        return ChatVisualQA(_chat_model(config.vqa, "vqa"), config.media)
+    raise ConfigError(f"vqa: unknown backend {backend!r}; expected synthetic, openai or hf")
+
+
+def build_reranker(config: VisaConfig):
+    backend, options = _spec(config.reranker, "reranker")
+    if backend == "lexical":
+        from vlret.rerank.backends.lexical import LexicalReranker
+
+        return LexicalReranker()
+    from vlret.rerank.backends.relevance import BiEncoderReranker, CrossEncoderReranker
+
+    if backend == "cross-encoder":
+        if "model" not in options:
+            raise ConfigError(
+                "reranker: backend 'cross-encoder' needs a 'model' (e.g. BAAI/bge-reranker-v2-m3)"
+            )
+        return CrossEncoderReranker(options["model"], device=options.get("device"))
+    if backend == "bi-encoder":
+        return BiEncoderReranker(options.get("model"), device=options.get("device"))
+    raise ConfigError(f"reranker: unknown backend {backend!r}; expected lexical, cross-encoder or bi-encoder")

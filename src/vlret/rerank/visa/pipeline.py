@@ -1,0 +1,236 @@
+"""The VISA pipeline: describe, ask, answer, score, fuse; every stage cached and resumable.
+
+Work is split into units (a description per gallery item, questions per query, an answer per (item,
+question, key phrases), a relevance score per (query, passage)); each unit's output is stored under a
+content key as soon as it is computed, with up to ``concurrency`` backend calls in flight. A run killed at any
+point and started again computes only the units that are missing. ``shard=(i, n)`` restricts stages 1-3 to
+the queries with ``index % n == i`` (stage 0 to the items of those queries' candidates), so n processes can
+share the work and :func:`vlret.rerank.visa.store.merge_stage` joins their files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlret.errors import VlretError
+from vlret.rerank.visa.config import (
+    VisaConfig,
+    build_describer,
+    build_question_generator,
+    build_reranker,
+    build_vqa,
+)
+from vlret.rerank.visa.fusion import fuse, rerank_topk
+from vlret.rerank.visa.prompts import PROMPT_VERSION, ParsedQuestions, assemble_passage, parse_questions
+from vlret.rerank.visa.store import StageStore, content_key
+
+STAGES = ("descriptions", "questions", "answers", "text_scores")
+
+
+@dataclass
+class StageStats:
+    units: int = 0
+    cache_hits: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "units": self.units,
+            "cache_hits": self.cache_hits,
+            "computed": self.computed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class Candidate:
+    """One gallery item in a query's top-K."""
+
+    item_id: str
+    media: Path
+    base_score: float
+
+
+@dataclass
+class Reranked:
+    """A query's candidates after VISA, best first."""
+
+    item_ids: list[str]
+    fused: list[float]
+    base: list[float]
+    text: list[float]
+    questions: ParsedQuestions
+
+
+@dataclass
+class Roles:
+    describer: object
+    question_generator: object
+    vqa: object
+    reranker: object
+
+    @classmethod
+    def from_config(cls, config: VisaConfig) -> Roles:
+        return cls(
+            build_describer(config),
+            build_question_generator(config),
+            build_vqa(config),
+            build_reranker(config),
+        )
+
+
+def _file_hash(path: Path, cache: dict[Path, str]) -> str:
+    if path not in cache:
+        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+    return cache[path]
+
+
+@dataclass
+class Visa:
+    """VISA over a cache folder; see the module docstring."""
+
+    config: VisaConfig
+    roles: Roles
+    cache_dir: Path
+    shard: tuple[int, int] = (0, 1)
+    cached_only: bool = False  # merging: every unit must already be stored, no model may be called
+    stats: dict[str, StageStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir)
+        self.stores = {stage: StageStore(self.cache_dir, stage, self.shard) for stage in STAGES}
+        self.stats = {stage: StageStats() for stage in STAGES}
+        self._hashes: dict[Path, str] = {}
+
+    # ----- generic stage machinery ----------------------------------------------------------------------
+    def _run_units(self, stage: str, units: dict[str, Callable[[], object]]) -> dict[str, object]:
+        """Compute the units that are not stored yet (concurrently); return every unit's value."""
+        store, stats = self.stores[stage], self.stats[stage]
+        started = time.perf_counter()
+        stats.units += len(units)
+        todo = {key: fn for key, fn in units.items() if key not in store}
+        stats.cache_hits += len(units) - len(todo)
+        if todo and self.cached_only:
+            raise VlretError(
+                f"{stage}: {len(todo)} of {len(units)} units are not in {self.cache_dir}; run every shard to completion first"
+            )
+        if todo:
+            with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+                futures = {key: pool.submit(fn) for key, fn in todo.items()}
+                for key, future in futures.items():
+                    store.put(key, future.result())
+                    stats.computed += 1
+        stats.seconds += time.perf_counter() - started
+        return {key: store.get(key) for key in units}
+
+    def _media_key(self, media: Path) -> str:
+        return _file_hash(Path(media), self._hashes)
+
+    # ----- stages ---------------------------------------------------------------------------------------
+    def descriptions(self, media: Iterable[Path]) -> dict[Path, str]:
+        """Stage 0: a description per distinct media file."""
+        role = self.roles.describer
+        paths = list(dict.fromkeys(Path(m) for m in media))
+        keys = {p: content_key("describe", role.id, PROMPT_VERSION, self._media_key(p)) for p in paths}
+        values = self._run_units("descriptions", {keys[p]: (lambda p=p: role.describe(p)) for p in paths})
+        return {p: values[keys[p]] for p in paths}
+
+    def questions(self, queries: list[str]) -> list[ParsedQuestions]:
+        """Stage 1: the raw LLM reply per query is stored; parsing is re-done (it is cheap and versioned)."""
+        role, n = self.roles.question_generator, self.config.questions
+        keys = [content_key("questions", role.id, PROMPT_VERSION, q, n) for q in queries]
+        values = self._run_units(
+            "questions", {k: (lambda q=q: role.generate(q, n)) for k, q in zip(keys, queries, strict=True)}
+        )
+        return [
+            parse_questions(values[k], q, n, self.config.media) for k, q in zip(keys, queries, strict=True)
+        ]
+
+    def answers(self, jobs: list[tuple[Path, str, str]]) -> list[str]:
+        """Stage 2: an answer per (media, question, key phrases); identical jobs are computed once."""
+        role = self.roles.vqa
+        keys = [
+            content_key("answer", role.id, PROMPT_VERSION, self._media_key(m), q, kp) for m, q, kp in jobs
+        ]
+        units = {
+            k: (lambda m=m, q=q, kp=kp: role.answer(m, q, kp))
+            for k, (m, q, kp) in zip(keys, jobs, strict=True)
+        }
+        values = self._run_units("answers", units)
+        return [values[k] for k in keys]
+
+    def text_scores(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Stage 3: reranker relevance per (query, passage)."""
+        role = self.roles.reranker
+        keys = [content_key("rerank", role.id, q, p) for q, p in pairs]
+        units = {
+            k: (lambda q=q, p=p: float(role.score([(q, p)])[0]))
+            for k, (q, p) in zip(keys, pairs, strict=True)
+        }
+        values = self._run_units("text_scores", units)
+        return [values[k] for k in keys]
+
+    # ----- per query ------------------------------------------------------------------------------------
+    def score_candidates(
+        self, queries: list[str], candidates: list[list[Candidate]]
+    ) -> tuple[np.ndarray, list[ParsedQuestions]]:
+        """Text scores ``[n_queries, K]`` for each query's candidates (stages 0-3)."""
+        parsed = self.questions(queries)
+        descriptions = self.descriptions(c.media for row in candidates for c in row)
+        jobs = [
+            (c.media, question, pq.key_phrases)
+            for pq, row in zip(parsed, candidates, strict=True)
+            for c in row
+            for question in pq.questions
+        ]
+        answers = iter(self.answers(jobs))
+        pairs = []
+        for query, pq, row in zip(queries, parsed, candidates, strict=True):
+            usable = pq.status != "fallback"
+            for c in row:
+                answer_block = [next(answers) for _ in pq.questions]
+                pairs.append(
+                    (
+                        query,
+                        assemble_passage(
+                            answer_block, descriptions[Path(c.media)], usable, self.config.compat
+                        ),
+                    )
+                )
+        scores = np.asarray(self.text_scores(pairs), dtype=np.float64)
+        return scores.reshape(len(queries), -1) if queries else scores.reshape(0, 0), parsed
+
+    def rerank(self, query: str, candidates: list[Candidate]) -> Reranked:
+        """Re-rank one query's candidates (the Python API search uses)."""
+        if not candidates:
+            return Reranked(
+                [], [], [], [], parse_questions("", query, self.config.questions, self.config.media)
+            )
+        text, parsed = self.score_candidates([query], [candidates])
+        base = np.asarray([[c.base_score for c in candidates]])
+        fused = fuse(base, text, self.config.w_base, self.config.w_text)
+        order = rerank_topk(np.arange(len(candidates))[None], base, fused)[0]
+        return Reranked(
+            [candidates[i].item_id for i in order],
+            [float(fused[0, i]) for i in order],
+            [float(base[0, i]) for i in order],
+            [float(text[0, i]) for i in order],
+            parsed[0],
+        )
+
+    def usage(self) -> dict:
+        out = {}
+        for name in ("describer", "question_generator", "vqa", "reranker"):
+            role = getattr(self.roles, name)
+            model = getattr(role, "chat_model", None)
+            if model is not None and hasattr(model, "usage"):
+                out[name] = model.usage.as_dict()
+        return out

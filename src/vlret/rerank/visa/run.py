@@ -1,0 +1,182 @@
+"""A whole VISA run over an evaluation split: base top-K, the stages, fusion, metrics and a result file.
+
+The base ranking comes from a score matrix (captions x items of the split, as ``vlret eval --scores`` takes
+it) or from a model; only its top-K and the base rank of each query's answer are kept, so no dense text-score
+matrix is ever formed. Outputs in ``out``: ``candidates.npy`` and ``base_topk.npy`` ``[n_queries, K]``,
+``text_scores.npy`` and ``fused.npy`` (after a complete run), the stage caches (``*.jsonl``), ``run.json``
+(the inputs, for ``visa-merge``) and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlret.data._io import read_json, write_json
+from vlret.data.records import RetrievalDataset
+from vlret.evaluate.metrics import direction_metrics
+from vlret.evaluate.ranking import dot_block_fn, matrix_block_fn, rank_blocks, topk_blocks
+from vlret.evaluate.results import make_result
+from vlret.rerank.visa.config import VisaConfig
+from vlret.rerank.visa.fusion import fuse, rerank_topk
+from vlret.rerank.visa.pipeline import Candidate, Roles, Visa
+from vlret.rerank.visa.store import merge_stage
+
+
+def base_from_scores(
+    scores: np.ndarray, split: RetrievalDataset, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidates, their base scores, the base rank of each query's answer) from a score matrix."""
+    cap_item = split.caption_to_item
+    positive = torch.as_tensor(np.asarray(scores[np.arange(len(cap_item)), cap_item], dtype=np.float32))
+    block_fn = matrix_block_fn(scores)
+    base_ranks = rank_blocks(block_fn, cap_item, positive, scores.shape[1], tie_tolerance=0.0).t2i
+    values, indices = topk_blocks(block_fn, len(cap_item), k)
+    return indices, values, base_ranks
+
+
+def base_from_embeddings(text: np.ndarray, items: np.ndarray, split: RetrievalDataset, k: int):
+    """The same from normalised embeddings (cosine scores, computed block by block)."""
+    cap_item = split.caption_to_item
+    t, g = torch.from_numpy(text), torch.from_numpy(items)
+    positive = (t * g[torch.from_numpy(cap_item)]).sum(1)
+    block_fn = dot_block_fn(t, g)
+    base_ranks = rank_blocks(block_fn, cap_item, positive, len(g)).t2i
+    values, indices = topk_blocks(block_fn, len(cap_item), k)
+    return indices, values, base_ranks
+
+
+def final_ranks(reranked: np.ndarray, base_ranks: np.ndarray, answers: np.ndarray) -> np.ndarray:
+    """An answer inside the top-K takes its new position; outside it keeps its base rank (which is >= K)."""
+    hits = reranked == answers[:, None]
+    inside = hits.any(axis=1)
+    return np.where(inside, hits.argmax(axis=1), base_ranks)
+
+
+def _queries_of_shard(n_queries: int, shard: tuple[int, int]) -> np.ndarray:
+    index, count = shard
+    return np.arange(n_queries)[np.arange(n_queries) % count == index]
+
+
+def run_visa(
+    split: RetrievalDataset,
+    candidates: np.ndarray,
+    base_topk: np.ndarray,
+    base_ranks: np.ndarray,
+    config: VisaConfig,
+    out: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    roles: Roles | None = None,
+    source: dict | None = None,
+    query_limit: int | None = None,
+    cached_only: bool = False,
+) -> dict | None:
+    """Run the stages for this shard's queries; with one shard (or after a merge), fuse and evaluate.
+
+    Returns the result dict, or None for a shard of several (run ``visa-merge`` once all shards are done).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(candidates) if query_limit is None else min(query_limit, len(candidates))
+    candidates, base_topk, base_ranks = candidates[:n], base_topk[:n], base_ranks[:n]
+    np.save(out / "candidates.npy", candidates.astype(np.int32))
+    np.save(out / "base_topk.npy", base_topk.astype(np.float32))
+    np.save(out / "base_ranks.npy", base_ranks.astype(np.int64))
+    write_json(out / "run.json", {"config": config.to_dict(), "source": source or {}, "queries": n})
+    started = time.perf_counter()
+    visa = Visa(config, roles or Roles.from_config(config), out, shard, cached_only)
+    texts = [c.text for c in split.captions]
+    mine = _queries_of_shard(n, shard)
+    rows = [
+        [
+            Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
+            for j, s in zip(candidates[q], base_topk[q], strict=True)
+        ]
+        for q in mine
+    ]
+    text_scores, parsed = visa.score_candidates([texts[q] for q in mine], rows)
+    status = {s: sum(p.status == s for p in parsed) for s in ("ok", "partial", "fallback")}
+    if shard[1] > 1:
+        write_json(
+            out / f"shard-{shard[0]}-of-{shard[1]}.json",
+            {"stages": {k: v.as_dict() for k, v in visa.stats.items()}, "questions": status},
+        )
+        return None
+    answers = split.caption_to_item[:n]
+    return _fuse_and_evaluate(
+        split,
+        out,
+        config,
+        candidates,
+        base_topk,
+        base_ranks,
+        answers,
+        text_scores,
+        visa,
+        status,
+        started,
+        source,
+    )
+
+
+def _fuse_and_evaluate(
+    split, out, config, candidates, base_topk, base_ranks, answers, text_scores, visa, status, started, source
+):
+    fused = fuse(base_topk, text_scores, config.w_base, config.w_text)
+    reranked = rerank_topk(candidates, base_topk, fused)
+    np.save(out / "text_scores.npy", text_scores.astype(np.float32))
+    np.save(out / "fused.npy", fused.astype(np.float32))
+    np.save(out / "reranked.npy", reranked.astype(np.int32))
+    visa_ranks = final_ranks(reranked, base_ranks, answers)
+    result = make_result(
+        method="visa",
+        data={"source": split.source, "split": split.items[0].split if split.items else None},
+        model=source or {},
+        protocol={
+            "name": "text->visual",
+            "direction": "t2i",
+            "queries": len(candidates),
+            "gallery_items": len(split.items),
+        },
+        metrics={"base": direction_metrics(base_ranks, "t2i"), "visa": direction_metrics(visa_ranks, "t2i")},
+        visa={
+            "k": candidates.shape[1],
+            "questions": config.questions,
+            "w_base": config.w_base,
+            "w_text": config.w_text,
+            "compat": config.compat,
+        },
+        stages={k: v.as_dict() for k, v in visa.stats.items()},
+        usage=visa.usage(),
+        question_status=status,
+        seconds={"total": round(time.perf_counter() - started, 3)},
+    )
+    write_json(out / "result.json", result)
+    return result
+
+
+def merge_visa(
+    split: RetrievalDataset, config: VisaConfig, out: str | Path, roles: Roles | None = None
+) -> dict:
+    """Join the shard caches, then fuse and evaluate (every unit must be cached: no model is called)."""
+    out = Path(out)
+    for stage in ("descriptions", "questions", "answers", "text_scores"):
+        merge_stage(out, stage)
+    candidates, base_topk = np.load(out / "candidates.npy"), np.load(out / "base_topk.npy")
+    base_ranks = np.load(out / "base_ranks.npy")
+    run = read_json(out / "run.json")
+    return run_visa(
+        split,
+        candidates,
+        base_topk,
+        base_ranks,
+        config,
+        out,
+        (0, 1),
+        roles or Roles.from_config(config),
+        run["source"],
+        cached_only=True,
+    )
