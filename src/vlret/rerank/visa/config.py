@@ -6,7 +6,7 @@ questions: 3          # questions per query
 w_base: 1.0           # fusion weights
 w_text: 1.0
 compat: false         # reproduce the official quirks (see docs)
-concurrency: 8        # backend calls in flight
+concurrency: 16       # backend calls in flight
 media: image          # or video
 describer:          {backend: synthetic}
 question_generator: {backend: rule}
@@ -40,7 +40,7 @@ class VisaConfig:
     w_base: float = 1.0
     w_text: float = 1.0
     compat: bool = False
-    concurrency: int = 8
+    concurrency: int = 16  # calls in flight; vLLM/SGLang batch them, lower it for Ollama
     media: str = "image"
     describer: dict = field(default_factory=lambda: {"backend": "synthetic"})
     question_generator: dict = field(default_factory=lambda: {"backend": "rule"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,12 +122,22 @@ class Visa:
             raise VlretError(
                 f"{stage}: {len(todo)} of {len(units)} units are not in {self.cache_dir}; run every shard to completion first"
             )
+        failures: list[BaseException] = []
         if todo:
+            # Each unit is stored the moment it finishes; a failing unit does not stop the others.
             with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-                futures = {key: pool.submit(fn) for key, fn in todo.items()}
-                for key, future in futures.items():
-                    store.put(key, future.result())
-                    stats.computed += 1
+                futures = {pool.submit(fn): key for key, fn in todo.items()}
+                for future in as_completed(futures):
+                    try:
+                        store.put(futures[future], future.result())
+                        stats.computed += 1
+                    except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+                        failures.append(exc)
+        if failures:
+            stats.seconds += time.perf_counter() - started
+            raise VlretError(
+                f"{stage}: {len(failures)} of {len(todo)} units failed (the rest are stored; run again to retry): {failures[0]}"
+            ) from failures[0]
         stats.seconds += time.perf_counter() - started
         return {key: store.get(key) for key in units}
 

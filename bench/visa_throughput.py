@@ -1,0 +1,115 @@
+"""VISA's throughput against a local OpenAI-compatible server that waits 100 ms per call, in one run.
+
+The pipeline (50 queries, K = 20, Q = 3, describer + question generator + VQA over HTTP, lexical reranker)
+runs at its default concurrency; the baseline is the same calls made one after another. By default the
+baseline times 150 sequential calls and scales by the pipeline's number of calls (a full sequential run takes
+over 5 minutes; ``--full-baseline`` does it). A second pipeline run over the same cache must make 0 calls.
+Target: speed-up >= 8, printed last.
+
+    .venv/bin/python bench/visa_throughput.py [--queries 50] [--full-baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from vlret.data import load_dataset
+from vlret.data.synth import SynthConfig, write_benchmark
+from vlret.rerank.backends.openai_http import OpenAIChat
+from vlret.rerank.visa.config import VisaConfig
+from vlret.rerank.visa.pipeline import Roles
+from vlret.rerank.visa.run import base_from_scores, run_visa
+
+DELAY = 0.1
+QUESTIONS_REPLY = (
+    "key phrases:\n1. shape\nquestions:\n1. What shape is it?\n2. What colour is it?\n3. Where is it?"
+)
+
+
+class SlowServer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(DELAY)
+        content = body["messages"][0]["content"]
+        text = content if isinstance(content, str) else content[-1]["text"]
+        answer = QUESTIONS_REPLY if "questions:" in text else "A red circle in the top left."
+        data = json.dumps(
+            {
+                "choices": [{"message": {"content": answer}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 8},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--full-baseline", action="store_true")
+    args = parser.parse_args()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = {
+        "backend": "openai",
+        "model": "slow",
+        "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
+    }
+    config = VisaConfig(describer=spec, question_generator=spec, vqa=spec, reranker={"backend": "lexical"})
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=2000, seed=0))
+        split = load_dataset(data).split("test")
+        scores = (
+            np.random.default_rng(0).normal(size=(len(split.captions), len(split.items))).astype(np.float32)
+        )
+        base = base_from_scores(scores, split, config.k)
+
+        roles = Roles.from_config(config)
+        start = time.perf_counter()
+        result = run_visa(split, *base, config, Path(tmp) / "run", roles=roles, query_limit=args.queries)
+        pipeline_s = time.perf_counter() - start
+        calls = sum(s["computed"] for name, s in result["stages"].items() if name != "text_scores")
+
+        again = Roles.from_config(config)
+        run_visa(split, *base, config, Path(tmp) / "run", roles=again, query_limit=args.queries)
+        second_calls = sum(
+            getattr(again, r).chat_model.usage.calls for r in ("describer", "question_generator", "vqa")
+        )
+
+        chat = OpenAIChat("slow", base_url=spec["base_url"])
+        image = split.media_path(split.items[0])
+        n_seq = calls if args.full_baseline else min(150, calls)
+        start = time.perf_counter()
+        for _ in range(n_seq):
+            chat.chat("What shape is it?", [image])
+        sequential_s = (time.perf_counter() - start) * calls / n_seq
+    server.shutdown()
+    label = "measured" if n_seq == calls else f"{n_seq} calls timed, scaled to {calls}"
+    print(
+        f"queries={args.queries} K={config.k} Q={config.questions} concurrency={config.concurrency} calls={calls}"
+    )
+    print(f"pipeline: {pipeline_s:.1f} s   sequential ({label}): {sequential_s:.1f} s")
+    print(f"second run over the same cache: {second_calls} calls")
+    print(f"speed-up: {sequential_s / pipeline_s:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

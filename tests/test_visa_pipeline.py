@@ -1,0 +1,121 @@
+"""The VISA pipeline with offline backends: results, caching, resume after a failure, sharding and merging."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from vlret.data import load_dataset
+from vlret.errors import VlretError
+from vlret.rerank.visa.config import VisaConfig
+from vlret.rerank.visa.pipeline import Candidate, Roles, Visa
+from vlret.rerank.visa.run import base_from_scores, merge_visa, run_visa
+
+
+class Counting:
+    """Wraps a role: counts calls, and can fail from the n-th call on."""
+
+    def __init__(self, inner, fail_from=None):
+        self.inner, self.fail_from, self.calls = inner, fail_from, 0
+        self.id = inner.id
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            with self._lock:
+                self.calls += 1
+                if self.fail_from is not None and self.calls >= self.fail_from:
+                    raise RuntimeError("backend down")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def roles(fail_vqa_from=None):
+    base = Roles.from_config(VisaConfig())
+    return Roles(
+        Counting(base.describer),
+        Counting(base.question_generator),
+        Counting(base.vqa, fail_vqa_from),
+        Counting(base.reranker),
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(synth_data):
+    split = load_dataset(synth_data).split("test")
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(len(split.captions), len(split.items))).astype(np.float32)
+    config = VisaConfig(k=4, concurrency=4)
+    return split, scores, config, base_from_scores(scores, split, config.k)
+
+
+def test_second_run_makes_no_calls_and_same_result(setup, tmp_path):
+    split, _, config, (cand, top, ranks) = setup
+    first_roles, second_roles = roles(), roles()
+    first = run_visa(split, cand, top, ranks, config, tmp_path, roles=first_roles)
+    second = run_visa(split, cand, top, ranks, config, tmp_path, roles=second_roles)
+    assert first_roles.vqa.calls == first["stages"]["answers"]["computed"] > 0
+    assert (
+        sum(getattr(second_roles, r).calls for r in ("describer", "question_generator", "vqa", "reranker"))
+        == 0
+    )
+    assert second["stages"]["answers"]["cache_hits"] == second["stages"]["answers"]["units"]
+    assert first["metrics"] == second["metrics"]
+    # the base metrics equal an independent evaluation of the same matrix (text->image)
+    from vlret.evaluate import evaluate_scores
+
+    base = evaluate_scores(setup[1], load_dataset(split.source), direction="t2i")["metrics"]
+    assert first["metrics"]["base"]["t2i_r1"] == base["t2i_r1"]
+
+
+def test_failure_keeps_finished_units_and_resume_completes(setup, tmp_path):
+    split, _, config, (cand, top, ranks) = setup
+    clean = run_visa(split, cand, top, ranks, config, tmp_path / "clean", roles=roles())
+    total = clean["stages"]["answers"]["computed"]
+    failing = roles(fail_vqa_from=20)
+    with pytest.raises(VlretError, match="answers: .* units failed"):
+        run_visa(split, cand, top, ranks, config, tmp_path / "run", roles=failing)
+    again = roles()
+    resumed = run_visa(split, cand, top, ranks, config, tmp_path / "run", roles=again)
+    assert again.vqa.calls == total - 19  # the 19 answers before the failure were kept
+    assert resumed["metrics"] == clean["metrics"]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "run" / "reranked.npy"), np.load(tmp_path / "clean" / "reranked.npy")
+    )
+
+
+def test_shards_merge_to_the_unsharded_result(setup, tmp_path):
+    split, _, config, (cand, top, ranks) = setup
+    whole = run_visa(split, cand, top, ranks, config, tmp_path / "whole", roles=roles())
+    out = tmp_path / "sharded"
+    assert run_visa(split, cand, top, ranks, config, out, shard=(0, 2), roles=roles()) is None
+    with pytest.raises(VlretError, match="not in"):
+        merge_visa(split, config, out, roles=roles())  # shard 1 has not run
+    run_visa(split, cand, top, ranks, config, out, shard=(1, 2), roles=roles())
+    merged_roles = roles()
+    merged = merge_visa(split, config, out, roles=merged_roles)
+    assert merged_roles.vqa.calls == 0
+    assert merged["metrics"] == whole["metrics"]
+    np.testing.assert_array_equal(np.load(out / "reranked.npy"), np.load(tmp_path / "whole" / "reranked.npy"))
+    assert not list(out.glob("*.shard-*.jsonl"))
+
+
+def test_rerank_one_query_python_api(setup, tmp_path):
+    split = setup[0]
+    visa = Visa(VisaConfig(k=3), Roles.from_config(VisaConfig()), tmp_path)
+    items = split.items[:3]
+    candidates = [
+        Candidate(it.id, split.media_path(it), s) for it, s in zip(items, (0.3, 0.2, 0.1), strict=True)
+    ]
+    caption = next(c.text for c in split.captions if c.item_id == items[2].id)
+    out = visa.rerank(caption, candidates)
+    assert sorted(out.item_ids) == sorted(it.id for it in items)
+    assert out.fused == sorted(out.fused, reverse=True)
+    assert len(out.questions.questions) == 3
+    zero_text = Visa(VisaConfig(k=3, w_text=0.0), Roles.from_config(VisaConfig()), tmp_path).rerank(
+        caption, candidates
+    )
+    assert zero_text.item_ids == [it.id for it in items]  # base order back
