@@ -29,9 +29,11 @@ from vlret.rerank.visa.pipeline import Roles
 from vlret.rerank.visa.run import base_from_scores, run_visa
 
 DELAY = 0.1
-QUESTIONS_REPLY = (
-    "key phrases:\n1. shape\nquestions:\n1. What shape is it?\n2. What colour is it?\n3. Where is it?"
-)
+def questions_reply(prompt: str) -> str:
+    """Questions that name the query, so no two queries share an answer in the cache."""
+    sentence = prompt.rsplit("Sentence:", 1)[-1].strip()
+    asks = [f"Is there {sentence}?", f"What colour is {sentence}?", f"Where is {sentence}?"]
+    return f"key phrases:\n1. {sentence}\nquestions:\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(asks, 1))
 
 
 class SlowServer(BaseHTTPRequestHandler):
@@ -42,7 +44,7 @@ class SlowServer(BaseHTTPRequestHandler):
         time.sleep(DELAY)
         content = body["messages"][0]["content"]
         text = content if isinstance(content, str) else content[-1]["text"]
-        answer = QUESTIONS_REPLY if "questions:" in text else "A red circle in the top left."
+        answer = questions_reply(text) if "questions:" in text else "A red circle in the top left."
         data = json.dumps(
             {
                 "choices": [{"message": {"content": answer}}],
