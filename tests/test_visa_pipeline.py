@@ -1,5 +1,6 @@
 """The VISA pipeline with offline backends: results, caching, resume after a failure, sharding and merging."""
 
+import json
 import threading
 
 import numpy as np
@@ -119,3 +120,35 @@ def test_rerank_one_query_python_api(setup, tmp_path):
         caption, candidates
     )
     assert zero_text.item_ids == [it.id for it in items]  # base order back
+
+
+def test_cli_visa_on_scores_then_resumes_from_cache(synth_data, tmp_path, capsys):
+    from vlret.cli import main
+
+    split = load_dataset(synth_data).split("test")
+    scores = np.random.default_rng(1).normal(size=(len(split.captions), len(split.items))).astype(np.float32)
+    np.save(tmp_path / "s.npy", scores)
+    config = tmp_path / "visa.yaml"
+    config.write_text("k: 4\nquestions: 3\n")
+    args = [
+        "rerank",
+        "visa",
+        "--scores",
+        str(tmp_path / "s.npy"),
+        "--data",
+        str(synth_data),
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0
+    assert "| base + VISA |" in capsys.readouterr().out
+    first = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert main(args) == 0
+    second = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert all(s["computed"] == 0 for s in second["stages"].values())
+    assert second["metrics"] == first["metrics"]
+    config.write_text("k: 4\nquestons: 3\n")
+    assert main(args) == 2
+    assert "unknown key 'questons'" in capsys.readouterr().err
