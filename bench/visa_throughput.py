@@ -29,11 +29,15 @@ from vlret.rerank.visa.pipeline import Roles
 from vlret.rerank.visa.run import base_from_scores, run_visa
 
 DELAY = 0.1
+
+
 def questions_reply(prompt: str) -> str:
     """Questions that name the query, so no two queries share an answer in the cache."""
     sentence = prompt.rsplit("Sentence:", 1)[-1].strip()
     asks = [f"Is there {sentence}?", f"What colour is {sentence}?", f"Where is {sentence}?"]
-    return f"key phrases:\n1. {sentence}\nquestions:\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(asks, 1))
+    return f"key phrases:\n1. {sentence}\nquestions:\n" + "\n".join(
+        f"{i}. {q}" for i, q in enumerate(asks, 1)
+    )
 
 
 class SlowServer(BaseHTTPRequestHandler):

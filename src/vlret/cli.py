@@ -137,8 +137,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlret.train import Trainer, load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    summary = Trainer(recipe, resume=args.resume, progress=not args.quiet).fit()
-    _print_json(summary)
+    trainer = Trainer(recipe, resume=args.resume, progress=not args.quiet)
+    summary = trainer.fit()
+    if trainer.info.is_main:  # under torchrun, one summary
+        _print_json(summary)
     return 0
 
 

@@ -92,7 +92,7 @@ def matrix_block_fn(scores: np.ndarray | torch.Tensor) -> BlockFn:
     """Row blocks of a precomputed matrix (a numpy memmap stays on disk until a block is read)."""
 
     def block(start: int, stop: int) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(scores[start:stop], dtype=np.float32))
+        return torch.from_numpy(np.array(scores[start:stop], dtype=np.float32))
 
     return block
 
