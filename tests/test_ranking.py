@@ -91,3 +91,22 @@ def test_topk_by_hand():
     values, indices = topk_blocks(matrix_block_fn(S), len(S), k=2, chunk=2)
     assert indices.tolist() == [[0, 1], [1, 2], [2, 0], [2, 1], [0, 2]]
     np.testing.assert_allclose(values[1], [0.6, 0.4])
+
+
+def test_any_block_scorer_plugs_in():
+    """A scorer that is not a dot product (negative squared distance) ranks like a brute-force loop."""
+    from vlret.evaluate.ranking import rank_blocks
+
+    gen = torch.Generator().manual_seed(3)
+    items, texts = torch.randn(12, 4, generator=gen), torch.randn(30, 4, generator=gen)
+    text_to_item = np.arange(30) % 12
+
+    def neg_distance(start, stop):
+        return -(torch.cdist(texts[start:stop], items) ** 2)
+
+    positive = -((texts - items[torch.from_numpy(text_to_item)]) ** 2).sum(1)
+    ranks = rank_blocks(neg_distance, text_to_item, positive, len(items), chunk=7, tie_tolerance=1e-4)
+    full = neg_distance(0, 30).numpy()
+    t2i, i2t = _argsort_ranks(full, text_to_item)
+    np.testing.assert_array_equal(ranks.t2i, t2i)
+    np.testing.assert_array_equal(ranks.i2t, i2t)

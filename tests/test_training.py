@@ -112,3 +112,15 @@ def test_short_training_lifts_recall_far_above_chance(tmp_path):
     result = evaluate_model(trainer.model, trainer.data, split="test", use_cache=False, progress=False)
     n_test = result["counts"]["gallery_items"]
     assert result["metrics"]["t2i_r1"] >= 6 / n_test, result["metrics"]  # six times chance or better
+
+
+def test_gradient_accumulation_counts_optimiser_steps(synth_data, tmp_path):
+    over = _overrides(synth_data, tmp_path / "acc", epochs=1)
+    over = [o for o in over if not o.startswith("train.batch_size")]
+    trainer = Trainer(
+        load_recipe(None, [*over, "train.batch_size=8", "train.grad_accum_steps=3"]), progress=False
+    )
+    summary = trainer.fit()
+    assert summary["steps"] == (240 // 8) // 3  # 30 micro-batches -> 10 optimiser steps
+    train = [r for r in read_metrics(tmp_path / "acc" / "metrics.jsonl") if r["kind"] == "train"]
+    assert train[-1]["step"] == 10 and train[-1]["samples_per_s"] > 0

@@ -102,6 +102,7 @@ def test_parse_fallbacks_never_raise(reply, status):
     assert all(q.endswith("?") for q in parsed.questions)
     if status == "fallback":
         assert parsed.key_phrases == "a red circle"
+    assert parsed.raw == reply
 
 
 def test_passage_assembly_default_and_compat():

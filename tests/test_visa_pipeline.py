@@ -152,3 +152,15 @@ def test_cli_visa_on_scores_then_resumes_from_cache(synth_data, tmp_path, capsys
     config.write_text("k: 4\nquestons: 3\n")
     assert main(args) == 2
     assert "unknown key 'questons'" in capsys.readouterr().err
+
+
+def test_store_ignores_a_line_cut_off_by_a_kill(tmp_path):
+    from vlret.rerank.visa.store import StageStore
+
+    store = StageStore(tmp_path, "answers")
+    store.put("a", "first")
+    store.put("b", "second")
+    with store.path.open("a") as fh:
+        fh.write('{"key": "c", "val')  # the process died mid-write
+    again = StageStore(tmp_path, "answers")
+    assert len(again) == 2 and again.get("b") == "second" and "c" not in again

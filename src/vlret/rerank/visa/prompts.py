@@ -64,6 +64,7 @@ class ParsedQuestions:
     key_phrases: str
     questions: list[str]
     status: str  # ok | partial (padded with fallbacks) | fallback (reply unusable)
+    raw: str = ""  # the reply as received
 
     def as_dict(self) -> dict:
         return {"key_phrases": self.key_phrases, "questions": self.questions, "status": self.status}
@@ -86,7 +87,7 @@ def parse_questions(reply: str, query: str, n: int = 3, media: str = "image") ->
     text = " ".join(reply.split())
     lower = text.lower()
     if _CJK.search(text) or "questions:" not in lower:
-        return ParsedQuestions(query, fallback_questions(media, n), "fallback")
+        return ParsedQuestions(query, fallback_questions(media, n), "fallback", reply)
     marker = lower.index("questions:")
     start = lower.find("key phrases:")
     key_phrases = text[start + len("key phrases:") : marker].strip() if 0 <= start < marker else query
@@ -99,9 +100,9 @@ def parse_questions(reply: str, query: str, n: int = 3, media: str = "image") ->
         if head:
             questions.append(head + "?")
     if len(questions) >= n:
-        return ParsedQuestions(key_phrases, questions[:n], "ok")
+        return ParsedQuestions(key_phrases, questions[:n], "ok", reply)
     padded = questions + fallback_questions(media, n)[len(questions) :]
-    return ParsedQuestions(key_phrases, padded, "partial")
+    return ParsedQuestions(key_phrases, padded, "partial", reply)
 
 
 _UNCERTAIN = re.compile(r"^\W*uncertain\W*$", re.IGNORECASE)

@@ -99,6 +99,15 @@ def run_visa(
     ]
     text_scores, parsed = visa.score_candidates([texts[q] for q in mine], rows)
     status = {s: sum(p.status == s for p in parsed) for s in ("ok", "partial", "fallback")}
+    issues = [
+        {"query_index": int(q), "query": texts[q], "status": p.status, "reply": p.raw}
+        for q, p in zip(mine, parsed, strict=True)
+        if p.status != "ok"
+    ]
+    suffix = "" if shard[1] == 1 else f".shard-{shard[0]}-of-{shard[1]}"
+    write_json(
+        out / f"question_issues{suffix}.json", issues
+    )  # replies that needed a fallback, for inspection
     if shard[1] > 1:
         write_json(
             out / f"shard-{shard[0]}-of-{shard[1]}.json",
