@@ -247,6 +247,59 @@ def cmd_rerank_visa_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- vlret index / search -----------------------------------------------------------------------------
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from vlret.index import build_index
+
+    dataset = None
+    if args.data:
+        dataset = _load(args)
+        if args.split:
+            dataset = dataset.split(args.split)
+    budget = int(args.memory_gb * 2**30) if args.memory_gb else None
+    path = build_index(
+        args.model,
+        args.out,
+        images=args.images,
+        dataset=dataset,
+        chunk_size=args.chunk_size,
+        memory_budget_bytes=budget,
+    )
+    meta = json.loads((path / "index.json").read_text())
+    print(
+        f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']} ({meta['choice']['reason']})"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vlret.index import Searcher
+
+    searcher = Searcher(args.index)
+    if (args.query is None) == (args.image is None):
+        raise ConfigError("give a query text or --image PATH (one of them)")
+    if args.image:
+        hits = (
+            searcher.image_to_text(args.image, args.k)
+            if args.target == "captions"
+            else searcher.image_to_image(args.image, args.k)
+        )
+    else:
+        hits = (
+            searcher.text_to_text(args.query, args.k)
+            if args.target == "captions"
+            else searcher.text_to_image(args.query, args.k)
+        )
+    if args.json:
+        _print_json([h.as_dict() for h in hits])
+        return 0
+    for h in hits:
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.text}")
+    return 0
+
+
 def cmd_results_table(args: argparse.Namespace) -> int:
     from vlret.evaluate.results import load_result, results_table
 
@@ -356,6 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True)
     _add_data_options(merge)
     merge.set_defaults(func=cmd_rerank_visa_merge)
+
+    index = commands.add_parser("index", help="build a searchable index of a collection")
+    index_cmds = index.add_subparsers(dest="index_command", required=True)
+    build = index_cmds.add_parser(
+        "build", help="encode a folder of images or a dataset (resumable) and index it"
+    )
+    build.add_argument("--model", required=True, help="a saved vlret model folder or hf:<id or folder>")
+    build_source = build.add_mutually_exclusive_group(required=True)
+    build_source.add_argument("--images", help="folder of images (searched recursively)")
+    build_source.add_argument("--data", help="annotation file or folder (captions are indexed too)")
+    build.add_argument("--split", help="with --data: only this split")
+    build.add_argument("--out", required=True, help="index path (a link to the current version)")
+    build.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
+    build.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
+    _add_data_options(build)
+    build.set_defaults(func=cmd_index_build)
+    search = commands.add_parser("search", help="search an index by text or by image")
+    search.add_argument("index")
+    search.add_argument("query", nargs="?", help="query text")
+    search.add_argument("--image", help="query image file")
+    search.add_argument("--target", choices=["images", "captions"], default="images", help="what to return")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_search)
 
     results = commands.add_parser("results", help="aggregate result files")
     results_cmds = results.add_subparsers(dest="results_command", required=True)

@@ -1,0 +1,125 @@
+"""The index: build from a folder or a dataset, search every direction, resume a killed build, swap atomically."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import vlret.index.build as build_module
+from vlret.data import load_dataset
+from vlret.errors import ConfigError, DataError
+from vlret.index import Searcher, build_index, choose_index
+from vlret.index.search import _Vectors
+from vlret.models import create_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(synth_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "m"
+    captions = [c.text for c in load_dataset(synth_data).captions]
+    create_model("tiny-cnn", captions=captions, seed=0).save(folder)
+    return folder
+
+
+def test_choice_by_size_and_budget():
+    assert choose_index(50_000, 512).kind == "exact"
+    ivf = choose_index(1_000_000, 512)
+    assert (
+        ivf.kind == "ivf_flat" and ivf.factory == "IVF4096,Flat" and ivf.refine == 0
+    )  # 4*sqrt(1e6) = 4000 -> 2^12
+    small = choose_index(1_000_000, 512, memory_budget_bytes=512 * 2**20)  # raw 1.9 GiB does not fit 512 MiB
+    assert small.kind == "ivf_pq" and small.factory == "IVF4096,PQ64" and small.refine > 0
+
+
+def test_build_from_folder_and_search(model_dir, synth_data, tmp_path):
+    images = synth_data.parent / "images" / "test"
+    index = build_index(str(model_dir), tmp_path / "idx", images=images, progress=False)
+    searcher = Searcher(index)
+    assert searcher.meta["items"] == 6 and searcher.meta["choice"]["kind"] == "exact"
+    hits = searcher.text_to_image("a red circle", k=4)
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    # scores are the cosine of the text embedding with each image's embedding (brute force)
+    emb = np.load(index / "embeddings.npy")
+    expected = np.sort(emb @ searcher.embed_text("a red circle"))[::-1][:4]
+    np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5)
+    first = images / hits[0].path
+    assert searcher.image_to_image(first, k=1)[0].path == hits[0].path  # an image finds itself
+    with pytest.raises(ConfigError, match="no captions were indexed"):
+        searcher.text_to_text("a red circle")
+
+
+def test_build_from_dataset_indexes_captions(model_dir, synth_data, tmp_path):
+    test = load_dataset(synth_data).split("test")
+    searcher = Searcher(build_index(str(model_dir), tmp_path / "idx", dataset=test, progress=False))
+    caption = test.captions[7]
+    assert searcher.text_to_text(caption.text, k=1)[0].text == caption.text
+    assert len(searcher.image_to_text(test.media_path(test.items[0]), k=3)) == 3
+
+
+def test_killed_build_resumes_without_reencoding(model_dir, synth_data, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    shutil.copytree(synth_data.parent / "images" / "train", images)
+    names = sorted(p.name for p in images.iterdir())
+    good = (images / names[9]).read_bytes()
+    (images / names[9]).write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot decode"):
+        build_index(str(model_dir), tmp_path / "idx", images=images, chunk_size=4, progress=False)
+    assert sorted(p.name for p in (tmp_path / "idx.building" / "chunks").iterdir()) == [
+        "images-00000.npy",
+        "images-00001.npy",
+    ]
+    (images / names[9]).write_bytes(good)
+    loads = []
+    real = build_module.load_image
+    monkeypatch.setattr(
+        build_module, "load_image", lambda path, record=None: loads.append(path) or real(path, record)
+    )
+    index = build_index(str(model_dir), tmp_path / "idx", images=images, chunk_size=4, progress=False)
+    assert len(loads) == len(names) - 8  # the two finished chunks (8 images) were not encoded again
+    fresh = build_index(str(model_dir), tmp_path / "fresh", images=images, chunk_size=4, progress=False)
+    np.testing.assert_array_equal(np.load(index / "embeddings.npy"), np.load(fresh / "embeddings.npy"))
+
+
+def test_rebuild_swaps_atomically_and_open_searchers_keep_working(model_dir, synth_data, tmp_path):
+    first_images = synth_data.parent / "images" / "test"
+    index = build_index(str(model_dir), tmp_path / "idx", images=first_images, progress=False)
+    old = Searcher(index)
+    build_index(str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "val", progress=False)
+    new = Searcher(index)
+    assert index.is_symlink() and new.path != old.path
+    assert len(list((tmp_path / "idx.versions").iterdir())) == 1  # the old version is gone from disk
+    assert len(old.text_to_image("a blue square", k=2)) == 2  # but an open searcher still answers
+    assert {h.path for h in new.text_to_image("a blue square", k=6)} == {
+        p.name for p in (synth_data.parent / "images" / "val").iterdir()
+    }
+
+
+def test_untrained_model_name_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="needs a trained model"):
+        build_index("tiny-cnn", tmp_path / "idx", images=tmp_path)
+
+
+def test_ivf_search_recall_and_exact_refine():
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(10000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.3 * rng.normal(size=(50, 32)).astype(np.float32)
+    exact = _Vectors(vectors)
+    ivf = faiss.index_factory(32, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    ivf.add(vectors)
+    approx = _Vectors(vectors, ivf, nprobe=32)
+    pq = faiss.index_factory(32, "IVF64,PQ16", faiss.METRIC_INNER_PRODUCT)
+    pq.train(vectors)
+    pq.add(vectors)
+    refined = _Vectors(vectors, pq, nprobe=32, refine=10)
+    recall_ivf = recall_pq = 0.0
+    for q in queries:
+        truth = set(exact.search(q, 10)[1])
+        recall_ivf += len(truth & set(approx.search(q, 10)[1])) / 10
+        scores, ids = refined.search(q, 10)
+        recall_pq += len(truth & set(ids)) / 10
+        np.testing.assert_allclose(scores, vectors[ids] @ q, rtol=1e-5)  # refined scores are exact
+    assert recall_ivf / 50 >= 0.9 and recall_pq / 50 >= 0.9, (recall_ivf / 50, recall_pq / 50)
