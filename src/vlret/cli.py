@@ -300,6 +300,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vlret.serve import create_app
+
+    app = create_app(
+        args.index,
+        visa_config=args.visa_config,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_k=args.max_k,
+    )
+    print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_results_table(args: argparse.Namespace) -> int:
     from vlret.evaluate.results import load_result, results_table
 
@@ -433,6 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=cmd_search)
+
+    serve = commands.add_parser("serve", help="serve an index over HTTP with a web page")
+    serve.add_argument("index")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--visa-config", help="VISA YAML: enables the re-ranking toggle")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.add_argument("--max-k", type=int, default=100)
+    serve.set_defaults(func=cmd_serve)
 
     results = commands.add_parser("results", help="aggregate result files")
     results_cmds = results.add_subparsers(dest="results_command", required=True)

@@ -65,6 +65,7 @@ class Searcher:
         self.path = path.resolve()  # pin this version
         self.meta = json.loads((self.path / "index.json").read_text())
         self.items = json.loads((self.path / "items.json").read_text())
+        self.item_numbers = {item["id"]: n for n, item in enumerate(self.items)}
         self.media_root = Path(self.meta["media_root"])
         import faiss
 
