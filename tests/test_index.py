@@ -28,7 +28,7 @@ def test_choice_by_size_and_budget():
         ivf.kind == "ivf_flat" and ivf.factory == "IVF4096,Flat" and ivf.refine == 0
     )  # 4*sqrt(1e6) = 4000 -> 2^12
     small = choose_index(1_000_000, 512, memory_budget_bytes=512 * 2**20)  # raw 1.9 GiB does not fit 512 MiB
-    assert small.kind == "ivf_pq" and small.factory == "IVF4096,PQ64" and small.refine > 0
+    assert small.kind == "ivf_pq" and small.factory == "IVF1024,PQ64" and small.refine > 0
 
 
 def test_build_from_folder_and_search(model_dir, synth_data, tmp_path):

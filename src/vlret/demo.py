@@ -5,7 +5,8 @@
    finished run is reused), choosing the checkpoint on the validation split;
 3. evaluate the best checkpoint, and the same architecture untrained, on the test split;
 4. re-rank the trained model's text->image top 20 with VISA on offline backends that read the pixels;
-5. print the tables and write the result JSONs and an HTML report (curves and sample queries).
+5. print the tables and write the result JSONs and an HTML report (curves and sample queries);
+6. index the test images (and captions) with the trained model, ready for ``vlret serve``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vlret.evaluate.api import evaluate_model
 from vlret.evaluate.encode import encode_dataset
 from vlret.evaluate.ranking import dot_block_fn, topk_blocks
 from vlret.evaluate.results import results_table
+from vlret.index import build_index
 from vlret.models import RetrievalModel, create_model
 from vlret.report import RetrievedImage, SampleQuery, write_report
 from vlret.rerank.visa.config import VisaConfig
@@ -105,7 +107,8 @@ def run_demo(
     )
     paths = {k: str(out / f"result_{k}.json") for k in results}
     paths["visa"] = str(out / "visa" / "result.json")
-    return {"table": table, "results": paths, "report": str(report), "train": summary}
+    index = build_index(str(trainer.ckpt_dir / "best" / "model"), out / "index", dataset=trainer.data.split("test"), progress=False)
+    return {"table": table, "results": paths, "report": str(report), "train": summary, "index": str(index)}
 
 
 def run_visa_on_test(model: RetrievalModel, test, out: Path) -> dict:

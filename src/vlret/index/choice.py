@@ -1,8 +1,8 @@
 """Which index to build, from the collection size and a memory budget (the autofaiss idea, kept small).
 
 - up to ``EXACT_MAX`` vectors: exact inner-product search (a flat index: no training, recall 1);
-- larger, when the raw float32 vectors fit the budget: ``IVF{nlist},Flat`` (``nlist ~ 4 sqrt(n)``), searched
-  with ``nprobe`` lists;
+- larger, when the raw float32 vectors fit the budget: ``IVF{nlist},Flat`` (``nlist ~ sqrt(n)``, a power of
+  two: cheap to train on a CPU), searched with ``nprobe = nlist / 16`` lists (recall@10 about 0.95 on clustered data);
 - larger than the budget: ``IVF{nlist},PQ{m}`` (``m`` bytes per vector), with a refine step that re-scores
   the top candidates exactly from the memory-mapped embeddings file.
 """
@@ -31,8 +31,8 @@ def choose_index(n: int, dim: int, memory_budget_bytes: int | None = None) -> In
     raw = n * dim * 4
     if n <= EXACT_MAX:
         return IndexChoice("exact", "Flat", 1, 0, f"{n} vectors <= {EXACT_MAX}: exact search")
-    nlist = 1 << round(math.log2(4 * math.sqrt(n)))
-    nprobe = max(8, nlist // 64)
+    nlist = 1 << round(math.log2(math.sqrt(n)))
+    nprobe = max(16, nlist // 16)
     if memory_budget_bytes is None or raw <= memory_budget_bytes:
         return IndexChoice(
             "ivf_flat",

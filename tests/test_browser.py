@@ -1,0 +1,85 @@
+"""The web page end to end in headless Chromium (Debian's chromium, driven by Playwright)."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from PIL import Image
+
+from vlret.data import load_dataset
+from vlret.index import build_index
+from vlret.models import create_model
+from vlret.serve import create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("the browser test needs Debian's chromium: .ci/run installs it (apt-get install chromium)")
+    pytest.skip("chromium is not installed here (apt-get install chromium); CI installs it", allow_module_level=True)
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(synth_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    captions = [c.text for c in load_dataset(synth_data).captions]
+    create_model("tiny-cnn", captions=captions, seed=0).save(root / "model")
+    index = build_index(str(root / "model"), root / "idx", images=synth_data.parent / "images" / "test", progress=False)
+    (root / "visa.yaml").write_text("k: 4\n")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(index, visa_config=root / "visa.yaml"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(base_url)
+        expect(page.locator("#status")).to_contain_text("6 items indexed")
+        expect(page.locator("#visa-label")).to_be_visible()
+
+        page.select_option("#k", "5")
+        page.fill("#query", "a red circle")
+        page.click("#search")
+        expect(page.locator("figure.hit")).to_have_count(5)
+        expect(page.locator("figure.hit").first).to_contain_text("#1")
+        first_img = page.locator("figure.hit img").first
+        expect(first_img).to_have_attribute("src", "/thumbnail/" + first_img.get_attribute("src").rsplit("/", 1)[1])
+        assert page.evaluate("document.querySelector('figure.hit img').naturalWidth") == 128  # the thumbnail loaded
+
+        page.check("#visa")
+        page.click("#search")
+        expect(page.locator("#status")).to_contain_text("VISA re-ranked")
+
+        query_image = tmp_path / "q.png"
+        Image.open(next((synth_data.parent / "images" / "test").iterdir())).save(query_image)
+        page.set_input_files("#upload", str(query_image))
+        expect(page.locator("#status")).not_to_contain_text("VISA")
+        expect(page.locator("figure.hit")).to_have_count(5)
+
+        page.fill("#query", "   ")
+        page.click("#search")
+        expect(page.locator("#status")).to_have_class("error")
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
