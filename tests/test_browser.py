@@ -18,10 +18,22 @@ from vlret.serve import create_app
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     if os.environ.get("CI"):
-        raise RuntimeError("the browser test needs Debian's chromium: .ci/run installs it (apt-get install chromium)")
-    pytest.skip("chromium is not installed here (apt-get install chromium); CI installs it", allow_module_level=True)
+        raise RuntimeError(
+            "the browser test needs Debian's chromium: .ci/run installs it (apt-get install chromium)"
+        )
+    pytest.skip(
+        "chromium is not installed here (apt-get install chromium); CI installs it", allow_module_level=True
+    )
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -35,10 +47,19 @@ def base_url(synth_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     captions = [c.text for c in load_dataset(synth_data).captions]
     create_model("tiny-cnn", captions=captions, seed=0).save(root / "model")
-    index = build_index(str(root / "model"), root / "idx", images=synth_data.parent / "images" / "test", progress=False)
+    index = build_index(
+        str(root / "model"), root / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
     (root / "visa.yaml").write_text("k: 4\n")
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(index, visa_config=root / "visa.yaml"), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(index, visa_config=root / "visa.yaml"),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -65,8 +86,12 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
         expect(page.locator("figure.hit")).to_have_count(5)
         expect(page.locator("figure.hit").first).to_contain_text("#1")
         first_img = page.locator("figure.hit img").first
-        expect(first_img).to_have_attribute("src", "/thumbnail/" + first_img.get_attribute("src").rsplit("/", 1)[1])
-        assert page.evaluate("document.querySelector('figure.hit img').naturalWidth") == 128  # the thumbnail loaded
+        expect(first_img).to_have_attribute(
+            "src", "/thumbnail/" + first_img.get_attribute("src").rsplit("/", 1)[1]
+        )
+        assert (
+            page.evaluate("document.querySelector('figure.hit img').naturalWidth") == 128
+        )  # the thumbnail loaded
 
         page.check("#visa")
         page.click("#search")

@@ -24,9 +24,8 @@ def model_dir(synth_data, tmp_path_factory):
 def test_choice_by_size_and_budget():
     assert choose_index(50_000, 512).kind == "exact"
     ivf = choose_index(1_000_000, 512)
-    assert (
-        ivf.kind == "ivf_flat" and ivf.factory == "IVF4096,Flat" and ivf.refine == 0
-    )  # 4*sqrt(1e6) = 4000 -> 2^12
+    # sqrt(1e6) = 1000 -> 2^10 lists, nprobe = 1024 / 16
+    assert (ivf.kind, ivf.factory, ivf.nprobe, ivf.refine) == ("ivf_flat", "IVF1024,Flat", 64, 0)
     small = choose_index(1_000_000, 512, memory_budget_bytes=512 * 2**20)  # raw 1.9 GiB does not fit 512 MiB
     assert small.kind == "ivf_pq" and small.factory == "IVF1024,PQ64" and small.refine > 0
 

@@ -18,7 +18,9 @@ def index(synth_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     captions = [c.text for c in load_dataset(synth_data).captions]
     create_model("tiny-cnn", captions=captions, seed=0).save(root / "model")
-    return build_index(str(root / "model"), root / "idx", images=synth_data.parent / "images" / "test", progress=False)
+    return build_index(
+        str(root / "model"), root / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,9 @@ def test_visa_toggle_reranks_the_top_k(client):
 
 
 def test_image_upload(client):
-    response = client.post("/api/search/image", params={"k": 2}, files={"file": ("q.png", _png(), "image/png")})
+    response = client.post(
+        "/api/search/image", params={"k": 2}, files={"file": ("q.png", _png(), "image/png")}
+    )
     assert response.status_code == 200 and len(response.json()["results"]) == 2
 
 
@@ -77,9 +81,25 @@ def test_image_upload(client):
         (("get", "/thumbnail/..%2F..%2Fetc%2Fpasswd", {}), 404, "Not Found"),
         (("get", "/thumbnail/passwd", {}), 422, "integer"),
         (("get", "/thumbnail/0", {"params": {"size": 9999}}), 422, "size must be one of"),
-        (("post", "/api/search/image", {"files": {"file": ("x.txt", b"hello", "text/plain")}}), 415, "expected an image"),
-        (("post", "/api/search/image", {"files": {"file": ("x.png", b"not a png", "image/png")}}), 400, "not a readable image"),
-        (("post", "/api/search/image", {"files": {"file": ("x.png", _png((400, 400)) + b"\0" * 60_000, "image/png")}}), 413, "larger than"),
+        (
+            ("post", "/api/search/image", {"files": {"file": ("x.txt", b"hello", "text/plain")}}),
+            415,
+            "expected an image",
+        ),
+        (
+            ("post", "/api/search/image", {"files": {"file": ("x.png", b"not a png", "image/png")}}),
+            400,
+            "not a readable image",
+        ),
+        (
+            (
+                "post",
+                "/api/search/image",
+                {"files": {"file": ("x.png", _png((400, 400)) + b"\0" * 60_000, "image/png")}},
+            ),
+            413,
+            "larger than",
+        ),
     ],
 )
 def test_bad_requests_get_4xx_with_a_reason(client, request_args, status, reason):
@@ -101,4 +121,4 @@ def test_keeps_serving_under_concurrent_load(client):
 
 def test_page_is_served(client):
     page = client.get("/")
-    assert page.status_code == 200 and "<input id=\"query\"" in page.text
+    assert page.status_code == 200 and '<input id="query"' in page.text
