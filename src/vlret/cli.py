@@ -156,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report: {outcome['report']}")
     print(f"index of the test images: {outcome['index']}")
     print(f"search it in a browser:   vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
-    print(f"or from the shell:        vlret search {outcome['index']} \"a large red circle\"")
+    print(f'or from the shell:        vlret search {outcome["index"]} "a large red circle"')
     return 0
 
 

@@ -107,7 +107,12 @@ def run_demo(
     )
     paths = {k: str(out / f"result_{k}.json") for k in results}
     paths["visa"] = str(out / "visa" / "result.json")
-    index = build_index(str(trainer.ckpt_dir / "best" / "model"), out / "index", dataset=trainer.data.split("test"), progress=False)
+    index = build_index(
+        str(trainer.ckpt_dir / "best" / "model"),
+        out / "index",
+        dataset=trainer.data.split("test"),
+        progress=False,
+    )
     return {"table": table, "results": paths, "report": str(report), "train": summary, "index": str(index)}
 
 
