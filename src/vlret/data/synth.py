@@ -210,14 +210,19 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _position(obj: SceneObject) -> str:
-    if obj.row == 1 and obj.col == 1:
+def position_phrase(row: int, col: int) -> str:
+    """Where a grid cell is, in words: "in the top left", "on the right", "in the centre"."""
+    if row == 1 and col == 1:
         return "in the centre"
-    if obj.row == 1:
-        return f"on the {COLUMNS[obj.col]}"
-    if obj.col == 1:
-        return f"at the {ROWS[obj.row]}"
-    return f"in the {ROWS[obj.row]} {COLUMNS[obj.col]}"
+    if row == 1:
+        return f"on the {COLUMNS[col]}"
+    if col == 1:
+        return f"at the {ROWS[row]}"
+    return f"in the {ROWS[row]} {COLUMNS[col]}"
+
+
+def _position(obj: SceneObject) -> str:
+    return position_phrase(obj.row, obj.col)
 
 
 def _relation(a: SceneObject, b: SceneObject) -> str | None:

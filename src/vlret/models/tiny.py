@@ -58,6 +58,13 @@ def _conv_stage(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def _pre_norm_transformer(cfg: TinyConfig, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
 class TinyCNN(nn.Module):
     """4 stride-2 stages; the final grid is flattened into the global embedding and exposed as tokens."""
 
@@ -86,16 +93,7 @@ class TinyViT(nn.Module):
         self.patch = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos = nn.Parameter(torch.randn(1, n_patches + 1, cfg.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            cfg.width,
-            cfg.heads,
-            4 * cfg.width,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerEncoder(layer, cfg.image_layers, enable_nested_tensor=False)
+        self.blocks = _pre_norm_transformer(cfg, cfg.image_layers)
         self.norm = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim)
 
@@ -111,16 +109,7 @@ class TinyTextEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(1, cfg.max_text_length, cfg.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            cfg.width,
-            cfg.heads,
-            4 * cfg.width,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.blocks = _pre_norm_transformer(cfg, cfg.text_layers)
         self.norm = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim)
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from vlret.data.synth import COLOURS, COLUMNS, ROWS, SHAPES
+from vlret.data.synth import COLOURS, SHAPES, position_phrase
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)
 _NAMES = list(COLOURS)
@@ -41,13 +41,7 @@ class Detected:
 
     @property
     def position(self) -> str:
-        if self.row == 1 and self.col == 1:
-            return "in the centre"
-        if self.row == 1:
-            return f"on the {COLUMNS[self.col]}"
-        if self.col == 1:
-            return f"at the {ROWS[self.row]}"
-        return f"in the {ROWS[self.row]} {COLUMNS[self.col]}"
+        return position_phrase(self.row, self.col)
 
 
 class ShapeSceneParser:
