@@ -274,7 +274,7 @@ class Trainer:
                 if self.step % r.train.log_every_steps == 0 or self.step == self.total_steps:
                     logged["samples_per_s"] = window_samples / max(time.perf_counter() - window_start, 1e-9)
                     logged["lr"] = self.optimizer.param_groups[0]["lr"]
-                    logged["epoch"] = epoch + self.step / self.steps_per_epoch - epoch  # fractional epoch
+                    logged["epoch"] = self.step / self.steps_per_epoch  # fractional
                     self.logger.log(logged, self.step)
                     bar.set_postfix(
                         loss=f"{logged['loss']:.3f}",
@@ -285,10 +285,8 @@ class Trainer:
                 if every and self.step % every == 0 and self.step % self.steps_per_epoch:
                     self._save(epoch)
             bar.close()
-            if self.step % self.steps_per_epoch == 0:
-                self._end_epoch(epoch)
-            elif self.step == self.total_steps:
-                self._save(epoch)
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                self._end_epoch(epoch)  # also when max_steps stops mid-epoch: validate, so `best` exists
         self.logger.close()
         return {
             "steps": self.step,
