@@ -122,3 +122,16 @@ def test_ivf_search_recall_and_exact_refine():
         recall_pq += len(truth & set(ids)) / 10
         np.testing.assert_allclose(scores, vectors[ids] @ q, rtol=1e-5)  # refined scores are exact
     assert recall_ivf / 50 >= 0.9 and recall_pq / 50 >= 0.9, (recall_ivf / 50, recall_pq / 50)
+
+
+def test_index_works_from_another_directory(model_dir, synth_data, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(synth_data.parent)
+    test = load_dataset("dataset.json").split("test")  # a relative media root
+    rel_model = os.path.relpath(model_dir, synth_data.parent)
+    index = build_index(rel_model, tmp_path / "idx", dataset=test, progress=False)
+    monkeypatch.chdir(tmp_path)
+    searcher = Searcher(index)
+    hit = searcher.text_to_image("a red circle", k=1)[0]
+    assert searcher.media_path(hit.path).is_file()

@@ -109,8 +109,10 @@ def build_index(
     out = Path(out)
     if out.exists() and not out.is_symlink():
         raise ConfigError(f"{out} exists and is not a vlret index link; choose another path")
+    if Path(model_name).is_dir():
+        model_name = str(Path(model_name).resolve())  # the index must work from any working directory
     if dataset is not None:
-        root, paths = dataset.media_root, [it.path for it in dataset.items]
+        root, paths = dataset.media_root.resolve(), [it.path for it in dataset.items]
         ids = [it.id for it in dataset.items]
     else:
         root = Path(images).resolve()
