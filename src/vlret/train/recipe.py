@@ -8,16 +8,14 @@ wrong type names the key and the type expected. Overrides use dotted paths (``tr
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from vlret.errors import ConfigError
 from vlret.losses import LOSSES
+from vlret.schema import build_dataclass, read_yaml
 
 
 @dataclass
@@ -98,50 +96,6 @@ class Recipe:
 # ----- validation ---------------------------------------------------------------------------------------
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        hint = next(h for h in options if h is not type(None))
-        origin = typing.get_origin(hint)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "5e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    base = origin or hint
-    if base is list and isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
-    if base is list:
-        (item_hint,) = typing.get_args(hint) or (Any,)
-        if item_hint is not Any:
-            value = [_check_type(v, item_hint, f"{where}[{k}]") for k, v in enumerate(value)]
-    return value
-
-
-def _build(cls: type, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint, sub = hints[key], f"{where}.{key}" if where else key
-        kwargs[key] = (
-            _build(hint, value, sub) if dataclasses.is_dataclass(hint) else _check_type(value, hint, sub)
-        )
-    return cls(**kwargs)
-
-
 def _check_losses(losses: dict) -> None:
     if not losses:
         raise ConfigError("losses: at least one loss term is needed")
@@ -179,7 +133,7 @@ def _check_values(recipe: Recipe) -> None:
 def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     """Validate a (parsed) recipe mapping."""
     try:
-        recipe = _build(Recipe, data, "")
+        recipe = build_dataclass(Recipe, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
@@ -225,12 +179,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     data: dict = {}
     if path is not None:
         path = resolve_recipe(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: recipe file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+        data = read_yaml(path, "recipe")
     for assignment in overrides:
         apply_override(data, assignment)
     return recipe_from_dict(data, str(path or "recipe"))

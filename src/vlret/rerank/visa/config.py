@@ -26,11 +26,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from vlret.errors import ConfigError
 from vlret.rerank.backends.base import ChatDescriber, ChatQuestionGenerator, ChatVisualQA
-from vlret.train.recipe import _build
+from vlret.schema import build_dataclass, read_yaml
 
 
 @dataclass
@@ -54,15 +52,10 @@ class VisaConfig:
 def load_visa_config(path: str | Path | None, overrides: dict | None = None) -> VisaConfig:
     data = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: VISA config not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+        data = read_yaml(path, "VISA config")
     data.update(overrides or {})
     try:
-        config = _build(VisaConfig, data, "")
+        config = build_dataclass(VisaConfig, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{path or 'visa config'}: {exc}") from None
     if config.k < 1 or config.questions < 1 or config.concurrency < 1:

@@ -1,0 +1,78 @@
+"""Configuration files: YAML read with located errors, and mappings validated into (nested) dataclasses.
+
+An unknown key is an error that lists the valid keys of its section; a value of the wrong type names the key
+and the type expected. Recipes and VISA configurations are both built this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlret.errors import ConfigError
+
+
+def read_yaml(path: str | Path, what: str = "file") -> dict:
+    """Parse a YAML file into a mapping (empty file: {})."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    return data
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type hint (ints widen to floats; lists are checked item by item)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(h for h in options if h is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    base = origin or hint
+    if base is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    if base is list:
+        (item_hint,) = typing.get_args(hint) or (Any,)
+        if item_hint is not Any:
+            value = [_check_type(v, item_hint, f"{where}[{k}]") for k, v in enumerate(value)]
+    return value
+
+
+def build_dataclass(cls: type, data: Any, where: str = ""):
+    """An instance of dataclass ``cls`` from a mapping, nested dataclass fields included; ``where`` is the
+    dotted path of this section, for messages."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{prefix}unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint, sub = hints[key], f"{where}.{key}" if where else key
+        kwargs[key] = (
+            build_dataclass(hint, value, sub)
+            if dataclasses.is_dataclass(hint)
+            else _check_type(value, hint, sub)
+        )
+    return cls(**kwargs)
