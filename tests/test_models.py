@@ -126,3 +126,12 @@ def test_hf_model_saves_as_vlret_folder(tmp_path):
         torch.testing.assert_close(again.encode_images(pixels).embeds, ours.encode_images(pixels).embeds)
     assert again.image_transform == ours.image_transform
     assert np.isclose(again.logit_scale.item(), ours.logit_scale.item())
+
+
+def test_origin_says_where_the_weights_came_from(tmp_path):
+    fresh = create_model("tiny-cnn", captions=WORDS)
+    assert fresh.identity()["origin"] == "initialised"
+    fresh.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").identity()["origin"] == f"folder:{(tmp_path / 'm').resolve()}"
+    clip = create_model(f"hf:{make_clip(tmp_path / 'clip')}")
+    assert clip.identity()["origin"] == f"pretrained:{tmp_path / 'clip'}"

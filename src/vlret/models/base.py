@@ -43,6 +43,8 @@ class RetrievalModel(nn.Module, ABC):
     image_transform: ImageTransform
     #: parameter-name prefixes of pretrained towers, which train at ``lr * backbone_lr_factor``
     backbone_prefixes: tuple[str, ...] = ()
+    #: where the weights came from: "initialised" (untrained), "pretrained:<hub id>" or "folder:<path>"
+    origin: str = "initialised"
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -66,4 +68,4 @@ class RetrievalModel(nn.Module, ABC):
 
     def identity(self) -> dict:
         """What distinguishes this model's outputs: used in cache keys and result files."""
-        return {"name": self.name, "transform": self.image_transform.to_dict()}
+        return {"name": self.name, "origin": self.origin, "transform": self.image_transform.to_dict()}

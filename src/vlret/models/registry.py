@@ -33,7 +33,9 @@ def create_model(
     if name.startswith("hf:"):
         from vlret.models.hf import HFDualEncoder  # transformers is slow to import; only when needed
 
-        return HFDualEncoder.from_pretrained(name[3:])
+        model = HFDualEncoder.from_pretrained(name[3:])
+        model.origin = f"pretrained:{name[3:]}"
+        return model
     if (Path(name) / MODEL_CONFIG_FILE).is_file():
         return load_model(name)
     raise ConfigError(f"unknown model {name!r}; expected {NAMES_HELP}")
@@ -47,12 +49,15 @@ def load_model(folder: str | Path) -> RetrievalModel:
         raise ConfigError(f"{folder} is not a saved vlret model (no {MODEL_CONFIG_FILE})")
     meta = json.loads(config_file.read_text())
     if meta.get("kind") == "tiny":
-        return TinyDualEncoder.load(folder, meta)
-    if meta.get("kind") == "hf":
+        model = TinyDualEncoder.load(folder, meta)
+    elif meta.get("kind") == "hf":
         from vlret.models.hf import HFDualEncoder
 
-        return HFDualEncoder.load(folder, meta)
-    raise ConfigError(f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny' or 'hf'")
+        model = HFDualEncoder.load(folder, meta)
+    else:
+        raise ConfigError(f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny' or 'hf'")
+    model.origin = f"folder:{folder.resolve()}"
+    return model
 
 
 def is_model_reference(name: str) -> bool:
