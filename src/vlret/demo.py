@@ -36,10 +36,14 @@ from vlret.train.recipe import builtin_recipe
 DEMO_BENCHMARK = SynthConfig()  # the calibrated defaults: see SynthConfig
 
 
-def sample_queries(model: RetrievalModel, data, n_queries: int = 8, k: int = 5) -> list[SampleQuery]:
+def sample_queries(
+    model: RetrievalModel, data, n_queries: int = 8, k: int = 5, cache_dir: Path | None = None
+) -> list[SampleQuery]:
     """``n_queries`` test captions spread over the split, each with its top-``k`` images."""
     test = data.split("test")
-    encoded = encode_dataset(model, test, use_cache=False, progress=False)
+    encoded = encode_dataset(
+        model, test, cache_dir=cache_dir, use_cache=cache_dir is not None, progress=False
+    )
     picks = np.linspace(0, len(test.captions) - 1, n_queries).round().astype(int)
     texts = torch.from_numpy(encoded.text_embeds[picks])
     scores, indices = topk_blocks(dot_block_fn(texts, torch.from_numpy(encoded.item_embeds)), len(picks), k)
@@ -78,14 +82,16 @@ def run_demo(
         recipe.model.name, captions=captions, seed=recipe.train.seed, **recipe.model.options
     )
     results = {}
+    features = out / "features"
     for name, model in (("untrained", untrained), ("trained", best)):
-        result = evaluate_model(model, trainer.data, split="test", use_cache=False, progress=False)
+        # One feature cache per demo run: the trained model's test features also serve the samples and VISA.
+        result = evaluate_model(model, trainer.data, split="test", cache_dir=features, progress=False)
         result["model"]["run"] = name
         write_json(out / f"result_{name}.json", result)
         results[name] = result
     names = [f"{recipe.model.name} untrained", f"{recipe.model.name} trained"]
     table = results_table(list(results.values()), names)
-    visa = run_visa_on_test(best, trainer.data.split("test"), out / "visa")
+    visa = run_visa_on_test(best, trainer.data.split("test"), out / "visa", features)
     table += "\n\nText→image on the test split, re-ranking the trained model's top 20 with VISA (offline backends):\n\n"
     table += visa_table(visa)
     n_test = results["trained"]["counts"]["gallery_items"]
@@ -102,7 +108,7 @@ def run_demo(
         list(results.values()),
         names,
         read_metrics(out / "train" / "metrics.jsonl"),
-        sample_queries(best, trainer.data),
+        sample_queries(best, trainer.data, cache_dir=features),
         notes,
     )
     paths = {k: str(out / f"result_{k}.json") for k in results}
@@ -116,9 +122,11 @@ def run_demo(
     return {"table": table, "results": paths, "report": str(report), "train": summary, "index": str(index)}
 
 
-def run_visa_on_test(model: RetrievalModel, test, out: Path) -> dict:
+def run_visa_on_test(model: RetrievalModel, test, out: Path, cache_dir: Path | None = None) -> dict:
     """VISA with the offline backends over the model's test-split top-K (cached in ``out``)."""
-    encoded = encode_dataset(model, test, use_cache=False, progress=False)
+    encoded = encode_dataset(
+        model, test, cache_dir=cache_dir, use_cache=cache_dir is not None, progress=False
+    )
     config = VisaConfig()
     base = base_from_embeddings(encoded.text_embeds, encoded.item_embeds, test, config.k)
     return run_visa(test, *base, config, out, source={"model": model.identity()})
