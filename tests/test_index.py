@@ -1,11 +1,13 @@
 """The index: build from a folder or a dataset, search every direction, resume a killed build, swap atomically."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 
 import vlret.index.build as build_module
+from vlret.cli import main
 from vlret.data import load_dataset
 from vlret.errors import ConfigError, DataError
 from vlret.index import Searcher, build_index, choose_index
@@ -64,7 +66,9 @@ def test_killed_build_resumes_without_reencoding(model_dir, synth_data, tmp_path
     with pytest.raises(DataError, match="cannot decode"):
         build_index(str(model_dir), tmp_path / "idx", images=images, chunk_size=4, progress=False)
     assert sorted(p.name for p in (tmp_path / "idx.building" / "chunks").iterdir()) == [
+        "images-00000.json",
         "images-00000.npy",
+        "images-00001.json",
         "images-00001.npy",
     ]
     (images / names[9]).write_bytes(good)
@@ -77,6 +81,58 @@ def test_killed_build_resumes_without_reencoding(model_dir, synth_data, tmp_path
     assert len(loads) == len(names) - 8  # the two finished chunks (8 images) were not encoded again
     fresh = build_index(str(model_dir), tmp_path / "fresh", images=images, chunk_size=4, progress=False)
     np.testing.assert_array_equal(np.load(index / "embeddings.npy"), np.load(fresh / "embeddings.npy"))
+
+
+def test_on_error_skip_leaves_out_unreadable_images_and_their_captions(model_dir, synth_data, tmp_path):
+    test = load_dataset(synth_data).split("test")
+    media = tmp_path / "media"
+    shutil.copytree(test.media_root, media)
+    broken = test.items[2]
+    (media / broken.path).write_bytes(b"not an image")
+    dataset = load_dataset(synth_data, media_root=media).split("test")
+    with pytest.raises(DataError, match="cannot decode"):
+        build_index(str(model_dir), tmp_path / "strict", dataset=dataset, progress=False)
+    index = build_index(
+        str(model_dir), tmp_path / "idx", dataset=dataset, chunk_size=4, progress=False, on_error="skip"
+    )
+    meta = json.loads((index / "index.json").read_text())
+    assert meta["items"] == len(test.items) - 1 and meta["skipped"][0]["file"].endswith(broken.path)
+    searcher = Searcher(index)
+    assert broken.id not in searcher.item_numbers
+    assert meta["captions"] == len(test.captions) - len(test.item_to_captions[2])
+    assert all(c["item_id"] != broken.id for c in searcher.captions)
+    assert len(searcher.text_to_image("a red circle", k=100)) == len(test.items) - 1
+
+
+@pytest.mark.parametrize("k", [0, -3])
+def test_search_refuses_k_below_one(model_dir, synth_data, tmp_path, k, capsys):
+    index = build_index(
+        str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
+    with pytest.raises(ConfigError, match="k must be"):
+        Searcher(index).text_to_image("a red circle", k)
+    assert main(["search", str(index), "a red circle", "-k", str(k)]) == 2
+    assert "k must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: (p / "items.json").unlink(), "items.json"),
+        (lambda p: (p / "index.json").write_text("{not json"), "index.json"),
+        (lambda p: (p / "faiss.index").write_bytes(b"garbage"), "faiss.index"),
+        (lambda p: (p / "embeddings.npy").write_bytes(b"\x93NUMPY garbage"), "embeddings.npy"),
+        (lambda p: (p / "items.json").write_text("[]"), "disagree on the number of items"),
+    ],
+)
+def test_damaged_index_folders_give_a_clear_error(model_dir, synth_data, tmp_path, damage, message):
+    index = build_index(
+        str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
+    damage(index.resolve())
+    with pytest.raises(ConfigError, match="damaged index") as info:
+        Searcher(index)
+    assert message in str(info.value)
 
 
 def test_rebuild_swaps_atomically_and_open_searchers_keep_working(model_dir, synth_data, tmp_path):

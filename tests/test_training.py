@@ -28,7 +28,7 @@ def _overrides(data: Path, out: Path, epochs: int = 3) -> list[str]:
         "train.log_every_steps=2",
         "optim.lr=5e-4",
         "schedule.warmup_steps=5",
-        "model.options={width: 32, embed_dim: 32}",
+        "model.options={width: 32, embed_dim: 32, dropout: 0.1}",  # dropout: resume must restore the RNG
         "losses={infonce: {weight: 1.0}, hinge: {weight: 0.1}}",
         "data.crop_scale=[0.8, 1.0]",
     ]

@@ -3,16 +3,11 @@
 import numpy as np
 import pytest
 
-from vlret.rerank.visa.fusion import compat_ranks, fuse, minmax_rows, rerank_topk, top_k
+from vlret.rerank.visa.fusion import compat_ranking, fuse, minmax_rows, official_top_k, rerank_topk
 from vlret.rerank.visa.prompts import assemble_passage, parse_questions
 from vlret.rerank.visa.run import final_ranks
 
 rng = np.random.default_rng(0)
-
-
-def test_top_k_is_the_k_highest_best_first():
-    scores = np.array([[0.1, 0.9, 0.5, 0.9, 0.3]])
-    assert top_k(scores, 3).tolist() == [[1, 3, 2]]  # a tie goes to the lower index
 
 
 def test_minmax_by_hand_and_constant_rows():
@@ -59,12 +54,67 @@ def test_only_the_top_k_moves():
     assert final_ranks(reranked, base_ranks, answers).tolist() == [7, 2]
 
 
-def test_compat_ranks_use_a_dense_row():
-    base = np.array([[0.9, 0.8, 0.1, 0.0]])
-    candidates = np.array([[0, 1]])
-    fused = np.array([[0.5, 2.0]])
-    assert compat_ranks(base, candidates, fused, np.array([1])).tolist() == [0]
-    assert compat_ranks(base, candidates, fused, np.array([0])).tolist() == [1]
+def official_step4(sim_base, sim_text, ground_truth, k):
+    """The official step-4 script transcribed: dense matrices, top-K by argsort of the negated base rows,
+    per-row min-max over those indices, the sum, then R_t2i's reversed ascending argsort."""
+    top = np.argsort(-sim_base, axis=1)[:, :k]
+
+    def norm(matrix):
+        out = np.zeros_like(matrix)
+        for i in range(matrix.shape[0]):
+            vals = matrix[i, top[i]]
+            lo, hi = vals.min(), vals.max()
+            out[i, top[i]] = (vals - lo) / (hi - lo) if hi > lo else np.zeros_like(vals)
+        return out
+
+    together = norm(sim_base) + norm(sim_text)
+    return np.array(
+        [np.where(np.argsort(row)[::-1] == g)[0][0] for row, g in zip(together, ground_truth, strict=True)]
+    )
+
+
+def compat_pipeline(sim_base, text_of, ground_truth, k):
+    """vlret's compat path: official candidates, fusion on the candidates only, the official final sort."""
+    candidates = official_top_k(sim_base, k)
+    base_topk = np.take_along_axis(sim_base, candidates, axis=1)
+    text_topk = np.take_along_axis(text_of, candidates, axis=1)
+    return compat_ranking(candidates, fuse(base_topk, text_topk), sim_base.shape[1], ground_truth)[0]
+
+
+def test_compat_by_hand_inside_the_top_k():
+    # K = 3 of 6 items; base top 3 = items 0, 1, 2 -> N(base) = [1, .5, 0]; text [0, 1, .5] -> F = [1, 1.5, .5]
+    base = np.array([[0.9, 0.7, 0.5, 0.3, 0.2, 0.1]])
+    text = np.array([[1.0, 3.0, 2.0, 0.0, 0.0, 0.0]])
+    for answer, rank in ((1, 0), (0, 1), (2, 2)):
+        assert compat_pipeline(base, text, np.array([answer]), 3).tolist() == [rank]
+
+
+def test_compat_equals_the_official_script_with_fused_ties_and_small_k():
+    """Exact fused ties inside the top-K, a candidate lowest in both terms (F = 0, tied with every item
+    outside), answers inside and outside the top-K, K below 10: the ranks equal the official script's."""
+    rng = np.random.default_rng(5)
+    n_queries, n_items = 60, 14
+    base = rng.integers(0, 5, size=(n_queries, n_items)).astype(np.float64)  # ties in the base too
+    text = np.zeros_like(base)
+    for k in (2, 3, 5):
+        text[:] = rng.integers(0, 3, size=base.shape)  # small integers: fused ties are common
+        top = np.argsort(-base, axis=1)[:, :k]
+        sim_text = np.zeros_like(base)
+        np.put_along_axis(sim_text, top, np.take_along_axis(text, top, axis=1), axis=1)
+        answers = rng.integers(0, n_items, size=n_queries)
+        expected = official_step4(base, sim_text, answers, k)
+        np.testing.assert_array_equal(compat_pipeline(base, text, answers, k), expected)
+        outside = ~(top == answers[:, None]).any(axis=1)
+        assert outside.any() and (~outside).any()
+
+
+def test_compat_differs_from_the_default_outside_the_top_k():
+    """Outside the top-K the default keeps the base order; the official sort puts higher indices first."""
+    base = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]])
+    text = np.array([[1.0, 2.0, 0, 0, 0, 0, 0, 0]])
+    official = official_step4(base, np.where(np.arange(8) < 2, text, 0.0), np.array([2]), 2)
+    assert compat_pipeline(base, text, np.array([2]), 2).tolist() == official.tolist()
+    assert official[0] > 2  # the default ranking would put item 2 (best base score outside) at rank 2
 
 
 WELL_FORMED = """key phrases:

@@ -25,6 +25,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption-column", default="caption", help="CSV: column with the caption")
     p.add_argument("--split-column", default="split", help="CSV: column with the split (optional)")
     p.add_argument("--default-split", default="test", help="CSV: split of rows without a split column")
+    p.add_argument(
+        "--encoding", default="utf-8", help="CSV: text encoding (default UTF-8, with or without BOM)"
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -38,6 +41,7 @@ def _load(args: argparse.Namespace):
             "caption_column": args.caption_column,
             "split_column": args.split_column,
             "default_split": args.default_split,
+            "encoding": args.encoding,
         }
     return load_dataset(args.data, fmt, args.media_root, args.on_error, **options)
 
@@ -96,14 +100,13 @@ def _model_for(name: str, dataset, split: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from vlret.data._io import write_json
     from vlret.evaluate import evaluate_model, evaluate_scores, results_table
+    from vlret.evaluate.score_files import load_score_matrix
 
     dataset = _load(args)
     if args.scores:
-        scores = np.load(args.scores, mmap_mode="r")
+        scores = load_score_matrix(args.scores)
         result = evaluate_scores(
             scores, dataset, args.protocol, args.split, args.direction, source=args.scores
         )
@@ -137,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlret.train import Trainer, load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    trainer = Trainer(recipe, resume=args.resume, progress=not args.quiet)
+    trainer = Trainer(recipe, resume=args.resume, progress=not args.quiet, resume_anyway=args.resume_anyway)
     summary = trainer.fit()
     if trainer.info.is_main:  # under torchrun, one summary
         _print_json(summary)
@@ -192,21 +195,22 @@ def _print_visa(result: dict) -> None:
 
 
 def cmd_rerank_visa(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from vlret.evaluate.score_files import load_score_matrix
     from vlret.rerank.visa.config import load_visa_config
     from vlret.rerank.visa.run import base_from_embeddings, base_from_scores, run_visa
 
     config = load_visa_config(args.config)
     dataset, split = _visa_split(args)
     if args.scores:
-        scores = np.load(args.scores, mmap_mode="r")
+        scores = load_score_matrix(args.scores)
         expected = (len(split.captions), len(split.items))
         if tuple(scores.shape) != expected:
             raise ConfigError(
                 f"{args.scores}: shape {tuple(scores.shape)}; expected (captions, items) = {expected}"
             )
-        candidates, base_topk, base_ranks = base_from_scores(scores, split, config.k)
+        candidates, base_topk, base_ranks = base_from_scores(
+            scores, split, config.k, config.compat, source=args.scores
+        )
         source = {"scores": args.scores}
     else:
         from vlret.evaluate.encode import encode_dataset
@@ -214,7 +218,7 @@ def cmd_rerank_visa(args: argparse.Namespace) -> int:
         model = _model_for(args.model, dataset, split.items[0].split)
         encoded = encode_dataset(model, split, batch_size=args.batch_size)
         candidates, base_topk, base_ranks = base_from_embeddings(
-            encoded.text_embeds, encoded.item_embeds, split, config.k
+            encoded.text_embeds, encoded.item_embeds, split, config.k, config.compat
         )
         source = {"model": model.identity()}
     result = run_visa(
@@ -269,11 +273,14 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         dataset=dataset,
         chunk_size=args.chunk_size,
         memory_budget_bytes=budget,
+        on_error=args.on_error,
     )
     meta = json.loads((path / "index.json").read_text())
     print(
         f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']} ({meta['choice']['reason']})"
     )
+    for s in meta["skipped"]:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     return 0
 
 
@@ -391,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", help="YAML recipe (default: the built-in defaults)")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3 optim.lr=1e-4")
     train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last")
+    train.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="resume even if the recipe differs from the one the run was started with",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -471,8 +483,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(token: str) -> bool:
+    key = token.split("=", 1)[0]
+    return "=" in token and bool(key) and all(part.isidentifier() for part in key.split("."))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides are accepted wherever they appear."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and hasattr(args, "overrides") and all(_is_override(t) for t in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
     except VlretError as exc:

@@ -128,7 +128,7 @@ def run_visa_on_test(model: RetrievalModel, test, out: Path, cache_dir: Path | N
         model, test, cache_dir=cache_dir, use_cache=cache_dir is not None, progress=False
     )
     config = VisaConfig()
-    base = base_from_embeddings(encoded.text_embeds, encoded.item_embeds, test, config.k)
+    base = base_from_embeddings(encoded.text_embeds, encoded.item_embeds, test, config.k, config.compat)
     return run_visa(test, *base, config, out, source={"model": model.identity()})
 
 

@@ -20,3 +20,17 @@ class DataError(VlretError):
 
 class ConfigError(VlretError):
     """An invalid option, model name or configuration key."""
+
+
+class NonFiniteScoreError(VlretError):
+    """A score matrix holds NaN or an infinity; ``row`` and ``column`` locate the first one."""
+
+    def __init__(self, row: int, column: int, value: float):
+        self.row, self.column, self.value = row, column, value
+        super().__init__(
+            f"non-finite score {value} at row {row}, column {column}; scores must be finite numbers"
+        )
+
+
+class TrainingError(VlretError):
+    """Training cannot go on: a non-finite loss or weights, or a checkpoint that cannot be written."""

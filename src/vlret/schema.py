@@ -17,14 +17,34 @@ import yaml
 from vlret.errors import ConfigError
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (not "the last wins")."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"line {line}: key {key!r} appears twice (first on line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str = "file") -> dict:
-    """Parse a YAML file into a mapping (empty file: {})."""
+    """Parse a YAML file into a mapping (empty file: {}); a duplicate key is an error."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys to values at the top level, got {type(data).__name__}"
+        )
     return data
 
 

@@ -47,13 +47,21 @@ def read_karpathy(
         if not isinstance(sentences, list) or not sentences:
             policy.bad(path, record, 'missing "sentences" (a non-empty list of {"raw": text})')
             continue
-        texts = [clean_caption(s.get("raw") if isinstance(s, dict) else None) for s in sentences]
-        if None in texts:
-            policy.bad(
-                path, f"{record} sentences[{texts.index(None)}]", 'empty or missing "raw" caption text'
-            )
+        filepath = entry.get("filepath")
+        if filepath is not None and not isinstance(filepath, str):
+            policy.bad(path, record, f'"filepath" must be a string (a folder name), got {filepath!r}')
             continue
-        rel = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
+        texts = []
+        for k, sentence in enumerate(sentences):  # under "skip", a bad caption drops only itself
+            text = clean_caption(sentence.get("raw") if isinstance(sentence, dict) else None)
+            if text is None:
+                policy.bad(path, f"{record} sentences[{k}]", 'empty or missing "raw" caption text')
+            else:
+                texts.append(text)
+        if not texts:
+            policy.bad(path, record, "no usable caption is left")
+            continue
+        rel = f"{filepath}/{filename}" if filepath else filename
         if rel in seen:
             policy.bad(path, record, f"image {rel!r} listed twice")
             continue

@@ -69,9 +69,18 @@ def _read_file(
         image = entry["image"]
         record = f"[{n}] ({image})"
         raw = entry.get("caption")
-        texts = [clean_caption(t) for t in (raw if isinstance(raw, list) else [raw])]
-        if not texts or None in texts:
-            policy.bad(file, record, '"caption" must be a non-empty text or a list of non-empty texts')
+        candidates = raw if isinstance(raw, list) else [raw]
+        texts = []
+        for k, text in enumerate(candidates):  # under "skip", a bad caption drops only itself
+            cleaned = clean_caption(text)
+            if cleaned is None:
+                where = f"{record} caption[{k}]" if isinstance(raw, list) else record
+                policy.bad(file, where, '"caption" must be a non-empty text or a list of non-empty texts')
+            else:
+                texts.append(cleaned)
+        if not texts:
+            if isinstance(raw, list):
+                policy.bad(file, record, "no usable caption is left")
             continue
         if image in index:
             if items[index[image]].split != split:

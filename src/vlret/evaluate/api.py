@@ -10,11 +10,18 @@ import torch
 
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
-from vlret.errors import ConfigError, DataError
-from vlret.evaluate.encode import encode_dataset
+from vlret.errors import ConfigError, DataError, NonFiniteScoreError, VlretError
+from vlret.evaluate.encode import EncodedDataset, encode_dataset
 from vlret.evaluate.metrics import mean_metrics, retrieval_metrics
 from vlret.evaluate.protocols import DIRECTIONS, Fold, Protocol, get_protocol, prepare
-from vlret.evaluate.ranking import DEFAULT_CHUNK, Ranks, dot_block_fn, rank_blocks
+from vlret.evaluate.ranking import (
+    DEFAULT_CHUNK,
+    Ranks,
+    dot_block_fn,
+    pairwise_dot,
+    rank_blocks,
+    ranking_dtype,
+)
 from vlret.evaluate.results import make_result
 from vlret.models.base import RetrievalModel
 
@@ -90,10 +97,27 @@ def evaluate_embeddings(
         fold_texts = texts[f.caption_start : f.caption_stop]
         fold_items = items[f.item_start : f.item_stop]
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
-        positive = (fold_texts * fold_items[torch.from_numpy(t2i)]).sum(1)
+        hint = pairwise_dot(fold_texts, fold_items, t2i)
         block_fn = dot_block_fn(fold_texts, fold_items)
-        out.append(rank_blocks(block_fn, t2i, positive, len(fold_items), chunk))
+        out.append(rank_blocks(block_fn, t2i, len(fold_items), chunk, positive_hint=hint))
     return out
+
+
+def check_finite_features(encoded: EncodedDataset, dataset: RetrievalDataset, model_name: str) -> None:
+    """Refuse NaN or infinite embeddings, naming the first item or caption that has one."""
+    for kind, embeds in (("item", encoded.item_embeds), ("caption", encoded.text_embeds)):
+        bad = np.flatnonzero(~np.isfinite(embeds).all(axis=1)) if embeds.size else []
+        if len(bad):
+            n = int(bad[0])
+            what = (
+                f"item {dataset.items[n].id!r}"
+                if kind == "item"
+                else f"caption {n} ({dataset.captions[n].text!r})"
+            )
+            raise VlretError(
+                f"{model_name}: the embedding of {what} is not finite ({len(bad)} {kind}s in all); "
+                "the model's weights or inputs hold NaN or infinity"
+            )
 
 
 def evaluate_model(
@@ -117,6 +141,7 @@ def evaluate_model(
     selected, _, folds = prepare(split_data, proto)
     encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress)
     encoded_at = time.perf_counter()
+    check_finite_features(encoded, selected, model.name)
     ranks = evaluate_embeddings(encoded.item_embeds, encoded.text_embeds, selected, folds)
     done = time.perf_counter()
     return _package(
@@ -163,18 +188,26 @@ def evaluate_scores(
     selected, keep, folds = prepare(split_data, proto)
     keep_rows = np.asarray(keep)
     cap_item = selected.caption_to_item
+    dtype = ranking_dtype(scores.dtype)  # rank in the input's precision
     ranks = []
     for f in folds:
         rows = keep_rows[f.caption_start : f.caption_stop]
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
 
         def block_fn(start: int, stop: int, rows=rows, f=f) -> torch.Tensor:
-            return torch.as_tensor(
-                np.asarray(scores[rows[start:stop]][:, f.item_start : f.item_stop], dtype=np.float32)
-            )
+            block = scores[rows[start:stop]][:, f.item_start : f.item_stop]
+            return torch.from_numpy(np.asarray(block, dtype=dtype))
 
-        positive = torch.as_tensor(np.asarray(scores[rows, t2i + f.item_start], dtype=np.float32))
-        ranks.append(rank_blocks(block_fn, t2i, positive, f.item_stop - f.item_start, tie_tolerance=0.0))
+        hint = torch.from_numpy(np.asarray(scores[rows, t2i + f.item_start], dtype=dtype))
+        try:
+            ranks.append(rank_blocks(block_fn, t2i, f.item_stop - f.item_start, positive_hint=hint))
+        except NonFiniteScoreError as exc:
+            row, column = int(rows[exc.row]), f.item_start + exc.column
+            raise DataError(
+                source or "scores",
+                f"row {row}, column {column}",
+                f"non-finite score {exc.value}; scores must be finite numbers",
+            ) from None
     done = time.perf_counter()
     return _package(
         ranks,

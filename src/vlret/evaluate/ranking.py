@@ -1,12 +1,21 @@
 """Chunked ranking: recall ranks and top-k over a score matrix that is never held whole.
 
 Scores arrive as row blocks of a (texts x gallery) matrix, from a precomputed array or from any scorer
-(a dot product, or a similarity head that is not one). Only one block lives in memory at a time.
+(a dot product, or a similarity head that is not one). Only one block lives in memory at a time, and blocks
+keep the precision they were computed in (a float64 matrix is ranked in float64).
 
-Rank convention: the rank of a query is the number of *wrong* gallery entries that score at least as high as
-the best correct one (0 = hit at R@1). Ties count against the model, so a constant scorer gets rank n-1, not
-0. Entries within ``tie_tolerance`` of the correct score count as ties: the correct score of an image->text
-query comes from a separate pairwise computation, which can differ from the block's value in the last bits.
+**The tie rule** (the same on every path: score files, embeddings, VISA's base ranking, the trainer's
+validation): the rank of a query is the number of *wrong* gallery entries whose score is greater than or
+equal to the correct entry's score, comparing the values of one scoring pass exactly. An exact tie counts
+against the model, so a constant scorer gets no hits; a wrong score that is lower by any amount, even one
+ulp, never counts. For image->text the correct score of an item is the best score among its texts, read
+from the same blocks: never from a second computation that could differ in the last bits.
+
+**Non-finite scores** (NaN, +-inf) are refused with :class:`~vlret.errors.NonFiniteScoreError`, which
+names the row and column of the first one; a NaN compared with anything is false, and would otherwise
+turn into a hit.
+
+**Top-k** is a stable selection: best first, ties (also at the k-th place) go to the lower index.
 """
 
 from __future__ import annotations
@@ -17,9 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlret.errors import NonFiniteScoreError
+
 BlockFn = Callable[[int, int], torch.Tensor]  # (row_start, row_stop) -> scores [stop - start, n_gallery]
 DEFAULT_CHUNK = 2048
-DEFAULT_TIE_TOLERANCE = 1e-6
+# Half-width, in units of the scores' precision, of the band around an estimated threshold inside which
+# image->text entries are kept and compared exactly once the true threshold is known (see _ItemCounter).
+_BAND_ULPS = 256
+_MAX_BAND_ENTRIES = 4_000_000
 
 
 @dataclass
@@ -33,66 +47,192 @@ class Ranks:
 def iter_blocks(
     block_fn: BlockFn, n_rows: int, chunk: int = DEFAULT_CHUNK
 ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, block)`` for consecutive row blocks; every block is checked for non-finite values."""
     for start in range(0, n_rows, chunk):
-        yield start, block_fn(start, min(start + chunk, n_rows))
+        block = block_fn(start, min(start + chunk, n_rows))
+        check_finite(block, start)
+        yield start, block
+
+
+def check_finite(block: torch.Tensor, row_offset: int = 0) -> None:
+    """Raise :class:`NonFiniteScoreError` at the first NaN or infinite entry of ``block``."""
+    # One summation is far cheaper than an element-wise test; a NaN or inf anywhere makes the sum
+    # non-finite. Only then (or when large finite values overflow the sum) are the entries looked at.
+    if block.numel() == 0 or torch.isfinite(block.sum()):
+        return
+    bad = (~torch.isfinite(block)).nonzero()
+    if len(bad):
+        row, col = (int(x) for x in bad[0])
+        raise NonFiniteScoreError(row_offset + row, col, float(block[row, col]))
+
+
+def ranking_dtype(dtype: np.dtype) -> np.dtype:
+    """The precision a score array is ranked in: float64 and integers in float64, other floats in float32."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64 or dtype.kind in "iub":
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+class _ItemCounter:
+    """Image->text counts in one pass over the row blocks, exact although each item's threshold (the best
+    score among its own texts) is only known once every block has been seen.
+
+    With an estimate of each text's correct score (``hint``, e.g. the pairwise dot products), entries clearly
+    above the estimated threshold are counted as they stream by, and the few inside a narrow band around it
+    are kept with their values. At the end, when the exact thresholds are known, the band entries are
+    compared exactly. If an exact threshold falls outside its band (the estimate was too far off), or the
+    band holds too many entries (a degenerate scorer), or there is no estimate, :meth:`finish` returns None
+    and the caller counts in a second pass.
+    """
+
+    def __init__(self, text_item: torch.Tensor, n_items: int, hint: torch.Tensor | None):
+        self.text_item, self.n_items = text_item, n_items
+        self.active = hint is not None
+        if not self.active:
+            return
+        hint = hint.detach()
+        estimate = torch.full((n_items,), -torch.inf, dtype=hint.dtype)
+        estimate = estimate.scatter_reduce(0, text_item, hint, reduce="amax")
+        known = estimate[torch.isfinite(estimate)]
+        scale = float(known.abs().max()) if len(known) else 1.0
+        band = _BAND_ULPS * float(torch.finfo(hint.dtype).eps) * max(scale, 1e-30)
+        self.low, self.high = estimate - band, estimate + band
+        self.counts = torch.zeros(n_items, dtype=torch.int64)
+        self.band_items: list[torch.Tensor] = []
+        self.band_values: list[torch.Tensor] = []
+        self.band_size = 0
+
+    def add(self, block: torch.Tensor, own_item: torch.Tensor) -> None:
+        if not self.active:
+            return
+        low, high = self.low.to(block.dtype), self.high.to(block.dtype)
+        rows = torch.arange(block.shape[0])
+        above = block > high[None, :]
+        n_above = above.sum(0, dtype=torch.int32)
+        self.counts += n_above
+        self.counts.index_add_(0, own_item, -above[rows, own_item].long())  # own texts are not wrong
+        n_in_band = (block >= low[None, :]).sum(0, dtype=torch.int32) - n_above
+        columns = n_in_band.nonzero().flatten()
+        if len(columns) == 0:
+            return
+        sub = block[:, columns]
+        r, c = ((sub >= low[columns]) & (sub <= high[columns])).nonzero(as_tuple=True)
+        wrong = own_item[r] != columns[c]
+        self.band_items.append(columns[c][wrong])
+        self.band_values.append(sub[r, c][wrong])
+        self.band_size += int(wrong.sum())
+        if self.band_size > _MAX_BAND_ENTRIES:
+            self.active = False  # give up: a second pass is cheaper than this much bookkeeping
+
+    def finish(self, best: torch.Tensor, has_texts: torch.Tensor) -> torch.Tensor | None:
+        if not self.active:
+            return None
+        low, high = self.low.to(best.dtype), self.high.to(best.dtype)
+        if bool((has_texts & ((best < low) | (best > high))).any()):
+            return None
+        counts = self.counts.clone()
+        if self.band_items:
+            items, values = torch.cat(self.band_items), torch.cat(self.band_values)
+            counts.index_add_(0, items, (values >= best[items]).long())
+        return counts
+
+
+def _count_item_ranks(
+    block_fn: BlockFn, text_item: torch.Tensor, best: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Image->text counts against known thresholds ``best``: one more pass over the blocks."""
+    counts = torch.zeros(len(best), dtype=torch.int64)
+    for start, block in iter_blocks(block_fn, len(text_item), chunk):
+        rows = torch.arange(block.shape[0])
+        own_item = text_item[start : start + len(rows)]
+        at_or_above = block >= best.to(block.dtype)[None, :]
+        counts += at_or_above.sum(0, dtype=torch.int32)
+        counts.index_add_(0, own_item, -at_or_above[rows, own_item].long())
+    return counts
 
 
 def rank_blocks(
     block_fn: BlockFn,
     text_to_item: np.ndarray,
-    positive_scores: torch.Tensor,
     n_items: int,
     chunk: int = DEFAULT_CHUNK,
-    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+    positive_hint: torch.Tensor | None = None,
 ) -> Ranks:
-    """Ranks in both directions from row blocks of the (texts x items) score matrix.
+    """Ranks in both directions from row blocks of the (texts x items) score matrix, by the tie rule above.
 
-    ``positive_scores[t]`` is the score of text ``t`` with its own item; an item's best correct score is the
-    maximum over its texts. An item without texts gets rank ``n_texts`` (it can never be a hit).
+    ``positive_hint[t]`` (optional) estimates the score of text ``t`` with its own item; it only saves a
+    second pass over the blocks for the image->text direction and never changes a rank. ``block_fn`` must be
+    deterministic. An item without texts gets rank ``n_texts`` (it can never be a hit).
     """
-    t2i_item = torch.as_tensor(text_to_item, dtype=torch.long)
-    n_texts = len(t2i_item)
-    positive_scores = positive_scores.to(torch.float32)
-    best = torch.full((n_items,), float("inf"))
-    best = best.scatter_reduce(0, t2i_item, positive_scores, reduce="amax", include_self=False)
-    best_threshold = best - tie_tolerance
+    text_item = torch.as_tensor(np.asarray(text_to_item), dtype=torch.long)
+    n_texts = len(text_item)
+    has_texts = torch.zeros(n_items, dtype=torch.bool)
+    has_texts[text_item] = True
     t2i_ranks = torch.empty(n_texts, dtype=torch.int64)
-    i2t_counts = torch.zeros(n_items, dtype=torch.int64)
+    own_scores: torch.Tensor | None = None
+    counter = _ItemCounter(text_item, n_items, positive_hint)
     for start, block in iter_blocks(block_fn, n_texts, chunk):
-        block = block.to(torch.float32)
         rows = torch.arange(block.shape[0])
-        own_item = t2i_item[start : start + block.shape[0]]
-        own_score = block[rows, own_item]
-        # text -> item: wrong items at or above the correct one (the correct one always counts itself: -1).
-        t2i_ranks[start : start + len(rows)] = (block >= (own_score - tie_tolerance)[:, None]).sum(
-            1, dtype=torch.int32
-        ) - 1
-        # item -> text: per item, texts at or above its best correct text, minus its own texts among them.
-        at_or_above = block >= best_threshold[None, :]
-        i2t_counts += at_or_above.sum(0, dtype=torch.int32)
-        i2t_counts.index_add_(0, own_item, -at_or_above[rows, own_item].long())
-    i2t_counts[torch.isinf(best)] = n_texts
-    return Ranks(t2i_ranks.numpy(), i2t_counts.numpy())
+        own_item = text_item[start : start + len(rows)]
+        own = block[rows, own_item]
+        if own_scores is None:
+            own_scores = torch.empty(n_texts, dtype=block.dtype)
+        own_scores[start : start + len(rows)] = own
+        # text -> item: entries at or above the correct one, which counts itself (hence -1).
+        t2i_ranks[start : start + len(rows)] = (block >= own[:, None]).sum(1, dtype=torch.int32) - 1
+        counter.add(block, own_item)
+    if own_scores is None:
+        return Ranks(t2i_ranks.numpy(), np.full(n_items, n_texts, dtype=np.int64))
+    best = torch.full((n_items,), -torch.inf, dtype=own_scores.dtype)
+    best = best.scatter_reduce(0, text_item, own_scores, reduce="amax")
+    counts = counter.finish(best, has_texts)
+    if counts is None:
+        counts = _count_item_ranks(block_fn, text_item, best, chunk)
+    counts[~has_texts] = n_texts
+    return Ranks(t2i_ranks.numpy(), counts.numpy())
+
+
+def stable_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` (values, indices) of each row, best first; ties go to the lower index, also at the k-th place."""
+    n = block.shape[1]
+    k = min(k, n)
+    if k == 0:
+        empty = torch.empty((block.shape[0], 0), dtype=torch.long)
+        return block[:, :0], empty
+    values, indices = torch.topk(block, min(k + 1, n), dim=1)
+    # The top-k set is unique unless the k-th and (k+1)-th values are equal; those rows are sorted whole.
+    ambiguous = (values[:, k] == values[:, k - 1]).nonzero().flatten() if k < n else None
+    indices = indices[:, :k].sort(dim=1).values  # index order, so the stable sort below breaks ties by index
+    values = block.gather(1, indices)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    if ambiguous is not None and len(ambiguous):
+        exact = torch.sort(block[ambiguous], dim=1, descending=True, stable=True)
+        values[ambiguous], indices[ambiguous] = exact.values[:, :k], exact.indices[:, :k]
+    return values, indices
 
 
 def topk_blocks(
     block_fn: BlockFn, n_rows: int, k: int, chunk: int = DEFAULT_CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, gallery indices) per row, best first; ties broken by lower index."""
+    """Top-``k`` (scores, gallery indices) per row, best first; ties go to the lower index."""
     values, indices = [], []
     for _, block in iter_blocks(block_fn, n_rows, chunk):
-        k_eff = min(k, block.shape[1])
-        v, i = torch.topk(block.to(torch.float32), k_eff, dim=1, sorted=True)
+        v, i = stable_topk(block, k)
         values.append(v)
         indices.append(i)
     return torch.cat(values).numpy(), torch.cat(indices).numpy()
 
 
 def matrix_block_fn(scores: np.ndarray | torch.Tensor) -> BlockFn:
-    """Row blocks of a precomputed matrix (a numpy memmap stays on disk until a block is read)."""
+    """Row blocks of a precomputed matrix in its own precision (a numpy memmap stays on disk until read)."""
+    if isinstance(scores, torch.Tensor):
+        return lambda start, stop: scores[start:stop]
+    dtype = ranking_dtype(scores.dtype)
 
     def block(start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(scores[start:stop], dtype=np.float32))
+        return torch.from_numpy(np.array(scores[start:stop], dtype=dtype))
 
     return block
 
@@ -107,20 +247,29 @@ def dot_block_fn(queries: torch.Tensor, gallery: torch.Tensor) -> BlockFn:
     return block
 
 
+def pairwise_dot(queries: torch.Tensor, gallery: torch.Tensor, query_to_item: np.ndarray) -> torch.Tensor:
+    """``queries[t] . gallery[query_to_item[t]]``: the estimate of each correct score :func:`rank_blocks` takes."""
+    return (queries * gallery[torch.as_tensor(query_to_item)]).sum(1)
+
+
 def rank_matrix(
     scores: np.ndarray | torch.Tensor, text_to_item: np.ndarray, chunk: int = DEFAULT_CHUNK
 ) -> Ranks:
     """Ranks from a full (texts x items) matrix; the correct scores are read from the matrix itself."""
     rows = np.arange(len(text_to_item))
-    positive = torch.as_tensor(np.asarray(scores[rows, text_to_item], dtype=np.float32))
-    return rank_blocks(matrix_block_fn(scores), text_to_item, positive, scores.shape[1], chunk)
+    block_fn = matrix_block_fn(scores)
+    if isinstance(scores, torch.Tensor):
+        hint = scores[torch.from_numpy(rows), torch.as_tensor(text_to_item)]
+    else:
+        hint = torch.from_numpy(np.asarray(scores[rows, text_to_item], dtype=ranking_dtype(scores.dtype)))
+    return rank_blocks(block_fn, text_to_item, scores.shape[1], chunk, positive_hint=hint)
 
 
 def rank_embeddings(
     text_embeds: torch.Tensor, item_embeds: torch.Tensor, text_to_item: np.ndarray, chunk: int = DEFAULT_CHUNK
 ) -> Ranks:
     """Ranks under the dot product of (already normalised) embeddings, without forming the whole matrix."""
-    positive = (text_embeds * item_embeds[torch.as_tensor(text_to_item)]).sum(1)
+    hint = pairwise_dot(text_embeds, item_embeds, text_to_item)
     return rank_blocks(
-        dot_block_fn(text_embeds, item_embeds), text_to_item, positive, len(item_embeds), chunk
+        dot_block_fn(text_embeds, item_embeds), text_to_item, len(item_embeds), chunk, positive_hint=hint
     )

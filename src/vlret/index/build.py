@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import vlret
-from vlret.data._io import write_json
+from vlret.data._io import read_json, write_json
+from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError
@@ -51,29 +52,69 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def _encode_chunks(
-    model, root: Path, paths: list[str], work: Path, chunk_size: int, batch_size: int, progress: bool
-):
+    model,
+    root: Path,
+    paths: list[str],
+    work: Path,
+    chunk_size: int,
+    batch_size: int,
+    progress: bool,
+    on_error: OnError = "raise",
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Embeddings of the readable images, the indices (into ``paths``) they belong to, and the skipped ones.
+
+    Each chunk leaves ``images-NNNNN.json`` (its skipped images) and then ``images-NNNNN.npy``; the .npy
+    marks the chunk as done, so a build started again encodes only the chunks that are missing.
+    """
     chunks = work / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     n_chunks = (len(paths) + chunk_size - 1) // chunk_size
-    import torch
-
     model.eval()
     for c in tqdm(range(n_chunks), desc="index chunks", disable=not progress, unit="chunk"):
         target = chunks / f"images-{c:05d}.npy"
-        if target.is_file():
-            continue  # done by an earlier, interrupted build
-        part = paths[c * chunk_size : (c + 1) * chunk_size]
-        out = []
-        with torch.no_grad():
-            for b in range(0, len(part), batch_size):
-                pixels = np.stack(
-                    [model.image_transform(load_image(root / p, p)) for p in part[b : b + batch_size]]
-                )
-                emb = model.encode_images(torch.from_numpy(pixels).to(model.device)).embeds
-                out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
-        _save_atomic(target, np.concatenate(out))
-    return np.concatenate([np.load(chunks / f"images-{c:05d}.npy") for c in range(n_chunks)])
+        if not target.is_file():  # else: done by an earlier, interrupted build
+            first = c * chunk_size
+            embeddings, skipped = _encode_chunk(
+                model, root, paths[first : first + chunk_size], batch_size, on_error
+            )
+            write_json(chunks / f"images-{c:05d}.json", [{**s, "index": first + s["index"]} for s in skipped])
+            _save_atomic(target, embeddings)
+    parts, skipped = [], []
+    for c in range(n_chunks):
+        parts.append(np.load(chunks / f"images-{c:05d}.npy"))
+        skipped.extend(read_json(chunks / f"images-{c:05d}.json"))
+    dropped = {s["index"] for s in skipped}
+    kept = np.array([i for i in range(len(paths)) if i not in dropped], dtype=np.int64)
+    if len(kept) == 0:
+        raise DataError(root, None, f"none of the {len(paths)} images could be read")
+    return np.concatenate([p for p in parts if p.size]), kept, skipped
+
+
+def _encode_chunk(model, root: Path, part: list[str], batch_size: int, on_error: OnError):
+    import torch
+
+    policy = ErrorPolicy(on_error)
+    images, skipped = [], []
+    for n, rel in enumerate(part):
+        try:
+            images.append(model.image_transform(load_image(root / rel, rel)))
+        except DataError as exc:
+            policy.bad(exc.file, exc.record or rel, exc.problem)  # raises unless skipping
+            skipped.append({"index": n, "file": rel, "reason": exc.problem})
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(images), batch_size):
+            pixels = torch.from_numpy(np.stack(images[b : b + batch_size])).to(model.device)
+            emb = torch.nn.functional.normalize(model.encode_images(pixels).embeds.float(), dim=-1)
+            out.append(emb.cpu().numpy())
+    embeddings = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(bad):
+        kept = [rel for n, rel in enumerate(part) if n not in {s["index"] for s in skipped}]
+        raise DataError(
+            root / kept[int(bad[0])], None, "the model gives a non-finite embedding for this image"
+        )
+    return embeddings, skipped
 
 
 def _faiss_index(embeddings: np.ndarray, choice):
@@ -98,8 +139,13 @@ def build_index(
     batch_size: int = 64,
     memory_budget_bytes: int | None = None,
     progress: bool = True,
+    on_error: OnError = "raise",
 ) -> Path:
-    """Build (or rebuild) the index at ``out`` from a folder of images or a dataset's items (and captions)."""
+    """Build (or rebuild) the index at ``out`` from a folder of images or a dataset's items (and captions).
+
+    ``on_error="skip"`` leaves out images that cannot be read (and their captions) and lists them in
+    ``index.json``; by default the first one stops the build, naming the file.
+    """
     if not is_model_reference(model_name):
         raise ConfigError(
             f"{model_name!r}: an index needs a trained model: a saved vlret model folder or hf:<id or folder>"
@@ -123,6 +169,8 @@ def build_index(
         "model": model_name,
         "root": str(root),
         "chunk_size": chunk_size,
+        "on_error": on_error,
+        "layout": 2,  # chunks with a list of skipped images
         "items": hashlib.sha256(json.dumps(paths).encode()).hexdigest(),
     }
     manifest_file = work / "manifest.json"
@@ -131,14 +179,18 @@ def build_index(
     work.mkdir(parents=True, exist_ok=True)
     write_json(manifest_file, manifest)
     model = create_model(model_name)
-    embeddings = _encode_chunks(model, root, paths, work, chunk_size, batch_size, progress)
+    embeddings, kept, skipped = _encode_chunks(
+        model, root, paths, work, chunk_size, batch_size, progress, on_error
+    )
     np.save(work / "embeddings.npy", embeddings)
-    write_json(work / "items.json", [{"id": i, "path": p} for i, p in zip(ids, paths, strict=True)])
+    write_json(work / "items.json", [{"id": ids[i], "path": paths[i]} for i in kept])
     n_captions = 0
     if dataset is not None and dataset.captions:
-        texts = [c.text for c in dataset.captions]
+        kept_ids = {ids[i] for i in kept}
+        captions = [c for c in dataset.captions if c.item_id in kept_ids]
+        texts = [c.text for c in captions]
         np.save(work / "caption_embeddings.npy", encode_texts(model, texts, progress=progress))
-        write_json(work / "captions.json", [{"text": c.text, "item_id": c.item_id} for c in dataset.captions])
+        write_json(work / "captions.json", [{"text": c.text, "item_id": c.item_id} for c in captions])
         n_captions = len(texts)
     choice = choose_index(len(embeddings), embeddings.shape[1], memory_budget_bytes)
     import faiss
@@ -154,6 +206,7 @@ def build_index(
             "dim": int(embeddings.shape[1]),
             "choice": choice.as_dict(),
             "memory_budget_bytes": memory_budget_bytes,
+            "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
             "vlret_version": vlret.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlret.errors import ConfigError
+from vlret.errors import ConfigError, VlretError
+from vlret.evaluate.ranking import stable_topk
 
 
 @dataclass
@@ -25,6 +26,23 @@ class Hit:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a whole number of results >= 1, not {k!r}")
+
+
+def _finite_query(embedding: np.ndarray) -> np.ndarray:
+    if not np.isfinite(embedding).all():
+        raise VlretError(
+            "the model gives a non-finite embedding for this query (NaN or infinity in its weights?)"
+        )
+    return embedding
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 class _Vectors:
@@ -41,10 +59,9 @@ class _Vectors:
         k = min(k, len(self.embeddings))
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         if self.faiss_index is None:
-            scores = self.embeddings @ query[0]
-            top = np.argpartition(-scores, k - 1)[:k]
-            top = top[np.lexsort((top, -scores[top]))]
-            return scores[top], top
+            scores = torch.from_numpy(np.asarray(self.embeddings @ query[0]))[None]
+            values, top = stable_topk(scores, k)
+            return values[0].numpy(), top[0].numpy()
         fetch = k * self.refine if self.refine else k
         scores, ids = self.faiss_index.search(query, min(fetch, len(self.embeddings)))
         ids = ids[0][ids[0] >= 0]
@@ -63,24 +80,47 @@ class Searcher:
         if not (path / "index.json").is_file():
             raise ConfigError(f"{index}: not a vlret index (no index.json)")
         self.path = path.resolve()  # pin this version
-        self.meta = json.loads((self.path / "index.json").read_text())
-        self.items = json.loads((self.path / "items.json").read_text())
-        self.item_numbers = {item["id"]: n for n, item in enumerate(self.items)}
-        self.media_root = Path(self.meta["media_root"])
+        self.meta = self._read("index.json", _read_json)
+        self.items = self._read("items.json", _read_json)
+        try:
+            missing = [key for key in ("model", "media_root", "choice", "captions") if key not in self.meta]
+            if missing:
+                raise KeyError(missing[0])
+            self.media_root = Path(self.meta["media_root"])
+            nprobe, refine = int(self.meta["choice"]["nprobe"]), int(self.meta["choice"]["refine"])
+            self.item_numbers = {item["id"]: n for n, item in enumerate(self.items)}
+        except (KeyError, TypeError, ValueError) as exc:
+            self._damaged("index.json / items.json", f"a field is missing or malformed ({exc})")
         import faiss
 
-        choice = self.meta["choice"]
-        self.images = _Vectors(
-            np.load(self.path / "embeddings.npy", mmap_mode="r"),
-            faiss.read_index(str(self.path / "faiss.index")),
-            choice["nprobe"],
-            choice["refine"],
-        )
+        embeddings = self._read("embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
+        faiss_index = self._read("faiss.index", lambda p: faiss.read_index(str(p)))
+        if not (len(self.items) == len(embeddings) == faiss_index.ntotal):
+            self._damaged(
+                "items.json / embeddings.npy / faiss.index",
+                f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {faiss_index.ntotal})",
+            )
+        self.images = _Vectors(embeddings, faiss_index, nprobe, refine)
         self.captions = None
         if (self.path / "captions.json").is_file():
-            self.captions = json.loads((self.path / "captions.json").read_text())
-            self.caption_vectors = _Vectors(np.load(self.path / "caption_embeddings.npy", mmap_mode="r"))
+            self.captions = self._read("captions.json", _read_json)
+            vectors = self._read("caption_embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
+            if len(vectors) != len(self.captions):
+                self._damaged(
+                    "captions.json / caption_embeddings.npy", "they disagree on the number of captions"
+                )
+            self.caption_vectors = _Vectors(vectors)
         self._model = model
+
+    def _damaged(self, name: str, reason: str):
+        raise ConfigError(f"{self.path}: damaged index ({name}: {reason}); rebuild it with vlret index build")
+
+    def _read(self, name: str, reader):
+        try:
+            return reader(self.path / name)
+        except (OSError, ValueError, RuntimeError, EOFError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self._damaged(name, reason)
 
     @property
     def model(self):
@@ -96,7 +136,7 @@ class Searcher:
         if not text.strip():
             raise ConfigError("empty query text")
         emb = self.model.encode_texts(self.model.tokenize([text])).embeds
-        return torch.nn.functional.normalize(emb.float(), dim=-1)[0].numpy()
+        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1)[0].numpy())
 
     @torch.no_grad()
     def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
@@ -106,7 +146,7 @@ class Searcher:
             image = load_image(image)
         pixels = torch.from_numpy(self.model.image_transform(image.convert("RGB")))[None]
         emb = self.model.encode_images(pixels).embeds
-        return torch.nn.functional.normalize(emb.float(), dim=-1)[0].numpy()
+        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1)[0].numpy())
 
     # ----- queries --------------------------------------------------------------------------------------
     def _image_hits(self, query: np.ndarray, k: int) -> list[Hit]:
@@ -126,15 +166,19 @@ class Searcher:
         ]
 
     def text_to_image(self, text: str, k: int = 10) -> list[Hit]:
+        _check_k(k)
         return self._image_hits(self.embed_text(text), k)
 
     def image_to_image(self, image, k: int = 10) -> list[Hit]:
+        _check_k(k)
         return self._image_hits(self.embed_image(image), k)
 
     def image_to_text(self, image, k: int = 10) -> list[Hit]:
+        _check_k(k)
         return self._caption_hits(self.embed_image(image), k)
 
     def text_to_text(self, text: str, k: int = 10) -> list[Hit]:
+        _check_k(k)
         return self._caption_hits(self.embed_text(text), k)
 
     def media_path(self, item_path: str) -> Path:

@@ -37,13 +37,28 @@ class TinyConfig:
     text_layers: int = 2
     heads: int = 4
     max_text_length: int = 32
+    dropout: float = 0.0  # in the transformer blocks of both towers
     vocab_size: int = 0  # set from the tokenizer
 
     def __post_init__(self) -> None:
         if self.arch not in TINY_ARCHS:
             raise ValueError(f"unknown tiny architecture {self.arch!r}; expected one of {TINY_ARCHS}")
+        sizes = ("image_size", "embed_dim", "width", "image_layers", "patch_size", "text_layers", "heads")
+        for name in (*sizes, "max_text_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.image_size % 16:
             raise ValueError("image_size must be a multiple of 16")
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        if self.width < 8 or self.width % 8:
+            raise ValueError(f"width must be a multiple of 8 (the CNN's group norm), not {self.width}")
+        if self.arch == "tiny-vit" and self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
 
 
 def _conv_stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -60,7 +75,13 @@ def _conv_stage(c_in: int, c_out: int) -> nn.Sequential:
 
 def _pre_norm_transformer(cfg: TinyConfig, layers: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
-        cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        cfg.width,
+        cfg.heads,
+        4 * cfg.width,
+        dropout=cfg.dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
     )
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 

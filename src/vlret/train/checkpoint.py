@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vlret.errors import TrainingError
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import load_model
 
@@ -37,21 +38,34 @@ def save_checkpoint(
     meta: dict | None = None,
 ) -> Path:
     """Write model + trainer state for ``step`` and point ``last`` (and ``best`` if asked) at it."""
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     final = folder / name
     tmp = folder / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp / "model")
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(tmp / "model")
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = os.readlink(folder / "last") if (folder / "last").is_symlink() else "none"
+        raise TrainingError(
+            f"cannot write the checkpoint of step {step} to {folder} ({_reason(exc)}); nothing partial was "
+            f"left, and the previous checkpoint ({previous}) is intact. Free some space and resume."
+        ) from None
     _publish(folder / "last", name)
     if is_best:
         _publish(folder / "best", name)
     _prune(folder)
     return final
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _prune(folder: Path) -> None:

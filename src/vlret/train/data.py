@@ -126,6 +126,8 @@ class EpochBatches(Dataset):
 
 
 def epoch_loader(batches: EpochBatches, num_workers: int) -> DataLoader:
+    # A private generator: a DataLoader otherwise draws its workers' base seed from torch's global RNG each
+    # time an epoch starts, which would shift the dropout masks of a resumed run.
     return DataLoader(
         batches,
         batch_size=None,
@@ -133,4 +135,5 @@ def epoch_loader(batches: EpochBatches, num_workers: int) -> DataLoader:
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator().manual_seed(batches.seed),
     )

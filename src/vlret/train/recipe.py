@@ -8,6 +8,8 @@ wrong type names the key and the type expected. Overrides use dotted paths (``tr
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +97,26 @@ class Recipe:
 
 # ----- validation ---------------------------------------------------------------------------------------
 
+# Metrics a checkpoint can be chosen by: higher is better (median and mean rank are not offered).
+SELECTION_METRICS = ("rsum", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+# Keys that may change between a run and its resumption: they change nothing the run computes.
+RESUME_SAFE_KEYS = (
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "data.num_workers",
+    "eval.batch_size",
+)
+RECIPE_FILE = "recipe.json"
+
+
+def _require(ok: bool, key: str, expected: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
 
 def _check_losses(losses: dict) -> None:
     if not losses:
@@ -108,26 +130,218 @@ def _check_losses(losses: dict) -> None:
         unknown = [k for k in options if k not in valid]
         if unknown:
             raise ConfigError(f"losses.{name}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
-
-
-def _check_values(recipe: Recipe) -> None:
-    from vlret.evaluate.protocols import PROTOCOLS
-
-    if recipe.schedule.name not in ("cosine", "step", "constant"):
-        raise ConfigError(f"schedule.name: expected cosine, step or constant, not {recipe.schedule.name!r}")
-    if recipe.train.amp not in ("auto", "off", "bf16", "fp16"):
-        raise ConfigError(f"train.amp: expected auto, off, bf16 or fp16, not {recipe.train.amp!r}")
-    if recipe.eval.protocol not in PROTOCOLS:
-        raise ConfigError(
-            f"eval.protocol: expected one of {', '.join(PROTOCOLS)}, not {recipe.eval.protocol!r}"
+        options = dict(options)
+        weight = options.pop("weight", 1.0)
+        _require(
+            isinstance(weight, int | float)
+            and not isinstance(weight, bool)
+            and _finite(weight)
+            and weight >= 0,
+            f"losses.{name}.weight",
+            "a finite number >= 0",
+            weight,
         )
-    for key in ("epochs", "batch_size", "grad_accum_steps"):
-        if getattr(recipe.train, key) < 1:
-            raise ConfigError(f"train.{key}: must be at least 1")
-    if recipe.data.val_split == "test":
+        try:  # types from the loss's dataclass fields, values from its own checks
+            build_dataclass(LOSSES[name], options, f"losses.{name}")
+        except ValueError as exc:
+            raise ConfigError(f"losses.{name}: {exc}") from None
+
+
+def _check_model(model: ModelSection) -> None:
+    from vlret.models.base import MODEL_CONFIG_FILE
+    from vlret.models.tiny import TINY_ARCHS, TinyConfig
+
+    name = model.name
+    if name in TINY_ARCHS:
+        options = {k: v for k, v in model.options.items()}
+        for reserved in ("arch", "vocab_size"):
+            if reserved in options:
+                raise ConfigError(f"model.options.{reserved}: set by vlret, not by the recipe")
+        try:
+            build_dataclass(TinyConfig, {"arch": name, **options}, "model.options")
+        except ValueError as exc:
+            raise ConfigError(f"model.options: {exc}") from None
+        return
+    if not (name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()):
+        raise ConfigError(
+            f"model.name: expected tiny-cnn, tiny-vit, hf:<hub id or folder> or a saved vlret model folder, got {name!r}"
+        )
+    if model.options:
+        raise ConfigError(f"model.options: only the tiny models take options; {name} takes none")
+
+
+def _check_data(data: DataSection) -> None:
+    from vlret.data.formats import FORMATS
+
+    _require(
+        data.format == "auto" or data.format in FORMATS,
+        "data.format",
+        f"auto or one of {', '.join(FORMATS)}",
+        data.format,
+    )
+    lo_hi = data.crop_scale
+    _require(
+        len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1,
+        "data.crop_scale",
+        "[low, high] with 0 < low <= high <= 1",
+        lo_hi,
+    )
+    _require(data.num_workers >= 0, "data.num_workers", "an integer >= 0", data.num_workers)
+    for key in ("train_split", "val_split"):
+        _require(bool(getattr(data, key)), f"data.{key}", "a split name", getattr(data, key))
+    if data.val_split == "test":
         raise ConfigError(
             "data.val_split: checkpoints are never chosen on the test split; use a validation split"
         )
+
+
+def _check_optim(opt: OptimSection) -> None:
+    for key in ("lr", "weight_decay", "backbone_lr_factor"):
+        value = getattr(opt, key)
+        _require(_finite(value) and value >= 0, f"optim.{key}", "a finite number >= 0", value)
+    _require(
+        len(opt.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in opt.betas),
+        "optim.betas",
+        "two numbers in [0, 1)",
+        opt.betas,
+    )
+    _require(_finite(opt.eps) and opt.eps > 0, "optim.eps", "a finite number > 0", opt.eps)
+    clip = opt.clip_grad_norm
+    _require(
+        clip is None or (_finite(clip) and clip > 0), "optim.clip_grad_norm", "null or a number > 0", clip
+    )
+
+
+def _check_schedule(sched: ScheduleSection) -> None:
+    _require(
+        sched.name in ("cosine", "step", "constant"), "schedule.name", "cosine, step or constant", sched.name
+    )
+    _require(sched.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", sched.warmup_steps)
+    _require(
+        _finite(sched.warmup_fraction) and 0 <= sched.warmup_fraction < 1,
+        "schedule.warmup_fraction",
+        "a number in [0, 1)",
+        sched.warmup_fraction,
+    )
+    _require(
+        _finite(sched.min_lr_ratio) and 0 <= sched.min_lr_ratio <= 1,
+        "schedule.min_lr_ratio",
+        "a number in [0, 1]",
+        sched.min_lr_ratio,
+    )
+    _require(all(e >= 1 for e in sched.step_epochs), "schedule.step_epochs", "epochs >= 1", sched.step_epochs)
+    _require(_finite(sched.gamma) and sched.gamma > 0, "schedule.gamma", "a finite number > 0", sched.gamma)
+
+
+def _check_train(train: TrainSection) -> None:
+    for key in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps"):
+        _require(getattr(train, key) >= 1, f"train.{key}", "an integer >= 1", getattr(train, key))
+    for key in ("max_steps", "checkpoint_every_steps"):
+        value = getattr(train, key)
+        _require(value is None or value >= 1, f"train.{key}", "null or an integer >= 1", value)
+    _require(train.seed >= 0, "train.seed", "an integer >= 0", train.seed)
+    _require(train.amp in ("auto", "off", "bf16", "fp16"), "train.amp", "auto, off, bf16 or fp16", train.amp)
+    _check_device(train.device)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device in ("auto", "cpu"):
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    _require(
+        parsed is not None and parsed.type == "cuda", "train.device", "auto, cpu, cuda or cuda:N", device
+    )
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {device} was asked for, but this machine has no usable CUDA GPU")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {device}, but there are {torch.cuda.device_count()} GPUs")
+
+
+def _check_eval(ev: EvalSection) -> None:
+    from vlret.evaluate.protocols import PROTOCOLS
+
+    _require(ev.protocol in PROTOCOLS, "eval.protocol", f"one of {', '.join(PROTOCOLS)}", ev.protocol)
+    _require(
+        ev.metric in SELECTION_METRICS, "eval.metric", f"one of {', '.join(SELECTION_METRICS)}", ev.metric
+    )
+    _require(ev.every_epochs >= 1, "eval.every_epochs", "an integer >= 1", ev.every_epochs)
+    _require(ev.batch_size >= 1, "eval.batch_size", "an integer >= 1", ev.batch_size)
+
+
+def _check_values(recipe: Recipe) -> None:
+    _check_model(recipe.model)
+    _check_data(recipe.data)
+    _check_losses(recipe.losses)
+    _check_optim(recipe.optim)
+    _check_schedule(recipe.schedule)
+    _check_train(recipe.train)
+    _check_eval(recipe.eval)
+    _require(bool(recipe.output_dir), "output_dir", "a folder", recipe.output_dir)
+
+
+# ----- runs on disk -------------------------------------------------------------------------------------
+
+
+def save_recipe(out: Path, recipe: Recipe) -> None:
+    """Record the recipe a run was started with (``resume`` compares against it)."""
+    from vlret.data._io import write_json
+
+    write_json(Path(out) / RECIPE_FILE, recipe.to_dict())
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def recipe_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every key that differs (and is not in :data:`RESUME_SAFE_KEYS`)."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS
+    ]
+
+
+def check_resumable(out: Path, recipe: Recipe, allow_changes: bool = False) -> None:
+    """Refuse to resume a run with a recipe that differs from the one it was started with."""
+    import json
+
+    path = Path(out) / RECIPE_FILE
+    if not path.is_file():
+        return  # a run from before recipes were recorded
+    differences = recipe_differences(json.loads(path.read_text()), recipe.to_dict())
+    if differences and not allow_changes:
+        raise ConfigError(
+            f"{out}: the recipe differs from the one this run was started with ({path}):\n  "
+            + "\n  ".join(differences)
+            + "\nresume with the same recipe, train into a new output_dir, or pass --resume-anyway"
+        )
+
+
+def check_writable(out: Path) -> None:
+    """The output folder exists (or can be made) and takes a file."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot write to {out} ({exc.strerror or exc})") from None
 
 
 def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
@@ -137,7 +351,6 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
-        _check_losses(recipe.losses)
         _check_values(recipe)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None

@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from vlret.data import load_dataset
 from vlret.data.records import RetrievalDataset
+from vlret.errors import ConfigError, DataError, TrainingError
 from vlret.evaluate.api import evaluate_model
+from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.losses import LOSSES
 from vlret.models import RetrievalModel, create_model
 from vlret.train import checkpoint as ckpt
@@ -35,7 +37,7 @@ from vlret.train.distributed import (
     init_from_env,
 )
 from vlret.train.logger import MetricsLogger
-from vlret.train.recipe import Recipe
+from vlret.train.recipe import Recipe, check_resumable, check_writable, save_recipe
 from vlret.train.schedule import lr_multiplier
 
 
@@ -107,7 +109,12 @@ def pick_device(name: str) -> torch.device:
 class Trainer:
     """Train a model by a recipe; ``fit()`` returns a summary dict."""
 
-    def __init__(self, recipe: Recipe, resume: bool = False, progress: bool = True):
+    def __init__(
+        self, recipe: Recipe, resume: bool = False, progress: bool = True, resume_anyway: bool = False
+    ):
+        """Everything that can be checked is checked here, before the first step: the data and its splits,
+        the validation protocol, the output folder, and (``resume``) that the recipe is the run's own.
+        ``resume_anyway`` resumes even when the recipe differs from the saved one."""
         self.recipe = recipe
         self.progress = progress
         self.device = pick_device(recipe.train.device)
@@ -116,25 +123,35 @@ class Trainer:
             self.device = torch.device("cuda", self.info.local_rank)
         self.out = Path(recipe.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
+        resuming = (resume or resume_anyway) and ckpt.has_checkpoint(self.ckpt_dir)
+        if resuming:
+            check_resumable(self.out, recipe, allow_changes=resume_anyway)
         self.data = self._load_data()
-        self.train_split = self.data.split(recipe.data.train_split)
+        self.train_split = self._split(recipe.data.train_split, "data.train_split")
+        self._check_validation_split()
+        check_writable(self.out)
         resume_state = None
-        if resume and ckpt.has_checkpoint(self.ckpt_dir):
+        if resuming:
             self.model, resume_state = ckpt.load_checkpoint(self.ckpt_dir, "last")
         else:
             captions = [c.text for c in self.train_split.captions]
             self.model = create_model(
                 recipe.model.name, captions=captions, seed=recipe.train.seed, **recipe.model.options
             )
+            # Dropout and other in-model randomness draw from torch's global generator: fix it by the seed
+            # (per process), so a run does not depend on what ran before it; a resumed run restores it.
+            torch.manual_seed(recipe.train.seed + self.info.rank)
+            if self.info.is_main:
+                save_recipe(self.out, recipe)
         self.model.to(self.device).train()
         self.loss = WeightedLoss.from_recipe(recipe.losses)
         self.source = PairSource(self.train_split, self.model.image_transform, recipe.data)
         micro_batches = len(self.source) // recipe.train.batch_size
         self.steps_per_epoch = micro_batches // recipe.train.grad_accum_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.source)} training pairs make no full step of batch {recipe.train.batch_size} "
-                f"x {recipe.train.grad_accum_steps} accumulation"
+            raise ConfigError(
+                f"train.batch_size: {len(self.source)} training pairs make no full step of batch "
+                f"{recipe.train.batch_size} x {recipe.train.grad_accum_steps} accumulation"
             )
         self.total_steps = recipe.train.epochs * self.steps_per_epoch
         if recipe.train.max_steps is not None:
@@ -158,8 +175,24 @@ class Trainer:
     def _load_data(self) -> RetrievalDataset:
         d = self.recipe.data
         if not d.path:
-            raise ValueError("recipe data.path is empty: name the annotation file or folder to train on")
+            raise ConfigError("data.path is empty: name the annotation file or folder to train on")
         return load_dataset(d.path, d.format, d.media_root)
+
+    def _split(self, name: str, key: str) -> RetrievalDataset:
+        try:
+            return self.data.split(name)
+        except KeyError:
+            raise ConfigError(
+                f"{key}: {self.data.source} has no split {name!r}; it has {self.data.splits}"
+            ) from None
+
+    def _check_validation_split(self) -> None:
+        """The validation protocol must apply to the validation split (else it fails after a whole epoch)."""
+        val = self._split(self.recipe.data.val_split, "data.val_split")
+        try:
+            prepare(val, get_protocol(self.recipe.eval.protocol))
+        except DataError as exc:
+            raise ConfigError(f"eval.protocol: {exc}") from None
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.recipe.train.amp
@@ -180,6 +213,7 @@ class Trainer:
             "step": self.step,
             "best": self.best,
             "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
 
     def _restore(self, state: dict) -> None:
@@ -189,6 +223,8 @@ class Trainer:
         self.step = int(state["step"])
         self.best = state["best"]
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     # ----- the loop -------------------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], epoch: int) -> dict[str, float]:
@@ -199,6 +235,8 @@ class Trainer:
             with self._autocast():
                 outputs = encode_batch(self.model, batch, self.info, self.device)
             total, terms = self.loss(outputs, {"epoch": epoch})
+            if not torch.isfinite(total):
+                raise TrainingError(self._non_finite_loss_message(terms))
             self.scaler.scale(total / len(micro_batches)).backward()
             logged["loss"] = logged.get("loss", 0.0) + float(total.detach()) / len(micro_batches)
             for k, v in terms.items():
@@ -217,6 +255,26 @@ class Trainer:
         logged["temperature"] = math.exp(-self.model.logit_scale.item())
         return logged
 
+    def _non_finite_loss_message(self, terms: dict[str, torch.Tensor]) -> str:
+        values = ", ".join(f"{name} = {float(v):.4g}" for name, v in terms.items())
+        return (
+            f"step {self.step + 1}: the loss is not finite ({values}); training stopped before the optimiser "
+            f"step, so nothing non-finite was saved (last checkpoint: {self._last_checkpoint()}). "
+            "Lower optim.lr, lengthen schedule.warmup_steps, or check the data and the model's weights."
+        )
+
+    def _last_checkpoint(self) -> str:
+        meta = ckpt.read_meta(self.ckpt_dir, "last")
+        return f"step {meta['step']} in {self.ckpt_dir / 'last'}" if meta else "none"
+
+    def _check_finite_weights(self) -> None:
+        for name, param in self.model.named_parameters():
+            if not torch.isfinite(param).all():
+                raise TrainingError(
+                    f"step {self.step}: parameter {name} holds NaN or infinity; not saved "
+                    f"(last checkpoint: {self._last_checkpoint()}). Lower optim.lr or check the data."
+                )
+
     def validate(self) -> dict:
         was_training = self.model.training
         result = evaluate_model(
@@ -232,6 +290,7 @@ class Trainer:
         return result["metrics"]
 
     def _save(self, epoch: int, is_best: bool = False) -> None:
+        self._check_finite_weights()  # every process holds the same weights: all stop together
         if self.info.is_main:
             ckpt.save_checkpoint(
                 self.ckpt_dir,

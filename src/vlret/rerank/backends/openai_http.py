@@ -75,25 +75,44 @@ class OpenAIChat:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code == 200:
-                    return self._read(response.json())
-                problem = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code not in RETRY_STATUS:
-                    raise BackendError(f"{url}: {problem}")
+                    text, problem = self._read(response)
+                    if text is not None:
+                        return text
+                else:
+                    problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                    if response.status_code not in RETRY_STATUS:
+                        raise BackendError(f"{url}: {problem}")
             if attempt < self.max_retries:
                 time.sleep(min(self.backoff * 2**attempt, 8.0))
         raise BackendError(f"{url}: gave up after {self.max_retries + 1} attempts ({problem})")
 
-    def _read(self, body: dict) -> str:
+    def _read(self, response: httpx.Response) -> tuple[str | None, str]:
+        """``(text, "")`` from a well-formed reply; ``(None, problem)`` for one worth retrying: a body that
+        is not JSON, or no text (``content: null``), which must never be stored as an empty answer."""
         try:
-            text = body["choices"][0]["message"]["content"] or ""
+            body = response.json()
+        except ValueError:
+            return None, f"a 200 reply whose body is not JSON: {response.text[:200]!r}"
+        try:
+            text = body["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise BackendError(f"{self.base_url}: unexpected reply shape {str(body)[:200]}") from None
-        usage = body.get("usage") or {}
+            return None, f"a 200 reply of unexpected shape: {str(body)[:200]}"
+        if not isinstance(text, str):
+            return None, f"a 200 reply without text (content is {text!r})"
+        self._count(body.get("usage"))
+        return text, ""
+
+    def _count(self, usage) -> None:
+        """Add a reply's token counts; counts that are missing or malformed are ignored."""
+
+        def tokens(key: str) -> int:
+            value = usage.get(key) if isinstance(usage, dict) else None
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
         with self._lock:
             self.usage.calls += 1
-            self.usage.prompt_tokens += int(usage.get("prompt_tokens", 0))
-            self.usage.completion_tokens += int(usage.get("completion_tokens", 0))
-        return text
+            self.usage.prompt_tokens += tokens("prompt_tokens")
+            self.usage.completion_tokens += tokens("completion_tokens")
 
     def close(self) -> None:
         self.client.close()

@@ -23,6 +23,7 @@ Ollama, hosted APIs), ``hf`` (``model``: a transformers image-text-to-text or ca
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,20 +50,12 @@ class VisaConfig:
         return dataclasses.asdict(self)
 
 
-def load_visa_config(path: str | Path | None, overrides: dict | None = None) -> VisaConfig:
-    data = {}
-    if path is not None:
-        data = read_yaml(path, "VISA config")
-    data.update(overrides or {})
-    try:
-        config = build_dataclass(VisaConfig, data, "")
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'visa config'}: {exc}") from None
-    if config.k < 1 or config.questions < 1 or config.concurrency < 1:
-        raise ConfigError(f"{path or 'visa config'}: k, questions and concurrency must be at least 1")
-    return config
-
-
+ROLE_BACKENDS = {
+    "describer": ("synthetic", "openai", "hf"),
+    "question_generator": ("rule", "openai", "hf"),
+    "vqa": ("synthetic", "openai", "hf"),
+    "reranker": ("lexical", "cross-encoder", "bi-encoder"),
+}
 _CHAT_KEYS = {
     "backend",
     "model",
@@ -74,16 +67,90 @@ _CHAT_KEYS = {
     "temperature",
     "device",
 }
+_RERANKER_KEYS = {"backend", "model", "device"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_role(role: str, spec) -> None:
+    """One role's mapping: a known backend, known keys, and values of the right type and range."""
+    backends = ROLE_BACKENDS[role]
+    if not isinstance(spec, dict) or spec.get("backend") not in backends:
+        got = spec.get("backend") if isinstance(spec, dict) else spec
+        raise ConfigError(f"{role}.backend: expected one of {', '.join(backends)}, got {got!r}")
+    backend = spec["backend"]
+    allowed = (
+        {"backend"}
+        if backend in ("synthetic", "rule", "lexical")
+        else _RERANKER_KEYS
+        if role == "reranker"
+        else _CHAT_KEYS
+    )
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{role}: unknown key {unknown[0]!r} for backend {backend!r}; valid keys: {', '.join(sorted(allowed))}"
+        )
+    needs_model = backend in ("openai", "hf", "cross-encoder")
+    if needs_model and not isinstance(spec.get("model"), str):
+        raise ConfigError(f"{role}.model: backend {backend!r} needs a model name (a string)")
+    checks = {
+        "model": (lambda v: isinstance(v, str) and v, "a model name"),
+        "base_url": (
+            lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
+            "an http(s) URL",
+        ),
+        "api_key_env": (lambda v: isinstance(v, str) and v, "an environment variable name"),
+        "device": (lambda v: isinstance(v, str) and v, "a device name such as cpu or cuda"),
+        "timeout": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+        "max_retries": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "an integer >= 0",
+        ),
+        "max_tokens": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            "an integer >= 1",
+        ),
+        "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    }
+    for key, value in spec.items():
+        if key in checks and not checks[key][0](value):
+            raise ConfigError(f"{role}.{key}: expected {checks[key][1]}, got {value!r}")
+
+
+def _check_config(config: VisaConfig) -> None:
+    for key in ("k", "questions", "concurrency"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}: expected an integer >= 1, got {getattr(config, key)!r}")
+    for key in ("w_base", "w_text"):
+        value = getattr(config, key)
+        if not (_is_number(value) and value >= 0):
+            raise ConfigError(f"{key}: expected a finite number >= 0, got {value!r}")
+    if config.w_base == 0 and config.w_text == 0:
+        raise ConfigError("w_base, w_text: at least one fusion weight must be above 0")
+    if config.media not in ("image", "video"):
+        raise ConfigError(f"media: expected image or video, got {config.media!r}")
+    for role in ROLE_BACKENDS:
+        _check_role(role, getattr(config, role))
+
+
+def load_visa_config(path: str | Path | None, overrides: dict | None = None) -> VisaConfig:
+    """Read and validate a VISA YAML (every value is checked here, before any model is called)."""
+    data = {}
+    if path is not None:
+        data = read_yaml(path, "VISA config")
+    data.update(overrides or {})
+    try:
+        config = build_dataclass(VisaConfig, data, "")
+        _check_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'visa config'}: {exc}") from None
+    return config
 
 
 def _chat_model(spec: dict, role: str):
-    unknown = set(spec) - _CHAT_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{role}: unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(sorted(_CHAT_KEYS))}"
-        )
-    if "model" not in spec:
-        raise ConfigError(f"{role}: backend {spec['backend']!r} needs a 'model'")
     if spec["backend"] == "openai":
         from vlret.rerank.backends.openai_http import OpenAIChat
 
@@ -100,8 +167,7 @@ def _chat_model(spec: dict, role: str):
 
 
 def _spec(spec: dict, role: str) -> tuple[str, dict]:
-    if not isinstance(spec, dict) or "backend" not in spec:
-        raise ConfigError(f"{role}: expected a mapping with a 'backend'")
+    _check_role(role, spec)
     return spec["backend"], {k: v for k, v in spec.items() if k != "backend"}
 
 

@@ -4,20 +4,17 @@
 (a constant row maps to 0). Only the top-K is re-ordered: its members stay above every other item, ties in
 ``F`` go to the higher base score, and items outside the top-K keep their base order below it. With
 ``w_text = 0`` the base ranking comes back unchanged.
+
+``compat`` reproduces the official step-4 script instead: the candidates are the first K of NumPy's default
+(unstable) descending argsort of the base row, and the final order is NumPy's default ascending argsort of a
+dense row of fused scores (exactly 0 outside the top-K), reversed. Fused ties, and the order of everything
+scoring 0 (every item outside the top-K, and a candidate lowest in both terms), then follow NumPy's sort,
+which matters whenever K < 10.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def top_k(base_scores: np.ndarray, k: int) -> np.ndarray:
-    """``[n_queries, k]`` gallery indices of the ``k`` highest base scores, best first (ties: lower index)."""
-    k = min(k, base_scores.shape[1])
-    part = np.argpartition(-base_scores, k - 1, axis=1)[:, :k]
-    rows = np.arange(len(base_scores))[:, None]
-    order = np.lexsort((part, -base_scores[rows, part]), axis=1)
-    return np.take_along_axis(part, order, axis=1)
 
 
 def minmax_rows(x: np.ndarray) -> np.ndarray:
@@ -45,41 +42,29 @@ def rerank_topk(candidates: np.ndarray, base_topk: np.ndarray, fused: np.ndarray
     return np.take_along_axis(candidates, order, axis=1)
 
 
-def ranks_after_rerank(
-    base_scores: np.ndarray, reranked: np.ndarray, ground_truth: np.ndarray, tie_tolerance: float = 0.0
-) -> np.ndarray:
-    """0-based rank of each query's ground-truth item in the final ranking.
-
-    Inside the top-K it is its position there; outside, ``K`` plus the number of other non-top-K items
-    whose base score is at least its own (ties count against it, as in :mod:`vlret.evaluate.ranking`).
-    """
-    n, k = reranked.shape
-    ranks = np.empty(n, dtype=np.int64)
-    for q in range(n):
-        hit = np.nonzero(reranked[q] == ground_truth[q])[0]
-        if hit.size:
-            ranks[q] = hit[0]
-            continue
-        row = base_scores[q]
-        outside = np.ones(row.shape[0], dtype=bool)
-        outside[reranked[q]] = False
-        outside[ground_truth[q]] = False
-        ranks[q] = k + int(np.count_nonzero(row[outside] >= row[ground_truth[q]] - tie_tolerance))
-    return ranks
+def official_top_k(base_rows: np.ndarray, k: int) -> np.ndarray:
+    """The official candidate selection: the first ``k`` of NumPy's default argsort of the negated row, in
+    float64 (the official script reads its score matrices with ``np.loadtxt``)."""
+    return np.argsort(-np.asarray(base_rows, dtype=np.float64), axis=1)[:, :k]
 
 
-def compat_ranks(
-    base_scores: np.ndarray, candidates: np.ndarray, fused: np.ndarray, ground_truth: np.ndarray
-) -> np.ndarray:
-    """The official scoring: a dense row of fused scores (0 outside the top-K) sorted with NumPy's default sort.
+def compat_ranking(
+    candidates: np.ndarray, fused: np.ndarray, n_items: int, ground_truth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official final ranking: ``(rank of each query's answer, candidates in their final order)``.
 
-    The candidate that is lowest in both terms scores 0 and ties with every non-top-K item; the default
-    (unstable) sort breaks that tie however it happens to. Reproduced for bit-for-bit comparisons only.
+    Each query's fused scores are scattered into a dense row of zeros, which is sorted with NumPy's default
+    ascending argsort and reversed, as the official ``R_t2i`` does.
     """
     ranks = np.empty(len(candidates), dtype=np.int64)
+    reranked = np.empty_like(candidates)
+    dense = np.zeros(n_items, dtype=np.float64)
     for q in range(len(candidates)):
-        dense = np.zeros(base_scores.shape[1])
+        dense[:] = 0.0
         dense[candidates[q]] = fused[q]
-        order = np.argsort(-dense)
-        ranks[q] = int(np.nonzero(order == ground_truth[q])[0][0])
-    return ranks
+        order = np.argsort(dense)[::-1]
+        position = np.empty(n_items, dtype=np.int64)
+        position[order] = np.arange(n_items)
+        ranks[q] = position[ground_truth[q]]
+        reranked[q] = candidates[q][np.argsort(position[candidates[q]])]
+    return ranks, reranked

@@ -216,7 +216,14 @@ class Visa:
                     )
                 )
         scores = np.asarray(self.text_scores(pairs), dtype=np.float64)
-        return scores.reshape(len(queries), -1) if queries else scores.reshape(0, 0), parsed
+        scores = scores.reshape(len(queries), -1) if queries else scores.reshape(0, 0)
+        if not np.isfinite(scores).all():
+            q, c = (int(x) for x in np.argwhere(~np.isfinite(scores))[0])
+            raise VlretError(
+                f"reranker {self.roles.reranker.id}: non-finite relevance score {scores[q, c]} "
+                f"for query {queries[q]!r} and item {candidates[q][c].item_id!r}"
+            )
+        return scores, parsed
 
     def rerank(self, query: str, candidates: list[Candidate]) -> Reranked:
         """Re-rank one query's candidates (the Python API search uses)."""

@@ -17,36 +17,67 @@ import torch
 
 from vlret.data._io import read_json, write_json
 from vlret.data.records import RetrievalDataset
+from vlret.errors import DataError, NonFiniteScoreError
 from vlret.evaluate.metrics import direction_metrics
-from vlret.evaluate.ranking import dot_block_fn, matrix_block_fn, rank_blocks, topk_blocks
+from vlret.evaluate.ranking import (
+    BlockFn,
+    dot_block_fn,
+    iter_blocks,
+    matrix_block_fn,
+    pairwise_dot,
+    rank_blocks,
+    ranking_dtype,
+    topk_blocks,
+)
 from vlret.evaluate.results import make_result
 from vlret.rerank.visa.config import VisaConfig
-from vlret.rerank.visa.fusion import fuse, rerank_topk
+from vlret.rerank.visa.fusion import compat_ranking, fuse, official_top_k, rerank_topk
 from vlret.rerank.visa.pipeline import Candidate, Roles, Visa
 from vlret.rerank.visa.store import merge_stage
 
 
-def base_from_scores(
-    scores: np.ndarray, split: RetrievalDataset, k: int
+def _base_ranking(
+    block_fn: BlockFn, cap_item: np.ndarray, n_items: int, k: int, hint: torch.Tensor, compat: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(candidates, their base scores, the base rank of each query's answer) from a score matrix."""
+    base_ranks = rank_blocks(block_fn, cap_item, n_items, positive_hint=hint).t2i
+    if not compat:
+        values, indices = topk_blocks(block_fn, len(cap_item), k)
+        return indices, values, base_ranks
+    indices, values = [], []
+    for _, block in iter_blocks(block_fn, len(cap_item)):
+        rows = block.numpy()
+        top = official_top_k(rows, k)
+        indices.append(top)
+        values.append(np.take_along_axis(rows, top, axis=1))
+    return np.concatenate(indices), np.concatenate(values), base_ranks
+
+
+def base_from_scores(
+    scores: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False, source: str = "scores"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidates, their base scores, the base rank of each query's answer) from a score matrix.
+
+    ``compat`` selects the candidates as the official script does (see :mod:`vlret.rerank.visa.fusion`).
+    """
     cap_item = split.caption_to_item
-    positive = torch.as_tensor(np.asarray(scores[np.arange(len(cap_item)), cap_item], dtype=np.float32))
-    block_fn = matrix_block_fn(scores)
-    base_ranks = rank_blocks(block_fn, cap_item, positive, scores.shape[1], tie_tolerance=0.0).t2i
-    values, indices = topk_blocks(block_fn, len(cap_item), k)
-    return indices, values, base_ranks
+    hint = torch.from_numpy(
+        np.asarray(scores[np.arange(len(cap_item)), cap_item], dtype=ranking_dtype(scores.dtype))
+    )
+    try:
+        return _base_ranking(matrix_block_fn(scores), cap_item, scores.shape[1], k, hint, compat)
+    except NonFiniteScoreError as exc:
+        raise DataError(
+            source, f"row {exc.row}, column {exc.column}", f"non-finite score {exc.value}"
+        ) from None
 
 
-def base_from_embeddings(text: np.ndarray, items: np.ndarray, split: RetrievalDataset, k: int):
+def base_from_embeddings(
+    text: np.ndarray, items: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The same from normalised embeddings (cosine scores, computed block by block)."""
     cap_item = split.caption_to_item
     t, g = torch.from_numpy(text), torch.from_numpy(items)
-    positive = (t * g[torch.from_numpy(cap_item)]).sum(1)
-    block_fn = dot_block_fn(t, g)
-    base_ranks = rank_blocks(block_fn, cap_item, positive, len(g)).t2i
-    values, indices = topk_blocks(block_fn, len(cap_item), k)
-    return indices, values, base_ranks
+    return _base_ranking(dot_block_fn(t, g), cap_item, len(g), k, pairwise_dot(t, g, cap_item), compat)
 
 
 def final_ranks(reranked: np.ndarray, base_ranks: np.ndarray, answers: np.ndarray) -> np.ndarray:
@@ -135,11 +166,14 @@ def _fuse_and_evaluate(
     split, out, config, candidates, base_topk, base_ranks, answers, text_scores, visa, status, started, source
 ):
     fused = fuse(base_topk, text_scores, config.w_base, config.w_text)
-    reranked = rerank_topk(candidates, base_topk, fused)
+    if config.compat:
+        visa_ranks, reranked = compat_ranking(candidates, fused, len(split.items), answers)
+    else:
+        reranked = rerank_topk(candidates, base_topk, fused)
+        visa_ranks = final_ranks(reranked, base_ranks, answers)
     np.save(out / "text_scores.npy", text_scores.astype(np.float32))
     np.save(out / "fused.npy", fused.astype(np.float32))
     np.save(out / "reranked.npy", reranked.astype(np.int32))
-    visa_ranks = final_ranks(reranked, base_ranks, answers)
     result = make_result(
         method="visa",
         data={"source": split.source, "split": split.items[0].split if split.items else None},

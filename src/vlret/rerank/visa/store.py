@@ -30,8 +30,15 @@ def _read_lines(path: Path) -> dict[str, Any]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the tail of a killed write
-            records[record["key"]] = record["value"]
+            if isinstance(record, dict) and "key" in record and "value" in record:
+                records[record["key"]] = record["value"]
     return records
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 class StageStore:
@@ -48,6 +55,11 @@ class StageStore:
         self._records: dict[str, Any] = {}
         for path in sorted(self.folder.glob(f"{stage}*.jsonl")):
             self._records.update(_read_lines(path))
+        # A write cut off by a kill (or a full disk) leaves a partial last line: end it, so that the next
+        # record starts on a line of its own instead of being glued to the fragment.
+        self._needs_newline = (
+            self.path.is_file() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
+        )
         self.hits = 0
         self.added = 0
 
@@ -72,9 +84,13 @@ class StageStore:
         with self._lock:
             if key in self._records:
                 return
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
+            try:
+                with self.path.open("a", encoding="utf-8") as fh:
+                    fh.write(("\n" if self._needs_newline else "") + line)
+            except OSError:
+                self._needs_newline = True  # the line may be cut: end it before the next one
+                raise
+            self._needs_newline = False
             self._records[key] = value
             self.added += 1
 
