@@ -71,7 +71,10 @@ def test_bad_input_exits_2_with_location(tmp_path, capsys):
     assert main(["data", "stats", str(bad), "--on-error", "skip"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["skipped"] == 2  # the empty caption, then the image it leaves without captions
-    assert [s["record"] for s in stats["skipped_records"]] == ["images[0] (a.png) sentences[0]", "images[0] (a.png)"]
+    assert [s["record"] for s in stats["skipped_records"]] == [
+        "images[0] (a.png) sentences[0]",
+        "images[0] (a.png)",
+    ]
 
 
 def test_feature_cache_hit_and_miss(synth_data, tmp_path):
