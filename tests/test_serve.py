@@ -1,6 +1,10 @@
 """The HTTP service: search by text and image, thumbnails, health, OpenAPI, limits, VISA toggle, load."""
 
 import io
+import struct
+import threading
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -88,8 +92,8 @@ def test_image_upload(client):
         ),
         (
             ("post", "/api/search/image", {"files": {"file": ("x.png", b"not a png", "image/png")}}),
-            400,
-            "not a readable image",
+            415,
+            "not a readable image in an accepted format",
         ),
         (
             (
@@ -107,6 +111,7 @@ def test_bad_requests_get_4xx_with_a_reason(client, request_args, status, reason
     response = getattr(client, method)(url, **kwargs)
     assert response.status_code == status
     assert reason in response.text
+    assert "object at 0x" not in response.text and "Traceback" not in response.text
 
 
 def test_keeps_serving_under_concurrent_load(client):
@@ -122,3 +127,138 @@ def test_keeps_serving_under_concurrent_load(client):
 def test_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and '<input id="query"' in page.text
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels but carries almost no data (the shape of a bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bombs_are_refused_before_decoding(client):
+    started = time.perf_counter()
+    response = client.post(
+        "/api/search/image", files={"file": ("bomb.png", _png_header_only(20000, 20000), "image/png")}
+    )
+    assert response.status_code == 413 and "the limit of 50000000" in response.text
+    response = client.post(
+        "/api/search/image", files={"file": ("bomb.png", _png_header_only(13000, 13000), "image/png")}
+    )
+    assert response.status_code == 413
+    assert "13000 x 13000 = 169000000 pixels; the limit is 50000000" in response.text
+    assert time.perf_counter() - started < 2.0  # nothing was decoded
+
+
+def test_pixel_limit_is_configurable(index):
+    small = TestClient(create_app(index, max_upload_pixels=1000))
+    response = small.post("/api/search/image", files={"file": ("q.png", _png((40, 40)), "image/png")})
+    assert response.status_code == 413 and "40 x 40 = 1600 pixels; the limit is 1000" in response.text
+    assert (
+        small.post("/api/search/image", files={"file": ("q.png", _png((30, 30)), "image/png")}).status_code
+        == 200
+    )
+
+
+def test_only_the_accepted_image_formats_are_opened(client, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    response = client.post("/api/search/image", files={"file": ("x.eps", eps, "image/x-eps")})
+    assert response.status_code == 415 and "accepted format (JPEG, PNG, WEBP, GIF, BMP)" in response.text
+    assert opened == []
+
+
+class _Reranker:
+    """A VISA reranker that fails, or takes its time."""
+
+    id = "test-reranker"
+
+    def __init__(self, delay=0.0, error=None):
+        self.delay, self.error = delay, error
+
+    def score(self, pairs):
+        time.sleep(self.delay)
+        if self.error:
+            raise self.error
+        return [1.0] * len(pairs)
+
+
+@pytest.fixture
+def visa_client(index, tmp_path):
+    visa_yaml = tmp_path / "visa.yaml"
+    visa_yaml.write_text("k: 4\n")
+    app = create_app(index, visa_config=visa_yaml, visa_cache=tmp_path / "cache", visa_timeout=0.5)
+    return TestClient(app), app.state.service
+
+
+@pytest.mark.parametrize("error", [RuntimeError("socket closed"), ValueError("bad reply")])
+def test_a_failing_visa_backend_answers_the_base_ranking_with_a_warning(visa_client, error):
+    client, service = visa_client
+    service.visa.roles.reranker = _Reranker(error=error)
+    plain = client.get("/api/search", params={"q": "a red circle", "k": 3}).json()
+    body = client.get("/api/search", params={"q": "a red circle", "k": 3, "visa": "true"})
+    assert body.status_code == 200
+    body = body.json()
+    assert body["visa"] is False and "VISA re-ranking failed" in body["warning"]
+    assert "showing the base ranking" in body["warning"] and "object at 0x" not in body["warning"]
+    assert [r["path"] for r in body["results"]] == [r["path"] for r in plain["results"]]
+
+
+def test_a_slow_visa_backend_runs_out_of_time_and_plain_searches_do_not_wait(visa_client):
+    client, service = visa_client
+    service.visa.roles.reranker = _Reranker(delay=2.0)
+    outcome = {}
+
+    def visa_request():
+        started = time.perf_counter()
+        outcome["body"] = client.get(
+            "/api/search", params={"q": "a blue square", "k": 3, "visa": "true"}
+        ).json()
+        outcome["seconds"] = time.perf_counter() - started
+
+    thread = threading.Thread(target=visa_request)
+    thread.start()
+    time.sleep(0.2)  # the VISA request is now waiting on the slow reranker
+    started = time.perf_counter()
+    assert client.get("/api/search", params={"q": "a red circle", "k": 3}).status_code == 200
+    assert time.perf_counter() - started < 0.4  # a plain search does not queue behind VISA
+    thread.join()
+    assert outcome["body"]["visa"] is False and "within 0.5 s" in outcome["body"]["warning"]
+    assert outcome["seconds"] < 1.5  # answered at the budget, not after the backend's 2 s
+
+
+def test_concurrent_queries_share_model_calls_and_match_the_searcher(client, index):
+    from vlret.index import Searcher
+
+    service = client.app.state.service
+    queries = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow") for s in ("circle", "square")]
+    before = service.queries.calls
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bodies = list(
+            pool.map(lambda q: client.get("/api/search", params={"q": q, "k": 3}).json(), queries * 4)
+        )
+    assert service.queries.calls - before < len(bodies)  # some requests were encoded together
+    searcher = Searcher(index)
+    for q, body in zip(queries * 4, bodies, strict=True):
+        assert [r["path"] for r in body["results"]] == [h.path for h in searcher.text_to_image(q, 3)]
+
+
+def test_api_docs_work_offline_and_health_shows_no_absolute_paths(client, index):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs.text
+    asset = client.get("/static-offline-docs/swagger-ui-bundle.js")
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+    assert client.get("/redoc").status_code == 200
+    health = client.get("/health").text
+    assert str(index.parent) not in health and str(index.resolve().parent) not in health

@@ -320,6 +320,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         visa_config=args.visa_config,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_k=args.max_k,
+        max_upload_pixels=int(args.max_upload_megapixels * 1e6),
+        visa_timeout=args.visa_timeout,
     )
     print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -470,8 +472,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--visa-config", help="VISA YAML: enables the re-ranking toggle")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
+    serve.add_argument(
+        "--max-upload-megapixels",
+        type=float,
+        default=50.0,
+        help="largest upload in declared pixels, checked before decoding (default 50 million)",
+    )
     serve.add_argument("--max-k", type=int, default=100)
+    serve.add_argument(
+        "--visa-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may spend on VISA before the base ranking is answered (default 60)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     results = commands.add_parser("results", help="aggregate result files")

@@ -29,7 +29,7 @@ import torch
 from vlret.errors import NonFiniteScoreError
 
 BlockFn = Callable[[int, int], torch.Tensor]  # (row_start, row_stop) -> scores [stop - start, n_gallery]
-DEFAULT_CHUNK = 2048
+DEFAULT_CHUNK = 512  # rows per block: small enough that the passes after the matmul run from cache
 # Half-width, in units of the scores' precision, of the band around an estimated threshold inside which
 # image->text entries are kept and compared exactly once the true threshold is known (see _ItemCounter).
 _BAND_ULPS = 256

@@ -132,24 +132,33 @@ class Searcher:
 
     # ----- embeddings -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def embed_text(self, text: str) -> np.ndarray:
-        if not text.strip():
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Normalised embeddings ``[n, D]`` of query texts, in one model call."""
+        if any(not t.strip() for t in texts):
             raise ConfigError("empty query text")
-        emb = self.model.encode_texts(self.model.tokenize([text])).embeds
-        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1)[0].numpy())
+        emb = self.model.encode_texts(self.model.tokenize(list(texts))).embeds
+        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
+
+    def embed_text(self, text: str) -> np.ndarray:
+        return self.embed_texts([text])[0]
 
     @torch.no_grad()
-    def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
-        if not isinstance(image, Image.Image):
-            from vlret.data.images import load_image
+    def embed_images(self, images: list[Image.Image | str | Path]) -> np.ndarray:
+        """Normalised embeddings ``[n, D]`` of query images (PIL images or files), in one model call."""
+        from vlret.data.images import load_image
 
-            image = load_image(image)
-        pixels = torch.from_numpy(self.model.image_transform(image.convert("RGB")))[None]
+        loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        pixels = torch.from_numpy(np.stack([self.model.image_transform(im.convert("RGB")) for im in loaded]))
         emb = self.model.encode_images(pixels).embeds
-        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1)[0].numpy())
+        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
+
+    def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
+        return self.embed_images([image])[0]
 
     # ----- queries --------------------------------------------------------------------------------------
-    def _image_hits(self, query: np.ndarray, k: int) -> list[Hit]:
+    def image_hits(self, query: np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` indexed images nearest to an embedding (as returned by :meth:`embed_text`)."""
+        _check_k(k)
         scores, ids = self.images.search(query, k)
         return [
             Hit(r, float(s), self.items[i]["id"], path=self.items[i]["path"])
@@ -167,11 +176,11 @@ class Searcher:
 
     def text_to_image(self, text: str, k: int = 10) -> list[Hit]:
         _check_k(k)
-        return self._image_hits(self.embed_text(text), k)
+        return self.image_hits(self.embed_text(text), k)
 
     def image_to_image(self, image, k: int = 10) -> list[Hit]:
         _check_k(k)
-        return self._image_hits(self.embed_image(image), k)
+        return self.image_hits(self.embed_image(image), k)
 
     def image_to_text(self, image, k: int = 10) -> list[Hit]:
         _check_k(k)

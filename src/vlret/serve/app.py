@@ -1,40 +1,74 @@
 """A FastAPI app that serves an index: search by text and by uploaded image, thumbnails, health, the page.
 
 Safety: items are addressed by their number in the index, never by a path, so nothing outside the indexed
-collection can be served; uploads are limited in size and must decode as images; ``k`` is bounded; bad
-requests get a 4xx answer with a reason. Model calls run under a lock (one model, shared by the worker
-threads FastAPI runs synchronous endpoints in).
+collection can be served; uploads are limited in bytes and in declared pixels and must be one of a few image
+formats (see :mod:`vlret.serve.uploads`); ``k`` is bounded; bad requests get a 4xx answer with a reason, and
+error messages carry no object representations or absolute paths.
+
+Concurrency: the model runs on one thread of its own. Concurrent queries are grouped into one model call
+(:mod:`vlret.serve.batching`), so throughput grows with the number of clients instead of queueing behind a
+lock. VISA re-ranking runs on separate threads under a per-request time budget: plain searches never wait
+for a VISA backend, and a slow or failing backend answers the base ranking with a ``warning``, never a 500.
+The API documentation (``/docs``, ``/redoc``) is served from local files, so it works offline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse, Response
-from PIL import Image, UnidentifiedImageError
+from fastapi import File, HTTPException, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from PIL import Image
 
+from vlret.errors import VlretError
 from vlret.index.search import Hit, Searcher
+from vlret.serve.batching import MicroBatcher
+from vlret.serve.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, read_upload
 
-MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_K = 100
 THUMBNAIL_SIZES = (64, 128, 256)
+VISA_TIMEOUT = 60.0  # seconds one request may spend on VISA before the base ranking is answered
+log = logging.getLogger("vlret.serve")
+
+
+def public_model_name(reference: str, model_name: str) -> str:
+    """How ``/health`` names the model: a hub id as is, a folder by its last two parts (no absolute path)."""
+    if reference.startswith("hf:") and not Path(reference[3:]).is_absolute():
+        return reference
+    folder = Path(reference.removeprefix("hf:"))
+    return f"{model_name.split(':')[0]} ({folder.parent.name}/{folder.name})"
 
 
 class SearchService:
-    """The searcher, the optional VISA re-ranker and the lock around model calls."""
+    """The searcher, its model thread and query batchers, and the optional VISA re-ranker."""
 
     def __init__(
-        self, index: str | Path, visa_config: str | Path | None = None, visa_cache: str | Path | None = None
+        self,
+        index: str | Path,
+        visa_config: str | Path | None = None,
+        visa_cache: str | Path | None = None,
+        visa_timeout: float = VISA_TIMEOUT,
+        max_batch: int = 32,
+        batch_window: float = 0.001,
     ):
         self.searcher = Searcher(index)
-        self.lock = threading.Lock()
+        self.model_name = public_model_name(self.searcher.meta["model"], self.searcher.model.name)
+        # One thread runs the model for every query, text or image: torch keeps a pool of compute threads
+        # per calling thread, and two pools on two cores would only get in each other's way.
+        self.queries = MicroBatcher(self._hits, max_batch, batch_window, name="vlret-model")
+        self.decode_slots = threading.BoundedSemaphore(2)  # decoded uploads held in memory at once
         self.visa = None
+        self.visa_timeout = visa_timeout
         if visa_config is not None:
             from vlret.rerank.visa.config import load_visa_config
             from vlret.rerank.visa.pipeline import Roles, Visa
@@ -42,12 +76,34 @@ class SearchService:
             config = load_visa_config(visa_config)
             cache = Path(visa_cache) if visa_cache else Path(str(self.searcher.path) + ".visa-cache")
             self.visa = Visa(config, Roles.from_config(config), cache)
+            self.visa_threads = ThreadPoolExecutor(4, thread_name_prefix="vlret-visa")
 
+    def close(self) -> None:
+        """Stop the batchers' threads (and VISA's, without waiting for jobs that outlived their request)."""
+        self.queries.close()
+        if self.visa is not None:
+            self.visa_threads.shutdown(wait=False, cancel_futures=True)
+
+    # ----- model calls (on a batcher's thread, one group of requests at a time) -------------------------
+    def _hits(self, requests: list[tuple[str, str | Image.Image, int]]) -> list[list[Hit]]:
+        """Hits for a group of ``("text" | "image", query, k)`` requests: one encoder call per kind."""
+        vectors: dict[int, object] = {}
+        for kind, embed in (("text", self.searcher.embed_texts), ("image", self.searcher.embed_images)):
+            members = [n for n, (of, _, _) in enumerate(requests) if of == kind]
+            if members:
+                vectors.update(zip(members, embed([requests[n][1] for n in members]), strict=True))
+        return [self.searcher.image_hits(vectors[n], k) for n, (_, _, k) in enumerate(requests)]
+
+    def decode(self, upload: UploadFile, max_bytes: int, max_pixels: int) -> Image.Image:
+        with self.decode_slots:
+            return read_upload(upload, max_bytes, max_pixels)
+
+    # ----- results --------------------------------------------------------------------------------------
     def hit_json(self, hit: Hit) -> dict:
         number = self.searcher.item_numbers[hit.id]
         return {**hit.as_dict(), "item": number, "thumbnail": f"/thumbnail/{number}"}
 
-    def rerank(self, text: str, hits: list[Hit]) -> list[dict]:
+    def _rerank(self, text: str, hits: list[Hit]) -> list[dict]:
         from vlret.rerank.visa.pipeline import Candidate
 
         candidates = [Candidate(h.id, self.searcher.media_path(h.path), h.score) for h in hits]
@@ -64,21 +120,41 @@ class SearchService:
             )
         ]
 
+    async def rerank(self, text: str, hits: list[Hit]) -> tuple[list[dict] | None, str | None]:
+        """``(re-ranked results, None)``, or ``(None, warning)`` when VISA failed or ran out of time."""
+        job = asyncio.get_running_loop().run_in_executor(self.visa_threads, self._rerank, text, hits)
+        # A job that outlives its request still finishes (and fills the VISA cache); its error is logged.
+        job.add_done_callback(_log_late_failure)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), self.visa_timeout), None
+        except TimeoutError:
+            return None, (
+                f"VISA re-ranking did not finish within {self.visa_timeout:g} s; showing the base ranking "
+                "(finished steps are cached, so asking again is faster)"
+            )
+        except VlretError as exc:
+            return None, f"VISA re-ranking failed: {exc}; showing the base ranking"
+        except Exception as exc:  # noqa: BLE001 - a backend's own bug must not become a 500
+            log.exception("VISA re-ranking failed")
+            return None, f"VISA re-ranking failed ({type(exc).__name__}); showing the base ranking"
 
-def _read_upload(upload: UploadFile, limit: int) -> Image.Image:
-    if upload.content_type and not upload.content_type.startswith("image/"):
-        raise HTTPException(415, f"expected an image upload, got {upload.content_type}")
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, f"upload larger than {limit} bytes")
-    if not data:
-        raise HTTPException(400, "empty upload")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise HTTPException(400, f"the upload is not a readable image ({exc})") from None
+
+def _log_late_failure(job: asyncio.Future) -> None:
+    if not job.cancelled() and job.exception() is not None:
+        log.warning("a VISA job failed after its request: %s", job.exception())
+
+
+def _thumbnail_png(path: Path, size: int) -> bytes:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        small = max(img.size) < size
+        img.thumbnail((size, size), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC)
+        if small:  # tiny images are enlarged, pixel-exact
+            scale = size / max(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def create_app(
@@ -87,11 +163,24 @@ def create_app(
     visa_cache: str | Path | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_k: int = MAX_K,
-) -> FastAPI:
+    max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+    visa_timeout: float = VISA_TIMEOUT,
+) -> FastAPIOffline:
     """The app for one index; ``visa_config`` (a VISA YAML) enables the re-ranking toggle."""
-    service = SearchService(index, visa_config, visa_cache)
+    service = SearchService(index, visa_config, visa_cache, visa_timeout)
     searcher = service.searcher
-    app = FastAPI(title="vlret search", version="1", description="Text and image search over a vlret index.")
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()
+
+    app = FastAPIOffline(
+        title="vlret search",
+        version="1",
+        description="Text and image search over a vlret index.",
+        lifespan=lifespan,
+    )
     app.state.service = service
 
     @app.get("/health")
@@ -100,50 +189,58 @@ def create_app(
             "status": "ok",
             "items": len(searcher.items),
             "captions": searcher.meta["captions"],
-            "model": searcher.meta["model"],
+            "model": service.model_name,
             "index": searcher.meta["choice"]["kind"],
             "visa": service.visa is not None,
+            "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
             "max_k": max_k,
+            "max_upload_bytes": max_upload_bytes,
+            "max_upload_pixels": max_upload_pixels,
         }
 
     @app.get("/api/search")
-    def search_text(
+    async def search_text(
         q: str = Query(..., min_length=1, max_length=1000),
         k: int = Query(10, ge=1, le=max_k),
         visa: bool = False,
-    ) -> dict:
+    ) -> JSONResponse:
         if not q.strip():
             raise HTTPException(422, "the query text is blank")
         if visa and service.visa is None:
             raise HTTPException(
                 400, "VISA re-ranking is not enabled on this server (start it with --visa-config)"
             )
-        started = time.perf_counter()
-        with service.lock:
-            fetch = max(k, service.visa.config.k) if visa else k
-            hits = searcher.text_to_image(q, fetch)
-            results = service.rerank(q, hits)[:k] if visa else [service.hit_json(h) for h in hits]
-        return {
-            "query": q,
-            "k": k,
-            "visa": visa,
-            "results": results,
-            "seconds": round(time.perf_counter() - started, 4),
-        }
+        started = asyncio.get_running_loop().time()
+        fetch = max(k, service.visa.config.k) if visa else k
+        hits = await _model_call(service.queries, ("text", q, fetch))
+        body = {"query": q, "k": k, "visa": False}
+        results = [service.hit_json(h) for h in hits[:k]]
+        if visa:
+            reranked, warning = await service.rerank(q, hits)
+            if reranked is None:
+                body["warning"] = warning
+            else:
+                body["visa"], results = True, reranked[:k]
+        elapsed = asyncio.get_running_loop().time() - started
+        # Already plain JSON types: answered as is, without FastAPI's generic (and slower) re-encoding.
+        return JSONResponse({**body, "results": results, "seconds": round(elapsed, 4)})
 
     @app.post("/api/search/image")
-    def search_image(file: Annotated[UploadFile, File()], k: int = Query(10, ge=1, le=max_k)) -> dict:
-        image = _read_upload(file, max_upload_bytes)
-        started = time.perf_counter()
-        with service.lock:
-            hits = searcher.image_to_image(image, k)
-        return {
-            "query": file.filename,
-            "k": k,
-            "visa": False,
-            "results": [service.hit_json(h) for h in hits],
-            "seconds": round(time.perf_counter() - started, 4),
-        }
+    async def search_image(
+        file: Annotated[UploadFile, File()], k: int = Query(10, ge=1, le=max_k)
+    ) -> JSONResponse:
+        image = await run_in_threadpool(service.decode, file, max_upload_bytes, max_upload_pixels)
+        started = asyncio.get_running_loop().time()
+        hits = await _model_call(service.queries, ("image", image, k))
+        return JSONResponse(
+            {
+                "query": file.filename,
+                "k": k,
+                "visa": False,
+                "results": [service.hit_json(h) for h in hits],
+                "seconds": round(asyncio.get_running_loop().time() - started, 4),
+            }
+        )
 
     @app.get("/thumbnail/{item}")
     def thumbnail(item: int, size: int = Query(128)) -> Response:
@@ -151,27 +248,21 @@ def create_app(
             raise HTTPException(422, f"size must be one of {THUMBNAIL_SIZES}")
         if not 0 <= item < len(searcher.items):
             raise HTTPException(404, f"no item {item}; the index has {len(searcher.items)}")
-        path = searcher.media_path(searcher.items[item]["path"])
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                img.thumbnail(
-                    (size, size),
-                    Image.Resampling.NEAREST if max(img.size) < size else Image.Resampling.BICUBIC,
-                )
-                if max(img.size) < size:  # tiny images are enlarged, pixel-exact
-                    scale = size / max(img.size)
-                    img = img.resize(
-                        (round(img.width * scale), round(img.height * scale)), Image.Resampling.NEAREST
-                    )
-                buf = io.BytesIO()
-                img.save(buf, format="PNG")
-        except OSError:
+            png = _thumbnail_png(searcher.media_path(searcher.items[item]["path"]), size)
+        except (OSError, ValueError, Image.DecompressionBombError):
             raise HTTPException(404, "the item's file is missing or unreadable") from None
-        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return resources.files("vlret.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     return app
+
+
+async def _model_call(batcher: MicroBatcher, request) -> list[Hit]:
+    try:
+        return await batcher(request)
+    except VlretError as exc:
+        raise HTTPException(500, f"the model failed on this query: {exc}") from None

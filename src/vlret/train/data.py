@@ -8,7 +8,9 @@ sees exactly the batches an uninterrupted run would, whatever the number of load
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,11 +75,16 @@ class PairSource:
         else:  # nothing random: cache the finished pixels
             self._pixels = np.stack([self.transform(self._load(i)) for i in range(len(self.dataset.items))])
 
-    def pixels(self, item: int, rng: np.random.Generator) -> np.ndarray:
+    def pixels(self, items: np.ndarray, rng_for: Callable[[int], np.random.Generator]) -> np.ndarray:
+        """Pixels ``[n, 3, H, W]`` of ``items``; ``rng_for(n)`` gives sample ``n``'s augmentation generator
+        (only called when augmentation is on)."""
         if self._pixels is not None:
-            return self._pixels[item]
-        image = self._images[item] if self._images is not None else self._load(item)
-        return self.transform(self.augment(image, rng) if self.augment.active else image)
+            return self._pixels[items]  # one gather from the cache
+        out = []
+        for n, item in enumerate(items):
+            image = self._images[item] if self._images is not None else self._load(int(item))
+            out.append(self.transform(self.augment(image, rng_for(n)) if self.augment.active else image))
+        return np.stack(out)
 
 
 class EpochBatches(Dataset):
@@ -112,17 +119,53 @@ class EpochBatches(Dataset):
         lo = b * self.batch_size + self.info.rank * per_rank
         captions = self.order[lo : lo + per_rank]
         items = self.source.caption_item[captions]
-        pixels = np.stack(
-            [
-                self.source.pixels(int(i), np.random.default_rng([self.seed, self.epoch, int(c)]))
-                for i, c in zip(items, captions, strict=True)
-            ]
+        pixels = self.source.pixels(
+            items, lambda n: np.random.default_rng([self.seed, self.epoch, int(captions[n])])
         )
         return {
             "pixels": torch.from_numpy(pixels),
             "text": self.tokenize([self.source.texts[c] for c in captions]),
             "item_ids": torch.from_numpy(items.astype(np.int64)),
         }
+
+
+def prefetch(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
+    """Produce the next ``depth`` batches on a background thread while the training step runs.
+
+    Batches are pure functions of their index, so what arrives is exactly what a plain loop would give. The
+    thread stops when the consumer does (a run that ends mid-epoch leaves no thread behind).
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
+            put(exc)
+            return
+        put(done)
+
+    threading.Thread(target=fill, name="vlret-prefetch", daemon=True).start()
+    try:
+        while (batch := slots.get()) is not done:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch
+    finally:
+        stop.set()
 
 
 def epoch_loader(batches: EpochBatches, num_workers: int) -> DataLoader:

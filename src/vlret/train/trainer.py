@@ -27,7 +27,7 @@ from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.losses import LOSSES
 from vlret.models import RetrievalModel, create_model
 from vlret.train import checkpoint as ckpt
-from vlret.train.data import EpochBatches, PairSource, epoch_loader
+from vlret.train.data import EpochBatches, PairSource, epoch_loader, prefetch
 from vlret.train.distributed import (
     DistInfo,
     average_gradients,
@@ -318,7 +318,8 @@ class Trainer:
                 self.info,
                 step_in_epoch * k,
             )
-            loader = iter(epoch_loader(batches, r.data.num_workers))
+            loader = epoch_loader(batches, r.data.num_workers)
+            loader = prefetch(iter(loader)) if r.data.num_workers == 0 else iter(loader)
             steps_left = min(self.steps_per_epoch - step_in_epoch, self.total_steps - self.step)
             bar = tqdm(
                 total=steps_left,
