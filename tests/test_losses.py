@@ -42,6 +42,16 @@ def test_infonce_multi_positive_by_hand():
     assert plain == pytest.approx((i2t_plain + t2i_plain) / 2, abs=1e-9)
 
 
+def test_infonce_counts_both_directions_on_an_asymmetric_batch():
+    # v = (1,0), (0,1); t = (1,0), (1,0); scale 1 -> logits [[1, 1], [0, 0]] (not symmetric).
+    #   image->text rows: lse(1,1) - 1 = ln 2 and lse(0,0) - 0 = ln 2            -> mean ln 2
+    #   text->image rows (columns): lse(1,0) - 1 and lse(1,0) - 0                -> mean ln(1+e) - 1/2
+    # Either direction alone (ln 2 = .693, or .813) differs from the symmetric loss (.753).
+    outputs = _outputs([[1, 0], [0, 1]], [[1, 0], [1, 0]], [0, 1])
+    expected = (math.log(2) + math.log(1 + math.e) - 0.5) / 2
+    assert InfoNCELoss()(outputs, {})["infonce"].item() == pytest.approx(expected, abs=1e-12)
+
+
 def test_infonce_temperature_is_clamped():
     outputs = _outputs([[1, 0], [0, 1]], [[1, 0], [0, 1]], [0, 1], logit_scale=10.0)  # exp(10) > 100
     value = InfoNCELoss(max_logit_scale=100.0)(outputs, {})["infonce"].item()

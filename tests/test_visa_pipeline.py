@@ -164,3 +164,22 @@ def test_store_ignores_a_line_cut_off_by_a_kill(tmp_path):
         fh.write('{"key": "c", "val')  # the process died mid-write
     again = StageStore(tmp_path, "answers")
     assert len(again) == 2 and again.get("b") == "second" and "c" not in again
+
+
+def test_compat_setting_selects_and_ranks_as_the_official_script(setup, tmp_path):
+    """With ``compat: true`` the run's candidates and final ranks are the official step 4's, computed here
+    from the run's own text scores with the transcription in test_visa_fusion."""
+    from test_visa_fusion import official_step4
+
+    split, scores, _, _ = setup
+    config = VisaConfig(k=4, concurrency=4, compat=True)
+    run = base_from_scores(scores, split, config.k, compat=True)
+    np.testing.assert_array_equal(run[0], np.argsort(-scores.astype(np.float64), axis=1)[:, :4])
+    result = run_visa(split, *run, config, tmp_path, roles=roles())
+    text = np.load(tmp_path / "text_scores.npy").astype(np.float64)
+    sim_text = np.zeros(scores.shape)
+    np.put_along_axis(sim_text, run[0], text, axis=1)
+    expected = official_step4(scores.astype(np.float64), sim_text, split.caption_to_item, 4)
+    for k in (1, 5, 10):
+        assert result["metrics"]["visa"][f"t2i_r{k}"] == pytest.approx(np.mean(expected < k))
+    assert result["visa"]["compat"] is True
