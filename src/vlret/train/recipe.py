@@ -114,10 +114,6 @@ def _require(ok: bool, key: str, expected: str, value) -> None:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
 def _check_losses(losses: dict) -> None:
     if not losses:
         raise ConfigError("losses: at least one loss term is needed")
@@ -135,7 +131,7 @@ def _check_losses(losses: dict) -> None:
         _require(
             isinstance(weight, int | float)
             and not isinstance(weight, bool)
-            and _finite(weight)
+            and math.isfinite(weight)
             and weight >= 0,
             f"losses.{name}.weight",
             "a finite number >= 0",
@@ -153,7 +149,7 @@ def _check_model(model: ModelSection) -> None:
 
     name = model.name
     if name in TINY_ARCHS:
-        options = {k: v for k, v in model.options.items()}
+        options = dict(model.options)
         for reserved in ("arch", "vocab_size"):
             if reserved in options:
                 raise ConfigError(f"model.options.{reserved}: set by vlret, not by the recipe")
@@ -198,17 +194,20 @@ def _check_data(data: DataSection) -> None:
 def _check_optim(opt: OptimSection) -> None:
     for key in ("lr", "weight_decay", "backbone_lr_factor"):
         value = getattr(opt, key)
-        _require(_finite(value) and value >= 0, f"optim.{key}", "a finite number >= 0", value)
+        _require(math.isfinite(value) and value >= 0, f"optim.{key}", "a finite number >= 0", value)
     _require(
-        len(opt.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in opt.betas),
+        len(opt.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in opt.betas),
         "optim.betas",
         "two numbers in [0, 1)",
         opt.betas,
     )
-    _require(_finite(opt.eps) and opt.eps > 0, "optim.eps", "a finite number > 0", opt.eps)
+    _require(math.isfinite(opt.eps) and opt.eps > 0, "optim.eps", "a finite number > 0", opt.eps)
     clip = opt.clip_grad_norm
     _require(
-        clip is None or (_finite(clip) and clip > 0), "optim.clip_grad_norm", "null or a number > 0", clip
+        clip is None or (math.isfinite(clip) and clip > 0),
+        "optim.clip_grad_norm",
+        "null or a number > 0",
+        clip,
     )
 
 
@@ -218,19 +217,21 @@ def _check_schedule(sched: ScheduleSection) -> None:
     )
     _require(sched.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", sched.warmup_steps)
     _require(
-        _finite(sched.warmup_fraction) and 0 <= sched.warmup_fraction < 1,
+        math.isfinite(sched.warmup_fraction) and 0 <= sched.warmup_fraction < 1,
         "schedule.warmup_fraction",
         "a number in [0, 1)",
         sched.warmup_fraction,
     )
     _require(
-        _finite(sched.min_lr_ratio) and 0 <= sched.min_lr_ratio <= 1,
+        math.isfinite(sched.min_lr_ratio) and 0 <= sched.min_lr_ratio <= 1,
         "schedule.min_lr_ratio",
         "a number in [0, 1]",
         sched.min_lr_ratio,
     )
     _require(all(e >= 1 for e in sched.step_epochs), "schedule.step_epochs", "epochs >= 1", sched.step_epochs)
-    _require(_finite(sched.gamma) and sched.gamma > 0, "schedule.gamma", "a finite number > 0", sched.gamma)
+    _require(
+        math.isfinite(sched.gamma) and sched.gamma > 0, "schedule.gamma", "a finite number > 0", sched.gamma
+    )
 
 
 def _check_train(train: TrainSection) -> None:
