@@ -42,7 +42,7 @@ def _batch(model, pixels, rows):
 
 
 def _run(model, batch, loss, info):
-    total, _ = loss(encode_batch(model, batch, info, torch.device("cpu")), {"epoch": 1})
+    total, _ = loss(encode_batch(model, batch, info, torch.device("cpu"), loss.needs), {"epoch": 1})
     total.backward()
     params = list(model.parameters())
     average_gradients(params, info)

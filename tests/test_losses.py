@@ -65,7 +65,7 @@ S = torch.tensor([[0.9, 0.5, 0.2], [0.7, 0.6, 0.1], [0.3, 0.65, 0.4]], dtype=tor
 
 
 def _hinge(loss, item_ids=(0, 1, 2), epoch=0):
-    return loss({"similarity": S, "item_ids": torch.tensor(item_ids)}, {"epoch": epoch})["hinge"].item()
+    return loss({"scores": S, "item_ids": torch.tensor(item_ids)}, {"epoch": epoch})["hinge"].item()
 
 
 def test_hinge_hardest_negative_by_hand():
@@ -90,5 +90,5 @@ def test_hinge_cosine_path_equals_given_similarity():
     text = torch.nn.functional.normalize(torch.randn(4, 8, dtype=torch.float64), dim=1)
     ids = torch.arange(4)
     a = HingeLoss()({"image_embeds": image, "text_embeds": text, "item_ids": ids}, {})["hinge"]
-    b = HingeLoss()({"similarity": image @ text.T, "item_ids": ids}, {})["hinge"]
+    b = HingeLoss()({"scores": image @ text.T, "item_ids": ids}, {})["hinge"]
     assert a.item() == pytest.approx(b.item())

@@ -23,7 +23,9 @@ from vlret.evaluate.ranking import (
     ranking_dtype,
 )
 from vlret.evaluate.results import make_result
+from vlret.evaluate.scoring import DEFAULT_BUDGET, fold_table, head_block_fn, head_positive_scores
 from vlret.models.base import RetrievalModel
+from vlret.models.heads import SimilarityHead
 
 
 def _select_split(
@@ -103,6 +105,29 @@ def evaluate_embeddings(
     return out
 
 
+def evaluate_with_head(
+    head: SimilarityHead,
+    encoded: EncodedDataset,
+    selected: RetrievalDataset,
+    folds: list[Fold],
+    chunk: int = DEFAULT_CHUNK,
+    budget: int = DEFAULT_BUDGET,
+) -> list[Ranks]:
+    """Ranks per fold under a similarity head, scored in blocks bounded over both axes."""
+    if head.is_dot_product:
+        return evaluate_embeddings(encoded.item_embeds, encoded.text_embeds, selected, folds, chunk)
+    cap_item = selected.caption_to_item
+    out = []
+    for f in folds:
+        texts = fold_table(encoded.texts, f.caption_start, f.caption_stop)
+        items = fold_table(encoded.items, f.item_start, f.item_stop)
+        t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
+        hint = head_positive_scores(head, texts, items, t2i)
+        block_fn = head_block_fn(head, texts, items, chunk, budget)
+        out.append(rank_blocks(block_fn, t2i, len(items), chunk, positive_hint=hint))
+    return out
+
+
 def check_finite_features(encoded: EncodedDataset, dataset: RetrievalDataset, model_name: str) -> None:
     """Refuse NaN or infinite embeddings, naming the first item or caption that has one."""
     for kind, embeds in (("item", encoded.item_embeds), ("caption", encoded.text_embeds)):
@@ -131,18 +156,28 @@ def evaluate_model(
     use_cache: bool = True,
     on_error: str = "raise",
     progress: bool = True,
+    token_dtype: str = "float32",
 ) -> dict:
-    """Encode a split with ``model`` and run ``protocol`` on it (cosine scores)."""
+    """Encode a split with ``model`` and run ``protocol`` on it, scoring with the model's head.
+
+    A head that reads tokens keeps them in the feature cache as ``token_dtype`` (``float16`` halves its
+    memory) and is evaluated block by block over both axes."""
     _check_direction(direction)
     proto = get_protocol(protocol)
     started = time.perf_counter()
     split_data, split_name = _select_split(dataset, split, proto)
     split_data = check_media(split_data, on_error)  # type: ignore[arg-type]
     selected, _, folds = prepare(split_data, proto)
-    encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress)
+    encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress, token_dtype)
     encoded_at = time.perf_counter()
     check_finite_features(encoded, selected, model.name)
-    ranks = evaluate_embeddings(encoded.item_embeds, encoded.text_embeds, selected, folds)
+    try:
+        ranks = evaluate_with_head(model.head, encoded, selected, folds)
+    except NonFiniteScoreError as exc:
+        raise VlretError(
+            f"{model.name}: the {model.head.name} head gave a non-finite score ({exc.value}) for caption "
+            f"{exc.row} of a fold and its item {exc.column}; the model's weights or features hold NaN or infinity"
+        ) from None
     done = time.perf_counter()
     return _package(
         ranks,
@@ -152,7 +187,11 @@ def evaluate_model(
         split_name,
         direction,
         model=model.identity(),
-        features={"from_cache": encoded.from_cache, "dim": int(encoded.item_embeds.shape[1])},
+        features={
+            "from_cache": encoded.from_cache,
+            "dim": int(encoded.item_embeds.shape[1]),
+            "head": model.head.describe(),
+        },
         seconds={
             "encode": round(encoded_at - started, 3),
             "score": round(done - encoded_at, 3),

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from vlret.data.formats import dataset_fingerprint
 from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
-from vlret.models.base import RetrievalModel
+from vlret.errors import VlretError
+from vlret.models.base import Features, RetrievalModel
 
 
 def default_cache_dir() -> Path:
@@ -30,12 +31,89 @@ def default_cache_dir() -> Path:
 
 
 @dataclass
-class EncodedDataset:
-    """L2-normalised global embeddings of a dataset's items and captions (float32, in dataset order)."""
+class FeatureTable:
+    """Features of a list of items or texts as arrays (memory-mapped when read from the cache).
 
-    item_embeds: np.ndarray  # [n_items, D]
-    text_embeds: np.ndarray  # [n_captions, D]
+    ``embeds`` ``[N, D]`` are L2-normalised float32; ``tokens`` ``[N, T, D_t]`` (padded to the longest) and
+    ``mask`` ``[N, T]`` are kept only for heads that read tokens.
+    """
+
+    embeds: np.ndarray
+    tokens: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.embeds)
+
+    def rows(self, start: int, stop: int) -> Features:
+        """Rows ``start:stop`` as float32 torch features (copied out of a memory map)."""
+
+        def tensor(x: np.ndarray | None, dtype) -> torch.Tensor | None:
+            return None if x is None else torch.from_numpy(np.array(x[start:stop], dtype=dtype))
+
+        return Features(
+            tensor(self.embeds, np.float32), tensor(self.tokens, np.float32), tensor(self.mask, np.bool_)
+        )
+
+
+@dataclass
+class EncodedDataset:
+    """Features of a dataset's items and captions, in dataset order."""
+
+    items: FeatureTable
+    texts: FeatureTable
     from_cache: bool = False
+
+    @property
+    def item_embeds(self) -> np.ndarray:  # [n_items, D], L2-normalised
+        return self.items.embeds
+
+    @property
+    def text_embeds(self) -> np.ndarray:  # [n_captions, D], L2-normalised
+        return self.texts.embeds
+
+
+class _Collector:
+    """Gathers encoder outputs batch by batch; tokens are padded to the longest batch at the end."""
+
+    def __init__(self, keep_tokens: bool, token_dtype: np.dtype):
+        self.keep_tokens = keep_tokens
+        self.token_dtype = token_dtype
+        self.embeds: list[np.ndarray] = []
+        self.tokens: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+
+    def add(self, features: Features) -> None:
+        self.embeds.append(_normalise(features.embeds).cpu().numpy())
+        if not self.keep_tokens:
+            return
+        if features.tokens is None:
+            raise VlretError("the model's head reads tokens, but its encoder returned none")
+        tokens = features.tokens.float().cpu().numpy().astype(self.token_dtype)
+        mask = (
+            np.ones(tokens.shape[:2], dtype=bool)
+            if features.mask is None
+            else features.mask.bool().cpu().numpy()
+        )
+        self.tokens.append(tokens)
+        self.masks.append(mask)
+
+    def table(self) -> FeatureTable:
+        if not self.embeds:
+            return FeatureTable(np.zeros((0, 0), np.float32))
+        embeds = np.concatenate(self.embeds)
+        if not self.keep_tokens:
+            return FeatureTable(embeds)
+        length = max(t.shape[1] for t in self.tokens)
+        dim = self.tokens[0].shape[2]
+        tokens = np.zeros((len(embeds), length, dim), dtype=self.token_dtype)
+        mask = np.zeros((len(embeds), length), dtype=bool)
+        row = 0
+        for t, m in zip(self.tokens, self.masks, strict=True):
+            tokens[row : row + len(t), : t.shape[1]] = t
+            mask[row : row + len(t), : t.shape[1]] = m
+            row += len(t)
+        return FeatureTable(embeds, tokens, mask)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -46,12 +124,14 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(model: RetrievalModel, dataset: RetrievalDataset) -> str:
+def cache_key(model: RetrievalModel, dataset: RetrievalDataset, token_dtype: str | None = None) -> str:
     parts = {
         "model": model.identity(),
         "weights": weights_fingerprint(model),
         "data": dataset_fingerprint(dataset),
     }
+    if token_dtype is not None:  # entries with tokens are apart from (and larger than) global-only ones
+        parts["tokens"] = token_dtype
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -61,11 +141,16 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(
-    model: RetrievalModel, dataset: RetrievalDataset, batch_size: int = 64, progress: bool = True
-) -> np.ndarray:
-    """Normalised embeddings of every item's image; an unreadable image raises a DataError naming it."""
+    model: RetrievalModel,
+    dataset: RetrievalDataset,
+    batch_size: int = 64,
+    progress: bool = True,
+    keep_tokens: bool = False,
+    token_dtype: str = "float32",
+) -> FeatureTable:
+    """Features of every item's image; an unreadable image raises a DataError naming it."""
     model.eval()
-    out = []
+    collect = _Collector(keep_tokens, np.dtype(token_dtype))
     device = model.device
     items = dataset.items
     for start in tqdm(
@@ -75,24 +160,33 @@ def encode_images(
         pixels = np.stack(
             [model.image_transform(load_image(dataset.media_path(it), f"item {it.id!r}")) for it in batch]
         )
-        out.append(_normalise(model.encode_images(torch.from_numpy(pixels).to(device)).embeds).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+        collect.add(model.encode_images(torch.from_numpy(pixels).to(device)))
+    return collect.table()
 
 
 @torch.no_grad()
 def encode_texts(
-    model: RetrievalModel, texts: list[str], batch_size: int = 256, progress: bool = True
-) -> np.ndarray:
-    """Normalised embeddings of texts."""
+    model: RetrievalModel,
+    texts: list[str],
+    batch_size: int = 256,
+    progress: bool = True,
+    keep_tokens: bool = False,
+    token_dtype: str = "float32",
+) -> FeatureTable:
+    """Features of texts."""
     model.eval()
-    out = []
+    collect = _Collector(keep_tokens, np.dtype(token_dtype))
     device = model.device
     for start in tqdm(
         range(0, len(texts), batch_size), desc="encode texts", disable=not progress, unit="batch"
     ):
         batch = {k: v.to(device) for k, v in model.tokenize(texts[start : start + batch_size]).items()}
-        out.append(_normalise(model.encode_texts(batch).embeds).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+        collect.add(model.encode_texts(batch))
+    return collect.table()
+
+
+TOKEN_DTYPES = ("float32", "float16")
+_ARRAYS = ("embeds", "tokens", "mask")
 
 
 def encode_dataset(
@@ -102,26 +196,51 @@ def encode_dataset(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    token_dtype: str = "float32",
 ) -> EncodedDataset:
-    """Embeddings of all items and captions, read from the cache when an identical job ran before."""
+    """Features of all items and captions, read from the cache when an identical job ran before.
+
+    Tokens are kept when the model's head reads them, stored as ``token_dtype`` (``float16`` halves the
+    memory of a heavy head's evaluation) and memory-mapped when read back from the cache.
+    """
+    if token_dtype not in TOKEN_DTYPES:
+        raise VlretError(f"token_dtype must be one of {TOKEN_DTYPES}, not {token_dtype!r}")
+    keep_tokens = model.head.uses_tokens
     entry = None
     if use_cache:
-        entry = Path(cache_dir or default_cache_dir()) / cache_key(model, dataset)
+        key = cache_key(model, dataset, token_dtype if keep_tokens else None)
+        entry = Path(cache_dir or default_cache_dir()) / key
         if (entry / "meta.json").is_file():
-            return EncodedDataset(np.load(entry / "items.npy"), np.load(entry / "texts.npy"), from_cache=True)
-    items = encode_images(model, dataset, batch_size, progress)
-    texts = encode_texts(model, [c.text for c in dataset.captions], max(batch_size, 256), progress)
+            return EncodedDataset(_read(entry, "items"), _read(entry, "texts"), from_cache=True)
+    items = encode_images(model, dataset, batch_size, progress, keep_tokens, token_dtype)
+    captions = [c.text for c in dataset.captions]
+    texts = encode_texts(model, captions, max(batch_size, 256), progress, keep_tokens, token_dtype)
     if entry is not None:
-        _store(entry, items, texts, {"model": model.identity(), "items": len(items), "captions": len(texts)})
+        meta = {"model": model.identity(), "items": len(items), "captions": len(texts)}
+        _store(entry, {"items": items, "texts": texts}, meta)
     return EncodedDataset(items, texts)
 
 
-def _store(entry: Path, items: np.ndarray, texts: np.ndarray, meta: dict) -> None:
+def _read(entry: Path, side: str) -> FeatureTable:
+    embeds = entry / f"{side}.embeds.npy"
+    if not embeds.is_file():  # an entry written before tokens were cached
+        embeds = entry / f"{side}.npy"
+    arrays = {"embeds": np.load(embeds)}  # global embeddings are small: read whole
+    for name in ("tokens", "mask"):  # token features can be large: memory-mapped
+        path = entry / f"{side}.{name}.npy"
+        arrays[name] = np.load(path, mmap_mode="r") if path.is_file() else None
+    return FeatureTable(**arrays)
+
+
+def _store(entry: Path, tables: dict[str, FeatureTable], meta: dict) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
     try:
-        np.save(tmp / "items.npy", items)
-        np.save(tmp / "texts.npy", texts)
+        for side, table in tables.items():
+            for name in _ARRAYS:
+                array = getattr(table, name)
+                if array is not None:
+                    np.save(tmp / f"{side}.{name}.npy", array)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, entry)
     except OSError:

@@ -189,7 +189,7 @@ def build_index(
         kept_ids = {ids[i] for i in kept}
         captions = [c for c in dataset.captions if c.item_id in kept_ids]
         texts = [c.text for c in captions]
-        np.save(work / "caption_embeddings.npy", encode_texts(model, texts, progress=progress))
+        np.save(work / "caption_embeddings.npy", encode_texts(model, texts, progress=progress).embeds)
         write_json(work / "captions.json", [{"text": c.text, "item_id": c.item_id} for c in captions])
         n_captions = len(texts)
     choice = choose_index(len(embeddings), embeddings.shape[1], memory_budget_bytes)

@@ -4,7 +4,14 @@
 
 - ``image_embeds`` ``[B, D]`` and ``text_embeds`` ``[B, D]``: L2-normalised, row ``b`` of each is a pair;
 - ``item_ids`` ``[B]``: the gallery item of each pair (captions of one image share an id);
-- ``logit_scale``: the model's learnable ``log(1 / temperature)``.
+- ``logit_scale``: the model's learnable ``log(1 / temperature)``;
+- ``scores`` ``[B images, B texts]``: the model's similarity head on the batch, when a loss declares that it
+  needs ``"scores"`` and the head is not the plain dot product (:func:`batch_scores` reads either);
+- ``image_tokens`` / ``image_mask``, ``text_tokens`` / ``text_mask``: token features, when a loss needs
+  ``"tokens"``.
+
+A loss declares what it reads in ``needs`` (a subset of :data:`NEEDS`); the trainer computes and gathers
+nothing that no term reads.
 
 Under distributed training these tensors are already gathered from every process (with gradients), so a loss
 always sees the global batch. A loss returns one or more named terms; the recipe weights and sums them.
@@ -16,9 +23,21 @@ from typing import Protocol
 
 import torch
 
+#: what a loss can ask of the training step: global embeddings, the head's batch scores, token features
+NEEDS = frozenset({"embeds", "scores", "tokens"})
+
 
 class Loss(Protocol):
+    needs: frozenset[str]
+
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]: ...
+
+
+def batch_scores(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B images, B texts]`` similarities: the head's when the step computed them, else the embeddings' dot."""
+    if "scores" in outputs:
+        return outputs["scores"]
+    return outputs["image_embeds"] @ outputs["text_embeds"].T
 
 
 def same_item_mask(item_ids: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,11 @@ it); ``mean`` divides by the batch size. Same-image captions in a batch are nega
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from vlret.losses.base import same_item_mask
+from vlret.losses.base import batch_scores, same_item_mask
 
 
 @dataclass
@@ -27,19 +28,14 @@ class HingeLoss:
     warmup_epochs: int = 0
     reduction: str = "sum"  # or "mean"
     mask_same_image: bool = False
+    needs: ClassVar[frozenset[str]] = frozenset({"scores"})
 
     def __post_init__(self) -> None:
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
 
-    def similarity(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cosine similarity by default; a similarity head can put its own ``[B, B]`` matrix in outputs."""
-        if "similarity" in outputs:
-            return outputs["similarity"]
-        return outputs["image_embeds"] @ outputs["text_embeds"].T
-
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-        scores = self.similarity(outputs)
+        scores = batch_scores(outputs)  # the model's head (cosine by default)
         diagonal = scores.diag()
         cost_caption = (self.margin + scores - diagonal[:, None]).clamp(min=0)
         cost_image = (self.margin + scores - diagonal[None, :]).clamp(min=0)

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from vlret.losses.base import same_item_mask
+from vlret.losses.base import batch_scores, same_item_mask
 
 
 @dataclass
 class InfoNCELoss:
     max_logit_scale: float = 100.0
     multi_positive: bool = True  # False: only the diagonal is positive (plain CLIP)
+    needs: ClassVar[frozenset[str]] = frozenset({"scores"})
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-        image, text = outputs["image_embeds"], outputs["text_embeds"]
         scale = outputs["logit_scale"].clamp(max=math.log(self.max_logit_scale)).exp()
-        logits = scale * image @ text.T  # [B images, B texts]
+        logits = scale * batch_scores(outputs)  # [B images, B texts], the model's head (cosine by default)
         if self.multi_positive:
             positives = same_item_mask(outputs["item_ids"]).to(logits.dtype)
         else:

@@ -102,7 +102,12 @@ class HFDualEncoder(RetrievalModel):
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        meta = {"kind": "hf", "source": self.source, "transform": self.image_transform.to_dict()}
+        meta = {
+            "kind": "hf",
+            "source": self.source,
+            "transform": self.image_transform.to_dict(),
+            "head": self.save_head(folder),
+        }
         (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -110,4 +115,6 @@ class HFDualEncoder(RetrievalModel):
         folder = str(folder)
         model = AutoModel.from_pretrained(folder).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        return cls(folder, model, tokenizer, ImageTransform.from_dict(meta["transform"]))
+        encoder = cls(folder, model, tokenizer, ImageTransform.from_dict(meta["transform"]))
+        encoder.load_head(Path(folder), meta)
+        return encoder

@@ -10,21 +10,37 @@ import torch
 
 from vlret.errors import ConfigError
 from vlret.models.base import MODEL_CONFIG_FILE, RetrievalModel
+from vlret.models.heads import build_head
 from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
 
 NAMES_HELP = "tiny-cnn, tiny-vit, hf:<hub id or folder>, or a folder saved by vlret"
 
 
 def create_model(
-    name: str, captions: Sequence[str] | None = None, seed: int | None = 0, **options
+    name: str,
+    captions: Sequence[str] | None = None,
+    seed: int | None = 0,
+    head: str | dict | None = None,
+    **options,
 ) -> RetrievalModel:
-    """Build a model by name.
+    """Build a model by name, scored by ``head`` (a head name or ``{"name": ..., **options}``; cosine by
+    default; a saved folder keeps its own head unless one is given).
 
     - ``tiny-cnn`` / ``tiny-vit``: a fresh tiny dual encoder; ``captions`` (the training captions) build its
       vocabulary; ``options`` override :class:`~vlret.models.tiny.TinyConfig` fields; ``seed`` fixes the init.
     - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint.
     - a folder containing ``vlret_model.json``: a model saved with ``model.save(folder)``.
     """
+    model = _build(name, captions, seed, options)
+    if head is not None:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model.set_head(build_head(head))
+    return model
+
+
+def _build(name: str, captions: Sequence[str] | None, seed: int | None, options: dict) -> RetrievalModel:
     if name in TINY_ARCHS:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:

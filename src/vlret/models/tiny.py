@@ -195,16 +195,15 @@ class TinyDualEncoder(RetrievalModel):
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"kind": "tiny", "config": asdict(self.cfg)}
+        meta = {"kind": "tiny", "config": asdict(self.cfg), "head": self.save_head(folder)}
         (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        save_file(
-            {k: v.detach().contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors"
-        )
+        save_file(self.tower_state_dict(), folder / "model.safetensors")
         self.tokenizer.save(str(folder / "tokenizer.json"))
 
     @classmethod
     def load(cls, folder: str | Path, meta: dict) -> TinyDualEncoder:
         folder = Path(folder)
         model = cls(TinyConfig(**meta["config"]), Tokenizer.from_file(str(folder / "tokenizer.json")))
-        model.load_state_dict(load_file(folder / "model.safetensors"))
+        model.load_head(folder, meta)
+        model.load_tower_state_dict(load_file(folder / "model.safetensors"))
         return model

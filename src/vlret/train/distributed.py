@@ -50,6 +50,21 @@ def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def gather_tokens_with_grad(
+    tokens: torch.Tensor, mask: torch.Tensor, info: DistInfo
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token features ``[B, T, D]`` and masks ``[B, T]`` from every process, padded to the longest ``T``."""
+    if not info.enabled:
+        return tokens, mask
+    length = torch.tensor([tokens.shape[1]], device=tokens.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    pad = int(length) - tokens.shape[1]
+    if pad:
+        tokens = torch.nn.functional.pad(tokens, (0, 0, 0, pad))
+        mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+    return gather_with_grad(tokens, info), gather_no_grad(mask, info)
+
+
 def gather_no_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if not info.enabled:
         return x

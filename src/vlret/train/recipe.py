@@ -24,6 +24,8 @@ from vlret.schema import build_dataclass, read_yaml
 class ModelSection:
     name: str = "tiny-cnn"  # tiny-cnn, tiny-vit, hf:<id or folder>, or a saved model folder
     options: dict = field(default_factory=dict)  # TinyConfig overrides for tiny models
+    # similarity head {name: ..., options...}; None: the model's own (cosine for a fresh model)
+    head: dict | None = None
 
 
 @dataclass
@@ -145,8 +147,14 @@ def _check_losses(losses: dict) -> None:
 
 def _check_model(model: ModelSection) -> None:
     from vlret.models.base import MODEL_CONFIG_FILE
+    from vlret.models.heads import build_head
     from vlret.models.tiny import TINY_ARCHS, TinyConfig
 
+    try:
+        if model.head is not None:
+            build_head(model.head)
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(f"model.head: {exc}") from None
     name = model.name
     if name in TINY_ARCHS:
         options = dict(model.options)
@@ -306,9 +314,21 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, mapping by mapping."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
 def recipe_differences(saved: dict, current: dict) -> list[str]:
     """``key: saved -> current`` for every key that differs (and is not in :data:`RESUME_SAFE_KEYS`)."""
-    old, new = _flatten(saved), _flatten(current)
+    # A key added to recipes after the run was saved held its default in that run.
+    defaults = Recipe().to_dict()
+    defaults.pop("losses")  # a run's loss terms are all in its saved recipe
+    old, new = _flatten(_merged(defaults, saved)), _flatten(current)
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"

@@ -26,6 +26,7 @@ from vlret.evaluate.api import evaluate_model
 from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.losses import LOSSES
 from vlret.models import RetrievalModel, create_model
+from vlret.models.base import Features
 from vlret.train import checkpoint as ckpt
 from vlret.train.data import EpochBatches, PairSource, epoch_loader, prefetch
 from vlret.train.distributed import (
@@ -33,6 +34,7 @@ from vlret.train.distributed import (
     average_gradients,
     barrier,
     gather_no_grad,
+    gather_tokens_with_grad,
     gather_with_grad,
     init_from_env,
 )
@@ -46,6 +48,11 @@ class WeightedLoss:
     """A recipe's loss terms with their weights."""
 
     terms: dict[str, tuple[float, object]] = field(default_factory=dict)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Everything some term reads (see :data:`vlret.losses.base.NEEDS`)."""
+        return frozenset().union(*(getattr(loss, "needs", frozenset()) for _, loss in self.terms.values()))
 
     @classmethod
     def from_recipe(cls, losses: dict[str, dict]) -> WeightedLoss:
@@ -65,18 +72,37 @@ class WeightedLoss:
         return total, logged
 
 
-def encode_batch(model: RetrievalModel, batch: dict, info: DistInfo, device: torch.device) -> dict:
-    """Normalised embeddings of a batch, gathered from every process, plus item ids and the logit scale."""
+def encode_batch(
+    model: RetrievalModel, batch: dict, info: DistInfo, device: torch.device, needs: frozenset[str]
+) -> dict:
+    """What the loss terms ``needs`` of a batch, gathered from every process.
+
+    Always: normalised global embeddings, item ids and the logit scale. ``"scores"``: the model's head on
+    the gathered batch ``[B images, B texts]`` (left to the losses when the head is the plain dot product);
+    ``"tokens"``: token features and masks of both sides.
+    """
     pixels = batch["pixels"].to(device, non_blocking=True)
     text = {k: v.to(device, non_blocking=True) for k, v in batch["text"].items()}
-    image_embeds = F.normalize(model.encode_images(pixels).embeds.float(), dim=-1)
-    text_embeds = F.normalize(model.encode_texts(text).embeds.float(), dim=-1)
-    return {
-        "image_embeds": gather_with_grad(image_embeds, info),
-        "text_embeds": gather_with_grad(text_embeds, info),
+    image, caption = model.encode_images(pixels), model.encode_texts(text)
+    outputs = {
+        "image_embeds": gather_with_grad(F.normalize(image.embeds.float(), dim=-1), info),
+        "text_embeds": gather_with_grad(F.normalize(caption.embeds.float(), dim=-1), info),
         "item_ids": gather_no_grad(batch["item_ids"].to(device), info),
         "logit_scale": model.logit_scale.float(),
     }
+    head_scores = "scores" in needs and not model.head.is_dot_product
+    if "tokens" in needs or (head_scores and model.head.uses_tokens):
+        for side, features in (("image", image), ("text", caption)):
+            mask = features.mask
+            if mask is None:
+                mask = torch.ones(features.tokens.shape[:2], dtype=torch.bool, device=device)
+            tokens, mask = gather_tokens_with_grad(features.tokens.float(), mask.bool(), info)
+            outputs[f"{side}_tokens"], outputs[f"{side}_mask"] = tokens, mask
+    if head_scores:
+        texts = Features(outputs["text_embeds"], outputs.get("text_tokens"), outputs.get("text_mask"))
+        items = Features(outputs["image_embeds"], outputs.get("image_tokens"), outputs.get("image_mask"))
+        outputs["scores"] = model.head.score(texts, items).T
+    return outputs
 
 
 def parameter_groups(model: RetrievalModel, recipe: Recipe) -> list[dict]:
@@ -136,7 +162,11 @@ class Trainer:
         else:
             captions = [c.text for c in self.train_split.captions]
             self.model = create_model(
-                recipe.model.name, captions=captions, seed=recipe.train.seed, **recipe.model.options
+                recipe.model.name,
+                captions=captions,
+                seed=recipe.train.seed,
+                head=recipe.model.head,
+                **recipe.model.options,
             )
             # Dropout and other in-model randomness draw from torch's global generator: fix it by the seed
             # (per process), so a run does not depend on what ran before it; a resumed run restores it.
@@ -233,7 +263,7 @@ class Trainer:
         logged: dict[str, float] = {}
         for batch in micro_batches:
             with self._autocast():
-                outputs = encode_batch(self.model, batch, self.info, self.device)
+                outputs = encode_batch(self.model, batch, self.info, self.device, self.loss.needs)
             total, terms = self.loss(outputs, {"epoch": epoch})
             if not torch.isfinite(total):
                 raise TrainingError(self._non_finite_loss_message(terms))

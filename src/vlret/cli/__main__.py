@@ -1,0 +1,5 @@
+import sys
+
+from vlret.cli import main
+
+sys.exit(main())

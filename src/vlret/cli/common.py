@@ -1,0 +1,59 @@
+"""Options and helpers shared by the command groups."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that reads a dataset takes."""
+    p.add_argument("--format", default="auto", help="karpathy, lavis, csv, vse, or auto (default)")
+    p.add_argument(
+        "--media-root", help="folder the media paths are relative to (default: beside the annotations)"
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="stop at a bad record, or skip and list it",
+    )
+    p.add_argument("--path-column", default="image", help="CSV: column with the media path")
+    p.add_argument("--caption-column", default="caption", help="CSV: column with the caption")
+    p.add_argument("--split-column", default="split", help="CSV: column with the split (optional)")
+    p.add_argument("--default-split", default="test", help="CSV: split of rows without a split column")
+    p.add_argument(
+        "--encoding", default="utf-8", help="CSV: text encoding (default UTF-8, with or without BOM)"
+    )
+
+
+def load_data(args: argparse.Namespace):
+    """The dataset the data options of ``args`` name."""
+    from vlret.data import detect_format, load_dataset
+
+    fmt = detect_format(args.data) if args.format == "auto" else args.format
+    options = {}
+    if fmt == "csv":
+        options = {
+            "path_column": args.path_column,
+            "caption_column": args.caption_column,
+            "split_column": args.split_column,
+            "default_split": args.default_split,
+            "encoding": args.encoding,
+        }
+    return load_dataset(args.data, fmt, args.media_root, args.on_error, **options)
+
+
+def model_for(name: str, dataset, split: str):
+    """A model by name; a fresh tiny model builds its vocabulary from the training captions (or ``split``'s)."""
+    from vlret.models import create_model
+    from vlret.models.registry import is_model_reference
+
+    if is_model_reference(name):
+        return create_model(name)
+    source = "train" if "train" in dataset.splits else split
+    return create_model(name, captions=[c.text for c in dataset.split(source).captions])
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))

@@ -1,0 +1,82 @@
+"""``vlret eval`` and ``vlret results table``: run a protocol, aggregate result files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vlret.cli.common import add_data_options, load_data, model_for
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vlret.data._io import write_json
+    from vlret.evaluate import evaluate_model, evaluate_scores, results_table
+    from vlret.evaluate.score_files import load_score_matrix
+
+    dataset = load_data(args)
+    if args.scores:
+        scores = load_score_matrix(args.scores)
+        result = evaluate_scores(
+            scores, dataset, args.protocol, args.split, args.direction, source=args.scores
+        )
+    else:
+        model = model_for(args.model, dataset, args.split or "test")
+        result = evaluate_model(
+            model,
+            dataset,
+            args.protocol,
+            args.split,
+            args.direction,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            use_cache=not args.no_cache,
+            on_error=args.on_error,
+        )
+    if args.out:
+        write_json(args.out, result)
+    print(results_table([result]))
+    for s in result["skipped"]:
+        print(f"skipped {s['file']} {s['record']}: {s['reason']}", file=sys.stderr)
+    if args.out:
+        print(f"result written to {args.out}")
+    return 0
+
+
+def cmd_results_table(args: argparse.Namespace) -> int:
+    from vlret.evaluate.results import load_result, results_table
+
+    results = [load_result(f) for f in args.files]
+    names = [Path(f).stem for f in args.files] if args.by_file else None
+    print(results_table(results, names))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from vlret.evaluate.protocols import DIRECTIONS, PROTOCOLS
+
+    ev = commands.add_parser("eval", help="evaluate a model or a score matrix with a retrieval protocol")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", help="tiny-cnn, tiny-vit, hf:<id or folder>, or a saved vlret model folder"
+    )
+    source.add_argument("--scores", help=".npy score matrix (captions x items of the split; higher = better)")
+    ev.add_argument("--data", required=True, help="annotation file or folder")
+    ev.add_argument("--split", help="split to evaluate (default: the protocol's, test)")
+    ev.add_argument("--protocol", default="generic", choices=list(PROTOCOLS))
+    ev.add_argument("--direction", default="both", choices=list(DIRECTIONS), help="t2i: text->visual only")
+    ev.add_argument("--out", help="write the result JSON here")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument(
+        "--cache-dir", help="feature cache folder (default ~/.cache/vlret/features or $VLRET_CACHE)"
+    )
+    ev.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    add_data_options(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    results = commands.add_parser("results", help="aggregate result files")
+    results_cmds = results.add_subparsers(dest="results_command", required=True)
+    table = results_cmds.add_parser("table", help="print a markdown table of result files")
+    table.add_argument("files", nargs="+")
+    table.add_argument("--by-file", action="store_true", help="name rows by file instead of by model")
+    table.set_defaults(func=cmd_results_table)

@@ -1,0 +1,125 @@
+"""``vlret rerank visa | visa-merge``: re-rank a retriever's top-K."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlret.cli.common import add_data_options, load_data, model_for
+from vlret.errors import ConfigError
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def _split(args: argparse.Namespace):
+    dataset = load_data(args)
+    name = args.split or "test"
+    try:
+        return dataset, dataset.split(name)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+
+
+def _print_table(result: dict) -> None:
+    base, visa = result["metrics"]["base"], result["metrics"]["visa"]
+    print("| ranking | R@1 | R@5 | R@10 |\n|---|---|---|---|")
+    for name, m in (("base", base), ("base + VISA", visa)):
+        print(f"| {name} | {100 * m['t2i_r1']:.1f} | {100 * m['t2i_r5']:.1f} | {100 * m['t2i_r10']:.1f} |")
+
+
+def cmd_visa(args: argparse.Namespace) -> int:
+    from vlret.evaluate.score_files import load_score_matrix
+    from vlret.rerank.visa.config import load_visa_config
+    from vlret.rerank.visa.run import base_from_embeddings, base_from_scores, run_visa
+
+    config = load_visa_config(args.config)
+    dataset, split = _split(args)
+    if args.scores:
+        scores = load_score_matrix(args.scores)
+        expected = (len(split.captions), len(split.items))
+        if tuple(scores.shape) != expected:
+            raise ConfigError(
+                f"{args.scores}: shape {tuple(scores.shape)}; expected (captions, items) = {expected}"
+            )
+        candidates, base_topk, base_ranks = base_from_scores(
+            scores, split, config.k, config.compat, source=args.scores
+        )
+        source = {"scores": args.scores}
+    else:
+        from vlret.evaluate.encode import encode_dataset
+
+        model = model_for(args.model, dataset, split.items[0].split)
+        encoded = encode_dataset(model, split, batch_size=args.batch_size)
+        candidates, base_topk, base_ranks = base_from_embeddings(
+            encoded.text_embeds, encoded.item_embeds, split, config.k, config.compat
+        )
+        source = {"model": model.identity()}
+    result = run_visa(
+        split,
+        candidates,
+        base_topk,
+        base_ranks,
+        config,
+        args.out,
+        _parse_shard(args.shard),
+        source=source,
+        query_limit=args.queries,
+    )
+    if result is None:
+        print(
+            f"shard {args.shard} done; when every shard is done: vlret rerank visa-merge --data {args.data} --out {args.out}"
+        )
+        return 0
+    _print_table(result)
+    print(f"result written to {Path(args.out) / 'result.json'}")
+    return 0
+
+
+def cmd_visa_merge(args: argparse.Namespace) -> int:
+    from vlret.rerank.visa.config import load_visa_config
+    from vlret.rerank.visa.run import merge_visa
+
+    config = load_visa_config(args.config)
+    _, split = _split(args)
+    result = merge_visa(split, config, args.out)
+    _print_table(result)
+    print(f"result written to {Path(args.out) / 'result.json'}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    rerank = commands.add_parser("rerank", help="re-rank a retriever's top-K (VISA)")
+    rerank_cmds = rerank.add_subparsers(dest="rerank_command", required=True)
+    visa = rerank_cmds.add_parser(
+        "visa", help="VISA: descriptions, questions, answers, text relevance, fusion"
+    )
+    visa_source = visa.add_mutually_exclusive_group(required=True)
+    visa_source.add_argument("--scores", help=".npy base score matrix (captions x items of the split)")
+    visa_source.add_argument("--model", help="compute the base scores with this model instead")
+    visa.add_argument("--data", required=True, help="annotation file or folder")
+    visa.add_argument("--split", help="split to re-rank (default test)")
+    visa.add_argument("--config", help="VISA YAML (default: offline synthetic backends)")
+    visa.add_argument("--out", required=True, help="run folder: caches, arrays, result.json")
+    visa.add_argument("--shard", help="i/n: this process's share of the queries")
+    visa.add_argument("--queries", type=int, help="only the first N queries (smoke runs)")
+    visa.add_argument("--batch-size", type=int, default=64)
+    add_data_options(visa)
+    visa.set_defaults(func=cmd_visa)
+
+    merge = rerank_cmds.add_parser("visa-merge", help="join the shards of a VISA run, fuse and evaluate")
+    merge.add_argument("--data", required=True)
+    merge.add_argument("--split")
+    merge.add_argument("--config")
+    merge.add_argument("--out", required=True)
+    add_data_options(merge)
+    merge.set_defaults(func=cmd_visa_merge)

@@ -1,0 +1,129 @@
+"""``vlret index build``, ``vlret search`` and ``vlret serve``: index a collection and search it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlret.cli.common import add_data_options, load_data, print_json
+from vlret.errors import ConfigError
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from vlret.index import build_index
+
+    dataset = None
+    if args.data:
+        dataset = load_data(args)
+        if args.split:
+            dataset = dataset.split(args.split)
+    budget = int(args.memory_gb * 2**30) if args.memory_gb else None
+    path = build_index(
+        args.model,
+        args.out,
+        images=args.images,
+        dataset=dataset,
+        chunk_size=args.chunk_size,
+        memory_budget_bytes=budget,
+        on_error=args.on_error,
+    )
+    meta = json.loads((path / "index.json").read_text())
+    print(
+        f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']} ({meta['choice']['reason']})"
+    )
+    for s in meta["skipped"]:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vlret.index import Searcher
+
+    searcher = Searcher(args.index)
+    if (args.query is None) == (args.image is None):
+        raise ConfigError("give a query text or --image PATH (one of them)")
+    if args.image:
+        hits = (
+            searcher.image_to_text(args.image, args.k)
+            if args.target == "captions"
+            else searcher.image_to_image(args.image, args.k)
+        )
+    else:
+        hits = (
+            searcher.text_to_text(args.query, args.k)
+            if args.target == "captions"
+            else searcher.text_to_image(args.query, args.k)
+        )
+    if args.json:
+        print_json([h.as_dict() for h in hits])
+        return 0
+    for h in hits:
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.text}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vlret.serve import create_app
+
+    app = create_app(
+        args.index,
+        visa_config=args.visa_config,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_k=args.max_k,
+        max_upload_pixels=int(args.max_upload_megapixels * 1e6),
+        visa_timeout=args.visa_timeout,
+    )
+    print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    index = commands.add_parser("index", help="build a searchable index of a collection")
+    index_cmds = index.add_subparsers(dest="index_command", required=True)
+    build = index_cmds.add_parser(
+        "build", help="encode a folder of images or a dataset (resumable) and index it"
+    )
+    build.add_argument("--model", required=True, help="a saved vlret model folder or hf:<id or folder>")
+    build_source = build.add_mutually_exclusive_group(required=True)
+    build_source.add_argument("--images", help="folder of images (searched recursively)")
+    build_source.add_argument("--data", help="annotation file or folder (captions are indexed too)")
+    build.add_argument("--split", help="with --data: only this split")
+    build.add_argument("--out", required=True, help="index path (a link to the current version)")
+    build.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
+    build.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
+    add_data_options(build)
+    build.set_defaults(func=cmd_index_build)
+
+    search = commands.add_parser("search", help="search an index by text or by image")
+    search.add_argument("index")
+    search.add_argument("query", nargs="?", help="query text")
+    search.add_argument("--image", help="query image file")
+    search.add_argument("--target", choices=["images", "captions"], default="images", help="what to return")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_search)
+
+    serve = commands.add_parser("serve", help="serve an index over HTTP with a web page")
+    serve.add_argument("index")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--visa-config", help="VISA YAML: enables the re-ranking toggle")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
+    serve.add_argument(
+        "--max-upload-megapixels",
+        type=float,
+        default=50.0,
+        help="largest upload in declared pixels, checked before decoding (default 50 million)",
+    )
+    serve.add_argument("--max-k", type=int, default=100)
+    serve.add_argument(
+        "--visa-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may spend on VISA before the base ranking is answered (default 60)",
+    )
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,58 @@
+"""``vlret train`` and ``vlret demo``."""
+
+from __future__ import annotations
+
+import argparse
+
+from vlret.cli.common import print_json
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlret.train import Trainer, load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    trainer = Trainer(recipe, resume=args.resume, progress=not args.quiet, resume_anyway=args.resume_anyway)
+    summary = trainer.fit()
+    if trainer.info.is_main:  # under torchrun, one summary
+        print_json(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlret.demo import run_demo
+
+    outcome = run_demo(args.out, args.data_dir, args.overrides, progress=not args.quiet, images=args.images)
+    print()
+    print(outcome["table"])
+    print()
+    for name, path in outcome["results"].items():
+        print(f"result ({name}): {path}")
+    print(f"report: {outcome['report']}")
+    print(f"index of the test images: {outcome['index']}")
+    print(f"search it in a browser:   vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
+    print(f'or from the shell:        vlret search {outcome["index"]} "a large red circle"')
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train a model from a YAML recipe")
+    train.add_argument("--recipe", help="YAML recipe (default: the built-in defaults)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3 optim.lr=1e-4")
+    train.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last")
+    train.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="resume even if the recipe differs from the one the run was started with",
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    demo = commands.add_parser(
+        "demo", help="synthesise, train the tiny model, evaluate, report (about 5 min)"
+    )
+    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    demo.add_argument("--data-dir", default="data/synth", help="where the synthetic benchmark is written")
+    demo.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=1")
+    demo.add_argument("--images", type=int, help="benchmark size (default: the calibrated 5000)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)

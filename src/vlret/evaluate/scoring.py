@@ -1,0 +1,94 @@
+"""Score blocks from a model's similarity head, bounded in memory over both axes.
+
+:func:`head_block_fn` gives :func:`~vlret.evaluate.ranking.rank_blocks` and
+:func:`~vlret.evaluate.ranking.topk_blocks` row blocks of the (texts x items) score matrix of any head.
+Each row block is assembled from item blocks sized so that the head's intermediate tensors stay under
+``budget`` elements (``rows x items x head.pair_cost``), so a token-level head over 5,000 items x 25,000
+texts runs in a fixed amount of memory; the feature arrays themselves may be memory-mapped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vlret.evaluate.encode import FeatureTable
+from vlret.evaluate.ranking import BlockFn
+from vlret.models.base import Features
+from vlret.models.heads import SimilarityHead
+
+#: elements of intermediate memory a head may use per block (float32: 256 MiB)
+DEFAULT_BUDGET = 1 << 26
+
+
+def items_per_block(
+    head: SimilarityHead, texts: FeatureTable, items: FeatureTable, rows: int, budget: int
+) -> int:
+    """How many items one block of ``rows`` texts can be scored against within ``budget`` elements."""
+    if len(texts) == 0 or len(items) == 0:
+        return max(len(items), 1)
+    cost = head.pair_cost(texts.rows(0, 1), items.rows(0, 1))
+    return max(1, budget // max(rows * cost, 1))
+
+
+@torch.no_grad()
+def score_block(
+    head: SimilarityHead,
+    texts: Features,
+    items: FeatureTable,
+    item_chunk: int,
+    item_start: int = 0,
+    item_stop: int | None = None,
+) -> torch.Tensor:
+    """Scores of the text features ``texts`` against items ``item_start:item_stop``, item block by block."""
+    item_stop = len(items) if item_stop is None else item_stop
+    columns = [
+        head.score(texts, items.rows(start, min(start + item_chunk, item_stop)))
+        for start in range(item_start, item_stop, item_chunk)
+    ]
+    return torch.cat(columns, dim=1) if columns else torch.zeros((len(texts), 0))
+
+
+def head_block_fn(
+    head: SimilarityHead,
+    texts: FeatureTable,
+    items: FeatureTable,
+    rows: int,
+    budget: int = DEFAULT_BUDGET,
+) -> BlockFn:
+    """Row blocks (at most ``rows`` texts) of the head's score matrix, each built from bounded item blocks."""
+    head.eval()
+    item_chunk = items_per_block(head, texts, items, rows, budget)
+
+    def block(start: int, stop: int) -> torch.Tensor:
+        return score_block(head, texts.rows(start, stop), items, item_chunk)
+
+    return block
+
+
+@torch.no_grad()
+def head_positive_scores(
+    head: SimilarityHead, texts: FeatureTable, items: FeatureTable, text_to_item: np.ndarray, chunk: int = 256
+) -> torch.Tensor:
+    """The head's score of every text with its own item (the estimate :func:`rank_blocks` takes)."""
+    head.eval()
+    out = []
+    for start in range(0, len(texts), chunk):
+        stop = min(start + chunk, len(texts))
+        own = np.asarray(text_to_item[start:stop])
+        item_rows = FeatureTable(
+            items.embeds[own],
+            None if items.tokens is None else items.tokens[own],
+            None if items.mask is None else items.mask[own],
+        ).rows(0, len(own))
+        out.append(head.score_pairs(texts.rows(start, stop), item_rows))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def fold_table(table: FeatureTable, start: int, stop: int) -> FeatureTable:
+    """Rows ``start:stop`` of a table, still as arrays (a view of a memory map stays one)."""
+    return FeatureTable(
+        table.embeds[start:stop],
+        None if table.tokens is None else table.tokens[start:stop],
+        None if table.mask is None else table.mask[start:stop],
+    )
