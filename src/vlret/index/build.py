@@ -179,6 +179,12 @@ def build_index(
     work.mkdir(parents=True, exist_ok=True)
     write_json(manifest_file, manifest)
     model = create_model(model_name)
+    if not model.head.is_dot_product:
+        # Searching by the global embeddings alone would silently rank by another score than the model's.
+        raise ConfigError(
+            f"{model_name}: its {model.head.name!r} head is not a dot product; indexes search by the global "
+            "embedding's cosine, and two-stage search (shortlist, then the head) is not built yet"
+        )
     embeddings, kept, skipped = _encode_chunks(
         model, root, paths, work, chunk_size, batch_size, progress, on_error
     )
