@@ -144,7 +144,7 @@ def test_non_finite_weights_are_never_saved(synth_data, tmp_path):
         ("model.options={widht: 32}", "model.options: unknown key 'widht'"),
         ("model.options={width: 28}", "model.options: width must be a multiple of 8"),
         ("model.options={dropout: 1.5}", "model.options: dropout must be in [0, 1)"),
-        ("model.name=resnet", "model.name: expected tiny-cnn, tiny-vit, hf:"),
+        ("model.name=resnet", "model.name: expected tiny-cnn, tiny-vit, composed, hf:"),
         ("losses.hinge={margin: x}", "losses.hinge.margin: expected float, got 'x'"),
         ("losses.hinge={reduction: max}", "losses.hinge: reduction must be 'sum' or 'mean'"),
         ("losses.infonce={weight: -1}", "losses.infonce.weight: expected a finite number >= 0"),
