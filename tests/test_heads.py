@@ -231,22 +231,3 @@ def test_recipe_rejects_an_unknown_head(synth_data, tmp_path, capsys):
     code = main(["train", f"data.path={synth_data}", f"output_dir={tmp_path}", "model.head={name: nope}"])
     assert code == 2
     assert "model.head" in capsys.readouterr().err
-
-
-def test_index_refuses_a_model_whose_head_is_not_a_dot_product(synth_data, tmp_path, capsys):
-    _, model = _tiny(synth_data, head="maxsim")
-    model.save(tmp_path / "m")
-    code = main(
-        [
-            "index",
-            "build",
-            "--model",
-            str(tmp_path / "m"),
-            "--data",
-            str(synth_data),
-            "--out",
-            str(tmp_path / "idx"),
-        ]
-    )
-    assert code == 2
-    assert "'maxsim' head is not a dot product" in capsys.readouterr().err

@@ -27,11 +27,19 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         memory_budget_bytes=budget,
         on_error=args.on_error,
+        first_stage=args.first_stage,
+        shortlist=args.shortlist,
+        token_dtype=args.token_dtype,
     )
     meta = json.loads((path / "index.json").read_text())
     print(
         f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']} ({meta['choice']['reason']})"
     )
+    if "two_stage" in meta:
+        stage = meta["two_stage"]
+        print(
+            f"two-stage: {stage['shortlist']} candidates by cosine, re-scored by the {stage['head']['name']} head"
+        )
     for s in meta["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     return 0
@@ -59,7 +67,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print_json([h.as_dict() for h in hits])
         return 0
     for h in hits:
-        print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.text}")
+        first = "" if h.first_stage_score is None else f"  (shortlist {h.first_stage_score:.4f})"
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.text}{first}")
     return 0
 
 
@@ -94,6 +103,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--split", help="with --data: only this split")
     build.add_argument("--out", required=True, help="index path (a link to the current version)")
     build.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
+    build.add_argument(
+        "--first-stage",
+        help="a model whose embeddings shortlist candidates for a head that is not a dot product "
+        "(default: the model's own global embeddings)",
+    )
+    build.add_argument(
+        "--shortlist",
+        type=int,
+        default=100,
+        help="candidates per query the head re-scores, for a head that is not a dot product (default 100)",
+    )
+    build.add_argument(
+        "--token-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="how a two-stage index stores the head's token features (float16 halves the disk)",
+    )
     build.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
     add_data_options(build)
     build.set_defaults(func=cmd_index_build)

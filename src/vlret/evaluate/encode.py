@@ -47,9 +47,15 @@ class FeatureTable:
 
     def rows(self, start: int, stop: int) -> Features:
         """Rows ``start:stop`` as float32 torch features (copied out of a memory map)."""
+        return self._features(slice(start, stop))
 
+    def take(self, index: np.ndarray) -> Features:
+        """The rows ``index`` (any order) as float32 torch features."""
+        return self._features(np.asarray(index, dtype=np.int64))
+
+    def _features(self, index: slice | np.ndarray) -> Features:
         def tensor(x: np.ndarray | None, dtype) -> torch.Tensor | None:
-            return None if x is None else torch.from_numpy(np.array(x[start:stop], dtype=dtype))
+            return None if x is None else torch.from_numpy(np.array(x[index], dtype=dtype))
 
         return Features(
             tensor(self.embeds, np.float32), tensor(self.tokens, np.float32), tensor(self.mask, np.bool_)
@@ -73,47 +79,54 @@ class EncodedDataset:
         return self.texts.embeds
 
 
+def concat_tables(tables: list[FeatureTable]) -> FeatureTable:
+    """One table from several, in order; tokens are padded (mask False) to the longest of them."""
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return FeatureTable(np.zeros((0, 0), np.float32))
+    embeds = np.concatenate([t.embeds for t in tables])
+    if tables[0].tokens is None:
+        return FeatureTable(embeds)
+    length = max(t.tokens.shape[1] for t in tables)
+    dim = tables[0].tokens.shape[2]
+    tokens = np.zeros((len(embeds), length, dim), dtype=tables[0].tokens.dtype)
+    mask = np.zeros((len(embeds), length), dtype=bool)
+    row = 0
+    for t in tables:
+        tokens[row : row + len(t), : t.tokens.shape[1]] = t.tokens
+        mask[row : row + len(t), : t.mask.shape[1]] = t.mask
+        row += len(t)
+    return FeatureTable(embeds, tokens, mask)
+
+
+def table_from_features(features: Features, keep_tokens: bool, token_dtype: np.dtype) -> FeatureTable:
+    """One encoder call's outputs as arrays: normalised embeddings, and tokens / mask when kept."""
+    embeds = _normalise(features.embeds).cpu().numpy()
+    if not keep_tokens:
+        return FeatureTable(embeds)
+    if features.tokens is None:
+        raise VlretError("the model's head reads tokens, but its encoder returned none")
+    tokens = features.tokens.float().cpu().numpy().astype(token_dtype)
+    if features.mask is None:
+        mask = np.ones(tokens.shape[:2], dtype=bool)
+    else:
+        mask = features.mask.bool().cpu().numpy()
+    return FeatureTable(embeds, tokens, mask)
+
+
 class _Collector:
     """Gathers encoder outputs batch by batch; tokens are padded to the longest batch at the end."""
 
     def __init__(self, keep_tokens: bool, token_dtype: np.dtype):
         self.keep_tokens = keep_tokens
         self.token_dtype = token_dtype
-        self.embeds: list[np.ndarray] = []
-        self.tokens: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
+        self.batches: list[FeatureTable] = []
 
     def add(self, features: Features) -> None:
-        self.embeds.append(_normalise(features.embeds).cpu().numpy())
-        if not self.keep_tokens:
-            return
-        if features.tokens is None:
-            raise VlretError("the model's head reads tokens, but its encoder returned none")
-        tokens = features.tokens.float().cpu().numpy().astype(self.token_dtype)
-        mask = (
-            np.ones(tokens.shape[:2], dtype=bool)
-            if features.mask is None
-            else features.mask.bool().cpu().numpy()
-        )
-        self.tokens.append(tokens)
-        self.masks.append(mask)
+        self.batches.append(table_from_features(features, self.keep_tokens, self.token_dtype))
 
     def table(self) -> FeatureTable:
-        if not self.embeds:
-            return FeatureTable(np.zeros((0, 0), np.float32))
-        embeds = np.concatenate(self.embeds)
-        if not self.keep_tokens:
-            return FeatureTable(embeds)
-        length = max(t.shape[1] for t in self.tokens)
-        dim = self.tokens[0].shape[2]
-        tokens = np.zeros((len(embeds), length, dim), dtype=self.token_dtype)
-        mask = np.zeros((len(embeds), length), dtype=bool)
-        row = 0
-        for t, m in zip(self.tokens, self.masks, strict=True):
-            tokens[row : row + len(t), : t.shape[1]] = t
-            mask[row : row + len(t), : t.shape[1]] = m
-            row += len(t)
-        return FeatureTable(embeds, tokens, mask)
+        return concat_tables(self.batches)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -211,7 +224,7 @@ def encode_dataset(
         key = cache_key(model, dataset, token_dtype if keep_tokens else None)
         entry = Path(cache_dir or default_cache_dir()) / key
         if (entry / "meta.json").is_file():
-            return EncodedDataset(_read(entry, "items"), _read(entry, "texts"), from_cache=True)
+            return EncodedDataset(read_table(entry, "items"), read_table(entry, "texts"), from_cache=True)
     items = encode_images(model, dataset, batch_size, progress, keep_tokens, token_dtype)
     captions = [c.text for c in dataset.captions]
     texts = encode_texts(model, captions, max(batch_size, 256), progress, keep_tokens, token_dtype)
@@ -221,7 +234,8 @@ def encode_dataset(
     return EncodedDataset(items, texts)
 
 
-def _read(entry: Path, side: str) -> FeatureTable:
+def read_table(entry: Path, side: str) -> FeatureTable:
+    """The table :func:`write_table` wrote as ``side``: embeddings read whole, tokens memory-mapped."""
     embeds = entry / f"{side}.embeds.npy"
     if not embeds.is_file():  # an entry written before tokens were cached
         embeds = entry / f"{side}.npy"
@@ -232,15 +246,20 @@ def _read(entry: Path, side: str) -> FeatureTable:
     return FeatureTable(**arrays)
 
 
+def write_table(folder: Path, side: str, table: FeatureTable) -> None:
+    """Save ``table`` as ``folder/{side}.embeds.npy`` (and ``.tokens.npy`` / ``.mask.npy`` when it has them)."""
+    for name in _ARRAYS:
+        array = getattr(table, name)
+        if array is not None:
+            np.save(folder / f"{side}.{name}.npy", array)
+
+
 def _store(entry: Path, tables: dict[str, FeatureTable], meta: dict) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
     try:
         for side, table in tables.items():
-            for name in _ARRAYS:
-                array = getattr(table, name)
-                if array is not None:
-                    np.save(tmp / f"{side}.{name}.npy", array)
+            write_table(tmp, side, table)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, entry)
     except OSError:

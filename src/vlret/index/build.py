@@ -2,9 +2,11 @@
 
 Layout: ``INDEX`` is a symbolic link to ``INDEX.versions/v-<time>/``, which holds ``index.json`` (model
 reference, counts, the index choice), ``items.json``, ``embeddings.npy`` (L2-normalised float32), optionally
-``captions.json`` and ``caption_embeddings.npy``, and ``faiss.index``. A build works in ``INDEX.building/``:
-each chunk of embeddings is saved as it is finished, so a killed build started again encodes only the
-missing chunks. The finished version is published by replacing the link, so a reader sees the old index or
+``captions.json`` and ``caption_embeddings.npy``, and ``faiss.index``. A model whose head is not a dot product
+adds its head's features (``head_items.*.npy``, ``head_captions.*.npy``: embeddings, tokens, masks) and a
+``two_stage`` entry in ``index.json``: searches take a shortlist by the embeddings, then re-score it with the
+head. A build works in ``INDEX.building/``: each chunk is saved as it is finished, so a killed build started
+again encodes only the missing chunks. The finished version is published by replacing the link, so a reader sees the old index or
 the new one, never a partial one.
 """
 
@@ -18,6 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from PIL import Image
 from tqdm.auto import tqdm
 
 import vlret
@@ -26,10 +31,23 @@ from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError
-from vlret.evaluate.encode import encode_texts
+from vlret.evaluate.encode import (
+    TOKEN_DTYPES,
+    FeatureTable,
+    concat_tables,
+    encode_texts,
+    read_table,
+    table_from_features,
+    write_table,
+)
 from vlret.index.choice import choose_index
+from vlret.models.base import RetrievalModel
 from vlret.models.registry import create_model, is_model_reference
 
+#: candidates a two-stage index re-scores with the model's head, per query, unless the build says otherwise
+DEFAULT_SHORTLIST = 100
+#: the tables of the head's features (``{name}.embeds.npy``, ``.tokens.npy``, ``.mask.npy``) in a two-stage index
+HEAD_ITEMS, HEAD_CAPTIONS = "head_items", "head_captions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
@@ -45,14 +63,37 @@ def images_in(folder: Path) -> list[str]:
     return found
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+class _Encoders:
+    """The models a build runs: one for the shortlist embeddings and, when the model's head is not a dot
+    product, the model itself for the features its head re-scores with (one call when they are the same)."""
+
+    def __init__(self, shortlist: RetrievalModel, head_model: RetrievalModel | None, token_dtype: str):
+        self.shortlist = shortlist.eval()
+        self.head_model = None if head_model is None else head_model.eval()
+        self.token_dtype = np.dtype(token_dtype)
+
+    @property
+    def keep_tokens(self) -> bool:
+        return self.head_model is not None and self.head_model.head.uses_tokens
+
+    def _encode(self, model: RetrievalModel, images: list[Image.Image], keep_tokens: bool) -> FeatureTable:
+        pixels = torch.from_numpy(np.stack([model.image_transform(im) for im in images])).to(model.device)
+        return table_from_features(model.encode_images(pixels), keep_tokens, self.token_dtype)
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image]) -> dict[str, FeatureTable]:
+        """``{"shortlist": ..., "head": ...}`` tables of a batch of images (``head`` only with a head model)."""
+        if self.head_model is self.shortlist:
+            both = self._encode(self.shortlist, images, self.keep_tokens)
+            return {"shortlist": FeatureTable(both.embeds), "head": both}
+        out = {"shortlist": self._encode(self.shortlist, images, False)}
+        if self.head_model is not None:
+            out["head"] = self._encode(self.head_model, images, self.keep_tokens)
+        return out
 
 
 def _encode_chunks(
-    model,
+    encoders: _Encoders,
     root: Path,
     paths: list[str],
     work: Path,
@@ -60,61 +101,89 @@ def _encode_chunks(
     batch_size: int,
     progress: bool,
     on_error: OnError = "raise",
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Embeddings of the readable images, the indices (into ``paths``) they belong to, and the skipped ones.
+) -> tuple[list[Path], np.ndarray, list[dict]]:
+    """Encode the images chunk by chunk; returns the chunk folders, the indices (into ``paths``) of the
+    readable images and the skipped ones.
 
-    Each chunk leaves ``images-NNNNN.json`` (its skipped images) and then ``images-NNNNN.npy``; the .npy
-    marks the chunk as done, so a build started again encodes only the chunks that are missing.
+    Each chunk is written to a temporary folder (its tables and ``skipped.json``) and renamed to
+    ``chunks/NNNNN`` when complete, so a build started again encodes only the chunks that are missing.
     """
     chunks = work / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     n_chunks = (len(paths) + chunk_size - 1) // chunk_size
-    model.eval()
+    folders = [chunks / f"{c:05d}" for c in range(n_chunks)]
     for c in tqdm(range(n_chunks), desc="index chunks", disable=not progress, unit="chunk"):
-        target = chunks / f"images-{c:05d}.npy"
-        if not target.is_file():  # else: done by an earlier, interrupted build
-            first = c * chunk_size
-            embeddings, skipped = _encode_chunk(
-                model, root, paths[first : first + chunk_size], batch_size, on_error
-            )
-            write_json(chunks / f"images-{c:05d}.json", [{**s, "index": first + s["index"]} for s in skipped])
-            _save_atomic(target, embeddings)
-    parts, skipped = [], []
-    for c in range(n_chunks):
-        parts.append(np.load(chunks / f"images-{c:05d}.npy"))
-        skipped.extend(read_json(chunks / f"images-{c:05d}.json"))
+        if folders[c].is_dir():
+            continue  # done by an earlier, interrupted build
+        first = c * chunk_size
+        tables, skipped = _encode_chunk(
+            encoders, root, paths[first : first + chunk_size], batch_size, on_error
+        )
+        tmp = chunks / f".{c:05d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for side, table in tables.items():
+            write_table(tmp, side, table)
+        write_json(tmp / "skipped.json", [{**s, "index": first + s["index"]} for s in skipped])
+        os.replace(tmp, folders[c])
+    skipped = [s for folder in folders for s in read_json(folder / "skipped.json")]
     dropped = {s["index"] for s in skipped}
     kept = np.array([i for i in range(len(paths)) if i not in dropped], dtype=np.int64)
     if len(kept) == 0:
         raise DataError(root, None, f"none of the {len(paths)} images could be read")
-    return np.concatenate([p for p in parts if p.size]), kept, skipped
+    return folders, kept, skipped
 
 
-def _encode_chunk(model, root: Path, part: list[str], batch_size: int, on_error: OnError):
-    import torch
-
+def _encode_chunk(
+    encoders: _Encoders, root: Path, part: list[str], batch_size: int, on_error: OnError
+) -> tuple[dict[str, FeatureTable], list[dict]]:
     policy = ErrorPolicy(on_error)
-    images, skipped = [], []
+    images, kept, skipped = [], [], []
     for n, rel in enumerate(part):
         try:
-            images.append(model.image_transform(load_image(root / rel, rel)))
+            images.append(load_image(root / rel, rel))
+            kept.append(rel)
         except DataError as exc:
             policy.bad(exc.file, exc.record or rel, exc.problem)  # raises unless skipping
             skipped.append({"index": n, "file": rel, "reason": exc.problem})
-    out = []
-    with torch.no_grad():
-        for b in range(0, len(images), batch_size):
-            pixels = torch.from_numpy(np.stack(images[b : b + batch_size])).to(model.device)
-            emb = torch.nn.functional.normalize(model.encode_images(pixels).embeds.float(), dim=-1)
-            out.append(emb.cpu().numpy())
-    embeddings = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
-    if len(bad):
-        kept = [rel for n, rel in enumerate(part) if n not in {s["index"] for s in skipped}]
-        raise DataError(
-            root / kept[int(bad[0])], None, "the model gives a non-finite embedding for this image"
-        )
-    return embeddings, skipped
+    batches = [encoders.images(images[b : b + batch_size]) for b in range(0, len(images), batch_size)]
+    sides = batches[0].keys() if batches else ("shortlist",)
+    tables = {side: concat_tables([batch[side] for batch in batches]) for side in sides}
+    for table in tables.values():
+        bad = np.flatnonzero(~np.isfinite(table.embeds).all(axis=1))
+        if len(bad):
+            raise DataError(
+                root / kept[int(bad[0])], None, "the model gives a non-finite embedding for this image"
+            )
+    return tables, skipped
+
+
+def _join_chunks(folders: list[Path], side: str, out: Path, name: str) -> FeatureTable:
+    """Concatenate the chunks' ``side`` tables into ``out/{name}.*.npy`` without holding them in memory
+    at once (tokens are padded to the longest chunk); returns the result memory-mapped."""
+    parts = [read_table(folder, side) for folder in folders]
+    parts = [p for p in parts if len(p)]
+    n = sum(len(p) for p in parts)
+    embeds = open_memmap(out / f"{name}.embeds.npy", "w+", np.float32, (n, parts[0].embeds.shape[1]))
+    tokens = mask = None
+    if parts[0].tokens is not None:
+        length = max(p.tokens.shape[1] for p in parts)
+        shape = (n, length, parts[0].tokens.shape[2])
+        tokens = open_memmap(out / f"{name}.tokens.npy", "w+", parts[0].tokens.dtype, shape)
+        mask = open_memmap(out / f"{name}.mask.npy", "w+", np.bool_, (n, length))
+    row = 0
+    for p in parts:
+        embeds[row : row + len(p)] = p.embeds
+        if tokens is not None:
+            tokens[row : row + len(p), : p.tokens.shape[1]] = p.tokens
+            tokens[row : row + len(p), p.tokens.shape[1] :] = 0
+            mask[row : row + len(p)] = False
+            mask[row : row + len(p), : p.mask.shape[1]] = p.mask
+        row += len(p)
+    for array in (embeds, tokens, mask):
+        if array is not None:
+            array.flush()
+    return read_table(out, name)
 
 
 def _faiss_index(embeddings: np.ndarray, choice):
@@ -140,23 +209,35 @@ def build_index(
     memory_budget_bytes: int | None = None,
     progress: bool = True,
     on_error: OnError = "raise",
+    first_stage: str | None = None,
+    shortlist: int = DEFAULT_SHORTLIST,
+    token_dtype: str = "float32",
 ) -> Path:
     """Build (or rebuild) the index at ``out`` from a folder of images or a dataset's items (and captions).
+
+    A model whose similarity head is a dot product is searched by its embeddings alone. Any other head is
+    searched in two stages: a shortlist of ``shortlist`` candidates by the cosine of global embeddings (the
+    model's own, or those of the ``first_stage`` model), then the exact head score of each candidate from
+    the features stored here (tokens as ``token_dtype``).
 
     ``on_error="skip"`` leaves out images that cannot be read (and their captions) and lists them in
     ``index.json``; by default the first one stops the build, naming the file.
     """
-    if not is_model_reference(model_name):
-        raise ConfigError(
-            f"{model_name!r}: an index needs a trained model: a saved vlret model folder or hf:<id or folder>"
-        )
+    for name in (model_name, first_stage):
+        if name is not None and not is_model_reference(name):
+            raise ConfigError(
+                f"{name!r}: an index needs a trained model: a saved vlret model folder or hf:<id or folder>"
+            )
     if (images is None) == (dataset is None):
         raise ConfigError("give exactly one of images (a folder) or dataset")
+    if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
+        raise ConfigError(f"shortlist must be a whole number of candidates >= 1, not {shortlist!r}")
+    if token_dtype not in TOKEN_DTYPES:
+        raise ConfigError(f"token dtype must be one of {', '.join(TOKEN_DTYPES)}, not {token_dtype!r}")
     out = Path(out)
     if out.exists() and not out.is_symlink():
         raise ConfigError(f"{out} exists and is not a vlret index link; choose another path")
-    if Path(model_name).is_dir():
-        model_name = str(Path(model_name).resolve())  # the index must work from any working directory
+    model_name, first_stage = (_absolute(name) for name in (model_name, first_stage))
     if dataset is not None:
         root, paths = dataset.media_root.resolve(), [it.path for it in dataset.items]
         ids = [it.id for it in dataset.items]
@@ -164,13 +245,27 @@ def build_index(
         root = Path(images).resolve()
         paths = images_in(root)
         ids = list(paths)
+    model = create_model(model_name)
+    two_stage = not model.head.is_dot_product
+    if first_stage is not None and not two_stage:
+        raise ConfigError(
+            f"{model_name}: its head is a dot product, so its own embeddings are exact; a first-stage "
+            "model is only for heads that re-score a shortlist"
+        )
+    encoders = _Encoders(
+        model if first_stage is None else create_model(first_stage),
+        model if two_stage else None,
+        token_dtype,
+    )
     work = out.with_name(out.name + ".building")
     manifest = {
         "model": model_name,
+        "first_stage": first_stage,
         "root": str(root),
         "chunk_size": chunk_size,
         "on_error": on_error,
-        "layout": 2,  # chunks with a list of skipped images
+        "token_dtype": token_dtype if encoders.keep_tokens else None,
+        "layout": 3,  # one folder per chunk
         "items": hashlib.sha256(json.dumps(paths).encode()).hexdigest(),
     }
     manifest_file = work / "manifest.json"
@@ -178,48 +273,73 @@ def build_index(
         shutil.rmtree(work)  # a different build was interrupted here: its chunks do not apply
     work.mkdir(parents=True, exist_ok=True)
     write_json(manifest_file, manifest)
-    model = create_model(model_name)
-    if not model.head.is_dot_product:
-        # Searching by the global embeddings alone would silently rank by another score than the model's.
-        raise ConfigError(
-            f"{model_name}: its {model.head.name!r} head is not a dot product; indexes search by the global "
-            "embedding's cosine, and two-stage search (shortlist, then the head) is not built yet"
-        )
-    embeddings, kept, skipped = _encode_chunks(
-        model, root, paths, work, chunk_size, batch_size, progress, on_error
+    folders, kept, skipped = _encode_chunks(
+        encoders, root, paths, work, chunk_size, batch_size, progress, on_error
     )
-    np.save(work / "embeddings.npy", embeddings)
+    embeddings = _join_chunks(folders, "shortlist", work, "shortlist").embeds
+    os.replace(work / "shortlist.embeds.npy", work / "embeddings.npy")
+    if two_stage:
+        _join_chunks(folders, "head", work, HEAD_ITEMS)
     write_json(work / "items.json", [{"id": ids[i], "path": paths[i]} for i in kept])
     n_captions = 0
     if dataset is not None and dataset.captions:
-        kept_ids = {ids[i] for i in kept}
-        captions = [c for c in dataset.captions if c.item_id in kept_ids]
-        texts = [c.text for c in captions]
-        np.save(work / "caption_embeddings.npy", encode_texts(model, texts, progress=progress).embeds)
-        write_json(work / "captions.json", [{"text": c.text, "item_id": c.item_id} for c in captions])
-        n_captions = len(texts)
+        n_captions = _index_captions(encoders, dataset, {ids[i] for i in kept}, work, progress)
     choice = choose_index(len(embeddings), embeddings.shape[1], memory_budget_bytes)
     import faiss
 
     faiss.write_index(_faiss_index(embeddings, choice), str(work / "faiss.index"))
-    write_json(
-        work / "index.json",
-        {
-            "model": model_name,
-            "media_root": str(root),
-            "items": len(embeddings),
-            "captions": n_captions,
-            "dim": int(embeddings.shape[1]),
-            "choice": choice.as_dict(),
-            "memory_budget_bytes": memory_budget_bytes,
-            "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
-            "vlret_version": vlret.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
+    meta = {
+        "model": model_name,
+        "media_root": str(root),
+        "items": len(embeddings),
+        "captions": n_captions,
+        "dim": int(embeddings.shape[1]),
+        "choice": choice.as_dict(),
+        "memory_budget_bytes": memory_budget_bytes,
+        "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
+        "vlret_version": vlret.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if two_stage:
+        meta["two_stage"] = {
+            "head": model.head.describe(),
+            "first_stage": first_stage,
+            "shortlist": shortlist,
+            "token_dtype": manifest["token_dtype"],
+        }
+    write_json(work / "index.json", meta)
     shutil.rmtree(work / "chunks")
     manifest_file.unlink()
     return _publish(work, out)
+
+
+def _absolute(name: str | None) -> str | None:
+    """A model folder as an absolute path: the index must work from any working directory."""
+    if name is not None and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name
+
+
+def _index_captions(
+    encoders: _Encoders, dataset: RetrievalDataset, kept_ids: set[str], work: Path, progress: bool
+) -> int:
+    """Encode the captions of the kept items: shortlist embeddings, and head features for a two-stage index."""
+    captions = [c for c in dataset.captions if c.item_id in kept_ids]
+    texts = [c.text for c in captions]
+    np.save(
+        work / "caption_embeddings.npy", encode_texts(encoders.shortlist, texts, progress=progress).embeds
+    )
+    if encoders.head_model is not None:
+        table = encode_texts(
+            encoders.head_model,
+            texts,
+            progress=progress,
+            keep_tokens=encoders.keep_tokens,
+            token_dtype=str(encoders.token_dtype),
+        )
+        write_table(work, HEAD_CAPTIONS, table)
+    write_json(work / "captions.json", [{"text": c.text, "item_id": c.item_id} for c in captions])
+    return len(texts)
 
 
 def _publish(work: Path, out: Path) -> Path:

@@ -1,6 +1,12 @@
 """Querying an index: text -> image, image -> image, and (when captions were indexed) image -> text and
 text -> text. The index link is resolved once when the :class:`Searcher` opens it, so a rebuild that swaps
-the link never changes an open searcher under its feet."""
+the link never changes an open searcher under its feet.
+
+A two-stage index (a model whose head is not a dot product) answers text -> image and image -> text in two
+steps: a shortlist by the cosine of global embeddings, then the head's exact score of each candidate, which
+is the score the hits carry (``first_stage_score`` keeps the shortlist's). Image -> image and text -> text
+compare two items or two texts, which a text-to-item head cannot score: they rank by the cosine alone.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ import torch
 from PIL import Image
 
 from vlret.errors import ConfigError, VlretError
+from vlret.evaluate.encode import FeatureTable, read_table
 from vlret.evaluate.ranking import stable_topk
+from vlret.models.base import Features
 
 
 @dataclass
@@ -23,6 +31,7 @@ class Hit:
     id: str
     path: str | None = None  # images
     text: str | None = None  # captions
+    first_stage_score: float | None = None  # two-stage indexes: the shortlist's cosine
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -33,12 +42,32 @@ def _check_k(k: int) -> None:
         raise ConfigError(f"k must be a whole number of results >= 1, not {k!r}")
 
 
-def _finite_query(embedding: np.ndarray) -> np.ndarray:
-    if not np.isfinite(embedding).all():
-        raise VlretError(
-            "the model gives a non-finite embedding for this query (NaN or infinity in its weights?)"
-        )
-    return embedding
+def _checked(features: Features) -> Features:
+    """Query features with normalised float32 embeddings; non-finite outputs are refused."""
+    embeds = torch.nn.functional.normalize(features.embeds.float(), dim=-1)
+    for x in (embeds, features.tokens):
+        if x is not None and not torch.isfinite(x).all():
+            raise VlretError(
+                "the model gives a non-finite embedding for this query (NaN or infinity in its weights?)"
+            )
+    return Features(embeds, features.tokens, features.mask)
+
+
+def _best(scores: torch.Tensor, k: int) -> list[int]:
+    """Positions of the ``k`` best head scores, ties to the lower position; non-finite scores are refused."""
+    if not torch.isfinite(scores).all():
+        raise VlretError("the model's head gives a non-finite score for this query")
+    _, top = stable_topk(scores[None].float(), min(k, len(scores)))
+    return top[0].tolist()
+
+
+@dataclass
+class Query:
+    """An encoded query: the shortlist embedding and, for a two-stage index, the head model's features."""
+
+    kind: str  # "text" | "image"
+    vector: np.ndarray  # [D], L2-normalised
+    features: Features | None = None  # one row, for the head's re-score
 
 
 def _read_json(path: Path):
@@ -75,7 +104,7 @@ class _Vectors:
 class Searcher:
     """Open an index folder (or link) built by :func:`vlret.index.build_index`."""
 
-    def __init__(self, index: str | Path, model=None):
+    def __init__(self, index: str | Path, model=None, first_stage_model=None, shortlist: int | None = None):
         path = Path(index)
         if not (path / "index.json").is_file():
             raise ConfigError(f"{index}: not a vlret index (no index.json)")
@@ -111,6 +140,29 @@ class Searcher:
                 )
             self.caption_vectors = _Vectors(vectors)
         self._model = model
+        self._first_stage_model = first_stage_model
+        self.two_stage = self.meta.get("two_stage")
+        if self.two_stage is not None:
+            self._open_two_stage(shortlist)
+
+    def _open_two_stage(self, shortlist: int | None) -> None:
+        from vlret.index.build import HEAD_CAPTIONS, HEAD_ITEMS
+
+        try:
+            self.shortlist = int(shortlist or self.two_stage["shortlist"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._damaged("index.json", f"two_stage is malformed ({exc})")
+        _check_k(self.shortlist)
+        self.head_items = self._read(f"{HEAD_ITEMS}.embeds.npy", lambda _: read_table(self.path, HEAD_ITEMS))
+        if len(self.head_items) != len(self.items):
+            self._damaged(f"{HEAD_ITEMS}.*.npy", "its number of items differs from items.json")
+        self.head_captions: FeatureTable | None = None
+        if self.captions is not None:
+            self.head_captions = self._read(
+                f"{HEAD_CAPTIONS}.embeds.npy", lambda _: read_table(self.path, HEAD_CAPTIONS)
+            )
+            if len(self.head_captions) != len(self.captions):
+                self._damaged(f"{HEAD_CAPTIONS}.*.npy", "its number of captions differs from captions.json")
 
     def _damaged(self, name: str, reason: str):
         raise ConfigError(f"{self.path}: damaged index ({name}: {reason}); rebuild it with vlret index build")
@@ -130,65 +182,143 @@ class Searcher:
             self._model = create_model(self.meta["model"]).eval()
         return self._model
 
+    @property
+    def first_stage_model(self):
+        """The model whose embeddings the shortlist compares: the index's model unless one was named."""
+        reference = (self.two_stage or {}).get("first_stage")
+        if reference is None:
+            return self.model
+        if self._first_stage_model is None:
+            from vlret.models import create_model
+
+            self._first_stage_model = create_model(reference).eval()
+        return self._first_stage_model
+
     # ----- embeddings -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """Normalised embeddings ``[n, D]`` of query texts, in one model call."""
-        if any(not t.strip() for t in texts):
-            raise ConfigError("empty query text")
-        emb = self.model.encode_texts(self.model.tokenize(list(texts))).embeds
-        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
+        """Normalised shortlist embeddings ``[n, D]`` of query texts, in one model call."""
+        return self._encode_texts(self.first_stage_model, texts).embeds.numpy()
 
     def embed_text(self, text: str) -> np.ndarray:
         return self.embed_texts([text])[0]
 
-    @torch.no_grad()
     def embed_images(self, images: list[Image.Image | str | Path]) -> np.ndarray:
-        """Normalised embeddings ``[n, D]`` of query images (PIL images or files), in one model call."""
-        from vlret.data.images import load_image
-
-        loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        pixels = torch.from_numpy(np.stack([self.model.image_transform(im.convert("RGB")) for im in loaded]))
-        emb = self.model.encode_images(pixels).embeds
-        return _finite_query(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
+        """Normalised shortlist embeddings ``[n, D]`` of query images (PIL images or files), in one model call."""
+        return self._encode_images(self.first_stage_model, images).embeds.numpy()
 
     def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
         return self.embed_images([image])[0]
 
+    def text_queries(self, texts: list[str]) -> list[Query]:
+        """Encoded query texts: what :meth:`image_hits` takes (one call per model)."""
+        return self._queries("text", texts, self._encode_texts)
+
+    def image_queries(self, images: list[Image.Image | str | Path]) -> list[Query]:
+        """Encoded query images: what :meth:`image_hits` and :meth:`caption_hits` take."""
+        return self._queries("image", images, self._encode_images)
+
+    def _queries(self, kind: str, inputs: list, encode) -> list[Query]:
+        shortlist = encode(self.first_stage_model, inputs)
+        vectors = shortlist.embeds.numpy()
+        if self.two_stage is None:
+            return [Query(kind, v) for v in vectors]
+        head = shortlist if self.first_stage_model is self.model else encode(self.model, inputs)
+        return [Query(kind, v, head.rows(n, n + 1)) for n, v in enumerate(vectors)]
+
+    @torch.no_grad()
+    def _encode_texts(self, model, texts: list[str]) -> Features:
+        if any(not t.strip() for t in texts):
+            raise ConfigError("empty query text")
+        return _checked(model.encode_texts(model.tokenize(list(texts))))
+
+    @torch.no_grad()
+    def _encode_images(self, model, images: list[Image.Image | str | Path]) -> Features:
+        from vlret.data.images import load_image
+
+        loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        pixels = torch.from_numpy(np.stack([model.image_transform(im.convert("RGB")) for im in loaded]))
+        return _checked(model.encode_images(pixels))
+
     # ----- queries --------------------------------------------------------------------------------------
-    def image_hits(self, query: np.ndarray, k: int) -> list[Hit]:
-        """The ``k`` indexed images nearest to an embedding (as returned by :meth:`embed_text`)."""
+    @torch.no_grad()
+    def image_hits(self, query: Query | np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` indexed images that best match a query (from :meth:`text_queries` or
+        :meth:`image_queries`; a bare embedding is accepted by one-stage indexes)."""
         _check_k(k)
-        scores, ids = self.images.search(query, k)
+        query = self._as_query(query)
+        if self.two_stage is None or query.kind == "image":
+            scores, ids = self.images.search(query.vector, k)
+            return [
+                self._image_hit(r, s, i) for r, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
+            ]
+        first, ids = self._shortlist(self.images, query.vector, k)
+        scores = self.model.head.score(query.features, self._head_rows(self.head_items, ids))[0]
         return [
-            Hit(r, float(s), self.items[i]["id"], path=self.items[i]["path"])
-            for r, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
+            self._image_hit(r, scores[n], ids[n], first[n]) for r, n in enumerate(_best(scores, k), start=1)
         ]
 
-    def _caption_hits(self, query: np.ndarray, k: int) -> list[Hit]:
+    @torch.no_grad()
+    def caption_hits(self, query: Query | np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` indexed captions that best match a query (needs an index built from a dataset)."""
+        _check_k(k)
         if self.captions is None:
             raise ConfigError(f"{self.path}: no captions were indexed (build from --data to search texts)")
-        scores, ids = self.caption_vectors.search(query, k)
+        query = self._as_query(query)
+        if self.two_stage is None or query.kind == "text":
+            scores, ids = self.caption_vectors.search(query.vector, k)
+            return [
+                self._caption_hit(r, s, i) for r, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
+            ]
+        first, ids = self._shortlist(self.caption_vectors, query.vector, k)
+        scores = self.model.head.score(self._head_rows(self.head_captions, ids), query.features)[:, 0]
         return [
-            Hit(r, float(s), self.captions[i]["item_id"], text=self.captions[i]["text"])
-            for r, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
+            self._caption_hit(r, scores[n], ids[n], first[n]) for r, n in enumerate(_best(scores, k), start=1)
         ]
+
+    def _as_query(self, query: Query | np.ndarray) -> Query:
+        if isinstance(query, Query):
+            return query
+        if self.two_stage is not None:
+            raise ConfigError(
+                f"{self.path}: a two-stage index re-scores with the model's head; pass a query from "
+                "text_queries() or image_queries(), not a bare embedding"
+            )
+        return Query("text", np.asarray(query))
+
+    def _shortlist(self, vectors: _Vectors, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first stage: candidates by cosine, in ascending index order (so head ties go to the lower)."""
+        first, ids = vectors.search(vector, max(self.shortlist, k))
+        order = np.argsort(ids, kind="stable")
+        return first[order], ids[order]
+
+    def _head_rows(self, table: FeatureTable, ids: np.ndarray) -> Features:
+        return table.take(ids).to(self.model.device)
+
+    def _image_hit(self, rank: int, score, number, first=None) -> Hit:
+        item = self.items[int(number)]
+        first = None if first is None else float(first)
+        return Hit(rank, float(score), item["id"], path=item["path"], first_stage_score=first)
+
+    def _caption_hit(self, rank: int, score, number, first=None) -> Hit:
+        caption = self.captions[int(number)]
+        first = None if first is None else float(first)
+        return Hit(rank, float(score), caption["item_id"], text=caption["text"], first_stage_score=first)
 
     def text_to_image(self, text: str, k: int = 10) -> list[Hit]:
         _check_k(k)
-        return self.image_hits(self.embed_text(text), k)
+        return self.image_hits(self.text_queries([text])[0], k)
 
     def image_to_image(self, image, k: int = 10) -> list[Hit]:
         _check_k(k)
-        return self.image_hits(self.embed_image(image), k)
+        return self.image_hits(self.image_queries([image])[0], k)
 
     def image_to_text(self, image, k: int = 10) -> list[Hit]:
         _check_k(k)
-        return self._caption_hits(self.embed_image(image), k)
+        return self.caption_hits(self.image_queries([image])[0], k)
 
     def text_to_text(self, text: str, k: int = 10) -> list[Hit]:
         _check_k(k)
-        return self._caption_hits(self.embed_text(text), k)
+        return self.caption_hits(self.text_queries([text])[0], k)
 
     def media_path(self, item_path: str) -> Path:
         return self.media_root / item_path

@@ -87,12 +87,12 @@ class SearchService:
     # ----- model calls (on a batcher's thread, one group of requests at a time) -------------------------
     def _hits(self, requests: list[tuple[str, str | Image.Image, int]]) -> list[list[Hit]]:
         """Hits for a group of ``("text" | "image", query, k)`` requests: one encoder call per kind."""
-        vectors: dict[int, object] = {}
-        for kind, embed in (("text", self.searcher.embed_texts), ("image", self.searcher.embed_images)):
+        queries: dict[int, object] = {}
+        for kind, encode in (("text", self.searcher.text_queries), ("image", self.searcher.image_queries)):
             members = [n for n, (of, _, _) in enumerate(requests) if of == kind]
             if members:
-                vectors.update(zip(members, embed([requests[n][1] for n in members]), strict=True))
-        return [self.searcher.image_hits(vectors[n], k) for n, (_, _, k) in enumerate(requests)]
+                queries.update(zip(members, encode([requests[n][1] for n in members]), strict=True))
+        return [self.searcher.image_hits(queries[n], k) for n, (_, _, k) in enumerate(requests)]
 
     def decode(self, upload: UploadFile, max_bytes: int, max_pixels: int) -> Image.Image:
         with self.decode_slots:
@@ -191,6 +191,9 @@ def create_app(
             "captions": searcher.meta["captions"],
             "model": service.model_name,
             "index": searcher.meta["choice"]["kind"],
+            # two-stage indexes: which head re-scores how many shortlisted candidates
+            "head": None if searcher.two_stage is None else searcher.two_stage["head"]["name"],
+            "shortlist": None if searcher.two_stage is None else searcher.shortlist,
             "visa": service.visa is not None,
             "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
             "max_k": max_k,
