@@ -1,4 +1,4 @@
-"""``vlret rerank visa | visa-merge``: re-rank a retriever's top-K."""
+"""``vlret rerank visa | visa-merge | head``: re-rank a retriever's top-K."""
 
 from __future__ import annotations
 
@@ -97,8 +97,49 @@ def cmd_visa_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_head(args: argparse.Namespace) -> int:
+    from vlret.data._io import write_json
+    from vlret.evaluate import results_table
+    from vlret.evaluate.score_files import load_score_matrix
+    from vlret.rerank.head import evaluate_reranked
+
+    dataset = load_data(args)
+    split = args.split or "test"
+    model = model_for(args.model, dataset, split)
+    if model.head.is_dot_product:
+        raise ConfigError(
+            f"{args.model}: its head is the cosine of the global embeddings, which ranks the top-k as the "
+            "first stage already does; re-ranking needs a head that is not a dot product"
+        )
+    first_stage = None
+    if args.scores:
+        first_stage = load_score_matrix(args.scores)
+    elif args.first_stage:
+        first_stage = model_for(args.first_stage, dataset, split)
+    result = evaluate_reranked(
+        model,
+        dataset,
+        first_stage,
+        k=args.k,
+        protocol=args.protocol,
+        split=args.split,
+        direction=args.direction,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        scores_source=args.scores,
+    )
+    if args.out:
+        write_json(args.out, result)
+    first = {**result, "metrics": result["first_stage"]["metrics"]}
+    print(results_table([first, result], ["first stage", f"re-ranked by {model.head.name} (top {args.k})"]))
+    if args.out:
+        print(f"result written to {args.out}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
-    rerank = commands.add_parser("rerank", help="re-rank a retriever's top-K (VISA)")
+    rerank = commands.add_parser("rerank", help="re-rank a retriever's top-K (VISA, a similarity head)")
     rerank_cmds = rerank.add_subparsers(dest="rerank_command", required=True)
     visa = rerank_cmds.add_parser(
         "visa", help="VISA: descriptions, questions, answers, text relevance, fusion"
@@ -123,3 +164,28 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge.add_argument("--out", required=True)
     add_data_options(merge)
     merge.set_defaults(func=cmd_visa_merge)
+
+    from vlret.evaluate.protocols import DIRECTIONS, PROTOCOLS
+    from vlret.rerank.head import DEFAULT_K
+
+    head = rerank_cmds.add_parser(
+        "head",
+        help="re-score a first stage's top-k with a model's similarity head (ITM k_test), both directions",
+    )
+    head.add_argument("--model", required=True, help="the re-ranking model (its head scores the top-k)")
+    first = head.add_mutually_exclusive_group()
+    first.add_argument("--first-stage", help="model whose embeddings give the top-k (default: --model's own)")
+    first.add_argument("--scores", help=".npy first-stage score matrix (captions x items of the split)")
+    head.add_argument(
+        "-k", "--k", type=int, default=DEFAULT_K, help=f"candidates per query (default {DEFAULT_K})"
+    )
+    head.add_argument("--data", required=True, help="annotation file or folder")
+    head.add_argument("--split", help="split to evaluate (default: the protocol's, test)")
+    head.add_argument("--protocol", default="generic", choices=list(PROTOCOLS))
+    head.add_argument("--direction", default="both", choices=list(DIRECTIONS))
+    head.add_argument("--out", help="write the result JSON here")
+    head.add_argument("--batch-size", type=int, default=64)
+    head.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/vlret/features)")
+    head.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    add_data_options(head)
+    head.set_defaults(func=cmd_head)

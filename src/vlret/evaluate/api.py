@@ -28,9 +28,10 @@ from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
 
 
-def _select_split(
+def select_split(
     dataset: RetrievalDataset, split: str | None, protocol: Protocol
 ) -> tuple[RetrievalDataset, str]:
+    """The split to evaluate (the protocol's default unless named) and its name; an unknown one is an error."""
     name = split or protocol.default_split
     try:
         return dataset.split(name), name
@@ -38,12 +39,13 @@ def _select_split(
         raise DataError(dataset.source, None, str(exc.args[0])) from None
 
 
-def _fold_metrics(ranks: list[Ranks], direction: str) -> tuple[dict, list[dict]]:
+def fold_metrics(ranks: list[Ranks], direction: str) -> tuple[dict, list[dict]]:
+    """(the metrics, averaged over folds where there are several; each fold's metrics)."""
     per_fold = [retrieval_metrics(r.t2i, None if direction == "t2i" else r.i2t) for r in ranks]
     return (per_fold[0] if len(per_fold) == 1 else mean_metrics(per_fold)), per_fold
 
 
-def _package(
+def package_result(
     ranks: list[Ranks],
     selected: RetrievalDataset,
     folds: list[Fold],
@@ -52,7 +54,8 @@ def _package(
     direction: str,
     **fields,
 ) -> dict:
-    metrics, per_fold = _fold_metrics(ranks, direction)
+    """The result dict of an evaluation: metrics from ``ranks``, counts, protocol, plus ``fields``."""
+    metrics, per_fold = fold_metrics(ranks, direction)
     captions_per_item: dict[str, int] = {}
     for caps in selected.item_to_captions:
         captions_per_item[str(len(caps))] = captions_per_item.get(str(len(caps)), 0) + 1
@@ -165,7 +168,7 @@ def evaluate_model(
     _check_direction(direction)
     proto = get_protocol(protocol)
     started = time.perf_counter()
-    split_data, split_name = _select_split(dataset, split, proto)
+    split_data, split_name = select_split(dataset, split, proto)
     split_data = check_media(split_data, on_error)  # type: ignore[arg-type]
     selected, _, folds = prepare(split_data, proto)
     encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress, token_dtype)
@@ -179,7 +182,7 @@ def evaluate_model(
             f"{exc.row} of a fold and its item {exc.column}; the model's weights or features hold NaN or infinity"
         ) from None
     done = time.perf_counter()
-    return _package(
+    return package_result(
         ranks,
         selected,
         folds,
@@ -216,7 +219,7 @@ def evaluate_scores(
     _check_direction(direction)
     proto = get_protocol(protocol)
     started = time.perf_counter()
-    split_data, split_name = _select_split(dataset, split, proto)
+    split_data, split_name = select_split(dataset, split, proto)
     expected = (len(split_data.captions), len(split_data.items))
     if scores.ndim != 2 or tuple(scores.shape) != expected:
         raise DataError(
@@ -248,7 +251,7 @@ def evaluate_scores(
                 f"non-finite score {exc.value}; scores must be finite numbers",
             ) from None
     done = time.perf_counter()
-    return _package(
+    return package_result(
         ranks,
         selected,
         folds,

@@ -1,1 +1,1 @@
-"""Re-rankers: stages that re-order a first-stage retriever's top-K (VISA; ITM heads later)."""
+"""Re-rankers: stages that re-order a first-stage retriever's top-K (VISA, similarity heads)."""

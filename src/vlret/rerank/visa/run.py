@@ -13,78 +13,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vlret.data._io import read_json, write_json
 from vlret.data.records import RetrievalDataset
-from vlret.errors import DataError, NonFiniteScoreError
 from vlret.evaluate.metrics import direction_metrics
-from vlret.evaluate.ranking import (
-    BlockFn,
-    dot_block_fn,
-    iter_blocks,
-    matrix_block_fn,
-    pairwise_dot,
-    rank_blocks,
-    ranking_dtype,
-    topk_blocks,
-)
 from vlret.evaluate.results import make_result
+from vlret.rerank.first_stage import base_from_embeddings, base_from_scores, final_ranks
 from vlret.rerank.visa.config import VisaConfig
-from vlret.rerank.visa.fusion import compat_ranking, fuse, official_top_k, rerank_topk
+from vlret.rerank.visa.fusion import compat_ranking, fuse, rerank_topk
 from vlret.rerank.visa.pipeline import Candidate, Roles, Visa
 from vlret.rerank.visa.store import merge_stage
 
-
-def _base_ranking(
-    block_fn: BlockFn, cap_item: np.ndarray, n_items: int, k: int, hint: torch.Tensor, compat: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    base_ranks = rank_blocks(block_fn, cap_item, n_items, positive_hint=hint).t2i
-    if not compat:
-        values, indices = topk_blocks(block_fn, len(cap_item), k)
-        return indices, values, base_ranks
-    indices, values = [], []
-    for _, block in iter_blocks(block_fn, len(cap_item)):
-        rows = block.numpy()
-        top = official_top_k(rows, k)
-        indices.append(top)
-        values.append(np.take_along_axis(rows, top, axis=1))
-    return np.concatenate(indices), np.concatenate(values), base_ranks
-
-
-def base_from_scores(
-    scores: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False, source: str = "scores"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(candidates, their base scores, the base rank of each query's answer) from a score matrix.
-
-    ``compat`` selects the candidates as the official script does (see :mod:`vlret.rerank.visa.fusion`).
-    """
-    cap_item = split.caption_to_item
-    hint = torch.from_numpy(
-        np.asarray(scores[np.arange(len(cap_item)), cap_item], dtype=ranking_dtype(scores.dtype))
-    )
-    try:
-        return _base_ranking(matrix_block_fn(scores), cap_item, scores.shape[1], k, hint, compat)
-    except NonFiniteScoreError as exc:
-        raise DataError(
-            source, f"row {exc.row}, column {exc.column}", f"non-finite score {exc.value}"
-        ) from None
-
-
-def base_from_embeddings(
-    text: np.ndarray, items: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The same from normalised embeddings (cosine scores, computed block by block)."""
-    cap_item = split.caption_to_item
-    t, g = torch.from_numpy(text), torch.from_numpy(items)
-    return _base_ranking(dot_block_fn(t, g), cap_item, len(g), k, pairwise_dot(t, g, cap_item), compat)
-
-
-def final_ranks(reranked: np.ndarray, base_ranks: np.ndarray, answers: np.ndarray) -> np.ndarray:
-    """An answer inside the top-K takes its new position; outside it keeps its base rank (which is >= K)."""
-    hits = reranked == answers[:, None]
-    inside = hits.any(axis=1)
-    return np.where(inside, hits.argmax(axis=1), base_ranks)
+__all__ = ["base_from_embeddings", "base_from_scores", "final_ranks", "merge_visa", "run_visa"]
 
 
 def _queries_of_shard(n_queries: int, shard: tuple[int, int]) -> np.ndarray:
