@@ -11,11 +11,12 @@ from vlret.data._policy import OnError
 from vlret.data.csv_format import read_csv
 from vlret.data.karpathy import read_karpathy
 from vlret.data.lavis import read_lavis, split_from_filename
+from vlret.data.precomp import precomp_splits, read_precomp
 from vlret.data.records import RetrievalDataset
 from vlret.data.vse import read_vse, vse_splits
 from vlret.errors import DataError
 
-FORMATS = ("karpathy", "lavis", "csv", "vse")
+FORMATS = ("karpathy", "lavis", "csv", "vse", "precomp")
 
 
 def detect_format(path: str | Path) -> str:
@@ -24,6 +25,8 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         raise DataError(path, None, "no such file or folder")
     if path.is_dir():
+        if precomp_splits(path):  # before vse: both have {split}_caps.txt
+            return "precomp"
         if vse_splits(path):
             return "vse"
         if any(split_from_filename(p) for p in path.glob("*.json")):
@@ -54,10 +57,16 @@ def load_dataset(
     """Read annotations in any supported format into a :class:`RetrievalDataset`.
 
     ``options`` go to the format's reader (for CSV: ``path_column``, ``caption_column``, ``split_column``,
-    ``default_split``; for LAVIS: ``split``; for VSE: ``splits``).
+    ``default_split``; for LAVIS: ``split``; for VSE and precomp: ``splits``).
     """
     fmt = detect_format(path) if format == "auto" else format
-    readers = {"karpathy": read_karpathy, "lavis": read_lavis, "csv": read_csv, "vse": read_vse}
+    readers = {
+        "karpathy": read_karpathy,
+        "lavis": read_lavis,
+        "csv": read_csv,
+        "vse": read_vse,
+        "precomp": read_precomp,
+    }
     if fmt not in readers:
         raise DataError(path, None, f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     return readers[fmt](path, media_root=media_root, on_error=on_error, **options)

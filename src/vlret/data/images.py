@@ -1,13 +1,15 @@
-"""Image files: loading with errors that name the file and the item, and a check pass before long jobs."""
+"""Image files (and region-feature rows): loading with errors that name the file and the item, and a check pass before long jobs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.records import RetrievalDataset
+from vlret.data.regions import is_region_path, load_regions
 from vlret.errors import DataError
 
 _READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
@@ -35,7 +37,11 @@ def check_media(dataset: RetrievalDataset, on_error: OnError = "raise") -> Retri
     bad: set[str] = set()
     for item in dataset.items:
         try:
-            load_image(dataset.media_path(item), f"item {item.id!r}")
+            path = dataset.media_path(item)
+            if is_region_path(path):
+                load_regions([path], f"item {item.id!r}")
+            else:
+                load_image(path, f"item {item.id!r}")
         except DataError as exc:
             policy.bad(exc.file, exc.record or item.id, exc.problem)
             bad.add(item.id)
@@ -44,3 +50,29 @@ def check_media(dataset: RetrievalDataset, on_error: OnError = "raise") -> Retri
     kept = dataset.drop_items(bad)
     kept.skipped.extend(policy.skipped)
     return kept
+
+
+def visual_inputs(model, dataset: RetrievalDataset, indices) -> np.ndarray:
+    """What ``model`` encodes for items ``indices`` of ``dataset``: pixels ``[n, 3, H, W]`` made by its
+    ``image_transform``, or region features ``[n, R, D]`` when its ``input_kind`` is ``"regions"``."""
+    items = [dataset.items[int(i)] for i in indices]
+    paths = [dataset.media_path(it) for it in items]
+    regions = [is_region_path(p) for p in paths]
+    if getattr(model, "input_kind", "pixels") == "regions":
+        if not all(regions):
+            bad = paths[regions.index(False)]
+            raise DataError(
+                bad, None, f"{model.name} reads region features (precomp data); this is an image file"
+            )
+        return load_regions(paths)
+    if any(regions):
+        bad = paths[regions.index(True)]
+        raise DataError(
+            bad,
+            None,
+            f"precomputed region features, but {model.name} reads pixels; use a model with a region tower "
+            "(composed with image_tower: regions)",
+        )
+    return np.stack(
+        [model.image_transform(load_image(p, f"item {it.id!r}")) for p, it in zip(paths, items, strict=True)]
+    )

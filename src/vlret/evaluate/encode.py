@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlret.data.formats import dataset_fingerprint
-from vlret.data.images import load_image
+from vlret.data.images import visual_inputs
 from vlret.data.records import RetrievalDataset
 from vlret.errors import VlretError
 from vlret.models.base import Features, RetrievalModel
@@ -161,7 +161,7 @@ def encode_images(
     keep_tokens: bool = False,
     token_dtype: str = "float32",
 ) -> FeatureTable:
-    """Features of every item's image; an unreadable image raises a DataError naming it."""
+    """Features of every item's image (or region features); an unreadable one raises a DataError naming it."""
     model.eval()
     collect = _Collector(keep_tokens, np.dtype(token_dtype))
     device = model.device
@@ -169,11 +169,8 @@ def encode_images(
     for start in tqdm(
         range(0, len(items), batch_size), desc="encode images", disable=not progress, unit="batch"
     ):
-        batch = items[start : start + batch_size]
-        pixels = np.stack(
-            [model.image_transform(load_image(dataset.media_path(it), f"item {it.id!r}")) for it in batch]
-        )
-        collect.add(model.encode_images(torch.from_numpy(pixels).to(device)))
+        inputs = visual_inputs(model, dataset, range(start, min(start + batch_size, len(items))))
+        collect.add(model.encode_images(torch.from_numpy(inputs).to(device)))
     return collect.table()
 
 

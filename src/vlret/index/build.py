@@ -246,6 +246,10 @@ def build_index(
         paths = images_in(root)
         ids = list(paths)
     model = create_model(model_name)
+    if model.input_kind != "pixels":
+        raise ConfigError(
+            f"{model_name}: it reads {model.input_kind}, and an index is built from image files"
+        )
     two_stage = not model.head.is_dot_product
     if first_stage is not None and not two_stage:
         raise ConfigError(

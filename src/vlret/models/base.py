@@ -72,6 +72,8 @@ class RetrievalModel(nn.Module, ABC):
 
     #: the name the registry knows the architecture by (``tiny-cnn``, ``hf:...``)
     name: str
+    #: what ``encode_images`` takes: ``"pixels"`` ``[B, 3, H, W]`` or ``"regions"`` ``[B, R, D]`` features
+    input_kind: str = "pixels"
     image_transform: ImageTransform
     #: parameter-name prefixes of pretrained towers, which train at ``lr * backbone_lr_factor``
     backbone_prefixes: tuple[str, ...] = ()

@@ -1,7 +1,8 @@
 """A model composed of any image tower, any text tower and trainable projections into one space.
 
 ``create_model("composed", image_tower="efficientnet-lite0", text_tower="minilm", embed_dim=256,
-projection="linear", freeze_image=True, freeze_text=True)``. Projections map the towers' global vectors
+projection="linear")``; towers are frozen when pretrained and trained when not, unless ``freeze_image`` /
+``freeze_text`` say otherwise. Projections map the towers' global vectors
 *and* their tokens into the joint space (one projection per side, shared by both), so token-level heads
 work on composed models too. ``projection="mlp"`` adds a two-layer MLP beside the linear map (its output
 is the sum, as in VSE-infinity's feature projection).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ class ComposedConfig:
     text_tower: str = "minilm"
     embed_dim: int = 256
     projection: str = "linear"  # or "mlp"
-    freeze_image: bool = True
-    freeze_text: bool = True
+    freeze_image: bool | None = None  # None: frozen when the tower is pretrained, trained when it is not
+    freeze_text: bool | None = None
     max_text_length: int = 64
     memo_size: int = 100_000  # frozen-tower outputs remembered (0: none)
+    image_options: dict = field(default_factory=dict)  # the image tower's own settings (regions: dim)
+    text_options: dict = field(default_factory=dict)  # the text tower's (bigru: vocab, min_count, ...)
 
     def __post_init__(self) -> None:
         if self.image_tower not in IMAGE_TOWERS:
@@ -115,31 +118,37 @@ class ComposedModel(RetrievalModel):
         super().__init__()
         self.cfg = cfg
         self.name = "composed"
+        self.freeze_image = image_tower.pretrained if cfg.freeze_image is None else cfg.freeze_image
+        self.freeze_text = text_tower.pretrained if cfg.freeze_text is None else cfg.freeze_text
         self.image_tower, self.text_tower = image_tower, text_tower
         self.image_transform = image_tower.transform
+        self.input_kind = getattr(image_tower, "input_kind", "pixels")
         self.image_proj = Projection(image_tower.width, cfg.embed_dim, cfg.projection)
         self.text_proj = Projection(text_tower.width, cfg.embed_dim, cfg.projection)
         self.logit_scale = nn.Parameter(torch.tensor(2.659260036932778))  # log(1 / 0.07), CLIP's start
         self.backbone_prefixes = ("image_tower.", "text_tower.")
-        for tower, frozen in ((image_tower, cfg.freeze_image), (text_tower, cfg.freeze_text)):
+        for tower, frozen in ((image_tower, self.freeze_image), (text_tower, self.freeze_text)):
             tower.requires_grad_(not frozen)
         # Only a frozen tower's outputs can be remembered: a trained one changes every step.
-        self._image_memo = _Memo(cfg.memo_size if cfg.freeze_image else 0)
-        self._text_memo = _Memo(cfg.memo_size if cfg.freeze_text else 0)
+        self._image_memo = _Memo(cfg.memo_size if self.freeze_image else 0)
+        self._text_memo = _Memo(cfg.memo_size if self.freeze_text else 0)
         self.train()  # frozen towers start (and stay) in eval mode
 
     @classmethod
-    def create(cls, **options) -> ComposedModel:
+    def create(cls, captions: list[str] | None = None, **options) -> ComposedModel:
+        """A new model; ``captions`` (the training captions) build a word tower's vocabulary."""
         cfg = ComposedConfig(**options)
-        return cls(
-            cfg, build_image_tower(cfg.image_tower), build_text_tower(cfg.text_tower, cfg.max_text_length)
+        image = build_image_tower(cfg.image_tower, options=cfg.image_options)
+        text = build_text_tower(
+            cfg.text_tower, cfg.max_text_length, options=cfg.text_options, captions=captions
         )
+        return cls(cfg, image, text)
 
     def train(self, mode: bool = True) -> ComposedModel:
         super().train(mode)
-        if self.cfg.freeze_image:
+        if self.freeze_image:
             self.image_tower.eval()
-        if self.cfg.freeze_text:
+        if self.freeze_text:
             self.text_tower.eval()
         return self
 
@@ -160,13 +169,13 @@ class ComposedModel(RetrievalModel):
             return memo.run(key_rows, lambda: tower(*args), self.head.uses_tokens)
 
     def encode_images(self, pixels: torch.Tensor) -> Features:
-        f = self._tower(self.image_tower, self.cfg.freeze_image, self._image_memo, pixels, pixels)
+        f = self._tower(self.image_tower, self.freeze_image, self._image_memo, pixels, pixels)
         tokens = None if f.tokens is None else self.image_proj(f.tokens)
         return Features(self.image_proj(f.embeds), tokens, f.mask)
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         key = torch.cat([batch["input_ids"], batch["attention_mask"]], dim=1)
-        f = self._tower(self.text_tower, self.cfg.freeze_text, self._text_memo, key, batch)
+        f = self._tower(self.text_tower, self.freeze_text, self._text_memo, key, batch)
         tokens = None if f.tokens is None else self.text_proj(f.tokens)
         return Features(self.text_proj(f.embeds), tokens, f.mask)
 
@@ -182,8 +191,10 @@ class ComposedModel(RetrievalModel):
     def load(cls, folder: str | Path, meta: dict) -> ComposedModel:
         folder = Path(folder)
         cfg = ComposedConfig(**meta["config"])
-        image = build_image_tower(cfg.image_tower, pretrained=False)
-        text = build_text_tower(cfg.text_tower, cfg.max_text_length, saved=folder / "text_tower")
+        image = build_image_tower(cfg.image_tower, pretrained=False, options=cfg.image_options)
+        text = build_text_tower(
+            cfg.text_tower, cfg.max_text_length, saved=folder / "text_tower", options=cfg.text_options
+        )
         model = cls(cfg, image, text)
         model.load_head(folder, meta)
         model.load_tower_state_dict(load_file(folder / "model.safetensors"))

@@ -52,8 +52,9 @@ def _build(name: str, captions: Sequence[str] | None, seed: int | None, options:
         with torch.random.fork_rng(devices=[]):  # the projections' initialisation
             if seed is not None:
                 torch.manual_seed(seed)
-            model = ComposedModel.create(**options)
-        model.origin = "pretrained:" + "+".join(t["name"] for t in model.identity()["towers"])
+            model = ComposedModel.create(captions=list(captions or []), **options)
+        pretrained = [t.name for t in (model.image_tower, model.text_tower) if t.pretrained]
+        model.origin = "pretrained:" + "+".join(pretrained) if pretrained else "initialised"
         return model
     if name.startswith("hf:"):
         from vlret.models.hf import HFDualEncoder  # transformers is slow to import; only when needed

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
+from vlret.data.regions import load_regions
 from vlret.data.transforms import ImageTransform
+from vlret.errors import ConfigError
 from vlret.train.distributed import DistInfo
 from vlret.train.recipe import DataSection
 
@@ -49,17 +51,27 @@ class Augment:
 
 
 class PairSource:
-    """The (item, caption) pairs of a split and the pixels of their images."""
+    """The (item, caption) pairs of a split and the pixels of their images (or their region features, for a
+    model whose ``input_kind`` is ``"regions"``: read from the memory-mapped files, never augmented)."""
 
-    def __init__(self, dataset: RetrievalDataset, transform: ImageTransform, section: DataSection):
+    def __init__(
+        self,
+        dataset: RetrievalDataset,
+        transform: ImageTransform,
+        section: DataSection,
+        input_kind: str = "pixels",
+    ):
         self.dataset = dataset
         self.transform = transform
+        self.regions = input_kind == "regions"
         self.augment = Augment(tuple(section.crop_scale), section.hflip)
+        if self.regions and self.augment.active:
+            raise ConfigError("data.crop_scale / data.hflip: region features cannot be cropped or flipped")
         self.caption_item = dataset.caption_to_item
         self.texts = [c.text for c in dataset.captions]
         self._images: dict[int, Image.Image] | None = None
         self._pixels: np.ndarray | None = None
-        if section.cache_images:
+        if section.cache_images and not self.regions:  # region files are memory-mapped already
             self._fill_cache()
 
     def __len__(self) -> int:
@@ -78,6 +90,8 @@ class PairSource:
     def pixels(self, items: np.ndarray, rng_for: Callable[[int], np.random.Generator]) -> np.ndarray:
         """Pixels ``[n, 3, H, W]`` of ``items``; ``rng_for(n)`` gives sample ``n``'s augmentation generator
         (only called when augmentation is on)."""
+        if self.regions:
+            return load_regions([self.dataset.media_path(self.dataset.items[int(i)]) for i in items])
         if self._pixels is not None:
             return self._pixels[items]  # one gather from the cache
         out = []

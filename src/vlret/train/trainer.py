@@ -175,7 +175,9 @@ class Trainer:
                 save_recipe(self.out, recipe)
         self.model.to(self.device).train()
         self.loss = WeightedLoss.from_recipe(recipe.losses)
-        self.source = PairSource(self.train_split, self.model.image_transform, recipe.data)
+        self.source = PairSource(
+            self.train_split, self.model.image_transform, recipe.data, self.model.input_kind
+        )
         micro_batches = len(self.source) // recipe.train.batch_size
         self.steps_per_epoch = micro_batches // recipe.train.grad_accum_steps
         if self.steps_per_epoch == 0:

@@ -21,6 +21,10 @@ class ImageTower(nn.Module):
     name: str
     width: int
     transform: ImageTransform
+    #: what ``forward`` takes: ``"pixels"`` (made by ``transform``) or ``"regions"`` ``[B, R, D]``
+    input_kind: str = "pixels"
+    #: True when the tower comes with trained weights (a composed model then freezes it by default)
+    pretrained: bool = True
 
     def forward(self, pixels: torch.Tensor) -> Features:
         raise NotImplementedError
@@ -32,6 +36,8 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
     name: str
     width: int
+    #: True when the tower comes with trained weights (a composed model then freezes it by default)
+    pretrained: bool = True
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
