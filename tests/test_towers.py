@@ -85,6 +85,26 @@ def test_composed_model_frozen_towers_memo_and_round_trip(composed, tmp_path):
     hook.remove()
     assert len(calls) == 1  # the second call was served from the memo
     torch.testing.assert_close(first, again)
+    rows = []
+    hook = composed.image_tower.register_forward_hook(lambda _m, args, _o: rows.append(len(args[0])))
+    green = torch.from_numpy(TRANSFORM(Image.new("RGB", (40, 30), "green")))[None]
+    mixed = composed.encode_images(torch.cat([pixels[1:], green, green])).embeds
+    hook.remove()
+    assert rows == [1]  # only the new image ran, once although it came twice
+    torch.testing.assert_close(mixed[0], first[1])
+    with torch.no_grad():
+        alone = composed.encode_images(green).embeds
+    torch.testing.assert_close(mixed[1:], torch.cat([alone, alone]).detach())
+    texts = []
+    hook = composed.text_tower.register_forward_hook(lambda *a: texts.append(1))
+    with torch.no_grad():
+        short = composed.encode_texts(composed.tokenize(["a cat"])).embeds
+        padded = composed.encode_texts(
+            composed.tokenize(["a cat", "a much longer sentence about a dog"])
+        ).embeds
+    hook.remove()
+    assert len(texts) == 2  # "a cat" in a longer (more padded) batch is still a memo hit
+    torch.testing.assert_close(padded[0], short[0])
     first.sum().backward()  # gradients reach the projection, not the frozen tower
     assert composed.image_proj.linear.weight.grad is not None
     composed.eval()

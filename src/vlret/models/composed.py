@@ -72,43 +72,60 @@ class Projection(nn.Module):
 
 
 class _Memo:
-    """Outputs of a frozen tower by the bytes of each input row (bounded; CPU copies)."""
+    """Outputs of a frozen tower by the bytes of each input row (bounded; CPU copies).
+
+    A batch runs the tower only on the rows it has not seen (each distinct row once); the rest come from
+    the memo. Tokens are kept (as float16, trimmed to their real length) only when the head reads them.
+    """
 
     def __init__(self, size: int):
         self.size = size
-        self.rows: dict[bytes, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = {}
+        self.rows: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @staticmethod
-    def keys(rows: torch.Tensor) -> list[bytes]:
-        flat = rows.detach().cpu().contiguous().reshape(len(rows), -1).numpy()
-        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+    def keys(rows: list[torch.Tensor] | torch.Tensor) -> list[bytes]:
+        """A content key per row (rows may differ in length: a text's real token ids)."""
+        return [
+            hashlib.blake2b(r.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+            for r in rows
+        ]
 
-    def run(self, key_rows: torch.Tensor, call, keep_tokens: bool) -> Features:
-        """``call()``'s output, or the remembered one when every row was seen; tokens are remembered (as
-        float16) only when ``keep_tokens``."""
+    def run(
+        self, keys: list[bytes], device: torch.device, call, keep_tokens: bool, length: int | None = None
+    ) -> Features:
+        """The tower's output for every row: ``call(index)`` computes rows ``index`` (``None``: all).
+        ``length``: the token count to pad to (texts: the batch's padded length)."""
         if self.size == 0:
-            return call()
-        keys = self.keys(key_rows)
-        if all(k in self.rows for k in keys):
-            parts = [self.rows[k] for k in keys]
-            device = key_rows.device
-            embeds = torch.stack([p[0] for p in parts]).to(device)
+            return call(None)
+        fresh: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        todo = list(dict.fromkeys(k for k in keys if k not in self.rows))
+        if todo:
+            first = {k: keys.index(k) for k in todo}
+            out = call(torch.tensor([first[k] for k in todo], device=device))
+            for n, k in enumerate(todo):
+                fresh[k] = (out.embeds[n], self._real_tokens(out, n) if keep_tokens else None)
+            for k in todo[: max(0, self.size - len(self.rows))]:
+                embeds, tokens = fresh[k]
+                self.rows[k] = (embeds.cpu(), None if tokens is None else tokens.to("cpu", torch.float16))
+        parts = [fresh.get(k) or self.rows[k] for k in keys]
+        embeds = torch.stack([p[0].to(device) for p in parts])
+        if parts[0][1] is None:
+            return Features(embeds)
+        width = length or max(len(p[1]) for p in parts)
+        tokens = embeds.new_zeros((len(parts), width, parts[0][1].shape[1]))
+        mask = torch.zeros((len(parts), width), dtype=torch.bool, device=device)
+        for n, (_, t) in enumerate(parts):
+            tokens[n, : len(t)] = t.to(device, embeds.dtype)
+            mask[n, : len(t)] = True
+        return Features(embeds, tokens, mask)
 
-            def stack(i: int) -> torch.Tensor | None:
-                return None if parts[0][i] is None else torch.stack([p[i] for p in parts]).to(device)
-
-            tokens = stack(1)
-            return Features(embeds, None if tokens is None else tokens.to(embeds.dtype), stack(2))
-        out = call()
-        if len(self.rows) + len(keys) <= self.size:
-            tokens = out.tokens if keep_tokens else None
-            for i, k in enumerate(keys):
-                self.rows[k] = (
-                    out.embeds[i].cpu(),
-                    None if tokens is None else tokens[i].to("cpu", torch.float16),
-                    None if tokens is None or out.mask is None else out.mask[i].cpu(),
-                )
-        return out
+    @staticmethod
+    def _real_tokens(out: Features, n: int) -> torch.Tensor | None:
+        if out.tokens is None:
+            return None
+        if out.mask is None:
+            return out.tokens[n]
+        return out.tokens[n][out.mask[n].bool()]
 
 
 class ComposedModel(RetrievalModel):
@@ -162,11 +179,23 @@ class ComposedModel(RetrievalModel):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.text_tower.tokenize(texts)
 
-    def _tower(self, tower: nn.Module, frozen: bool, memo: _Memo, key_rows: torch.Tensor, *args) -> Features:
+    def _tower(
+        self, tower: nn.Module, frozen: bool, memo: _Memo, key_rows: torch.Tensor, inputs, length=None
+    ):
         if not frozen:
-            return tower(*args)
+            return tower(inputs)
+
+        def call(index: torch.Tensor | None) -> Features:
+            if index is None:
+                return tower(inputs)
+            if isinstance(inputs, dict):
+                return tower({name: value[index] for name, value in inputs.items()})
+            return tower(inputs[index])
+
         with torch.no_grad():
-            return memo.run(key_rows, lambda: tower(*args), self.head.uses_tokens)
+            if memo.size == 0:
+                return call(None)
+            return memo.run(memo.keys(key_rows), self.device, call, self.head.uses_tokens, length)
 
     def encode_images(self, pixels: torch.Tensor) -> Features:
         f = self._tower(self.image_tower, self.freeze_image, self._image_memo, pixels, pixels)
@@ -174,8 +203,9 @@ class ComposedModel(RetrievalModel):
         return Features(self.image_proj(f.embeds), tokens, f.mask)
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
-        key = torch.cat([batch["input_ids"], batch["attention_mask"]], dim=1)
-        f = self._tower(self.text_tower, self.freeze_text, self._text_memo, key, batch)
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        keys = [row[real] for row, real in zip(ids, mask, strict=True)]  # independent of the batch's padding
+        f = self._tower(self.text_tower, self.freeze_text, self._text_memo, keys, batch, ids.shape[1])
         tokens = None if f.tokens is None else self.text_proj(f.tokens)
         return Features(self.text_proj(f.embeds), tokens, f.mask)
 
