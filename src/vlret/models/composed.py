@@ -26,8 +26,10 @@ from torch import nn
 
 from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower, build_text_tower
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+from vlret.models.pooling import GPO
 
 PROJECTIONS = ("linear", "mlp")
+POOLINGS = ("tower", "gpo")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ComposedConfig:
     freeze_text: bool | None = None
     max_text_length: int = 64
     memo_size: int = 100_000  # frozen-tower outputs remembered (0: none)
+    pooling: str = "tower"  # "tower": the tower's global vector, projected; "gpo": GPO over projected tokens
     image_options: dict = field(default_factory=dict)  # the image tower's own settings (regions: dim)
     text_options: dict = field(default_factory=dict)  # the text tower's (bigru: vocab, min_count, ...)
 
@@ -48,6 +51,8 @@ class ComposedConfig:
             raise ValueError(f"image_tower must be one of {IMAGE_TOWERS}, not {self.image_tower!r}")
         if self.text_tower not in TEXT_TOWERS:
             raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, not {self.text_tower!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, not {self.projection!r}")
         for name in ("embed_dim", "max_text_length"):
@@ -142,6 +147,9 @@ class ComposedModel(RetrievalModel):
         self.input_kind = getattr(image_tower, "input_kind", "pixels")
         self.image_proj = Projection(image_tower.width, cfg.embed_dim, cfg.projection)
         self.text_proj = Projection(text_tower.width, cfg.embed_dim, cfg.projection)
+        # GPO (VSE-infinity, AVSE): each side's global vector pools its projected tokens instead
+        self.image_pool = GPO() if cfg.pooling == "gpo" else None
+        self.text_pool = GPO() if cfg.pooling == "gpo" else None
         self.logit_scale = nn.Parameter(torch.tensor(2.659260036932778))  # log(1 / 0.07), CLIP's start
         self.backbone_prefixes = ("image_tower.", "text_tower.")
         for tower, frozen in ((image_tower, self.freeze_image), (text_tower, self.freeze_text)):
@@ -195,25 +203,34 @@ class ComposedModel(RetrievalModel):
         with torch.no_grad():
             if memo.size == 0:
                 return call(None)
-            return memo.run(memo.keys(key_rows), self.device, call, self.head.uses_tokens, length)
+            keep_tokens = self.head.uses_tokens or self.cfg.pooling == "gpo"
+            return memo.run(memo.keys(key_rows), self.device, call, keep_tokens, length)
 
     def encode_images(self, pixels: torch.Tensor) -> Features:
         f = self._tower(self.image_tower, self.freeze_image, self._image_memo, pixels, pixels)
-        tokens = None if f.tokens is None else self.image_proj(f.tokens)
-        return Features(self.image_proj(f.embeds), tokens, f.mask)
+        return self._project(f, self.image_proj, self.image_pool)
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         keys = [row[real] for row, real in zip(ids, mask, strict=True)]  # independent of the batch's padding
         f = self._tower(self.text_tower, self.freeze_text, self._text_memo, keys, batch, ids.shape[1])
-        tokens = None if f.tokens is None else self.text_proj(f.tokens)
-        return Features(self.text_proj(f.embeds), tokens, f.mask)
+        return self._project(f, self.text_proj, self.text_pool)
+
+    @staticmethod
+    def _project(f: Features, projection: Projection, pool: GPO | None) -> Features:
+        tokens = None if f.tokens is None else projection(f.tokens)
+        if pool is None:
+            return Features(projection(f.embeds), tokens, f.mask)
+        if tokens is None:
+            raise ValueError("pooling: gpo needs a tower that returns tokens")
+        return Features(pool(tokens, f.mask), tokens, f.mask)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"kind": "composed", "config": asdict(self.cfg), "head": self.save_head(folder)}
         (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        self.image_tower.save_files(folder)
         self.text_tower.save_files(folder)
         save_file(self.tower_state_dict(), folder / "model.safetensors")
 
@@ -221,7 +238,13 @@ class ComposedModel(RetrievalModel):
     def load(cls, folder: str | Path, meta: dict) -> ComposedModel:
         folder = Path(folder)
         cfg = ComposedConfig(**meta["config"])
-        image = build_image_tower(cfg.image_tower, pretrained=False, options=cfg.image_options)
+        saved_image = folder / "image_tower"
+        image = build_image_tower(
+            cfg.image_tower,
+            pretrained=False,
+            options=cfg.image_options,
+            saved=saved_image if saved_image.is_dir() else None,
+        )
         text = build_text_tower(
             cfg.text_tower, cfg.max_text_length, saved=folder / "text_tower", options=cfg.text_options
         )

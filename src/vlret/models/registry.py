@@ -13,7 +13,7 @@ from vlret.models.base import MODEL_CONFIG_FILE, RetrievalModel
 from vlret.models.heads import build_head
 from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
 
-NAMES_HELP = "tiny-cnn, tiny-vit, composed, hf:<hub id or folder>, or a folder saved by vlret"
+NAMES_HELP = "tiny-cnn, tiny-vit, composed, hf:<hub id or folder>, openclip:<arch>/<pretrained tag>, or a folder saved by vlret"
 
 
 def create_model(
@@ -29,6 +29,7 @@ def create_model(
     - ``tiny-cnn`` / ``tiny-vit``: a fresh tiny dual encoder; ``captions`` (the training captions) build its
       vocabulary; ``options`` override :class:`~vlret.models.tiny.TinyConfig` fields; ``seed`` fixes the init.
     - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint.
+    - ``openclip:<arch>/<pretrained tag>``: open_clip's model zoo (the ``openclip`` extra).
     - a folder containing ``vlret_model.json``: a model saved with ``model.save(folder)``.
     """
     model = _build(name, captions, seed, options)
@@ -62,6 +63,13 @@ def _build(name: str, captions: Sequence[str] | None, seed: int | None, options:
         model = HFDualEncoder.from_pretrained(name[3:])
         model.origin = f"pretrained:{name[3:]}"
         return model
+    if name.startswith("openclip:"):
+        from vlret.models.openclip import OpenCLIPModel, parse_name
+
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return OpenCLIPModel(*parse_name(name))
     if (Path(name) / MODEL_CONFIG_FILE).is_file():
         return load_model(name)
     raise ConfigError(f"unknown model {name!r}; expected {NAMES_HELP}")
@@ -84,9 +92,13 @@ def load_model(folder: str | Path) -> RetrievalModel:
         from vlret.models.composed import ComposedModel
 
         model = ComposedModel.load(folder, meta)
+    elif meta.get("kind") == "openclip":
+        from vlret.models.openclip import OpenCLIPModel
+
+        model = OpenCLIPModel.load(folder, meta)
     else:
         raise ConfigError(
-            f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny', 'hf' or 'composed'"
+            f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny', 'hf', 'composed' or 'openclip'"
         )
     model.origin = f"folder:{folder.resolve()}"
     return model
@@ -94,4 +106,8 @@ def load_model(folder: str | Path) -> RetrievalModel:
 
 def is_model_reference(name: str) -> bool:
     """True when ``name`` names a model :func:`create_model` can build without training captions."""
-    return name == "composed" or name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()
+    return (
+        name == "composed"
+        or name.startswith(("hf:", "openclip:"))
+        or (Path(name) / MODEL_CONFIG_FILE).is_file()
+    )

@@ -22,7 +22,9 @@ from vlret.schema import build_dataclass, read_yaml
 
 @dataclass
 class ModelSection:
-    name: str = "tiny-cnn"  # tiny-cnn, tiny-vit, hf:<id or folder>, or a saved model folder
+    name: str = (
+        "tiny-cnn"  # tiny-cnn, tiny-vit, composed, hf:<id or folder>, openclip:<arch>/<tag>, or a folder
+    )
     options: dict = field(default_factory=dict)  # TinyConfig overrides for tiny models
     # similarity head {name: ..., options...}; None: the model's own (cosine for a fresh model)
     head: dict | None = None
@@ -174,9 +176,9 @@ def _check_model(model: ModelSection) -> None:
         except ValueError as exc:
             raise ConfigError(f"model.options: {exc}") from None
         return
-    if not (name.startswith("hf:") or (Path(name) / MODEL_CONFIG_FILE).is_file()):
+    if not (name.startswith(("hf:", "openclip:")) or (Path(name) / MODEL_CONFIG_FILE).is_file()):
         raise ConfigError(
-            f"model.name: expected tiny-cnn, tiny-vit, composed, hf:<hub id or folder> or a saved vlret model folder, got {name!r}"
+            f"model.name: expected tiny-cnn, tiny-vit, composed, hf:<hub id or folder>, openclip:<arch>/<tag> or a saved vlret model folder, got {name!r}"
         )
     if model.options:
         raise ConfigError(f"model.options: only the tiny and composed models take options; {name} takes none")

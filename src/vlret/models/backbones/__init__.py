@@ -1,7 +1,9 @@
 """Towers, one per file, and the names they are built by.
 
-Image towers: ``efficientnet-lite0`` (pretrained, pixels) and ``regions`` (precomputed region features).
-Text towers: ``minilm`` (pretrained sentence encoder) and ``bigru`` (a word-level bi-GRU, SCAN style).
+Image towers: ``efficientnet-lite0`` (pretrained, pixels), ``regions`` (precomputed region features) and
+``hf-vision`` (a transformers ViT / Swin by ``source``: hub id or folder).
+Text towers: ``minilm`` (pretrained sentence encoder), ``bigru`` (a word-level bi-GRU, SCAN style) and
+``hf-text`` (a transformers BERT-style encoder by ``source``, ``pooling: cls | mean``).
 ``options`` are the tower's own settings (a recipe's ``image_options`` / ``text_options``).
 """
 
@@ -13,8 +15,8 @@ from pathlib import Path
 from vlret.errors import ConfigError
 from vlret.models.backbones.base import ImageTower, TextTower
 
-IMAGE_TOWERS = ("efficientnet-lite0", "regions")
-TEXT_TOWERS = ("minilm", "bigru")
+IMAGE_TOWERS = ("efficientnet-lite0", "regions", "hf-vision")
+TEXT_TOWERS = ("minilm", "bigru", "hf-text")
 
 
 def _options(kind: str, name: str, options: dict | None, allowed: tuple[str, ...]) -> dict:
@@ -26,7 +28,10 @@ def _options(kind: str, name: str, options: dict | None, allowed: tuple[str, ...
     return options
 
 
-def build_image_tower(name: str, pretrained: bool = True, options: dict | None = None) -> ImageTower:
+def build_image_tower(
+    name: str, pretrained: bool = True, options: dict | None = None, saved: Path | None = None
+) -> ImageTower:
+    """An image tower by name; ``saved``: the folder a composed model saved it in (weights loaded after)."""
     if name == "efficientnet-lite0":
         from vlret.models.backbones.efficientnet_lite import EfficientNetLite0Tower
 
@@ -36,6 +41,15 @@ def build_image_tower(name: str, pretrained: bool = True, options: dict | None =
         from vlret.models.backbones.regions import RegionTower
 
         return RegionTower(**_options("image", name, options, ("dim",)))
+    if name == "hf-vision":
+        from vlret.models.backbones.hf_vision import HFVisionTower
+
+        options = _options("image", name, options, ("source",))
+        if saved is not None:
+            return HFVisionTower(saved, weights=False)
+        if "source" not in options:
+            raise ConfigError("image_options.source: the hf-vision tower needs a hub id or folder")
+        return HFVisionTower(options["source"])
     raise ConfigError(f"unknown image tower {name!r}; expected one of {IMAGE_TOWERS}")
 
 
@@ -62,6 +76,16 @@ def build_text_tower(
         if saved is not None:
             return BiGRUTower.load(saved, max_length)
         return BiGRUTower.create(captions, max_length=max_length, **options)
+    if name == "hf-text":
+        from vlret.models.backbones.minilm import HFTextTower
+
+        options = _options("text", name, options, ("source", "pooling"))
+        pooling = options.get("pooling", "cls")
+        if saved is not None:
+            return HFTextTower(saved, max_length, weights=False, pooling=pooling)
+        if "source" not in options:
+            raise ConfigError("text_options.source: the hf-text tower needs a hub id or folder")
+        return HFTextTower(options["source"], max_length, pooling=pooling)
     raise ConfigError(f"unknown text tower {name!r}; expected one of {TEXT_TOWERS}")
 
 

@@ -29,6 +29,9 @@ class ImageTower(nn.Module):
     def forward(self, pixels: torch.Tensor) -> Features:
         raise NotImplementedError
 
+    def save_files(self, folder: Path) -> None:
+        """Write what the tower needs besides its weights to rebuild itself (a configuration)."""
+
     def describe(self) -> dict:
         return {"name": self.name}
 

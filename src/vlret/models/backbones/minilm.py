@@ -73,3 +73,31 @@ class SentenceTower(TextTower):
 
     def describe(self) -> dict:
         return {"name": self.name, "max_length": self.max_length}
+
+
+class HFTextTower(SentenceTower):
+    """Any transformers text encoder (BERT and kin) by hub id or folder: the word states as tokens, and the
+    ``[CLS]`` state (``pooling="cls"``, ALBEF / X-VLM / RVLR's text feature) or the mean of the real tokens
+    (``"mean"``) as the global vector."""
+
+    name = "hf-text"
+
+    def __init__(self, source: str | Path, max_length: int = 64, weights: bool = True, pooling: str = "cls"):
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"text_options.pooling must be 'cls' or 'mean', not {pooling!r}")
+        super().__init__(source, max_length, weights)
+        self.source, self.pooling = str(source), pooling
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+        features = super().forward(batch)
+        if self.pooling == "mean":
+            return features
+        return Features(features.tokens[:, 0], features.tokens, features.mask)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+        }
