@@ -38,6 +38,7 @@ def _batch(model, pixels, rows):
         "pixels": pixels[rows],
         "text": model.tokenize([CAPTIONS[r] for r in rows]),
         "item_ids": torch.tensor([ITEMS[r] for r in rows]),
+        "caption_ids": torch.tensor(rows),
     }
 
 

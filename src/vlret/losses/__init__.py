@@ -3,7 +3,17 @@
 from vlret.losses.base import Loss, same_item_mask
 from vlret.losses.hinge import HingeLoss
 from vlret.losses.infonce import InfoNCELoss
+from vlret.losses.vsl import TextualSemanticLoss, VisualSemanticLoss, soft_rank
 
-LOSSES = {"infonce": InfoNCELoss, "hinge": HingeLoss}
+LOSSES = {"infonce": InfoNCELoss, "hinge": HingeLoss, "vsl": VisualSemanticLoss, "tsl": TextualSemanticLoss}
 
-__all__ = ["LOSSES", "HingeLoss", "InfoNCELoss", "Loss", "same_item_mask"]
+__all__ = [
+    "LOSSES",
+    "HingeLoss",
+    "InfoNCELoss",
+    "Loss",
+    "TextualSemanticLoss",
+    "VisualSemanticLoss",
+    "same_item_mask",
+    "soft_rank",
+]

@@ -3,7 +3,8 @@
 ``outputs`` is what the training step computed from the model; the keys every dual-encoder step provides:
 
 - ``image_embeds`` ``[B, D]`` and ``text_embeds`` ``[B, D]``: L2-normalised, row ``b`` of each is a pair;
-- ``item_ids`` ``[B]``: the gallery item of each pair (captions of one image share an id);
+- ``item_ids`` ``[B]``: the gallery item of each pair (captions of one image share an id), and
+  ``caption_ids`` ``[B]``: each pair's caption, both as indices into the training split;
 - ``logit_scale``: the model's learnable ``log(1 / temperature)``;
 - ``scores`` ``[B images, B texts]``: the model's similarity head on the batch, when a loss declares that it
   needs ``"scores"`` and the head is not the plain dot product (:func:`batch_scores` reads either);
@@ -11,7 +12,8 @@
   ``"tokens"``.
 
 A loss declares what it reads in ``needs`` (a subset of :data:`NEEDS`); the trainer computes and gathers
-nothing that no term reads.
+nothing that no term reads. A loss that learns something from the training data (VSL's TF-IDF targets)
+defines ``fit(train_split)``, which the trainer calls once before the first step (and again on resume).
 
 Under distributed training these tensors are already gathered from every process (with gradients), so a loss
 always sees the global batch. A loss returns one or more named terms; the recipe weights and sums them.

@@ -140,6 +140,7 @@ class EpochBatches(Dataset):
             "pixels": torch.from_numpy(pixels),
             "text": self.tokenize([self.source.texts[c] for c in captions]),
             "item_ids": torch.from_numpy(items.astype(np.int64)),
+            "caption_ids": torch.from_numpy(captions.astype(np.int64)),
         }
 
 

@@ -63,6 +63,12 @@ class WeightedLoss:
             built[name] = (weight, LOSSES[name](**options))
         return cls(built)
 
+    def fit(self, train: RetrievalDataset) -> None:
+        """Let every term that learns from the training data (``fit(train_split)``) do so."""
+        for _, loss in self.terms.values():
+            if hasattr(loss, "fit"):
+                loss.fit(train)
+
     def __call__(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, logged = 0.0, {}
         for weight, loss in self.terms.values():
@@ -88,6 +94,7 @@ def encode_batch(
         "image_embeds": gather_with_grad(F.normalize(image.embeds.float(), dim=-1), info),
         "text_embeds": gather_with_grad(F.normalize(caption.embeds.float(), dim=-1), info),
         "item_ids": gather_no_grad(batch["item_ids"].to(device), info),
+        "caption_ids": gather_no_grad(batch["caption_ids"].to(device), info),
         "logit_scale": model.logit_scale.float(),
     }
     head_scores = "scores" in needs and not model.head.is_dot_product
@@ -175,6 +182,7 @@ class Trainer:
                 save_recipe(self.out, recipe)
         self.model.to(self.device).train()
         self.loss = WeightedLoss.from_recipe(recipe.losses)
+        self.loss.fit(self.train_split)
         self.source = PairSource(
             self.train_split, self.model.image_transform, recipe.data, self.model.input_kind
         )
