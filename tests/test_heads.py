@@ -170,6 +170,7 @@ def test_training_step_computes_only_what_the_losses_need(synth_data):
         "pixels": torch.randn(4, 3, 64, 64),
         "text": model.tokenize(["a red circle", "a blue square", "two stars", "a green triangle"]),
         "item_ids": torch.arange(4),
+        "caption_ids": torch.arange(4),
     }
     info, cpu = DistInfo(0, 1, 0), torch.device("cpu")
     plain = encode_batch(model, batch, info, cpu, frozenset({"scores"}))

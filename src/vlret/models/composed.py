@@ -28,7 +28,8 @@ from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower,
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
 from vlret.models.pooling import GPO
 
-PROJECTIONS = ("linear", "mlp")
+PROJECTIONS = ("linear", "mlp", "none")
+PROJECTION_INITS = ("torch", "xavier")
 POOLINGS = ("tower", "gpo")
 
 
@@ -37,7 +38,10 @@ class ComposedConfig:
     image_tower: str = "efficientnet-lite0"
     text_tower: str = "minilm"
     embed_dim: int = 256
-    projection: str = "linear"  # or "mlp"
+    projection: str = "linear"  # or "mlp", or "none" (the tower's own width must be embed_dim)
+    image_projection: str | None = None  # this side's projection when it differs from `projection`
+    text_projection: str | None = None
+    projection_init: str = "torch"  # or "xavier": uniform +-sqrt(6 / (in + out)), bias 0 (SGRAF's)
     freeze_image: bool | None = None  # None: frozen when the tower is pretrained, trained when it is not
     freeze_text: bool | None = None
     max_text_length: int = 64
@@ -53,8 +57,14 @@ class ComposedConfig:
             raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, not {self.text_tower!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, not {self.projection!r}")
+        for key in ("projection", "image_projection", "text_projection"):
+            value = getattr(self, key)
+            if value not in PROJECTIONS and not (value is None and key != "projection"):
+                raise ValueError(f"{key} must be one of {PROJECTIONS}, not {value!r}")
+        if self.projection_init not in PROJECTION_INITS:
+            raise ValueError(
+                f"projection_init must be one of {PROJECTION_INITS}, not {self.projection_init!r}"
+            )
         for name in ("embed_dim", "max_text_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -63,16 +73,30 @@ class ComposedConfig:
 
 
 class Projection(nn.Module):
-    def __init__(self, width: int, dim: int, kind: str):
+    """A tower's features into the joint space: linear, linear + MLP, or as they are (``none``)."""
+
+    def __init__(self, width: int, dim: int, kind: str, init: str = "torch", side: str = "image"):
         super().__init__()
-        self.linear = nn.Linear(width, dim)
+        if kind == "none" and width != dim:
+            raise ValueError(
+                f"{side}_projection none: the {side} tower's width {width} must equal embed_dim {dim}"
+            )
+        self.linear = None if kind == "none" else nn.Linear(width, dim)
         self.mlp = (
             nn.Sequential(nn.Linear(width, dim // 2 or 1), nn.ReLU(), nn.Linear(dim // 2 or 1, dim))
             if kind == "mlp"
             else None
         )
+        if init == "xavier":
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
+                    nn.init.uniform_(layer.weight, -bound, bound)
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.linear is None:
+            return x
         return self.linear(x) if self.mlp is None else self.linear(x) + self.mlp(x)
 
 
@@ -145,8 +169,20 @@ class ComposedModel(RetrievalModel):
         self.image_tower, self.text_tower = image_tower, text_tower
         self.image_transform = image_tower.transform
         self.input_kind = getattr(image_tower, "input_kind", "pixels")
-        self.image_proj = Projection(image_tower.width, cfg.embed_dim, cfg.projection)
-        self.text_proj = Projection(text_tower.width, cfg.embed_dim, cfg.projection)
+        self.image_proj = Projection(
+            image_tower.width,
+            cfg.embed_dim,
+            cfg.image_projection or cfg.projection,
+            cfg.projection_init,
+            "image",
+        )
+        self.text_proj = Projection(
+            text_tower.width,
+            cfg.embed_dim,
+            cfg.text_projection or cfg.projection,
+            cfg.projection_init,
+            "text",
+        )
         # GPO (VSE-infinity, AVSE): each side's global vector pools its projected tokens instead
         self.image_pool = GPO() if cfg.pooling == "gpo" else None
         self.text_pool = GPO() if cfg.pooling == "gpo" else None

@@ -72,7 +72,7 @@ def build_text_tower(
     if name == "bigru":
         from vlret.models.backbones.bigru import BiGRUTower
 
-        options = _options("text", name, options, ("vocab", "min_count", "word_dim", "hidden"))
+        options = _options("text", name, options, ("vocab", "min_count", "word_dim", "hidden", "dropout"))
         if saved is not None:
             return BiGRUTower.load(saved, max_length)
         return BiGRUTower.create(captions, max_length=max_length, **options)

@@ -75,12 +75,22 @@ class BiGRUTower(TextTower):
     name = "bigru"
     pretrained = False
 
-    def __init__(self, tokenizer: Tokenizer, word_dim: int = 300, hidden: int = 1024, max_length: int = 64):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        word_dim: int = 300,
+        hidden: int = 1024,
+        max_length: int = 64,
+        dropout: float = 0.0,
+    ):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"text_options.dropout: expected a number in [0, 1), got {dropout!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.word_dim, self.width = word_dim, hidden
+        self.word_dim, self.width, self.dropout = word_dim, hidden, dropout
         self.embed = nn.Embedding(tokenizer.get_vocab_size(), word_dim, padding_idx=0)
+        self.embed_dropout = nn.Dropout(dropout)  # SGRAF / VSL: 0.4 on the word embeddings
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         self.gru = nn.GRU(word_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
 
@@ -93,6 +103,7 @@ class BiGRUTower(TextTower):
         word_dim: int = 300,
         hidden: int = 1024,
         max_length: int = 64,
+        dropout: float = 0.0,
     ) -> BiGRUTower:
         """From a SCAN vocabulary file (``vocab``) or the training ``captions``."""
         if vocab is not None:
@@ -103,14 +114,14 @@ class BiGRUTower(TextTower):
             raise ConfigError(
                 "the bigru text tower needs a vocabulary: text_options: {vocab: FILE} or training captions"
             )
-        return cls(word_tokenizer(words, max_length), word_dim, hidden, max_length)
+        return cls(word_tokenizer(words, max_length), word_dim, hidden, max_length, dropout)
 
     @classmethod
     def load(cls, folder: Path, max_length: int) -> BiGRUTower:
         """The architecture a composed model saved in ``folder`` (its weights are loaded after)."""
         config = json.loads((folder / CONFIG_FILE).read_text())
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        return cls(tokenizer, config["word_dim"], config["hidden"], max_length)
+        return cls(tokenizer, config["word_dim"], config["hidden"], max_length, config.get("dropout", 0.0))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer.encode_batch(list(texts))
@@ -121,7 +132,9 @@ class BiGRUTower(TextTower):
     def forward(self, batch: dict[str, torch.Tensor]) -> Features:
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         lengths = mask.sum(1).clamp(min=1)
-        packed = pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.embed_dropout(self.embed(ids)), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         words = (out[..., : self.width] + out[..., self.width :]) / 2
@@ -134,7 +147,7 @@ class BiGRUTower(TextTower):
         target.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(target / TOKENIZER_FILE))
         (target / CONFIG_FILE).write_text(
-            json.dumps({"word_dim": self.word_dim, "hidden": self.width}) + "\n"
+            json.dumps({"word_dim": self.word_dim, "hidden": self.width, "dropout": self.dropout}) + "\n"
         )
 
     def describe(self) -> dict:
@@ -143,4 +156,5 @@ class BiGRUTower(TextTower):
             "vocab": self.tokenizer.get_vocab_size(),
             "word_dim": self.word_dim,
             "hidden": self.width,
+            "dropout": self.dropout,
         }

@@ -6,8 +6,14 @@ from vlret.errors import ConfigError
 from vlret.models.heads.base import SimilarityHead
 from vlret.models.heads.cosine import CosineHead
 from vlret.models.heads.maxsim import MaxSimHead
+from vlret.models.heads.sgraf import SAFHead, SGRHead
 
-HEADS: dict[str, type[SimilarityHead]] = {"cosine": CosineHead, "maxsim": MaxSimHead}
+HEADS: dict[str, type[SimilarityHead]] = {
+    "cosine": CosineHead,
+    "maxsim": MaxSimHead,
+    "sgr": SGRHead,
+    "saf": SAFHead,
+}
 
 
 def build_head(spec: str | dict | None) -> SimilarityHead:
@@ -24,4 +30,4 @@ def build_head(spec: str | dict | None) -> SimilarityHead:
         raise ConfigError(f"head {name!r}: {exc}") from None
 
 
-__all__ = ["HEADS", "CosineHead", "MaxSimHead", "SimilarityHead", "build_head"]
+__all__ = ["HEADS", "CosineHead", "MaxSimHead", "SAFHead", "SGRHead", "SimilarityHead", "build_head"]
