@@ -88,3 +88,21 @@ def test_too_few_captions_for_rule():
 def test_text_to_visual_only_direction():
     result = evaluate_scores(FOLDS_S, dataset([1, 1, 1, 1]), direction="t2i")
     assert "i2t_r1" not in result["metrics"] and result["counts"]["i2t_queries"] == 0
+
+
+def test_first_1k_validates_on_the_first_thousand_items():
+    from vlret.data.records import Caption, Item, RetrievalDataset
+    from vlret.evaluate.protocols import get_protocol, prepare
+
+    items = [Item(f"i{n}", f"i{n}.png", "val") for n in range(1003)]
+    # captions listed out of item order: the rows kept must still point into this order
+    captions = [Caption(f"c{n}-{k}", f"i{n}") for k in range(6) for n in reversed(range(1003))]
+    data = RetrievalDataset(items, captions, None, "mem", "test")
+    selected, keep, folds = prepare(data, get_protocol("first-1k"))
+    assert len(selected.items) == 1000 and len(selected.captions) == 5000
+    assert [captions[c].text for c in keep[:5]] == [f"c0-{k}" for k in range(5)]
+    assert all(captions[c].item_id == selected.captions[n].item_id for n, c in enumerate(keep))
+    assert folds[0].item_stop == 1000 and folds[0].caption_stop == 5000
+    few = [Caption(f"c{n}-{k}", f"i{n}") for n in range(10) for k in range(5)]
+    small, _, _ = prepare(RetrievalDataset(items[:10], few, None, "mem", "test"), get_protocol("first-1k"))
+    assert len(small.items) == 10  # fewer than 1,000 items: all of them

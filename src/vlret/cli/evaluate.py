@@ -12,10 +12,23 @@ from vlret.cli.common import add_data_options, load_data, model_for
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlret.data._io import write_json
     from vlret.evaluate import evaluate_model, evaluate_scores, results_table
+    from vlret.evaluate.api import evaluate_ensemble
     from vlret.evaluate.score_files import load_score_matrix
 
     dataset = load_data(args)
-    if args.scores:
+    if args.ensemble:
+        models = [model_for(name, dataset, args.split or "test") for name in args.ensemble]
+        result = evaluate_ensemble(
+            models,
+            dataset,
+            args.protocol,
+            args.split,
+            args.direction,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            score_dir=args.score_dir,
+        )
+    elif args.scores:
         scores = load_score_matrix(args.scores)
         result = evaluate_scores(
             scores, dataset, args.protocol, args.split, args.direction, source=args.scores
@@ -32,6 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             use_cache=not args.no_cache,
             on_error=args.on_error,
+            score_dir=args.score_dir,
         )
     if args.out:
         write_json(args.out, result)
@@ -61,6 +75,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--model", help="tiny-cnn, tiny-vit, hf:<id or folder>, or a saved vlret model folder"
     )
     source.add_argument("--scores", help=".npy score matrix (captions x items of the split; higher = better)")
+    source.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="MODEL",
+        help="the mean of several models' score matrices (SGRAF: an SGR and a SAF model), read from the score "
+        "store where an earlier evaluation left them",
+    )
     ev.add_argument("--data", required=True, help="annotation file or folder")
     ev.add_argument("--split", help="split to evaluate (default: the protocol's, test)")
     ev.add_argument("--protocol", default="generic", choices=list(PROTOCOLS))
@@ -71,6 +92,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--cache-dir", help="feature cache folder (default ~/.cache/vlret/features or $VLRET_CACHE)"
     )
     ev.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    ev.add_argument(
+        "--score-dir",
+        help="where heavy heads' score matrices are stored (default ~/.cache/vlret/scores or $VLRET_CACHE/scores)",
+    )
     add_data_options(ev)
     ev.set_defaults(func=cmd_eval)
 

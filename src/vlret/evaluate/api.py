@@ -23,7 +23,15 @@ from vlret.evaluate.ranking import (
     ranking_dtype,
 )
 from vlret.evaluate.results import make_result
-from vlret.evaluate.scoring import DEFAULT_BUDGET, fold_table, head_block_fn, head_positive_scores
+from vlret.evaluate.score_cache import ScoreMatrix, default_score_dir
+from vlret.evaluate.scoring import (
+    DEFAULT_BUDGET,
+    fold_table,
+    head_block_fn,
+    head_positive_scores,
+    items_per_block,
+    score_block,
+)
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
 
@@ -115,10 +123,17 @@ def evaluate_with_head(
     folds: list[Fold],
     chunk: int = DEFAULT_CHUNK,
     budget: int = DEFAULT_BUDGET,
+    scores: ScoreMatrix | None = None,
 ) -> list[Ranks]:
-    """Ranks per fold under a similarity head, scored in blocks bounded over both axes."""
+    """Ranks per fold under a similarity head, scored in blocks bounded over both axes.
+
+    With ``scores`` (a stored ``[captions, items]`` matrix of ``selected``), each fold's block is read from
+    it where already computed and computed into it where not; the ranks are the same either way."""
     if head.is_dot_product:
         return evaluate_embeddings(encoded.item_embeds, encoded.text_embeds, selected, folds, chunk)
+    if scores is not None:
+        fill_score_matrix(head, encoded, folds, scores, chunk, budget)
+        return rank_stored_scores([scores], selected, folds, chunk)
     cap_item = selected.caption_to_item
     out = []
     for f in folds:
@@ -129,6 +144,116 @@ def evaluate_with_head(
         block_fn = head_block_fn(head, texts, items, chunk, budget)
         out.append(rank_blocks(block_fn, t2i, len(items), chunk, positive_hint=hint))
     return out
+
+
+def fill_score_matrix(
+    head: SimilarityHead,
+    encoded: EncodedDataset,
+    folds: list[Fold],
+    scores: ScoreMatrix,
+    chunk: int = DEFAULT_CHUNK,
+    budget: int = DEFAULT_BUDGET,
+) -> int:
+    """Compute the folds' blocks of ``scores`` that are not stored yet; returns the rows computed."""
+    head.eval()
+    computed = 0
+    for f in folds:
+        items = fold_table(encoded.items, f.item_start, f.item_stop)
+        item_chunk = items_per_block(head, encoded.texts, items, chunk, budget)
+
+        def compute(start: int, stop: int, items=items, item_chunk=item_chunk) -> torch.Tensor:
+            return score_block(head, encoded.texts.rows(start, stop), items, item_chunk).float()
+
+        rows, cols = (f.caption_start, f.caption_stop), (f.item_start, f.item_stop)
+        computed += scores.fill(rows, cols, compute, chunk)
+    return computed
+
+
+def rank_stored_scores(
+    matrices: list[ScoreMatrix], selected: RetrievalDataset, folds: list[Fold], chunk: int = DEFAULT_CHUNK
+) -> list[Ranks]:
+    """Ranks per fold under the mean of stored ``[captions, items]`` matrices of ``selected`` (one matrix:
+    its own scores; several: an ensemble, e.g. SGRAF = (SGR + SAF) / 2)."""
+    cap_item = selected.caption_to_item
+    out = []
+    for f in folds:
+        t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
+
+        def block_fn(start: int, stop: int, f=f) -> torch.Tensor:
+            rows = (f.caption_start + start, f.caption_start + stop)
+            parts = [m.block(rows, (f.item_start, f.item_stop)) for m in matrices]
+            return parts[0] if len(parts) == 1 else torch.stack(parts).mean(0)
+
+        rows = np.arange(f.caption_start, f.caption_stop)
+        hint = np.mean([np.asarray(m.array[rows, t2i + f.item_start]) for m in matrices], axis=0)
+        out.append(
+            rank_blocks(
+                block_fn, t2i, f.item_stop - f.item_start, chunk, positive_hint=torch.from_numpy(hint)
+            )
+        )
+    return out
+
+
+def stored_scores(
+    model: RetrievalModel, selected: RetrievalDataset, token_dtype: str, score_dir: str | Path | None = None
+) -> ScoreMatrix:
+    """The stored ``[captions, items]`` matrix of ``model`` on the protocol-selected ``selected`` (created
+    empty the first time), keyed like the feature cache: model, weights, records."""
+    from vlret.evaluate.encode import cache_key
+
+    key = cache_key(model, selected, token_dtype)
+    folder = Path(score_dir or default_score_dir()) / key
+    meta = {"model": model.identity(), "captions": len(selected.captions), "items": len(selected.items)}
+    return ScoreMatrix(folder, (len(selected.captions), len(selected.items)), meta)
+
+
+def evaluate_ensemble(
+    models: list[RetrievalModel],
+    dataset: RetrievalDataset,
+    protocol: str = "generic",
+    split: str | None = None,
+    direction: str = "both",
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    score_dir: str | Path | None = None,
+    progress: bool = True,
+    token_dtype: str = "float32",
+) -> dict:
+    """Run ``protocol`` on the mean of the models' score matrices (SGRAF = SGR and SAF, trained apart).
+
+    Each model's matrix comes from the score store: a model evaluated before is neither encoded nor scored
+    again; one that was not is encoded and scored once, and its matrix stored."""
+    _check_direction(direction)
+    if len(models) < 2:
+        raise ConfigError("an ensemble needs at least two models")
+    proto = get_protocol(protocol)
+    started = time.perf_counter()
+    split_data, split_name = select_split(dataset, split, proto)
+    selected, _, folds = prepare(split_data, proto)
+    matrices = []
+    for model in models:
+        matrix = stored_scores(model, selected, token_dtype, score_dir)
+        missing = any(
+            not matrix.covers((f.caption_start, f.caption_stop), (f.item_start, f.item_stop)) for f in folds
+        )
+        if missing:
+            encoded = encode_dataset(model, selected, batch_size, cache_dir, True, progress, token_dtype)
+            check_finite_features(encoded, selected, model.name)
+            fill_score_matrix(model.head, encoded, folds, matrix)
+        matrices.append(matrix)
+    ranks = rank_stored_scores(matrices, selected, folds)
+    done = time.perf_counter()
+    return package_result(
+        ranks,
+        selected,
+        folds,
+        proto,
+        split_name,
+        direction,
+        model={"name": "ensemble", "members": [m.identity() for m in models]},
+        features={"scores": [str(m.folder) for m in matrices]},
+        seconds={"total": round(done - started, 3)},
+    )
 
 
 def check_finite_features(encoded: EncodedDataset, dataset: RetrievalDataset, model_name: str) -> None:
@@ -160,11 +285,14 @@ def evaluate_model(
     on_error: str = "raise",
     progress: bool = True,
     token_dtype: str = "float32",
+    score_dir: str | Path | None = None,
 ) -> dict:
     """Encode a split with ``model`` and run ``protocol`` on it, scoring with the model's head.
 
     A head that reads tokens keeps them in the feature cache as ``token_dtype`` (``float16`` halves its
-    memory) and is evaluated block by block over both axes."""
+    memory) and is evaluated block by block over both axes. A head that is not a dot product also keeps its
+    score matrix (in ``score_dir``, by default next to the feature cache), so that another protocol on the
+    same captions or an ensemble reads it instead of scoring again."""
     _check_direction(direction)
     proto = get_protocol(protocol)
     started = time.perf_counter()
@@ -174,14 +302,22 @@ def evaluate_model(
     encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress, token_dtype)
     encoded_at = time.perf_counter()
     check_finite_features(encoded, selected, model.name)
+    stored = None
+    if use_cache and not model.head.is_dot_product:
+        stored = stored_scores(model, selected, token_dtype, score_dir)
     try:
-        ranks = evaluate_with_head(model.head, encoded, selected, folds)
+        ranks = evaluate_with_head(model.head, encoded, selected, folds, scores=stored)
     except NonFiniteScoreError as exc:
         raise VlretError(
             f"{model.name}: the {model.head.name} head gave a non-finite score ({exc.value}) for caption "
             f"{exc.row} of a fold and its item {exc.column}; the model's weights or features hold NaN or infinity"
         ) from None
     done = time.perf_counter()
+    extra = {}
+    counter = getattr(model, "unknown_words", None)
+    coverage = counter([c.text for c in selected.captions]) if counter is not None else None
+    if coverage is not None:  # a word vocabulary: how many caption words it did not know
+        extra["vocabulary"] = {"words": coverage[0], "unknown_words": coverage[1]}
     return package_result(
         ranks,
         selected,
@@ -189,9 +325,11 @@ def evaluate_model(
         proto,
         split_name,
         direction,
+        **extra,
         model=model.identity(),
         features={
             "from_cache": encoded.from_cache,
+            **({"scores": str(stored.folder)} if stored is not None else {}),
             "dim": int(encoded.item_embeds.shape[1]),
             "head": model.head.describe(),
         },

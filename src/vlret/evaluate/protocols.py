@@ -5,6 +5,8 @@
 - ``coco-1k``: the same 5,000 images cut into 5 folds of 1,000 consecutive images (and their captions),
   metrics averaged over the folds. A separate table from ``coco-5k``; never the first fold alone.
 - ``generic``: any split of any dataset, every caption kept, one gallery.
+- ``first-1k``: the first 1,000 items of a split (all of them when it has fewer), 5 captions each: how SCAN,
+  SGRAF and VSL validate during training on the 5,000-image COCO dev split (and the 1,014-image F30K one).
 
 Checkpoints are never chosen on the test split: training validates on ``val`` and says so in its results.
 """
@@ -24,6 +26,7 @@ class Protocol:
     expected_items: int | None  # None: any gallery size
     captions_per_item: int | None  # keep the first k captions of each item; None: keep all
     folds: int  # consecutive equal folds; metrics are averaged over them
+    first_items: int | None = None  # only the split's first N items (and their captions); None: all
 
     def describe(self) -> dict:
         caption_rule = (
@@ -36,7 +39,15 @@ class Protocol:
             if self.folds == 1
             else f"{self.folds} folds of consecutive items (and their captions), metrics averaged over folds"
         )
-        return {"name": self.name, "caption_rule": caption_rule, "fold_rule": fold_rule, "folds": self.folds}
+        described = {
+            "name": self.name,
+            "caption_rule": caption_rule,
+            "fold_rule": fold_rule,
+            "folds": self.folds,
+        }
+        if self.first_items is not None:
+            described["item_rule"] = f"the first {self.first_items} items of the split"
+        return described
 
 
 PROTOCOLS = {
@@ -44,6 +55,7 @@ PROTOCOLS = {
     "flickr30k-1k": Protocol("flickr30k-1k", "test", 1000, 5, 1),
     "coco-5k": Protocol("coco-5k", "test", 5000, 5, 1),
     "coco-1k": Protocol("coco-1k", "test", 5000, 5, 5),
+    "first-1k": Protocol("first-1k", "val", None, 5, 1, first_items=1000),
 }
 DIRECTIONS = ("both", "t2i")
 
@@ -86,6 +98,19 @@ def prepare(dataset: RetrievalDataset, protocol: Protocol) -> tuple[RetrievalDat
     Returns the dataset with captions reordered by item, the indices of the kept captions in the *input*
     dataset's caption order (to pick rows of a precomputed score matrix), and the folds.
     """
+    original_rows = None  # the input's caption indices, when only the first items are kept
+    if protocol.first_items is not None and len(dataset.items) > protocol.first_items:
+        items = dataset.items[: protocol.first_items]
+        kept = {item.id for item in items}
+        original_rows = [c for c, caption in enumerate(dataset.captions) if caption.item_id in kept]
+        dataset = RetrievalDataset(
+            items,
+            [dataset.captions[c] for c in original_rows],
+            dataset.media_root,
+            dataset.source,
+            dataset.format,
+            list(dataset.skipped),
+        )
     n = len(dataset.items)
     if protocol.expected_items is not None and n != protocol.expected_items:
         raise DataError(
@@ -97,6 +122,8 @@ def prepare(dataset: RetrievalDataset, protocol: Protocol) -> tuple[RetrievalDat
         raise DataError(dataset.source, None, "the split has no items")
     keep = caption_selection(dataset, protocol)
     captions = [dataset.captions[c] for c in keep]
+    if original_rows is not None:
+        keep = [original_rows[c] for c in keep]
     selected = RetrievalDataset(
         dataset.items, captions, dataset.media_root, dataset.source, dataset.format, list(dataset.skipped)
     )

@@ -223,6 +223,11 @@ class ComposedModel(RetrievalModel):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.text_tower.tokenize(texts)
 
+    def unknown_words(self, texts: list[str]) -> tuple[int, int] | None:
+        """(words, words read as ``<unk>``) for a word-vocabulary text tower; None for subword towers."""
+        counter = getattr(self.text_tower, "unknown_words", None)
+        return None if counter is None else counter(texts)
+
     def _tower(
         self, tower: nn.Module, frozen: bool, memo: _Memo, key_rows: torch.Tensor, inputs, length=None
     ):

@@ -129,6 +129,16 @@ class BiGRUTower(TextTower):
         mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask}
 
+    def unknown_words(self, texts: list[str]) -> tuple[int, int]:
+        """(words, words outside the vocabulary, which read as ``<unk>``) over ``texts``."""
+        unk = self.tokenizer.token_to_id("<unk>")
+        words = unknown = 0
+        for encoding in self.tokenizer.encode_batch(list(texts)):
+            real = [i for i, m in zip(encoding.ids, encoding.attention_mask, strict=True) if m][1:-1]
+            words += len(real)
+            unknown += sum(i == unk for i in real)
+        return words, unknown
+
     def forward(self, batch: dict[str, torch.Tensor]) -> Features:
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         lengths = mask.sum(1).clamp(min=1)
