@@ -25,11 +25,10 @@ from vlret.evaluate.ranking import (
 from vlret.evaluate.results import make_result
 from vlret.evaluate.score_cache import ScoreMatrix, default_score_dir
 from vlret.evaluate.scoring import (
-    DEFAULT_BUDGET,
+    block_shape,
     fold_table,
     head_block_fn,
     head_positive_scores,
-    items_per_block,
     score_block,
 )
 from vlret.models.base import RetrievalModel
@@ -122,7 +121,7 @@ def evaluate_with_head(
     selected: RetrievalDataset,
     folds: list[Fold],
     chunk: int = DEFAULT_CHUNK,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
     scores: ScoreMatrix | None = None,
 ) -> list[Ranks]:
     """Ranks per fold under a similarity head, scored in blocks bounded over both axes.
@@ -152,17 +151,18 @@ def fill_score_matrix(
     folds: list[Fold],
     scores: ScoreMatrix,
     chunk: int = DEFAULT_CHUNK,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
 ) -> int:
     """Compute the folds' blocks of ``scores`` that are not stored yet; returns the rows computed."""
     head.eval()
     computed = 0
     for f in folds:
         items = fold_table(encoded.items, f.item_start, f.item_stop)
-        item_chunk = items_per_block(head, encoded.texts, items, chunk, budget)
+        text_chunk, item_chunk = block_shape(head, encoded.texts, items, chunk, budget)
 
-        def compute(start: int, stop: int, items=items, item_chunk=item_chunk) -> torch.Tensor:
-            return score_block(head, encoded.texts.rows(start, stop), items, item_chunk).float()
+        def compute(start: int, stop: int, items=items, shape=(text_chunk, item_chunk)) -> torch.Tensor:
+            texts = encoded.texts.rows(start, stop)
+            return score_block(head, texts, items, shape[1], text_chunk=shape[0]).float()
 
         rows, cols = (f.caption_start, f.caption_stop), (f.item_start, f.item_stop)
         computed += scores.fill(rows, cols, compute, chunk)

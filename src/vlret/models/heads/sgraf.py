@@ -219,17 +219,32 @@ class SimilarityGraphHead(SimilarityHead):
     def score(self, texts: Features, items: Features) -> torch.Tensor:
         words, word_mask = self._inputs(texts, "text")
         regions, region_mask = self._inputs(items, "item")
+        real = int(word_mask.sum(1).max()) if len(word_mask) else 0
+        words, word_mask = words[:, :real], word_mask[:, :real]  # padding every caption of the block shares
         text_global = self.text_attention(words, word_mask)  # [Nc, D]
         item_global = self.visual_attention(regions, region_mask)  # [Ni, D]
-        nodes = self.nodes(
-            words[:, None],
-            word_mask[:, None],
-            regions[None],
-            text_global[:, None],
-            item_global[None],
-        )  # [Nc, Ni, L + 1, S]
-        node_mask = F.pad(word_mask, (1, 0), value=True)[:, None, :]
-        return torch.sigmoid(self.score_proj(self.aggregate(nodes, node_mask))).squeeze(-1)
+        context = self._block_context(words, word_mask, regions)  # [Ni, Nc, L, D]
+        local = l2n(self.local_proj((context - words[None]).pow(2)))
+        glob = l2n(self.global_proj((item_global[:, None] - text_global[None]).pow(2)))
+        nodes = torch.cat([glob.unsqueeze(-2), local], dim=-2)  # [Ni, Nc, L + 1, S]
+        node_mask = F.pad(word_mask, (1, 0), value=True)
+        vectors = self.aggregate(nodes.transpose(0, 1), node_mask[:, None, :])  # [Nc, Ni, S]
+        return torch.sigmoid(self.score_proj(vectors)).squeeze(-1)
+
+    def _block_context(
+        self, words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`attend` for every (image, caption) pair of a block, laid out ``[Ni, Nc, L, D]`` so that both
+        products are single large matrix products (broadcast matmuls would copy the regions per caption)."""
+        (n_items, n_regions, dim), (n_texts, length) = regions.shape, words.shape[:2]
+        scores = (regions.reshape(-1, dim) @ words.reshape(-1, dim).T).view(
+            n_items, n_regions, n_texts, length
+        )
+        scores = F.leaky_relu(scores, 0.1) * word_mask
+        scores = l2n(scores, dim=-1)  # over each caption's words
+        beta = torch.softmax(self.attn_lambda * scores.permute(0, 2, 3, 1), dim=-1)  # [Ni, Nc, L, R]
+        context = torch.bmm(beta.reshape(n_items, n_texts * length, n_regions), regions)
+        return l2n(context.view(n_items, n_texts, length, dim))
 
     def score_pairs(self, texts: Features, items: Features, chunk: int = 256) -> torch.Tensor:
         out = []
