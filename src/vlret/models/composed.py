@@ -169,20 +169,8 @@ class ComposedModel(RetrievalModel):
         self.image_tower, self.text_tower = image_tower, text_tower
         self.image_transform = image_tower.transform
         self.input_kind = getattr(image_tower, "input_kind", "pixels")
-        self.image_proj = Projection(
-            image_tower.width,
-            cfg.embed_dim,
-            cfg.image_projection or cfg.projection,
-            cfg.projection_init,
-            "image",
-        )
-        self.text_proj = Projection(
-            text_tower.width,
-            cfg.embed_dim,
-            cfg.text_projection or cfg.projection,
-            cfg.projection_init,
-            "text",
-        )
+        self.image_proj = self._projection(image_tower, "image")
+        self.text_proj = self._projection(text_tower, "text")
         # GPO (VSE-infinity, AVSE): each side's global vector pools its projected tokens instead
         self.image_pool = GPO() if cfg.pooling == "gpo" else None
         self.text_pool = GPO() if cfg.pooling == "gpo" else None
@@ -194,6 +182,10 @@ class ComposedModel(RetrievalModel):
         self._image_memo = _Memo(cfg.memo_size if self.freeze_image else 0)
         self._text_memo = _Memo(cfg.memo_size if self.freeze_text else 0)
         self.train()  # frozen towers start (and stay) in eval mode
+
+    def _projection(self, tower: nn.Module, side: str) -> Projection:
+        kind = getattr(self.cfg, f"{side}_projection") or self.cfg.projection
+        return Projection(tower.width, self.cfg.embed_dim, kind, self.cfg.projection_init, side)
 
     @classmethod
     def create(cls, captions: list[str] | None = None, **options) -> ComposedModel:
