@@ -19,3 +19,74 @@ def synth_data(tmp_path_factory) -> Path:
     from vlret.data.synth import SynthConfig, write_benchmark
 
     return write_benchmark(tmp_path_factory.mktemp("synth"), SynthConfig(images=60, seed=3))
+
+
+@pytest.fixture(scope="session")
+def vit_dir(tmp_path_factory):
+    """A one-block ViT (32 px, patches of 8: a 4 x 4 grid) saved with its image processor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = tmp_path_factory.mktemp("vit")
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(folder)
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def swin_dir(tmp_path_factory):
+    """A two-stage Swin (32 px: a 4 x 4 final grid) saved with an image processor."""
+    from transformers import SwinConfig, SwinModel, ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("swin")
+    config = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4
+    )
+    torch.manual_seed(0)
+    SwinModel(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory):
+    """A one-layer BERT with a 12-word WordPiece vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("bert")
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "a",
+        "red",
+        "blue",
+        "circle",
+        "square",
+        "on",
+        "the",
+    ]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder

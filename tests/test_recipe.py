@@ -28,6 +28,7 @@ def test_overrides_and_types(tmp_path):
         ("data.val_split=test", "never chosen on the test split"),
         ("schedule.name=linear", "schedule.name: expected cosine, step or constant"),
         ("bogus=1", "unknown key 'bogus'; valid keys: model, data, losses"),
+        ("losses.infonce.weight=0", "every term has weight 0"),
     ],
 )
 def test_invalid_keys_and_values(override, message):

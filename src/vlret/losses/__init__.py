@@ -3,9 +3,16 @@
 from vlret.losses.base import Loss, same_item_mask
 from vlret.losses.hinge import HingeLoss
 from vlret.losses.infonce import InfoNCELoss
+from vlret.losses.view_decorrelation import ViewDecorrelationLoss
 from vlret.losses.vsl import TextualSemanticLoss, VisualSemanticLoss, soft_rank
 
-LOSSES = {"infonce": InfoNCELoss, "hinge": HingeLoss, "vsl": VisualSemanticLoss, "tsl": TextualSemanticLoss}
+LOSSES = {
+    "infonce": InfoNCELoss,
+    "hinge": HingeLoss,
+    "vsl": VisualSemanticLoss,
+    "tsl": TextualSemanticLoss,
+    "view_decorrelation": ViewDecorrelationLoss,
+}
 
 __all__ = [
     "LOSSES",
@@ -13,6 +20,7 @@ __all__ = [
     "InfoNCELoss",
     "Loss",
     "TextualSemanticLoss",
+    "ViewDecorrelationLoss",
     "VisualSemanticLoss",
     "same_item_mask",
     "soft_rank",

@@ -5,7 +5,14 @@ projection="linear")``; towers are frozen when pretrained and trained when not, 
 ``freeze_text`` say otherwise. Projections map the towers' global vectors
 *and* their tokens into the joint space (one projection per side, shared by both), so token-level heads
 work on composed models too. ``projection="mlp"`` adds a two-layer MLP beside the linear map (its output
-is the sum, as in VSE-infinity's feature projection).
+is the sum, as in VSE-infinity's feature projection); ``"mlp_bn"`` puts a batch norm (over real tokens)
+between the MLP's layers, as AVSE's text head does.
+
+AVSE's asymmetric image side: ``views={"count": 2, ...}`` (see :class:`~vlret.models.avse.RadialBiasSampler`)
+encodes every image as ``count`` views, each a radial-bias sample of the tower's tokens, projected token by
+token, pooled (GPO) and L2-normalised; the global vector is the views side by side (``[B, count * embed_dim]``)
+and is scored by the ``aeom`` head. ``image_token_drop`` (VSE-infinity's size augmentation), ``text_dropout``
+on the text tower's states and ``text_norm: layernorm`` after pooling complete AVSE's encoders.
 
 A frozen tower runs in eval mode without gradients, whatever mode the model is in, so its batch-norm
 statistics stay the pretrained ones; with ``memo_size > 0`` its outputs are remembered by input content,
@@ -17,18 +24,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlret.models.avse import RadialBiasSampler, drop_tokens, encode_views
 from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower, build_text_tower
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
 from vlret.models.pooling import GPO
 
-PROJECTIONS = ("linear", "mlp", "none")
+PROJECTIONS = ("linear", "mlp", "mlp_bn", "none")
+TEXT_NORMS = ("none", "layernorm")
 PROJECTION_INITS = ("torch", "xavier")
 POOLINGS = ("tower", "gpo")
 
@@ -47,6 +58,10 @@ class ComposedConfig:
     max_text_length: int = 64
     memo_size: int = 100_000  # frozen-tower outputs remembered (0: none)
     pooling: str = "tower"  # "tower": the tower's global vector, projected; "gpo": GPO over projected tokens
+    views: dict | None = None  # AVSE's radial-bias views: RadialBiasSampler's settings (None: one image)
+    image_token_drop: float = 0.0  # VSE-infinity's size augmentation: the largest token drop rate (training)
+    text_dropout: float = 0.0  # dropout on the text tower's states before the projection (AVSE: 0.2)
+    text_norm: str = "none"  # or "layernorm" on the pooled text vector (AVSE)
     image_options: dict = field(default_factory=dict)  # the image tower's own settings (regions: dim)
     text_options: dict = field(default_factory=dict)  # the text tower's (bigru: vocab, min_count, ...)
 
@@ -70,10 +85,21 @@ class ComposedConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.memo_size < 0:
             raise ValueError(f"memo_size must be >= 0, not {self.memo_size}")
+        for name in ("image_token_drop", "text_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+        if self.text_norm not in TEXT_NORMS:
+            raise ValueError(f"text_norm must be one of {TEXT_NORMS}, not {self.text_norm!r}")
+        if self.views is not None:
+            if not isinstance(self.views, dict):
+                raise ValueError(f"views must be a mapping of RadialBiasSampler settings, not {self.views!r}")
+            if self.pooling != "gpo":
+                raise ValueError("views pool each view's tokens: set pooling: gpo")
 
 
 class Projection(nn.Module):
-    """A tower's features into the joint space: linear, linear + MLP, or as they are (``none``)."""
+    """A tower's features into the joint space: linear, linear + MLP (``mlp``, ``mlp_bn`` with a batch norm
+    between the MLP's layers), or as they are (``none``)."""
 
     def __init__(self, width: int, dim: int, kind: str, init: str = "torch", side: str = "image"):
         super().__init__()
@@ -82,11 +108,15 @@ class Projection(nn.Module):
                 f"{side}_projection none: the {side} tower's width {width} must equal embed_dim {dim}"
             )
         self.linear = None if kind == "none" else nn.Linear(width, dim)
-        self.mlp = (
-            nn.Sequential(nn.Linear(width, dim // 2 or 1), nn.ReLU(), nn.Linear(dim // 2 or 1, dim))
-            if kind == "mlp"
-            else None
-        )
+        hidden = dim // 2 or 1
+        if kind == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        elif kind == "mlp_bn":
+            self.mlp = nn.Sequential(
+                nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim)
+            )
+        else:
+            self.mlp = None
         if init == "xavier":
             for layer in self.modules():
                 if isinstance(layer, nn.Linear):
@@ -94,10 +124,36 @@ class Projection(nn.Module):
                     nn.init.uniform_(layer.weight, -bound, bound)
                     nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, width]`` or tokens ``[B, T, width]`` (``mask``: their real positions, the only ones a
+        batch norm sees; AVSE's code normalises the pads too)."""
         if self.linear is None:
             return x
-        return self.linear(x) if self.mlp is None else self.linear(x) + self.mlp(x)
+        if self.mlp is None:
+            return self.linear(x)
+        if not isinstance(self.mlp[1], nn.BatchNorm1d):
+            return self.linear(x) + self.mlp(x)
+        first, norm, *rest = self.mlp
+        hidden = first(x)
+        if hidden.ndim == 2:
+            hidden = norm(hidden)
+        else:
+            real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask
+            normed = torch.zeros_like(hidden)
+            normed[real] = norm(hidden[real])
+            hidden = normed
+        for layer in rest:
+            hidden = layer(hidden)
+        return self.linear(x) + hidden
+
+
+def _sampler(views: dict | None) -> RadialBiasSampler | None:
+    if views is None:
+        return None
+    try:
+        return RadialBiasSampler(**views)
+    except TypeError as exc:
+        raise ValueError(f"views: {exc}") from None
 
 
 class _Memo:
@@ -174,6 +230,9 @@ class ComposedModel(RetrievalModel):
         # GPO (VSE-infinity, AVSE): each side's global vector pools its projected tokens instead
         self.image_pool = GPO() if cfg.pooling == "gpo" else None
         self.text_pool = GPO() if cfg.pooling == "gpo" else None
+        self.sampler = _sampler(cfg.views)
+        self.text_dropout = nn.Dropout(cfg.text_dropout)
+        self.text_norm = nn.LayerNorm(cfg.embed_dim) if cfg.text_norm == "layernorm" else None
         self.logit_scale = nn.Parameter(torch.tensor(2.659260036932778))  # log(1 / 0.07), CLIP's start
         self.backbone_prefixes = ("image_tower.", "text_tower.")
         for tower, frozen in ((image_tower, self.freeze_image), (text_tower, self.freeze_text)):
@@ -240,23 +299,55 @@ class ComposedModel(RetrievalModel):
             return memo.run(memo.keys(key_rows), self.device, call, keep_tokens, length)
 
     def encode_images(self, pixels: torch.Tensor) -> Features:
+        if self.sampler is not None:
+            return self._encode_views(pixels)
         f = self._tower(self.image_tower, self.freeze_image, self._image_memo, pixels, pixels)
-        return self._project(f, self.image_proj, self.image_pool)
+        return self._project(f, "image")
+
+    def _encode_views(self, pixels: torch.Tensor) -> Features:
+        """AVSE: every view projected, pooled and normalised on its own, then the views side by side."""
+        with torch.no_grad() if self.freeze_image else nullcontext():
+            views = encode_views(self.image_tower, pixels, self.sampler, self.training)
+        projected = [self._project(view, "image") for view in views]
+        tokens = [f.tokens for f in projected]
+        masks = [
+            torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if f.mask is None else f.mask
+            for f, t in zip(projected, tokens, strict=True)
+        ]
+        embeds = torch.cat([F.normalize(f.embeds, dim=-1) for f in projected], dim=1)
+        return Features(embeds, torch.cat(tokens, dim=1), torch.cat(masks, dim=1))
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         keys = [row[real] for row, real in zip(ids, mask, strict=True)]  # independent of the batch's padding
         f = self._tower(self.text_tower, self.freeze_text, self._text_memo, keys, batch, ids.shape[1])
-        return self._project(f, self.text_proj, self.text_pool)
+        return self._project(f, "text")
 
-    @staticmethod
-    def _project(f: Features, projection: Projection, pool: GPO | None) -> Features:
-        tokens = None if f.tokens is None else projection(f.tokens)
+    def _project(self, f: Features, side: str) -> Features:
+        """A tower's features into the joint space: tokens projected, the global vector projected or pooled."""
+        projection, pool = (
+            (self.image_proj, self.image_pool) if side == "image" else (self.text_proj, self.text_pool)
+        )
+        embeds, tokens = f.embeds, f.tokens
+        if side == "text":  # identity unless text_dropout is set and the model trains
+            embeds = self.text_dropout(embeds)
+            tokens = None if tokens is None else self.text_dropout(tokens)
+        real = f.mask
+        if tokens is not None and real is None:
+            real = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        tokens = None if tokens is None else projection(tokens, real)
         if pool is None:
-            return Features(projection(f.embeds), tokens, f.mask)
-        if tokens is None:
+            out = Features(projection(embeds), tokens, f.mask)
+        elif tokens is None:
             raise ValueError("pooling: gpo needs a tower that returns tokens")
-        return Features(pool(tokens, f.mask), tokens, f.mask)
+        else:
+            pooled_over = real.bool()
+            if side == "image" and self.training and self.cfg.image_token_drop > 0:
+                pooled_over = drop_tokens(pooled_over, self.cfg.image_token_drop)
+            out = Features(pool(tokens, pooled_over), tokens, f.mask)
+        if side == "text" and self.text_norm is not None:
+            out.embeds = self.text_norm(out.embeds)
+        return out
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -145,6 +145,8 @@ def _check_losses(losses: dict) -> None:
             build_dataclass(LOSSES[name], options, f"losses.{name}")
         except ValueError as exc:
             raise ConfigError(f"losses.{name}: {exc}") from None
+    if all(options.get("weight", 1.0) == 0 for options in losses.values()):
+        raise ConfigError("losses: every term has weight 0; at least one must count")
 
 
 def _check_model(model: ModelSection) -> None:

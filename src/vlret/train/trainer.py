@@ -56,10 +56,13 @@ class WeightedLoss:
 
     @classmethod
     def from_recipe(cls, losses: dict[str, dict]) -> WeightedLoss:
+        """The recipe's terms; a term of weight 0 is left out (not computed, not logged, not fitted)."""
         built = {}
         for name, options in losses.items():
             options = dict(options)
             weight = float(options.pop("weight", 1.0))
+            if weight == 0:
+                continue
             built[name] = (weight, LOSSES[name](**options))
         return cls(built)
 

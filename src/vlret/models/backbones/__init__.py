@@ -1,7 +1,8 @@
 """Towers, one per file, and the names they are built by.
 
-Image towers: ``efficientnet-lite0`` (pretrained, pixels), ``regions`` (precomputed region features) and
-``hf-vision`` (a transformers ViT / Swin by ``source``: hub id or folder).
+Image towers: ``efficientnet-lite0`` (pretrained, pixels), ``regions`` (precomputed region features),
+``hf-vision`` (a transformers ViT / Swin by ``source``: hub id or folder) and ``tiny-vit`` (a small ViT
+trained from scratch).
 Text towers: ``minilm`` (pretrained sentence encoder), ``bigru`` (a word-level bi-GRU, SCAN style) and
 ``hf-text`` (a transformers BERT-style encoder by ``source``, ``pooling: cls | mean``).
 ``options`` are the tower's own settings (a recipe's ``image_options`` / ``text_options``).
@@ -15,7 +16,7 @@ from pathlib import Path
 from vlret.errors import ConfigError
 from vlret.models.backbones.base import ImageTower, TextTower
 
-IMAGE_TOWERS = ("efficientnet-lite0", "regions", "hf-vision")
+IMAGE_TOWERS = ("efficientnet-lite0", "regions", "hf-vision", "tiny-vit")
 TEXT_TOWERS = ("minilm", "bigru", "hf-text")
 
 
@@ -44,12 +45,20 @@ def build_image_tower(
     if name == "hf-vision":
         from vlret.models.backbones.hf_vision import HFVisionTower
 
-        options = _options("image", name, options, ("source",))
+        options = _options("image", name, options, ("source", "image_size"))
         if saved is not None:
-            return HFVisionTower(saved, weights=False)
+            return HFVisionTower(saved, weights=False, image_size=options.get("image_size"))
         if "source" not in options:
             raise ConfigError("image_options.source: the hf-vision tower needs a hub id or folder")
-        return HFVisionTower(options["source"])
+        return HFVisionTower(options["source"], image_size=options.get("image_size"))
+    if name == "tiny-vit":
+        from vlret.models.backbones.tiny_vit import TinyViTTower
+
+        options = _options("image", name, options, ("image_size", "patch_size", "width", "layers", "heads"))
+        try:
+            return TinyViTTower(**options)
+        except ValueError as exc:
+            raise ConfigError(f"image_options: {exc}") from None
     raise ConfigError(f"unknown image tower {name!r}; expected one of {IMAGE_TOWERS}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vlret.errors import ConfigError
+from vlret.models.heads.aeom import AEOMHead
 from vlret.models.heads.base import SimilarityHead
 from vlret.models.heads.cosine import CosineHead
 from vlret.models.heads.maxsim import MaxSimHead
@@ -13,6 +14,7 @@ HEADS: dict[str, type[SimilarityHead]] = {
     "maxsim": MaxSimHead,
     "sgr": SGRHead,
     "saf": SAFHead,
+    "aeom": AEOMHead,
 }
 
 
@@ -30,4 +32,13 @@ def build_head(spec: str | dict | None) -> SimilarityHead:
         raise ConfigError(f"head {name!r}: {exc}") from None
 
 
-__all__ = ["HEADS", "CosineHead", "MaxSimHead", "SAFHead", "SGRHead", "SimilarityHead", "build_head"]
+__all__ = [
+    "HEADS",
+    "AEOMHead",
+    "CosineHead",
+    "MaxSimHead",
+    "SAFHead",
+    "SGRHead",
+    "SimilarityHead",
+    "build_head",
+]
