@@ -247,6 +247,16 @@ def test_vit_views_run_blocks_on_sampled_input_tokens(vit_dir):
         torch.testing.assert_close(view.tokens.sort(1).values, full.sort(1).values, atol=1e-5, rtol=0)
 
 
+def test_a_vit_fed_another_input_size_interpolates_its_positions(vit_dir):
+    from vlret.models.backbones.hf_vision import HFVisionTower
+
+    tower = HFVisionTower(vit_dir, image_size=48).eval()  # trained at 32 px: a 6 x 6 grid instead of 4 x 4
+    assert tower.transform.size == 48 and tower.describe()["image_size"] == 48
+    assert tower(torch.randn(1, 3, 48, 48)).tokens.shape[1] == 1 + 36
+    views = encode_views(tower, torch.randn(1, 3, 48, 48), RadialBiasSampler(count=2), training=True)
+    assert [v.tokens.shape[1] for v in views] == [1 + math.floor(0.8 * 37)] * 2
+
+
 def test_swin_views_sample_the_final_grid(swin_dir):
     from vlret.models.backbones.hf_vision import HFVisionTower
 
