@@ -67,11 +67,16 @@ class RadialBiasSampler:
     def _random(self, training: bool) -> bool:
         return training or self.eval_centres == "random"
 
-    def centres(self, pixels: torch.Tensor, n_patches: int, training: bool) -> torch.Tensor:
-        """``[views, batch]`` flat indices of each view's centre cell."""
+    def image_keys(self, pixels: torch.Tensor, training: bool) -> list[bytes] | None:
+        """A content hash per image when evaluation uses fixed centres (None when centres are random)."""
         if self._random(training):
+            return None
+        return [_content_key(row, self.seed) for row in pixels]
+
+    def centres(self, pixels: torch.Tensor, n_patches: int, keys: list[bytes] | None) -> torch.Tensor:
+        """``[views, batch]`` flat indices of each view's centre cell: random, or from the image ``keys``."""
+        if keys is None:
             return torch.randint(n_patches, (self.count, len(pixels))).to(pixels.device)
-        keys = [_content_key(row, self.seed) for row in pixels]
         picked = [[_hashed_index(key, view, n_patches) for key in keys] for view in range(self.count)]
         return torch.tensor(picked, dtype=torch.long, device=pixels.device)
 
@@ -79,15 +84,15 @@ class RadialBiasSampler:
         """``[views, batch, k]`` flat patch indices (into the ``side x side`` grid) each view keeps."""
         n_patches = side * side
         k = self.keep_count(n_patches, has_cls, training)
-        centres = self.centres(pixels, n_patches, training)  # [V, B]
+        keys = self.image_keys(pixels, training)
+        centres = self.centres(pixels, n_patches, keys)  # [V, B]
         distance = grid_distances(side, pixels.device)[centres]  # [V, B, N]
         if self.select == "topk":
             return torch.sort(distance, dim=-1, stable=True).indices[..., :k]
         weights = torch.exp(-self.alpha * distance)  # [V, B, N]
-        if self._random(training):
+        if keys is None:
             drawn = torch.multinomial(weights.reshape(-1, n_patches), k, replacement=False)
             return drawn.reshape(self.count, len(pixels), k)
-        keys = [_content_key(row, self.seed) for row in pixels]
         return torch.stack(
             [
                 torch.stack([_seeded_draw(weights[v, b], k, key, v) for b, key in enumerate(keys)])

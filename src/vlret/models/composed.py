@@ -120,8 +120,7 @@ class Projection(nn.Module):
         if init == "xavier":
             for layer in self.modules():
                 if isinstance(layer, nn.Linear):
-                    bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
-                    nn.init.uniform_(layer.weight, -bound, bound)
+                    nn.init.xavier_uniform_(layer.weight)
                     nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -107,7 +107,10 @@ class TinyCNN(nn.Module):
         return Features(self.head(fmap), tokens, None)
 
 
-class TinyViT(nn.Module):
+class ViTTrunk(nn.Module):
+    """Patch embedding, ``[CLS]``, learnt positions, pre-norm blocks and a final LayerNorm. The pass splits
+    into :meth:`input_tokens` and :meth:`run_blocks`, so AVSE's views can run the blocks on sampled tokens."""
+
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         n_patches = (cfg.image_size // cfg.patch_size) ** 2
@@ -116,12 +119,26 @@ class TinyViT(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, n_patches + 1, cfg.width) * 0.02)
         self.blocks = _pre_norm_transformer(cfg, cfg.image_layers)
         self.norm = nn.LayerNorm(cfg.width)
+
+    def input_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + N, width]``: the ``[CLS]`` token and the patch embeddings, positions added."""
+        x = self.patch(pixels).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
+
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The blocks and the final norm over any subset of input tokens (``[CLS]`` first)."""
+        return self.norm(self.blocks(tokens))
+
+
+class TinyViT(ViTTrunk):
+    """The trunk with a projection into the joint space: ``[CLS]`` is the global vector, patches the tokens."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__(cfg)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim)
 
     def forward(self, pixels: torch.Tensor) -> Features:
-        x = self.patch(pixels).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
-        x = self.proj(self.norm(self.blocks(x)))
+        x = self.proj(self.run_blocks(self.input_tokens(pixels)))
         return Features(x[:, 0], x[:, 1:], None)
 
 

@@ -1,20 +1,19 @@
 """A small ViT image tower, trained from scratch: the CPU stand-in for AVSE's ViT-B/16.
 
-Patches of ``patch_size`` pixels are embedded, a ``[CLS]`` token and learnt positions are added, and
-``layers`` pre-norm transformer blocks with a final LayerNorm run over them. The forward pass splits into
-:meth:`input_tokens` and :meth:`run_blocks`, so radial-bias views (:mod:`vlret.models.avse`) can sample the
-input tokens and run the blocks once per view.
+The trunk of the built-in ``tiny-vit`` model (:class:`vlret.models.tiny.ViTTrunk`) without its projection:
+the composed model's projection maps it into the joint space. Its pass splits into :meth:`input_tokens` and
+:meth:`run_blocks`, so radial-bias views (:mod:`vlret.models.avse`) can sample the input tokens and run the
+blocks once per view.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from vlret.data.transforms import ImageTransform
 from vlret.models.backbones.base import ImageTower
 from vlret.models.base import Features
-from vlret.models.tiny import TinyConfig, _pre_norm_transformer
+from vlret.models.tiny import TinyConfig, ViTTrunk
 
 
 class TinyViTTower(ImageTower):
@@ -49,21 +48,15 @@ class TinyViTTower(ImageTower):
         self.transform = ImageTransform(
             size=image_size, crop=image_size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash"
         )
-        n_patches = (image_size // patch_size) ** 2
-        self.patch = nn.Conv2d(3, width, patch_size, stride=patch_size)
-        self.cls = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos = nn.Parameter(torch.randn(1, n_patches + 1, width) * 0.02)
-        self.blocks = _pre_norm_transformer(cfg, layers)
-        self.norm = nn.LayerNorm(width)
+        self.trunk = ViTTrunk(cfg)
 
     def input_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 1 + N, width]``: the ``[CLS]`` token and the patch embeddings, positions added."""
-        x = self.patch(pixels).flatten(2).transpose(1, 2)
-        return torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
+        return self.trunk.input_tokens(pixels)
 
     def run_blocks(self, tokens: torch.Tensor) -> Features:
         """The transformer over any subset of input tokens (``[CLS]`` first)."""
-        x = self.norm(self.blocks(tokens))
+        x = self.trunk.run_blocks(tokens)
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return Features(x[:, 0], x, mask)
 

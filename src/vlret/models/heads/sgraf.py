@@ -28,8 +28,6 @@ token count of a patch tower to use one.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,8 +50,7 @@ def l1n(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def _xavier_linear(n_in: int, n_out: int) -> nn.Linear:
     """A linear layer initialised as SGRAF's: uniform in +-sqrt(6 / (in + out)), bias 0."""
     layer = nn.Linear(n_in, n_out)
-    bound = math.sqrt(6.0 / (n_in + n_out))
-    nn.init.uniform_(layer.weight, -bound, bound)
+    nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
 
