@@ -11,8 +11,10 @@ between the MLP's layers, as AVSE's text head does.
 AVSE's asymmetric image side: ``views={"count": 2, ...}`` (see :class:`~vlret.models.avse.RadialBiasSampler`)
 encodes every image as ``count`` views, each a radial-bias sample of the tower's tokens, projected token by
 token, pooled (GPO) and L2-normalised; the global vector is the views side by side (``[B, count * embed_dim]``)
-and is scored by the ``aeom`` head. ``image_token_drop`` (VSE-infinity's size augmentation), ``text_dropout``
-on the text tower's states and ``text_norm: layernorm`` after pooling complete AVSE's encoders.
+and is scored by the ``aeom`` head. ``image_token_drop`` and ``text_word_augment`` (VSE-infinity's size
+augmentation of image tokens and caption words, see :mod:`vlret.models.word_augment`), ``text_dropout`` on the
+text tower's states and ``text_norm: layernorm`` after pooling complete AVSE's encoders. Augmented captions
+bypass a frozen text tower's memo (they differ every epoch).
 
 A frozen tower runs in eval mode without gradients, whatever mode the model is in, so its batch-norm
 statistics stay the pretrained ones; with ``memo_size > 0`` its outputs are remembered by input content,
@@ -37,6 +39,7 @@ from vlret.models.avse import RadialBiasSampler, drop_tokens, encode_views
 from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower, build_text_tower
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
 from vlret.models.pooling import GPO
+from vlret.models.word_augment import augment_words
 
 PROJECTIONS = ("linear", "mlp", "mlp_bn", "none")
 TEXT_NORMS = ("none", "layernorm")
@@ -61,6 +64,7 @@ class ComposedConfig:
     views: dict | None = None  # AVSE's radial-bias views: RadialBiasSampler's settings (None: one image)
     image_token_drop: float = 0.0  # VSE-infinity's size augmentation: the largest token drop rate (training)
     text_dropout: float = 0.0  # dropout on the text tower's states before the projection (AVSE: 0.2)
+    text_word_augment: float = 0.0  # VSE-infinity's word-level size augmentation: words perturbed (AVSE: 0.2)
     text_norm: str = "none"  # or "layernorm" on the pooled text vector (AVSE)
     image_options: dict = field(default_factory=dict)  # the image tower's own settings (regions: dim)
     text_options: dict = field(default_factory=dict)  # the text tower's (bigru: vocab, min_count, ...)
@@ -85,7 +89,7 @@ class ComposedConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.memo_size < 0:
             raise ValueError(f"memo_size must be >= 0, not {self.memo_size}")
-        for name in ("image_token_drop", "text_dropout"):
+        for name in ("image_token_drop", "text_dropout", "text_word_augment"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), not {getattr(self, name)}")
         if self.text_norm not in TEXT_NORMS:
@@ -239,6 +243,9 @@ class ComposedModel(RetrievalModel):
         # Only a frozen tower's outputs can be remembered: a trained one changes every step.
         self._image_memo = _Memo(cfg.memo_size if self.freeze_image else 0)
         self._text_memo = _Memo(cfg.memo_size if self.freeze_text else 0)
+        self.word_pieces = text_tower.word_pieces() if cfg.text_word_augment > 0 else None
+        if cfg.text_word_augment > 0 and self.word_pieces is None:
+            raise ValueError(f"text_word_augment: the {cfg.text_tower} text tower does not support it")
         self.train()  # frozen towers start (and stay) in eval mode
 
     def _projection(self, tower: nn.Module, side: str) -> Projection:
@@ -279,8 +286,9 @@ class ComposedModel(RetrievalModel):
         return None if counter is None else counter(texts)
 
     def _tower(
-        self, tower: nn.Module, frozen: bool, memo: _Memo, key_rows: torch.Tensor, inputs, length=None
+        self, tower: nn.Module, frozen: bool, memo: _Memo | None, key_rows: torch.Tensor, inputs, length=None
     ):
+        """A tower's output; a frozen one runs without gradients and through ``memo`` (None: not)."""
         if not frozen:
             return tower(inputs)
 
@@ -292,7 +300,7 @@ class ComposedModel(RetrievalModel):
             return tower(inputs[index])
 
         with torch.no_grad():
-            if memo.size == 0:
+            if memo is None or memo.size == 0:
                 return call(None)
             keep_tokens = self.head.uses_tokens or self.cfg.pooling == "gpo"
             return memo.run(memo.keys(key_rows), self.device, call, keep_tokens, length)
@@ -317,9 +325,12 @@ class ComposedModel(RetrievalModel):
         return Features(embeds, torch.cat(tokens, dim=1), torch.cat(masks, dim=1))
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
+        memo = self._text_memo
+        if self.training and self.word_pieces is not None:
+            batch, memo = augment_words(batch, self.word_pieces, self.cfg.text_word_augment), None
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         keys = [row[real] for row, real in zip(ids, mask, strict=True)]  # independent of the batch's padding
-        f = self._tower(self.text_tower, self.freeze_text, self._text_memo, keys, batch, ids.shape[1])
+        f = self._tower(self.text_tower, self.freeze_text, memo, keys, batch, ids.shape[1])
         return self._project(f, "text")
 
     def _project(self, f: Features, side: str) -> Features:

@@ -15,6 +15,7 @@ from torch import nn
 
 from vlret.data.transforms import ImageTransform
 from vlret.models.base import Features
+from vlret.models.word_augment import WordPieces
 
 
 class ImageTower(nn.Module):
@@ -47,6 +48,10 @@ class TextTower(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Features:
         raise NotImplementedError
+
+    def word_pieces(self) -> WordPieces | None:
+        """What word-level text augmentation needs to know of the vocabulary (None: not supported)."""
+        return None
 
     def save_files(self, folder: Path) -> None:
         """Write what the tower needs besides its weights (a tokenizer, a configuration)."""

@@ -30,6 +30,7 @@ from vlret.data.precomp import SCAN_SPECIALS, read_scan_vocab
 from vlret.errors import ConfigError
 from vlret.models.backbones.base import TextTower
 from vlret.models.base import Features
+from vlret.models.word_augment import WordPieces
 
 CONFIG_FILE = "bigru.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -128,6 +129,12 @@ class BiGRUTower(TextTower):
         ids = torch.tensor([e.ids for e in encoded], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask}
+
+    def word_pieces(self) -> WordPieces:
+        """Every token is a word; masked words read ``<unk>``."""
+        vocab = self.tokenizer.get_vocab()
+        special = [vocab[t] for t in ("<pad>", "<start>", "<end>") if t in vocab]
+        return WordPieces.from_vocab(vocab, special, vocab["<unk>"], vocab.get("<pad>", 0), wordpiece=False)
 
     def unknown_words(self, texts: list[str]) -> tuple[int, int]:
         """(words, words outside the vocabulary, which read as ``<unk>``) over ``texts``."""

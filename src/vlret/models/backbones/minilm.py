@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from vlret.errors import ConfigError
 from vlret.models.backbones.base import TextTower
 from vlret.models.base import Features
+from vlret.models.word_augment import WordPieces
 
 
 def packaged_minilm_path() -> Path:
@@ -66,6 +67,16 @@ class SentenceTower(TextTower):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return Features(pooled, hidden, mask.bool())
+
+    def word_pieces(self) -> WordPieces:
+        """WordPiece (``##`` continues a word) for BERT-style vocabularies; a tokenizer without ``##``
+        pieces treats every token as a word. Masked words read ``[MASK]`` (``[UNK]`` when there is none)."""
+        tokenizer = self.tokenizer
+        vocab = tokenizer.get_vocab()
+        mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        wordpiece = any(token.startswith("##") for token in vocab)
+        return WordPieces.from_vocab(vocab, tokenizer.all_special_ids, mask_id, pad_id, wordpiece)
 
     def save_files(self, folder: Path) -> None:
         self.encoder.config.save_pretrained(folder / "text_tower")
