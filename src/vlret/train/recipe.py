@@ -85,6 +85,18 @@ class EvalSection:
 
 
 @dataclass
+class TeacherSection:
+    """Frozen teachers for distillation losses (RVLR); read only when a loss term needs them."""
+
+    cache: str | None = None  # a folder of per-pair features (vlret features teacher); else the towers run
+    image_tower: str = "efficientnet-lite0"
+    text_tower: str = "minilm"
+    image_options: dict = field(default_factory=dict)
+    text_options: dict = field(default_factory=dict)
+    batch_size: int = 64
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -93,6 +105,7 @@ class Recipe:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
     output_dir: str = "runs/default"
 
     def to_dict(self) -> dict:

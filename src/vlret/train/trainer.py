@@ -25,6 +25,7 @@ from vlret.errors import ConfigError, DataError, TrainingError
 from vlret.evaluate.api import evaluate_model
 from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.losses import LOSSES
+from vlret.losses.base import LossContext
 from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
 from vlret.train import checkpoint as ckpt
@@ -41,11 +42,12 @@ from vlret.train.distributed import (
 from vlret.train.logger import MetricsLogger
 from vlret.train.recipe import Recipe, check_resumable, check_writable, save_recipe
 from vlret.train.schedule import lr_multiplier
+from vlret.train.teacher import Teacher, TeacherTowers
 
 
 @dataclass
 class WeightedLoss:
-    """A recipe's loss terms with their weights."""
+    """A recipe's loss terms with their weights, and the parameters some of them learn."""
 
     terms: dict[str, tuple[float, object]] = field(default_factory=dict)
 
@@ -72,23 +74,58 @@ class WeightedLoss:
             if hasattr(loss, "fit"):
                 loss.fit(train)
 
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The terms that learn parameters, by recipe name."""
+        return {name: loss for name, (_, loss) in self.terms.items() if isinstance(loss, torch.nn.Module)}
+
+    def prepare(self, context: LossContext, device: torch.device) -> None:
+        """Build the terms' own parameters (they need the model's and the teachers' widths)."""
+        for name, module in self.modules.items():
+            try:
+                module.prepare(context)
+            except ValueError as exc:
+                raise ConfigError(f"losses.{name}: {exc}") from None
+            module.to(device)
+
+    def named_parameters(self):
+        for name, module in self.modules.items():
+            for key, param in module.named_parameters():
+                yield f"losses.{name}.{key}", param
+
+    def state_dict(self) -> dict:
+        return {name: module.state_dict() for name, module in self.modules.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state[name])
+
     def __call__(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, logged = 0.0, {}
         for weight, loss in self.terms.values():
+            term_weights = getattr(loss, "term_weights", {})
             for term, value in loss(outputs, batch).items():
                 logged[term] = value.detach()
-                total = total + weight * value
+                total = total + weight * term_weights.get(term, 1.0) * value
+            if hasattr(loss, "monitor"):
+                logged.update({k: torch.tensor(v) for k, v in loss.monitor().items()})
         return total, logged
 
 
 def encode_batch(
-    model: RetrievalModel, batch: dict, info: DistInfo, device: torch.device, needs: frozenset[str]
+    model: RetrievalModel,
+    batch: dict,
+    info: DistInfo,
+    device: torch.device,
+    needs: frozenset[str],
+    teacher: Teacher | None = None,
 ) -> dict:
     """What the loss terms ``needs`` of a batch, gathered from every process.
 
     Always: normalised global embeddings, item ids and the logit scale. ``"scores"``: the model's head on
-    the gathered batch ``[B images, B texts]`` (left to the losses when the head is the plain dot product);
-    ``"tokens"``: token features and masks of both sides.
+    the gathered batch ``[B images, B texts]`` (left to the losses when the head is the plain dot product or
+    a re-ranker); ``"tokens"``: token features and masks of both sides; ``"head"``: the head itself;
+    ``"fused"``: the head's fused vector of each positive pair; ``"teacher"``: the teachers' features.
     """
     pixels = batch["pixels"].to(device, non_blocking=True)
     text = {k: v.to(device, non_blocking=True) for k, v in batch["text"].items()}
@@ -100,26 +137,35 @@ def encode_batch(
         "caption_ids": gather_no_grad(batch["caption_ids"].to(device), info),
         "logit_scale": model.logit_scale.float(),
     }
-    head_scores = "scores" in needs and not model.head.is_dot_product
-    if "tokens" in needs or (head_scores and model.head.uses_tokens):
+    head = model.head
+    head_scores = "scores" in needs and not head.is_dot_product and not head.reranks
+    if "tokens" in needs or "fused" in needs or (head_scores and head.uses_tokens):
         for side, features in (("image", image), ("text", caption)):
             mask = features.mask
             if mask is None:
                 mask = torch.ones(features.tokens.shape[:2], dtype=torch.bool, device=device)
             tokens, mask = gather_tokens_with_grad(features.tokens.float(), mask.bool(), info)
             outputs[f"{side}_tokens"], outputs[f"{side}_mask"] = tokens, mask
+    texts = Features(outputs["text_embeds"], outputs.get("text_tokens"), outputs.get("text_mask"))
+    items = Features(outputs["image_embeds"], outputs.get("image_tokens"), outputs.get("image_mask"))
     if head_scores:
-        texts = Features(outputs["text_embeds"], outputs.get("text_tokens"), outputs.get("text_mask"))
-        items = Features(outputs["image_embeds"], outputs.get("image_tokens"), outputs.get("image_mask"))
-        outputs["scores"] = model.head.score(texts, items).T
+        outputs["scores"] = head.score(texts, items).T
+    if "head" in needs:
+        outputs["head"] = head
+    if "fused" in needs:
+        outputs["fused"] = head.fuse(texts, items)
+    if "teacher" in needs:
+        outputs["teacher_image"], outputs["teacher_text"] = teacher.features(outputs["caption_ids"], device)
     return outputs
 
 
-def parameter_groups(model: RetrievalModel, recipe: Recipe) -> list[dict]:
-    """AdamW groups: backbone vs. the rest (lr factor), and no weight decay on biases, norms and scalars."""
+def parameter_groups(model: RetrievalModel, recipe: Recipe, loss: WeightedLoss | None = None) -> list[dict]:
+    """AdamW groups: backbone vs. the rest (lr factor), and no weight decay on biases, norms and scalars.
+    Parameters the loss terms learn train with the rest."""
     opt = recipe.optim
     groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
+    named = list(model.named_parameters()) + (list(loss.named_parameters()) if loss is not None else [])
+    for name, param in named:
         if not param.requires_grad:
             continue
         backbone = any(name.startswith(p) for p in model.backbone_prefixes)
@@ -186,6 +232,10 @@ class Trainer:
         self.model.to(self.device).train()
         self.loss = WeightedLoss.from_recipe(recipe.losses)
         self.loss.fit(self.train_split)
+        self._check_head_needs()
+        self.teacher = self._build_teacher() if "teacher" in self.loss.needs else None
+        context = LossContext(self._embed_dim(), None if self.teacher is None else self.teacher.dims)
+        self.loss.prepare(context, self.device)
         self.source = PairSource(
             self.train_split, self.model.image_transform, recipe.data, self.model.input_kind
         )
@@ -200,7 +250,9 @@ class Trainer:
         if recipe.train.max_steps is not None:
             self.total_steps = min(self.total_steps, recipe.train.max_steps)
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, recipe), betas=tuple(recipe.optim.betas), eps=recipe.optim.eps
+            parameter_groups(self.model, recipe, self.loss),
+            betas=tuple(recipe.optim.betas),
+            eps=recipe.optim.eps,
         )
         factor = lr_multiplier(
             recipe.schedule, recipe.train.epochs * self.steps_per_epoch, self.steps_per_epoch
@@ -237,6 +289,35 @@ class Trainer:
         except DataError as exc:
             raise ConfigError(f"eval.protocol: {exc}") from None
 
+    def _check_head_needs(self) -> None:
+        """A term that reads fused pairs needs a head with a fusion encoder (ITM)."""
+        if "fused" in self.loss.needs and not hasattr(self.model.head, "fuse"):
+            readers = [n for n, (_, loss) in self.loss.terms.items() if "fused" in getattr(loss, "needs", ())]
+            raise ConfigError(
+                f"losses.{readers[0]}: reads the fusion encoder's pair vectors, but the model's "
+                f"{self.model.head.name} head has none (use model.head: {{name: itm, ...}}, or a "
+                "student relation from the embeddings)"
+            )
+
+    def _build_teacher(self) -> Teacher:
+        spec = self.recipe.teacher
+        if spec.cache:
+            return Teacher.from_cache(spec.cache, self.train_split, self.recipe.data.train_split)
+        towers = TeacherTowers(
+            spec.image_tower, spec.text_tower, spec.image_options, spec.text_options, spec.batch_size
+        )
+        return Teacher.on_the_fly(towers, self.train_split)
+
+    @torch.no_grad()
+    def _embed_dim(self) -> int:
+        """The width of the model's text embedding (loss terms with parameters project into it)."""
+        was_training = self.model.training
+        self.model.eval()
+        batch = {k: v.to(self.device) for k, v in self.model.tokenize(["a"]).items()}
+        width = int(self.model.encode_texts(batch).embeds.shape[-1])
+        self.model.train(was_training)
+        return width
+
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.recipe.train.amp
         if amp == "auto":
@@ -255,6 +336,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "best": self.best,
+            "losses": self.loss.state_dict(),
             "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
@@ -265,6 +347,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.best = state["best"]
+        if "losses" in state:
+            self.loss.load_state_dict(state["losses"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -273,10 +357,13 @@ class Trainer:
     def train_step(self, micro_batches: list[dict], epoch: int) -> dict[str, float]:
         """One optimiser step over ``grad_accum_steps`` micro-batches; returns the logged values."""
         params = [p for p in self.model.parameters() if p.requires_grad]
+        params += [p for _, p in self.loss.named_parameters() if p.requires_grad]
         logged: dict[str, float] = {}
         for batch in micro_batches:
             with self._autocast():
-                outputs = encode_batch(self.model, batch, self.info, self.device, self.loss.needs)
+                outputs = encode_batch(
+                    self.model, batch, self.info, self.device, self.loss.needs, self.teacher
+                )
             total, terms = self.loss(outputs, {"epoch": epoch})
             if not torch.isfinite(total):
                 raise TrainingError(self._non_finite_loss_message(terms))

@@ -6,6 +6,7 @@ from vlret.errors import ConfigError
 from vlret.models.heads.aeom import AEOMHead
 from vlret.models.heads.base import SimilarityHead
 from vlret.models.heads.cosine import CosineHead
+from vlret.models.heads.itm import ITMHead
 from vlret.models.heads.maxsim import MaxSimHead
 from vlret.models.heads.sgraf import SAFHead, SGRHead
 
@@ -15,6 +16,7 @@ HEADS: dict[str, type[SimilarityHead]] = {
     "sgr": SGRHead,
     "saf": SAFHead,
     "aeom": AEOMHead,
+    "itm": ITMHead,
 }
 
 
@@ -36,6 +38,7 @@ __all__ = [
     "HEADS",
     "AEOMHead",
     "CosineHead",
+    "ITMHead",
     "MaxSimHead",
     "SAFHead",
     "SGRHead",

@@ -28,6 +28,9 @@ class SimilarityHead(nn.Module):
     uses_tokens: ClassVar[bool] = False
     #: True when the score is exactly ``normalize(text.embeds) @ normalize(item.embeds).T``
     is_dot_product: ClassVar[bool] = False
+    #: True for a cross-encoder too costly for every pair (ITM): it re-scores the top-``k_test`` of the
+    #: embeddings' dot product at evaluation, and batch losses read that dot product, not the head
+    reranks: ClassVar[bool] = False
 
     def score(self, texts: Features, items: Features) -> torch.Tensor:
         """Scores of every text against every item: ``[len(texts), len(items)]``."""
