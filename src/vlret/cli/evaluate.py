@@ -46,6 +46,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             use_cache=not args.no_cache,
             on_error=args.on_error,
             score_dir=args.score_dir,
+            relevance=args.relevance,
+            mixed_mode=args.mixed_mode,
         )
     if args.out:
         write_json(args.out, result)
@@ -87,6 +89,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--protocol", default="generic", choices=list(PROTOCOLS))
     ev.add_argument("--direction", default="both", choices=list(DIRECTIONS), help="t2i: text->visual only")
     ev.add_argument("--out", help="write the result JSON here")
+    ev.add_argument(
+        "--relevance",
+        help="add single-modal and mixed-gallery NDCG@10/20/50 graded by caption relevance: rouge-l "
+        "(built and cached) or a [captions x items] .npy file (RVLR / TERAN's released matrices)",
+    )
+    ev.add_argument(
+        "--mixed-mode",
+        choices=["clean", "compat"],
+        default="clean",
+        help="mixed gallery: clean (one score scale, untransposed) or compat (RVLR's code)",
+    )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument(
         "--cache-dir", help="feature cache folder (default ~/.cache/vlret/features or $VLRET_CACHE)"

@@ -1,5 +1,5 @@
-"""``vlret backbone predict`` (check that a pretrained tower's weights loaded) and ``vlret features regions``
-(write precomp region features from images)."""
+"""``vlret backbone predict`` (check that a pretrained tower's weights loaded), ``vlret features regions``
+(write precomp region features from images) and ``vlret features teacher`` (RVLR's per-pair teacher features)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,26 @@ def cmd_features_regions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features_teacher(args: argparse.Namespace) -> int:
+    from vlret.train.teacher import TeacherTowers, write_teacher_features
+
+    if args.chunk_size < 1 or args.batch_size < 1:
+        raise ConfigError("--chunk-size and --batch-size must be at least 1")
+    dataset = load_data(args)
+    try:
+        split = dataset.split(args.split)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    towers = TeacherTowers(args.image_tower, args.text_tower, batch_size=args.batch_size)
+    meta = write_teacher_features(split, args.split, args.out, towers, args.chunk_size, progress=True)
+    print(
+        f"{args.out}: {meta['pairs']} pairs of {args.split!r}, image {meta['dims'][0]}-d "
+        f"({args.image_tower}), text {meta['dims'][1]}-d ({args.text_tower}); "
+        f"train with teacher.cache={args.out}"
+    )
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     backbone = commands.add_parser("backbone", help="inspect pretrained towers")
     backbone_cmds = backbone.add_subparsers(dest="backbone_command", required=True)
@@ -99,3 +119,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     regions.add_argument("--split", action="append", help="only this split (repeatable; default all)")
     add_data_options(regions)
     regions.set_defaults(func=cmd_features_regions)
+
+    from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS
+
+    teacher = features_cmds.add_parser(
+        "teacher",
+        help="frozen unimodal teachers' features of every training pair (RVLR), in resumable chunks",
+    )
+    teacher.add_argument("--data", required=True, help="annotation file or folder")
+    teacher.add_argument("--out", required=True, help="folder for {split}_image_embed_regu.npy and _text_")
+    teacher.add_argument("--split", default="train", help="the training split (default train)")
+    teacher.add_argument("--image-tower", default="efficientnet-lite0", choices=list(IMAGE_TOWERS))
+    teacher.add_argument("--text-tower", default="minilm", choices=list(TEXT_TOWERS))
+    teacher.add_argument("--chunk-size", type=int, default=1024, help="pairs per resumable chunk")
+    teacher.add_argument("--batch-size", type=int, default=64)
+    add_data_options(teacher)
+    teacher.set_defaults(func=cmd_features_teacher)

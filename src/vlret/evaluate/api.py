@@ -273,6 +273,25 @@ def check_finite_features(encoded: EncodedDataset, dataset: RetrievalDataset, mo
             )
 
 
+def graded_results(
+    model: RetrievalModel,
+    encoded: EncodedDataset,
+    selected: RetrievalDataset,
+    relevance: str,
+    mixed_mode: str,
+    cache_dir: str | Path | None,
+) -> dict:
+    """Single-modal and mixed NDCG of an encoded split, and where its relevance came from."""
+    from vlret.evaluate.encode import default_cache_dir
+    from vlret.evaluate.graded import graded_metrics, load_relevance
+
+    folder = Path(cache_dir).parent if cache_dir else default_cache_dir().parent
+    matrix = load_relevance(relevance, selected, folder)
+    out = graded_metrics(model.head, encoded, selected, matrix, mixed_mode)
+    out["ndcg"]["relevance"] = relevance
+    return out
+
+
 def evaluate_model(
     model: RetrievalModel,
     dataset: RetrievalDataset,
@@ -286,14 +305,37 @@ def evaluate_model(
     progress: bool = True,
     token_dtype: str = "float32",
     score_dir: str | Path | None = None,
+    relevance: str | None = None,
+    mixed_mode: str = "clean",
 ) -> dict:
     """Encode a split with ``model`` and run ``protocol`` on it, scoring with the model's head.
 
     A head that reads tokens keeps them in the feature cache as ``token_dtype`` (``float16`` halves its
     memory) and is evaluated block by block over both axes. A head that is not a dot product also keeps its
     score matrix (in ``score_dir``, by default next to the feature cache), so that another protocol on the
-    same captions or an ensemble reads it instead of scoring again."""
+    same captions or an ensemble reads it instead of scoring again. A re-ranking head (ITM) is evaluated
+    on the top-``k_test`` of the model's own embeddings (:func:`vlret.rerank.head.evaluate_reranked`); the
+    result records both stages. ``relevance`` (``"rouge-l"`` or a ``.npy`` file) adds single-modal and
+    mixed-gallery NDCG (:mod:`vlret.evaluate.graded`; ``mixed_mode`` clean or compat)."""
     _check_direction(direction)
+    if model.head.reranks:  # a cross-encoder (ITM): the embeddings' top-k_test, re-scored by the head
+        from vlret.rerank.head import evaluate_reranked
+
+        return evaluate_reranked(
+            model,
+            dataset,
+            k=model.head.k_test,
+            protocol=protocol,
+            split=split,
+            direction=direction,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            progress=progress,
+            token_dtype=token_dtype,
+            relevance=relevance,
+            mixed_mode=mixed_mode,
+        )
     proto = get_protocol(protocol)
     started = time.perf_counter()
     split_data, split_name = select_split(dataset, split, proto)
@@ -318,6 +360,8 @@ def evaluate_model(
     coverage = counter([c.text for c in selected.captions]) if counter is not None else None
     if coverage is not None:  # a word vocabulary: how many caption words it did not know
         extra["vocabulary"] = {"words": coverage[0], "unknown_words": coverage[1]}
+    if relevance is not None:
+        extra.update(graded_results(model, encoded, selected, relevance, mixed_mode, cache_dir))
     return package_result(
         ranks,
         selected,

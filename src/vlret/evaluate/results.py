@@ -46,22 +46,35 @@ def make_result(**fields) -> dict:
     }
 
 
-def _cell(metrics: dict, key: str) -> str:
+#: NDCG@10 columns, shown when some result has graded metrics (``--relevance``); values are already in %
+NDCG_COLUMNS = [
+    ("single_modal", "i2i_ndcg@10", "I→I NDCG@10"),
+    ("single_modal", "t2t_ndcg@10", "T→T NDCG@10"),
+    ("mixed", "i2it_ndcg@10", "I→IT NDCG@10"),
+    ("mixed", "t2it_ndcg@10", "T→IT NDCG@10"),
+]
+
+
+def _cell(metrics: dict, key: str, scale: float = 100.0) -> str:
     if key not in metrics:
         return "–"
-    value = metrics[key] * 100
+    value = metrics[key] * scale
     return f"{value:.1f}"
 
 
 def results_table(results: list[dict], names: list[str] | None = None) -> str:
-    """A markdown table of recalls (in %) and rsum, one row per result."""
-    header = "| run | protocol | " + " | ".join(label for _, label in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    """A markdown table of recalls (in %) and rsum, one row per result; NDCG@10 columns are added when
+    some result has single-modal or mixed metrics."""
+    graded = [c for c in NDCG_COLUMNS if any(c[0] in r for r in results)]
+    labels = [label for _, label in TABLE_COLUMNS] + [label for _, _, label in graded]
+    header = "| run | protocol | " + " | ".join(labels) + " |"
+    lines = [header, "|" + "---|" * (len(labels) + 2)]
     for n, result in enumerate(results):
         metrics = result.get("metrics", {})
         name = names[n] if names else result.get("model", {}).get("name", f"run {n}")
         protocol = result.get("protocol", {}).get("name", "?")
         cells = [_cell(metrics, key) for key, _ in TABLE_COLUMNS]
+        cells += [_cell(result.get(section, {}), key, 1.0) for section, key, _ in graded]
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -106,7 +106,7 @@ class StructureDistillation(nn.Module):
 
     def monitor(self) -> dict[str, float]:
         lam, tau2 = self.current()
-        return {"lambda": float(lam), "tau2": float(tau2)}
+        return {"lambda": float(lam.detach()), "tau2": float(tau2.detach())}
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         lam, tau2 = self.current()

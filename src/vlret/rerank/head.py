@@ -18,7 +18,13 @@ import torch
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, NonFiniteScoreError
-from vlret.evaluate.api import check_finite_features, fold_metrics, package_result, select_split
+from vlret.evaluate.api import (
+    check_finite_features,
+    fold_metrics,
+    graded_results,
+    package_result,
+    select_split,
+)
 from vlret.evaluate.encode import FeatureTable, encode_dataset
 from vlret.evaluate.protocols import DIRECTIONS, Fold, get_protocol, prepare
 from vlret.evaluate.ranking import (
@@ -140,12 +146,15 @@ def evaluate_reranked(
     progress: bool = True,
     token_dtype: str = "float32",
     scores_source: str | None = None,
+    relevance: str | None = None,
+    mixed_mode: str = "clean",
 ) -> dict:
     """Evaluate ``model``'s head as a re-ranker of a first stage's top-``k`` under ``protocol``.
 
     ``first_stage`` is a model (its global embeddings' cosine), a (captions x items) score matrix of the
     split (``scores_source`` names its file), or None for ``model``'s own global embeddings. The result's
     ``metrics`` are the re-ranked ones; ``first_stage.metrics`` those of the first stage alone.
+    ``relevance`` adds single-modal and mixed NDCG of the model (see :func:`vlret.evaluate.api.evaluate_model`).
     """
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
@@ -200,6 +209,9 @@ def evaluate_reranked(
         reranked.append(after)
     done = time.perf_counter()
     first_metrics, first_folds = fold_metrics(base_ranks, direction)
+    extra = {}
+    if relevance is not None:
+        extra = graded_results(model, encoded, selected, relevance, mixed_mode, cache_dir)
     return package_result(
         reranked,
         selected,
@@ -218,6 +230,7 @@ def evaluate_reranked(
             "k": k,
             "tie_rule": "wrong candidates at or above the answer count",
         },
+        **extra,
         seconds={
             "encode": round(encoded_at - started, 3),
             "score": round(done - encoded_at, 3),

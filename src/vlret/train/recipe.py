@@ -55,7 +55,7 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    name: str = "cosine"  # cosine, step, constant
+    name: str = "cosine"  # cosine, linear, step, constant
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # of all steps; used when warmup_steps is 0
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak
@@ -246,7 +246,10 @@ def _check_optim(opt: OptimSection) -> None:
 
 def _check_schedule(sched: ScheduleSection) -> None:
     _require(
-        sched.name in ("cosine", "step", "constant"), "schedule.name", "cosine, step or constant", sched.name
+        sched.name in ("cosine", "linear", "step", "constant"),
+        "schedule.name",
+        "cosine, linear, step or constant",
+        sched.name,
     )
     _require(sched.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", sched.warmup_steps)
     _require(

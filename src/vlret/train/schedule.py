@@ -1,4 +1,5 @@
-"""Learning-rate schedules as multipliers of the peak rate: linear warm-up, then cosine, step or constant."""
+"""Learning-rate schedules as multipliers of the peak rate: linear warm-up, then cosine, linear decay, step or
+constant."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def lr_multiplier(section: ScheduleSection, total_steps: int, steps_per_epoch: i
             return section.gamma ** sum(epoch >= e for e in section.step_epochs)
         progress = min(1.0, (step - warm) / max(1, total_steps - warm))
         floor = section.min_lr_ratio
+        if section.name == "linear":  # ALBEF / X-VLM / RVLR: straight down to the floor
+            return floor + (1 - floor) * (1 - progress)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
