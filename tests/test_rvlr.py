@@ -452,3 +452,31 @@ def test_a_fused_student_needs_an_itm_head(synth_data, tmp_path, capsys):
         capsys=capsys,
     )
     assert code == 2 and "structure_distill" in err and "fusion" in err
+
+
+@pytest.mark.parametrize("data", ["coco", "f30k", "vizwiz", "synth_cpu"])
+def test_the_rvlr_recipes_are_valid(data, tmp_path):
+    from vlret.models import create_model
+    from vlret.train.recipe import load_recipe, resolve_recipe
+
+    stage1 = load_recipe(resolve_recipe(f"rvlr_stage1_{data}"))
+    assert stage1.losses == {"infonce": {"weight": 1.0}, "itm": {"weight": 2.0}}
+    assert stage1.model.head["name"] == "itm" and stage1.data.val_split == "val"
+    saved = tmp_path / "stage1"
+    create_model("tiny-vit", captions=["a red circle"]).save(saved)  # stage 2 starts from a saved model
+    stage2 = load_recipe(resolve_recipe(f"rvlr_{data}"), [f"model.name={saved}"])
+    weights = {name: spec["weight"] for name, spec in stage2.losses.items()}
+    assert weights == {"infonce": 1.0, "itm": 2.0, "representation_distill": 1.0, "structure_distill": 1.0}
+    rd, sd = stage2.losses["representation_distill"], stage2.losses["structure_distill"]
+    # the released weights a..g = 1, 2, 1, 2, 2, 1, 1
+    assert (rd["iic_weight"], rd["ttc_weight"]) == (1.0, 2.0)
+    assert (sd["kd_weight"], sd["kdi_weight"], sd["kdt_weight"], sd["tau2"]) == (2.0, 1.0, 1.0, 0.07)
+
+
+def test_linear_schedule_warms_up_then_falls_to_zero():
+    from vlret.train.recipe import ScheduleSection
+    from vlret.train.schedule import lr_multiplier
+
+    factor = lr_multiplier(ScheduleSection(name="linear", warmup_fraction=0.1), 100, 10)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5) and factor(100) == 0.0
