@@ -9,7 +9,9 @@ averaged over all ``3B`` rows. An anchor whose every other entry shares its item
 none. ``tau`` is the ITC temperature (the model's ``logit_scale``, clamped as the ITC loss clamps it).
 
 The positive pairs' fused vectors come from the training step (``outputs["fused"]``), which computes them
-once for every term that reads them (structure distillation does too).
+once for every term that reads them (structure distillation does too). Under distributed training the loss
+sees the gathered batch like every term, so negatives come from the global batch and every process fuses
+all of its pairs; the released code samples and fuses per process (a cheaper, local variant not built).
 """
 
 from __future__ import annotations
