@@ -1,0 +1,183 @@
+"""Image classification data for prompt learning (CoOp, TextRefiner): splits, few-shot subsets, base and new.
+
+Two layouts are read into one record model (:class:`ClassData`):
+
+- **CoOp's split files** ``split_zhou_<Name>.json``: ``{"train" | "val" | "test": [[relative path, label,
+  class name], ...]}``, paths relative to the dataset's image folder (:func:`read_split_zhou`);
+- **class folders**: ``root/<split>/<class name>/<images>`` or, with one split, ``root/<class name>/<images>``;
+  labels follow the sorted folder names (:func:`read_class_folders`).
+
+Protocols (CoOp's, which TextRefiner reports):
+
+- :func:`few_shot`: ``shots`` images per class drawn without replacement, seeded; a class with fewer keeps
+  what it has, and the shortfall is returned so that a result can say so (CoOp warns and goes on);
+- :func:`base_new`: the train split's labels sorted, the first ``ceil(C / 2)`` are *base*, the rest *new*,
+  each half relabelled from 0 (37 classes: 19 / 18; 397: 199 / 198);
+- :func:`harmonic_mean`: ``2 B N / (B + N)``; a dataset average is the harmonic mean of the averaged base and
+  new accuracies, not the average of per-dataset harmonic means.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from vlret.data._io import read_json
+from vlret.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: str  # relative to ClassData.root (or absolute)
+    label: int
+
+
+@dataclass
+class ClassData:
+    """Labelled images per split, and the class names by label."""
+
+    root: Path
+    classnames: list[str]
+    splits: dict[str, list[LabelledImage]]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)  # what a protocol could not do as asked
+
+    def path(self, image: LabelledImage) -> Path:
+        p = Path(image.path)
+        return p if p.is_absolute() else self.root / p
+
+    def split(self, name: str) -> list[LabelledImage]:
+        if name not in self.splits:
+            raise DataError(self.source, None, f"no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+
+def _check_files(data: ClassData, where: str) -> None:
+    for split, images in data.splits.items():
+        for n, image in enumerate(images):
+            if not data.path(image).is_file():
+                raise DataError(where, f"{split}[{n}]", f"image file not found: {data.path(image)}")
+
+
+def read_split_zhou(path: str | Path, image_root: str | Path, check_files: bool = True) -> ClassData:
+    """A CoOp split file; ``image_root`` is the folder its paths are relative to."""
+    path = Path(path)
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not any(s in raw for s in SPLITS):
+        raise DataError(path, None, 'expected {"train": [...], "val": [...], "test": [...]}')
+    names: dict[int, str] = {}
+    splits: dict[str, list[LabelledImage]] = {}
+    for split in SPLITS:
+        entries = raw.get(split, [])
+        if not isinstance(entries, list):
+            raise DataError(path, split, "expected a list of [path, label, class name]")
+        images = []
+        for n, entry in enumerate(entries):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+                raise DataError(path, f"{split}[{n}]", f"expected [path, label, class name], got {entry!r}")
+            rel, label, name = entry
+            if names.setdefault(label, name) != name:
+                raise DataError(
+                    path, f"{split}[{n}]", f"label {label} is {names[label]!r} elsewhere, here {name!r}"
+                )
+            images.append(LabelledImage(str(rel), label))
+        splits[split] = images
+    if sorted(names) != list(range(len(names))):
+        raise DataError(path, None, f"labels must be 0..{len(names) - 1}; got {sorted(names)[:5]}...")
+    data = ClassData(Path(image_root), [names[i] for i in range(len(names))], splits, str(path))
+    if check_files:
+        _check_files(data, str(path))
+    return data
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_class_folders(root: str | Path) -> ClassData:
+    """``root/<split>/<class>/...`` (splits among train, val, test) or ``root/<class>/...`` (one split,
+    ``test``); class names are the folder names with ``_`` read as a space, labels their sorted order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, None, "not a folder of class folders")
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    layout = split_dirs or {"test": root}
+    folder_names = sorted({d.name for folder in layout.values() for d in folder.iterdir() if d.is_dir()})
+    if not folder_names:
+        raise DataError(root, None, "no class folders found")
+    label_of = {name: n for n, name in enumerate(folder_names)}
+    splits = {}
+    for split, folder in layout.items():
+        images = []
+        for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
+            files = _images_in(class_dir)
+            if not files:
+                raise DataError(class_dir, None, f"class folder with no images ({', '.join(IMAGE_SUFFIXES)})")
+            images += [LabelledImage(str(f.relative_to(root)), label_of[class_dir.name]) for f in files]
+        splits[split] = images
+    classnames = [name.replace("_", " ") for name in folder_names]
+    return ClassData(root, classnames, splits, str(root))
+
+
+def few_shot(
+    images: list[LabelledImage], shots: int, seed: int
+) -> tuple[list[LabelledImage], dict[int, int]]:
+    """``shots`` images per label (all of a label's when it has fewer), deterministic for ``seed``; returns
+    (the subset in label order, {label: images available} for every label short of ``shots``)."""
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1, not {shots}")
+    by_label: dict[int, list[LabelledImage]] = {}
+    for image in images:
+        by_label.setdefault(image.label, []).append(image)
+    rng = random.Random(seed)
+    chosen, short = [], {}
+    for label in sorted(by_label):
+        pool = by_label[label]
+        if len(pool) < shots:
+            short[label] = len(pool)
+        chosen += rng.sample(pool, min(shots, len(pool)))
+    return chosen, short
+
+
+def few_shot_data(data: ClassData, shots: int, seed: int, val_shots: int = 4) -> ClassData:
+    """CoOp's few-shot training data: ``shots`` per class from train, ``min(shots, val_shots)`` from val
+    (when there is a val split); test untouched; shortfalls recorded in ``notes``."""
+    splits = dict(data.splits)
+    notes = list(data.notes)
+    for split, count in (("train", shots), ("val", min(shots, val_shots))):
+        if split not in splits:
+            continue
+        splits[split], short = few_shot(splits[split], count, seed)
+        for label, available in short.items():
+            notes.append(
+                f"{split}: class {data.classnames[label]!r} has {available} images, fewer than {count} shots; "
+                "all of them are used"
+            )
+    return replace(data, splits=splits, notes=notes)
+
+
+def base_new(data: ClassData, subset: str) -> ClassData:
+    """The ``base`` or ``new`` half of the classes (or ``all``), relabelled from 0 in every split."""
+    if subset == "all":
+        return data
+    if subset not in ("base", "new"):
+        raise ValueError(f"subset must be base, new or all, not {subset!r}")
+    labels = sorted({image.label for image in data.split("train")})
+    half = math.ceil(len(labels) / 2)
+    kept = labels[:half] if subset == "base" else labels[half:]
+    relabel = {old: new for new, old in enumerate(kept)}
+    splits = {
+        split: [LabelledImage(i.path, relabel[i.label]) for i in images if i.label in relabel]
+        for split, images in data.splits.items()
+    }
+    return replace(data, classnames=[data.classnames[old] for old in kept], splits=splits)
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """``2 B N / (B + N)`` (0 when both are 0)."""
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
