@@ -513,3 +513,31 @@ def test_a_resumed_stage2_run_restores_the_loss_parameters(synth_data, tmp_path)
     for term in a:
         for key, value in a[term].items():
             torch.testing.assert_close(b[term][key], value, atol=1e-6, rtol=0)
+
+
+def test_teacher_features_resume_after_a_kill(synth_data, tmp_path):
+    from vlret.data import load_dataset
+    from vlret.train.teacher import MANIFEST, Teacher, TeacherTowers, write_teacher_features
+
+    train = load_dataset(synth_data).split("train")
+    out = tmp_path / "teacher"
+    write_teacher_features(train, "train", out, TeacherTowers(batch_size=32), chunk=64, progress=False)
+    image = np.load(out / "train_image_embed_regu.npy").copy()
+    text = np.load(out / "train_text_embed_regu.npy").copy()
+    # what a kill after the first chunk leaves: the manifest says 64 rows, the rest is whatever was there
+    meta = json.loads((out / MANIFEST).read_text())
+    meta.update(rows_done=64, complete=False)
+    (out / MANIFEST).write_text(json.dumps(meta))
+    stale = np.load(out / "train_image_embed_regu.npy", mmap_mode="r+")
+    stale[64:] = 0.0
+    stale.flush()
+    with pytest.raises(Exception, match="not complete"):
+        Teacher.from_cache(out, train, "train")
+    write_teacher_features(train, "train", out, TeacherTowers(batch_size=32), chunk=64, progress=False)
+    np.testing.assert_allclose(np.load(out / "train_image_embed_regu.npy"), image, atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "train_text_embed_regu.npy"), text, atol=1e-5)
+    teacher = Teacher.from_cache(out, train, "train")
+    first = train.caption_to_item[0]
+    siblings = [c for c in range(len(train.captions)) if train.caption_to_item[c] == first]
+    rows, _ = teacher.features(torch.tensor(siblings), torch.device("cpu"))
+    assert torch.equal(rows[0], rows[-1])  # an image's features repeat for each of its captions
