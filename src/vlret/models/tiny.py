@@ -152,8 +152,13 @@ class TinyTextEncoder(nn.Module):
         self.proj = nn.Linear(cfg.width, cfg.embed_dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+        return self.forward_embeddings(self.embed(input_ids), attention_mask)
+
+    def forward_embeddings(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+        """The encoder from token embeddings ``[B, L, width]`` (positions added here): prompt learning
+        (CoOp) feeds learnt context vectors in place of some words' embeddings."""
         mask = attention_mask.bool()
-        x = self.embed(input_ids) + self.pos[:, : input_ids.shape[1]]
+        x = embeds + self.pos[:, : embeds.shape[1]]
         x = self.proj(self.norm(self.blocks(x, src_key_padding_mask=~mask)))
         return Features(x[:, 0], x, mask)
 
@@ -208,6 +213,14 @@ class TinyDualEncoder(RetrievalModel):
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         return self.text_encoder(batch["input_ids"], batch["attention_mask"])
+
+    def text_token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The text tower's input embeddings of ``input_ids`` (what prompt learning edits)."""
+        return self.text_encoder.embed(input_ids)
+
+    def encode_text_embeddings(self, embeds: torch.Tensor, batch: dict[str, torch.Tensor]) -> Features:
+        """:meth:`encode_texts` from input embeddings instead of ids (``batch`` gives the mask)."""
+        return self.text_encoder.forward_embeddings(embeds, batch["attention_mask"])
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
