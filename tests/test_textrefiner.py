@@ -62,3 +62,30 @@ def test_alpha_zero_is_coop_and_the_cache_takes_no_gradient():
     refined.sum().backward()
     assert text.grad is not None and not cache.entries.requires_grad
     assert "entries" in cache.state_dict()  # saved and restored with the model
+
+
+def test_semantic_tokens_order_and_loss_labels():
+    from vlret.losses.textrefiner import semantic_loss, semantic_tokens
+
+    aligned = torch.arange(2 * 8 * 3, dtype=torch.float32).reshape(2, 8, 3)  # [CLS] + 7 patches
+    attention = torch.tensor([[0.1, 0.7, 0.0, 0.3, 0.2, 0.05, 0.9], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    u = semantic_tokens(aligned, attention)
+    assert u.shape == (14, 3)
+    torch.testing.assert_close(u[0], aligned[0, 0])
+    # patches by attention: 7 (0.9), 2 (0.7), 4 (0.3), 5 (0.2), 1 (0.1); token index = patch index + 1
+    for row, token in zip(range(1, 6), [7, 2, 4, 5, 1], strict=True):
+        torch.testing.assert_close(u[row], aligned[0, token])
+    torch.testing.assert_close(u[6], aligned[0].mean(0))
+    torch.testing.assert_close(u[7], aligned[1, 0])
+    classes = F.normalize(torch.randn(4, 3), dim=1)
+    labels = torch.tensor([2, 0])
+    expected = F.cross_entropy(10 * u @ classes.T, torch.tensor([2] * 7 + [0] * 7))
+    torch.testing.assert_close(semantic_loss(u, classes, labels, 10.0), expected)
+
+
+def test_the_regulariser_vanishes_for_unit_unchanged_embeddings():
+    from vlret.losses.textrefiner import refinement_regulariser
+
+    text = F.normalize(torch.randn(3, 4), dim=1)
+    assert float(refinement_regulariser(2.5 * text, text)) < 1e-7  # scale does not count
+    assert float(refinement_regulariser(text + 0.1, text)) > 0
