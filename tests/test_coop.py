@@ -45,3 +45,29 @@ def test_a_model_whose_text_tower_takes_no_embeddings_is_refused():
     model = create_model("composed", image_tower="tiny-vit", text_tower="minilm", embed_dim=8)
     with pytest.raises(ConfigError, match="input embeddings"):
         PromptLearner(model, CLASSES)
+
+
+def test_local_tokens_are_the_image_pass_and_attention_rows_sum_to_one():
+    model = _model()
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        tokens, attention = model.local_tokens(pixels)
+        plain = model.encode_images(pixels)
+    torch.testing.assert_close(tokens[:, 0], plain.embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens[:, 1:], plain.tokens, atol=1e-5, rtol=0)
+    cfg = model.cfg
+    assert attention.shape == (3, (cfg.image_size // cfg.patch_size) ** 2)
+    # independently: the last block's attention from its projection weights, per head, then averaged
+    trunk = model.image_encoder
+    with torch.no_grad():
+        x = trunk.input_tokens(pixels)
+        for layer in trunk.blocks.layers[:-1]:
+            x = layer(x)
+        last = trunk.blocks.layers[-1]
+        h = last.norm1(x)
+        width, heads = h.shape[-1], last.self_attn.num_heads
+        q, k, _ = (h @ last.self_attn.in_proj_weight.T + last.self_attn.in_proj_bias).split(width, dim=-1)
+        q = q.view(3, -1, heads, width // heads).transpose(1, 2)
+        k = k.view(3, -1, heads, width // heads).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / (width // heads) ** 0.5, dim=-1).mean(1)
+    torch.testing.assert_close(attention, weights[:, 0, 1:], atol=1e-5, rtol=0)

@@ -129,6 +129,17 @@ class ViTTrunk(nn.Module):
         """The blocks and the final norm over any subset of input tokens (``[CLS]`` first)."""
         return self.norm(self.blocks(tokens))
 
+    def run_blocks_with_cls_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`run_blocks`, and the last block's attention of ``[CLS]`` over the other tokens, averaged
+        over heads ``[B, N]`` (TextRefiner picks the patches ``[CLS]`` attends to most)."""
+        *first, last = self.blocks.layers
+        x = tokens
+        for layer in first:
+            x = layer(x)
+        h = last.norm1(x)  # pre-norm: the attention sees the normalised input
+        _, weights = last.self_attn(h, h, h, need_weights=True, average_attn_weights=True)
+        return self.norm(last(x)), weights[:, 0, 1:]
+
 
 class TinyViT(ViTTrunk):
     """The trunk with a projection into the joint space: ``[CLS]`` is the global vector, patches the tokens."""
@@ -213,6 +224,15 @@ class TinyDualEncoder(RetrievalModel):
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         return self.text_encoder(batch["input_ids"], batch["attention_mask"])
+
+    def local_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image token in the joint space ``[B, 1 + N, D]`` (token 0 is the global embedding) and the
+        last block's ``[CLS]`` attention over the patches ``[B, N]``: TextRefiner's local features."""
+        if not isinstance(self.image_encoder, TinyViT):
+            raise ValueError(f"{self.name}: local tokens with attention need the tiny-vit image tower")
+        trunk = self.image_encoder
+        out, attention = trunk.run_blocks_with_cls_attention(trunk.input_tokens(pixels))
+        return trunk.proj(out), attention
 
     def text_token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The text tower's input embeddings of ``input_ids`` (what prompt learning edits)."""
