@@ -71,3 +71,41 @@ def test_local_tokens_are_the_image_pass_and_attention_rows_sum_to_one():
         k = k.view(3, -1, heads, width // heads).transpose(1, 2)
         weights = torch.softmax(q @ k.transpose(-1, -2) / (width // heads) ** 0.5, dim=-1).mean(1)
     torch.testing.assert_close(attention, weights[:, 0, 1:], atol=1e-5, rtol=0)
+
+
+def test_alpha_zero_is_coop_and_textrefiner_is_image_independent_at_test():
+    from vlret.models.prompt_classifier import PromptClassifier, RefinerConfig
+
+    model = _model()
+    coop = PromptClassifier(model, CLASSES).eval()
+    zero = PromptClassifier(model, CLASSES, refiner=RefinerConfig(alpha=0.0)).eval()
+    pixels = torch.randn(4, 3, 64, 64)
+    torch.testing.assert_close(coop.logits(pixels), zero.logits(pixels))
+    refiner = PromptClassifier(model, CLASSES, refiner=RefinerConfig(alpha=0.2)).train()
+    labels = torch.tensor([0, 1, 2, 0])
+    before = refiner.cache.entries.clone()
+    terms = refiner.training_losses(pixels, labels)
+    terms["total"].backward()
+    assert set(terms) == {"ce", "semantic", "regulariser", "total"}
+    assert not torch.equal(refiner.cache.entries, before)  # written after the losses
+    assert refiner.prompts.ctx.grad is not None and refiner.alignment.first.weight.grad is not None
+    refiner.eval()
+    together = refiner.logits(pixels)
+    one_by_one = torch.cat([refiner.logits(pixels[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)
+    classes = refiner.class_embeddings()
+    refiner.logits(torch.randn(2, 3, 64, 64))
+    assert refiner.class_embeddings() is classes  # computed once per class list at test time
+
+
+def test_new_classes_keep_the_learnt_context():
+    from vlret.models.prompt_classifier import PromptClassifier
+
+    model = _model()
+    classifier = PromptClassifier(model, CLASSES[:2])
+    with torch.no_grad():
+        classifier.prompts.ctx.add_(0.5)
+    classifier.set_classes(CLASSES[2:])
+    assert classifier.prompts.classnames == ["green_triangle"]
+    plain = PromptLearner(model, CLASSES[2:])
+    torch.testing.assert_close(classifier.prompts.ctx, plain.ctx + 0.5)

@@ -45,12 +45,26 @@ class LocalCache(nn.Module):
         hit = torch.zeros(len(self.entries), dtype=torch.bool, device=v.device)
         hit[chosen] = True
         updated = self.momentum * self.entries + (1 - self.momentum) * sums
-        self.entries.copy_(torch.where(hit[:, None], F.normalize(updated, dim=1), self.entries))
+        # a new tensor, not an in-place update: this step's loss read the old entries and still needs them
+        self.entries = torch.where(hit[:, None], F.normalize(updated, dim=1), self.entries)
 
     def read(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P [C, M], F [C, d])`` for class embeddings ``text`` ``[C, d]``."""
         attention = torch.softmax(F.normalize(text, dim=1) @ self.entries.T, dim=1)
         return attention, attention @ self.entries
+
+
+class FeatureAlignment(nn.Module):
+    """The token-wise MLP that brings image tokens towards the text side (training only):
+    ``Linear -> BatchNorm (over every token of the batch) -> ReLU -> Linear``."""
+
+    def __init__(self, dim: int = 512):
+        super().__init__()
+        self.first, self.norm, self.second = nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        return self.second(torch.relu(self.norm(self.first(flat)))).reshape(tokens.shape)
 
 
 class Aggregation(nn.Module):
