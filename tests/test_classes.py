@@ -107,3 +107,22 @@ def test_class_folders_and_an_empty_class(tmp_path):
     (tmp_path / "test" / "bird").mkdir()
     with pytest.raises(DataError, match="no images"):
         read_class_folders(tmp_path)
+
+
+def test_the_synthetic_class_benchmark_splits_compositions(tmp_path):
+    from vlret.data.synth_classes import ClassBenchConfig, compositions, write_class_benchmark
+
+    names = compositions()
+    assert len(names) == 24 and len(set(names)) == 24
+    base, new = names[:12], names[12:]
+    for word in {n.split()[0] for n in names} | {n.split()[1] for n in names}:
+        assert any(word in n.split() for n in base) and any(word in n.split() for n in new)
+    path = write_class_benchmark(tmp_path, ClassBenchConfig(per_class={"train": 2, "val": 1, "test": 1}))
+    data = read_split_zhou(path, tmp_path / "images")
+    assert data.classnames == names and len(data.split("train")) == 48
+    assert base_new(data, "new").classnames == new
+    again = write_class_benchmark(
+        tmp_path / "again", ClassBenchConfig(per_class={"train": 2, "val": 1, "test": 1})
+    )
+    first = (tmp_path / "images" / data.split("test")[5].path).read_bytes()
+    assert (again.parent / "images" / data.split("test")[5].path).read_bytes() == first
