@@ -1,0 +1,64 @@
+"""Prompt learning end to end on the synthetic class benchmark: base-to-new, save and load, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlret.data.classes import read_split_zhou
+from vlret.data.synth_classes import ClassBenchConfig, write_class_benchmark
+from vlret.models import create_model
+from vlret.train.prompt_trainer import PromptRun, evaluate_base_to_new, load_prompts, train_prompts
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classes")
+    split = write_class_benchmark(root, ClassBenchConfig(per_class={"train": 4, "val": 2, "test": 2}))
+    data = read_split_zhou(split, root / "images")
+    torch.manual_seed(0)
+    model = create_model("tiny-vit", captions=["a photo of a " + n + "." for n in data.classnames])
+    model.save(root / "clip")
+    return data, root / "clip"
+
+
+@pytest.mark.parametrize("method", ["coop", "textrefiner"])
+def test_base_to_new_trains_saves_and_evaluates(bench, tmp_path, method):
+    data, clip = bench
+    run = PromptRun(model=str(clip), method=method, shots=4, epochs=2, batch_size=16)
+    summary = train_prompts(run, data, tmp_path / "run")
+    classifier = load_prompts(summary["prompts"])
+    assert classifier.refines == (method == "textrefiner")
+    assert classifier.prompts.classnames == data.classnames[:12]  # trained on base classes
+    result = evaluate_base_to_new(summary["prompts"], data)
+    assert 0 <= result["base_acc"] <= 100 and 0 <= result["new_acc"] <= 100
+    expected_hm = (
+        0
+        if result["base_acc"] + result["new_acc"] == 0
+        else (2 * result["base_acc"] * result["new_acc"] / (result["base_acc"] + result["new_acc"]))
+    )
+    assert result["hm"] == pytest.approx(expected_hm)
+
+
+def test_save_and_load_restore_the_cache_exactly(bench, tmp_path):
+    data, clip = bench
+    run = PromptRun(model=str(clip), shots=4, epochs=1, batch_size=16, select="last")
+    summary = train_prompts(run, data, tmp_path / "run")
+    loaded = load_prompts(summary["prompts"])
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    torch.testing.assert_close(loaded.cache.entries, state["cache"])
+
+
+def test_a_resumed_run_matches_an_uninterrupted_one(bench, tmp_path):
+    data, clip = bench
+    whole = train_prompts(
+        PromptRun(model=str(clip), shots=4, epochs=2, batch_size=16, select="last"), data, tmp_path / "a"
+    )
+    run = PromptRun(model=str(clip), shots=4, epochs=2, batch_size=16, select="last")
+    train_prompts(run, data, tmp_path / "b", stop_after=1)
+    resumed = train_prompts(
+        PromptRun(model=str(clip), shots=4, epochs=2, batch_size=16, select="last"), data, tmp_path / "b"
+    )
+    a, b = load_prompts(whole["prompts"]), load_prompts(resumed["prompts"])
+    torch.testing.assert_close(a.prompts.ctx, b.prompts.ctx)
+    torch.testing.assert_close(a.cache.entries, b.cache.entries)
