@@ -62,3 +62,25 @@ def test_a_resumed_run_matches_an_uninterrupted_one(bench, tmp_path):
     a, b = load_prompts(whole["prompts"]), load_prompts(resumed["prompts"])
     torch.testing.assert_close(a.prompts.ctx, b.prompts.ctx)
     torch.testing.assert_close(a.cache.entries, b.cache.entries)
+
+
+def test_the_cli_trains_and_evaluates_base_to_new(bench, tmp_path, capsys):
+    import json
+
+    from vlret.cli import main
+
+    data, clip = bench
+    split = data.source
+    args = ["--data", split, "--model", str(clip), "--shots", "2", "--epochs", "1", "--batch-size", "16"]
+    assert main(["prompts", "train", *args, "--method", "coop", "--out", str(tmp_path / "run")]) == 0
+    out = tmp_path / "result.json"
+    assert (
+        main(["prompts", "eval", str(tmp_path / "run" / "prompts"), "--data", split, "--out", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["task"] == "classification" and set(result["classification"]) == {
+        "base_acc",
+        "new_acc",
+        "hm",
+    }
+    assert "HM" in capsys.readouterr().out

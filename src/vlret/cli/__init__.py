@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlret.cli import data, evaluate, features, rerank, search, train
+from vlret.cli import data, evaluate, features, prompts, rerank, search, train
 from vlret.errors import VlretError
 
-COMMAND_GROUPS = (data, evaluate, train, rerank, search, features)
+COMMAND_GROUPS = (data, evaluate, train, rerank, search, features, prompts)
 
 
 def build_parser() -> argparse.ArgumentParser:
