@@ -109,3 +109,17 @@ def test_new_classes_keep_the_learnt_context():
     assert classifier.prompts.classnames == ["green_triangle"]
     plain = PromptLearner(model, CLASSES[2:])
     torch.testing.assert_close(classifier.prompts.ctx, plain.ctx + 0.5)
+
+
+def test_prompts_on_an_hf_clip_reproduce_its_text_features(tmp_path):
+    from hf_tiny import make_clip
+    from vlret.models import create_model
+
+    model = create_model(f"hf:{make_clip(tmp_path / 'clip')}").eval()
+    classes = ["red circle", "blue square"]
+    learner = PromptLearner(model, classes, init="a red")  # words the tiny vocabulary knows
+    with torch.no_grad():
+        plain = model.encode_texts(model.tokenize([f"a red {c}." for c in classes]))
+        torch.testing.assert_close(
+            learner.class_embeddings(model), F.normalize(plain.embeds, dim=-1), atol=1e-5, rtol=0
+        )

@@ -97,6 +97,38 @@ class HFDualEncoder(RetrievalModel):
         token_mask = mask.bool() if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool)
         return Features(out.pooler_output, tokens, token_mask)
 
+    def text_token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The text model's input embeddings of ``input_ids`` (CLIP; what prompt learning edits)."""
+        self._require_clip("prompt learning")
+        return self.model.text_model.embeddings.token_embedding(input_ids)
+
+    def encode_text_embeddings(self, embeds: torch.Tensor, batch: dict[str, torch.Tensor]) -> Features:
+        """CLIP's text pass from input embeddings: positions, the causal encoder, the final norm, the
+        end-of-text state (found in ``batch["input_ids"]`` as CLIP finds it) and the projection."""
+        self._require_clip("prompt learning")
+        from transformers.masking_utils import create_causal_mask
+
+        text = self.model.text_model
+        mask = batch["attention_mask"]
+        hidden = text.embeddings(inputs_embeds=embeds)
+        causal = create_causal_mask(
+            config=text.config, inputs_embeds=hidden, attention_mask=mask, past_key_values=None
+        )
+        states = text.encoder(inputs_embeds=hidden, attention_mask=causal, is_causal=True).last_hidden_state
+        states = text.final_layer_norm(states)
+        ids = batch["input_ids"].to(torch.int)
+        if text.eos_token_id == 2:  # old CLIP configs: the end-of-text id is the largest
+            ends = ids.argmax(dim=-1)
+        else:
+            ends = (ids == text.eos_token_id).int().argmax(dim=-1)
+        pooled = states[torch.arange(len(states), device=states.device), ends]
+        tokens = self.model.text_projection(states)
+        return Features(self.model.text_projection(pooled), tokens, mask.bool())
+
+    def _require_clip(self, what: str) -> None:
+        if self.model_type != "clip":
+            raise ConfigError(f"{self.name}: {what} needs a CLIP text model, not {self.model_type}")
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
