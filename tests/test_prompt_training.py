@@ -84,3 +84,22 @@ def test_the_cli_trains_and_evaluates_base_to_new(bench, tmp_path, capsys):
         "hm",
     }
     assert "HM" in capsys.readouterr().out
+
+
+def test_zero_shot_is_the_hand_written_prompt(bench):
+    from vlret.train.prompt_trainer import accuracy, zero_shot
+
+    data, clip = bench
+    classifier = zero_shot(str(clip))
+    result = evaluate_base_to_new(classifier, data)
+    # independently: argmax of the image-text cosine over "a photo of a <class>." for the base classes
+    from vlret.data.classes import base_new
+
+    base = base_new(data, "base")
+    model = classifier.model
+    with torch.no_grad():
+        texts = model.encode_texts(model.tokenize([f"a photo of a {c}." for c in base.classnames])).embeds
+    texts = torch.nn.functional.normalize(texts, dim=-1)
+    classifier.set_classes(base.classnames)
+    torch.testing.assert_close(classifier.class_embeddings(), texts, atol=1e-5, rtol=0)
+    assert result["base_acc"] == pytest.approx(accuracy(classifier, base, "test"))

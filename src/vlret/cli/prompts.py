@@ -39,15 +39,23 @@ def cmd_prompts_train(args: argparse.Namespace) -> int:
 
 def cmd_prompts_eval(args: argparse.Namespace) -> int:
     from vlret.data._io import write_json
+    from vlret.errors import ConfigError
     from vlret.evaluate.results import make_result
-    from vlret.train.prompt_trainer import evaluate_base_to_new
+    from vlret.train.prompt_trainer import evaluate_base_to_new, zero_shot
 
-    metrics = evaluate_base_to_new(args.prompts, _class_data(args), args.split)
+    if (args.prompts is None) == (args.zero_shot is None):
+        raise ConfigError("name a prompts folder, or --zero-shot MODEL for the hand-written prompt")
+    source = zero_shot(args.zero_shot) if args.zero_shot else args.prompts
+    metrics = evaluate_base_to_new(source, _class_data(args), args.split)
     result = make_result(
         task="classification",
         data={"source": args.data, "split": args.split},
         protocol={"name": "base-to-new"},
-        model={"name": "prompts", "prompts": args.prompts},
+        model={
+            "name": "zero-shot" if args.zero_shot else "prompts",
+            "prompts": args.prompts,
+            "model": args.zero_shot,
+        },
         classification=metrics,
         metrics={},
     )
@@ -76,7 +84,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="run folder (a killed run resumes from it)")
     train.set_defaults(func=cmd_prompts_train)
     ev = cmds.add_parser("eval", help="accuracy on the base and new classes and their harmonic mean")
-    ev.add_argument("prompts", help="a run's prompts folder (RUN/prompts)")
+    ev.add_argument("prompts", nargs="?", help="a run's prompts folder (RUN/prompts)")
+    ev.add_argument("--zero-shot", metavar="MODEL", help="instead: MODEL with 'a photo of a <class>.'")
     ev.add_argument("--data", required=True)
     ev.add_argument("--images")
     ev.add_argument("--split", default="test")

@@ -190,9 +190,17 @@ def train_prompts(
     return {"prompts": str(out / "prompts"), "best_val": best, "notes": train_data.notes}
 
 
-def evaluate_base_to_new(prompts: str | Path, data: ClassData, split: str = "test") -> dict:
-    """Accuracy on the base and the new classes' ``split`` and their harmonic mean."""
-    classifier = load_prompts(prompts)
+def zero_shot(model: str, init: str = "a photo of a") -> PromptClassifier:
+    """The frozen model with the hand-written prompt ``"<init> <class>."`` (CLIP's zero-shot baseline)."""
+    return PromptClassifier(load_model(model), ["placeholder"], init).eval()
+
+
+def evaluate_base_to_new(
+    prompts: str | Path | PromptClassifier, data: ClassData, split: str = "test"
+) -> dict:
+    """Accuracy on the base and the new classes' ``split`` and their harmonic mean; ``prompts`` is a saved
+    prompts folder or a classifier (:func:`zero_shot`)."""
+    classifier = prompts if isinstance(prompts, PromptClassifier) else load_prompts(prompts)
     base, new = base_new(data, "base"), base_new(data, "new")
     classifier.set_classes(base.classnames)
     base_acc = accuracy(classifier, base, split)
