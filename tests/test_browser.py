@@ -89,9 +89,11 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
         expect(first_img).to_have_attribute(
             "src", "/thumbnail/" + first_img.get_attribute("src").rsplit("/", 1)[1]
         )
-        assert (
-            page.evaluate("document.querySelector('figure.hit img').naturalWidth") == 128
-        )  # the thumbnail loaded
+        # the thumbnail loaded (wait for it: on a busy machine the image can arrive after the hits render)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('figure.hit img'); return i && i.complete; }"
+        )
+        assert page.evaluate("document.querySelector('figure.hit img').naturalWidth") == 128
 
         page.check("#visa")
         page.click("#search")

@@ -189,7 +189,7 @@ def test_itm_head_scores_pairs_independently_and_ignores_padding():
     torch.manual_seed(0)
     head = build_head({"name": "itm", "dim": 8, "layers": 2, "heads": 2}).eval()
     texts, items = _pairs()
-    full = head.score(texts, items)
+    full = head.score(texts, items).detach()
     assert full.shape == (5, 5)
     torch.testing.assert_close(head.score_pairs(texts, items), full.diagonal(), atol=1e-5, rtol=0)
     torch.testing.assert_close(
@@ -199,7 +199,7 @@ def test_itm_head_scores_pairs_independently_and_ignores_padding():
     torch.testing.assert_close(head.score(noisy, items), full, atol=1e-4, rtol=0)
     # the score is the raw match logit
     fused = head.fuse(texts.rows(0, 1), items.rows(0, 1))
-    assert float(full[0, 0]) == pytest.approx(float(head.match_logits(fused)[0, 1]), abs=1e-5)
+    assert float(full[0, 0]) == pytest.approx(float(head.match_logits(fused)[0, 1].detach()), abs=1e-5)
 
 
 def test_itm_loss_by_hand():
