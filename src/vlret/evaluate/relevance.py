@@ -140,11 +140,13 @@ def relevance_matrix(
     key = relevance_key(captions, item_starts, beta)
     shape = (len(captions), len(item_starts))
     store = ScoreMatrix(Path(folder) / key, shape, {"kind": "rouge-l relevance", "beta": beta})
-    refs = _References([rouge_tokens(c) for c in captions])
     starts = np.asarray(item_starts, np.int64)
+    built: list[_References] = []  # the reference tables, built only when some rows are missing
 
     def compute(start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(_rows(refs, captions[start:stop], starts, beta))
+        if not built:
+            built.append(_References([rouge_tokens(c) for c in captions]))
+        return torch.from_numpy(_rows(built[0], captions[start:stop], starts, beta))
 
     store.fill((0, shape[0]), (0, shape[1]), compute, chunk)
     return store.array

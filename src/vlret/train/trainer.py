@@ -234,8 +234,9 @@ class Trainer:
         self.loss.fit(self.train_split)
         self._check_head_needs()
         self.teacher = self._build_teacher() if "teacher" in self.loss.needs else None
-        context = LossContext(self._embed_dim(), None if self.teacher is None else self.teacher.dims)
-        self.loss.prepare(context, self.device)
+        if self.loss.modules:  # only terms with parameters need the widths (a dry encode finds the model's)
+            context = LossContext(self._embed_dim(), None if self.teacher is None else self.teacher.dims)
+            self.loss.prepare(context, self.device)
         self.source = PairSource(
             self.train_split, self.model.image_transform, recipe.data, self.model.input_kind
         )
