@@ -79,9 +79,12 @@ def test_the_cli_trains_and_evaluates_base_to_new(bench, tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     assert result["task"] == "classification" and set(result["classification"]) == {
+        "protocol",
         "base_acc",
         "new_acc",
         "hm",
+        "base_map",
+        "new_map",
     }
     assert "HM" in capsys.readouterr().out
 

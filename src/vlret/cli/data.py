@@ -1,4 +1,4 @@
-"""``vlret data stats | convert | synth``: read, check, convert and synthesise datasets."""
+"""``vlret data stats | convert | synth | synth-classes``: read, check, convert and synthesise datasets."""
 
 from __future__ import annotations
 
@@ -39,8 +39,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_classes(args: argparse.Namespace) -> int:
+    from vlret.data.synth_classes import ClassBenchConfig, write_class_benchmark
+
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    print(write_class_benchmark(args.out, ClassBenchConfig(per_class=counts, seed=args.seed)))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     from vlret.data.synth import SynthConfig
+    from vlret.data.synth_classes import ClassBenchConfig
 
     data = commands.add_parser("data", help="read, check, convert and synthesise datasets")
     data_cmds = data.add_subparsers(dest="data_command", required=True)
@@ -71,3 +80,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="rewrite even if the folder holds the same benchmark"
     )
     synth.set_defaults(func=cmd_synth)
+
+    classes = data_cmds.add_parser(
+        "synth-classes", help="write the synthetic class benchmark (colour x shape, CoOp's split layout)"
+    )
+    classes.add_argument("--out", required=True, help="output folder")
+    counts = ClassBenchConfig().counts()
+    for split, count in counts.items():
+        classes.add_argument(
+            f"--{split}", type=int, default=count, help=f"images per class (default {count})"
+        )
+    classes.add_argument("--seed", type=int, default=0)
+    classes.set_defaults(func=cmd_synth_classes)

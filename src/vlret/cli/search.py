@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         max_upload_pixels=int(args.max_upload_megapixels * 1e6),
         visa_timeout=args.visa_timeout,
+        prompts=args.prompts,
     )
     print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -138,6 +139,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--visa-config", help="VISA YAML: enables the re-ranking toggle")
+    serve.add_argument(
+        "--prompts",
+        help="a prompts folder of `vlret prompts train` (RUN/prompts) learnt on the index's model: "
+        "enables search by class and the classes of an uploaded image",
+    )
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
     serve.add_argument(
         "--max-upload-megapixels",

@@ -55,26 +55,66 @@ NDCG_COLUMNS = [
 ]
 
 
-def _cell(metrics: dict, key: str, scale: float = 100.0) -> str:
+#: classification columns (``vlret prompts eval``), shown when some result has them; values already in %
+CLASSIFICATION_COLUMNS = [
+    ("base_acc", "base"),
+    ("new_acc", "new"),
+    ("hm", "HM"),
+    ("acc", "accuracy"),
+    ("base_map", "base mAP"),
+    ("new_map", "new mAP"),
+    ("map", "class→image mAP"),
+]
+
+
+def _cell(metrics: dict, key: str, scale: float = 100.0, digits: int = 1) -> str:
     if key not in metrics:
         return "–"
     value = metrics[key] * scale
-    return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def _name(result: dict, names: list[str] | None, n: int) -> str:
+    return names[n] if names else result.get("model", {}).get("name", f"run {n}")
 
 
 def results_table(results: list[dict], names: list[str] | None = None) -> str:
     """A markdown table of recalls (in %) and rsum, one row per result; NDCG@10 columns are added when
-    some result has single-modal or mixed metrics."""
-    graded = [c for c in NDCG_COLUMNS if any(c[0] in r for r in results)]
+    some result has single-modal or mixed metrics. Classification results (``task: classification``) get
+    a table of their own, after the retrieval one, with the columns some result has."""
+    named = [(_name(r, names, n), r) for n, r in enumerate(results)]
+    retrieval = [(name, r) for name, r in named if r.get("task") != "classification"]
+    classification = [(name, r) for name, r in named if r.get("task") == "classification"]
+    tables = []
+    if retrieval or not classification:
+        tables.append(_retrieval_table(retrieval))
+    if classification:
+        tables.append(_classification_table(classification))
+    return "\n\n".join(tables)
+
+
+def _retrieval_table(rows: list[tuple[str, dict]]) -> str:
+    graded = [c for c in NDCG_COLUMNS if any(c[0] in r for _, r in rows)]
     labels = [label for _, label in TABLE_COLUMNS] + [label for _, _, label in graded]
     header = "| run | protocol | " + " | ".join(labels) + " |"
     lines = [header, "|" + "---|" * (len(labels) + 2)]
-    for n, result in enumerate(results):
+    for name, result in rows:
         metrics = result.get("metrics", {})
-        name = names[n] if names else result.get("model", {}).get("name", f"run {n}")
         protocol = result.get("protocol", {}).get("name", "?")
         cells = [_cell(metrics, key) for key, _ in TABLE_COLUMNS]
         cells += [_cell(result.get(section, {}), key, 1.0) for section, key, _ in graded]
+        lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _classification_table(rows: list[tuple[str, dict]]) -> str:
+    columns = [c for c in CLASSIFICATION_COLUMNS if any(c[0] in r.get("classification", {}) for _, r in rows)]
+    header = "| run | protocol | " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for name, result in rows:
+        metrics = result.get("classification", {})
+        protocol = result.get("protocol", {}).get("name", "?")
+        cells = [_cell(metrics, key, 1.0, 2) for key, _ in columns]  # the papers' two decimals
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

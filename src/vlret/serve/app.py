@@ -1,4 +1,5 @@
-"""A FastAPI app that serves an index: search by text and by uploaded image, thumbnails, health, the page.
+"""A FastAPI app that serves an index: search by text and by uploaded image, thumbnails, health, the page;
+with learnt prompts (``--prompts``), search by class name and the classes of an uploaded image.
 
 Safety: items are addressed by their number in the index, never by a path, so nothing outside the indexed
 collection can be served; uploads are limited in bytes and in declared pixels and must be one of a few image
@@ -60,8 +61,14 @@ class SearchService:
         visa_timeout: float = VISA_TIMEOUT,
         max_batch: int = 32,
         batch_window: float = 0.001,
+        prompts: str | Path | None = None,
     ):
         self.searcher = Searcher(index)
+        self.classes = None
+        if prompts is not None:
+            from vlret.index.class_search import ClassSearch
+
+            self.classes = ClassSearch(self.searcher, prompts)
         self.model_name = public_model_name(self.searcher.meta["model"], self.searcher.model.name)
         # One thread runs the model for every query, text or image: torch keeps a pool of compute threads
         # per calling thread, and two pools on two cores would only get in each other's way.
@@ -85,14 +92,25 @@ class SearchService:
             self.visa_threads.shutdown(wait=False, cancel_futures=True)
 
     # ----- model calls (on a batcher's thread, one group of requests at a time) -------------------------
-    def _hits(self, requests: list[tuple[str, str | Image.Image, int]]) -> list[list[Hit]]:
-        """Hits for a group of ``("text" | "image", query, k)`` requests: one encoder call per kind."""
+    def _hits(self, requests: list[tuple[str, object, int]]) -> list[list]:
+        """Answers for a group of ``(kind, query, k)`` requests, one encoder call per input kind: ``text``
+        and ``image`` give hits, ``class`` (a class name) hits by its learnt prompt, ``classify`` (an image)
+        its ``k`` likeliest classes."""
+        inputs = {"text": ("text",), "image": ("image", "classify")}
         queries: dict[int, object] = {}
         for kind, encode in (("text", self.searcher.text_queries), ("image", self.searcher.image_queries)):
-            members = [n for n, (of, _, _) in enumerate(requests) if of == kind]
+            members = [n for n, (of, _, _) in enumerate(requests) if of in inputs[kind]]
             if members:
                 queries.update(zip(members, encode([requests[n][1] for n in members]), strict=True))
-        return [self.searcher.image_hits(queries[n], k) for n, (_, _, k) in enumerate(requests)]
+        answers = []
+        for n, (kind, query, k) in enumerate(requests):
+            if kind == "class":
+                answers.append(self.classes.class_hits(query, k))
+            elif kind == "classify":
+                answers.append(self.classes.classify_features(queries[n].vector[None], k)[0])
+            else:
+                answers.append(self.searcher.image_hits(queries[n], k))
+        return answers
 
     def decode(self, upload: UploadFile, max_bytes: int, max_pixels: int) -> Image.Image:
         with self.decode_slots:
@@ -165,9 +183,11 @@ def create_app(
     max_k: int = MAX_K,
     max_upload_pixels: int = MAX_UPLOAD_PIXELS,
     visa_timeout: float = VISA_TIMEOUT,
+    prompts: str | Path | None = None,
 ) -> FastAPIOffline:
-    """The app for one index; ``visa_config`` (a VISA YAML) enables the re-ranking toggle."""
-    service = SearchService(index, visa_config, visa_cache, visa_timeout)
+    """The app for one index; ``visa_config`` (a VISA YAML) enables the re-ranking toggle, ``prompts`` (a
+    ``RUN/prompts`` folder of ``vlret prompts train``) search by class and image classification."""
+    service = SearchService(index, visa_config, visa_cache, visa_timeout, prompts=prompts)
     searcher = service.searcher
 
     @asynccontextmanager
@@ -196,6 +216,7 @@ def create_app(
             "shortlist": None if searcher.two_stage is None else searcher.shortlist,
             "visa": service.visa is not None,
             "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
+            "classes": None if service.classes is None else len(service.classes.classnames),
             "max_k": max_k,
             "max_upload_bytes": max_upload_bytes,
             "max_upload_pixels": max_upload_pixels,
@@ -244,6 +265,40 @@ def create_app(
                 "seconds": round(asyncio.get_running_loop().time() - started, 4),
             }
         )
+
+    def class_search() -> object:
+        if service.classes is None:
+            raise HTTPException(404, "no learnt prompts on this server (start it with --prompts RUN/prompts)")
+        return service.classes
+
+    @app.get("/api/classes")
+    def classes() -> dict:
+        return {"classes": class_search().classnames}
+
+    @app.get("/api/search/class")
+    async def search_class(
+        name: str = Query(..., min_length=1, max_length=200), k: int = Query(10, ge=1, le=max_k)
+    ) -> JSONResponse:
+        if name not in class_search().classnames:
+            raise HTTPException(404, f"no class {name!r}; GET /api/classes lists them")
+        started = asyncio.get_running_loop().time()
+        hits = await _model_call(service.queries, ("class", name, k))
+        return JSONResponse(
+            {
+                "query": name,
+                "k": k,
+                "visa": False,
+                "results": [service.hit_json(h) for h in hits],
+                "seconds": round(asyncio.get_running_loop().time() - started, 4),
+            }
+        )
+
+    @app.post("/api/classify")
+    async def classify(file: Annotated[UploadFile, File()], k: int = Query(5, ge=1, le=max_k)) -> dict:
+        class_search()
+        image = await run_in_threadpool(service.decode, file, max_upload_bytes, max_upload_pixels)
+        top = await _model_call(service.queries, ("classify", image, k))
+        return {"query": file.filename, "classes": [{"name": n, "probability": p} for n, p in top]}
 
     @app.get("/thumbnail/{item}")
     def thumbnail(item: int, size: int = Query(128)) -> Response:

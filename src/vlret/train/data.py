@@ -29,25 +29,59 @@ from vlret.train.recipe import DataSection
 
 @dataclass
 class Augment:
+    """Random-resized crop and horizontal flip, drawn from a generator the caller seeds.
+
+    The crop's area is a fraction in ``crop_scale`` of the image's. With ``aspect`` None it keeps the image's
+    aspect ratio; with ``aspect = (lo, hi)`` its width / height is log-uniform in that range, as
+    torchvision's ``RandomResizedCrop`` draws it (ten tries, then a centred box).
+    """
+
     crop_scale: tuple[float, float] = (1.0, 1.0)
     hflip: bool = False
+    aspect: tuple[float, float] | None = None
 
     @property
     def active(self) -> bool:
-        return self.crop_scale != (1.0, 1.0) or self.hflip
+        return self.crop_scale != (1.0, 1.0) or self.hflip or self.aspect is not None
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """Random-resized crop (same aspect ratio) and optional horizontal flip."""
-        lo, hi = self.crop_scale
-        if (lo, hi) != (1.0, 1.0):
-            side = float(np.sqrt(rng.uniform(lo, hi)))
-            w, h = max(1, round(image.width * side)), max(1, round(image.height * side))
-            left = int(rng.integers(0, image.width - w + 1))
-            top = int(rng.integers(0, image.height - h + 1))
-            image = image.crop((left, top, left + w, top + h))
+        box = self._crop_box(image.width, image.height, rng)
+        if box is not None:
+            image = image.crop(box)
         if self.hflip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return image
+
+    def _crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple | None:
+        lo, hi = self.crop_scale
+        if self.aspect is None:
+            if (lo, hi) == (1.0, 1.0):
+                return None
+            side = float(np.sqrt(rng.uniform(lo, hi)))
+            w, h = max(1, round(width * side)), max(1, round(height * side))
+        else:
+            for _ in range(10):
+                area = width * height * rng.uniform(lo, hi)
+                ratio = float(np.exp(rng.uniform(*np.log(self.aspect))))
+                w, h = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+                if 0 < w <= width and 0 < h <= height:
+                    break
+            else:
+                return self._central_box(width, height)
+        left = int(rng.integers(0, width - w + 1))
+        top = int(rng.integers(0, height - h + 1))
+        return left, top, left + w, top + h
+
+    def _central_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """torchvision's fallback: the largest centred box whose aspect is clamped into range."""
+        lo, hi = self.aspect
+        w, h = width, height
+        if width / height < lo:
+            h = round(width / lo)
+        elif width / height > hi:
+            w = round(height * hi)
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
 
 
 class PairSource:

@@ -2,9 +2,14 @@
 
 Few-shot training data (``shots`` per class from train, 4 per class from val, seeded) of the ``base`` half of
 the classes (or ``all``); SGD at 0.002 with momentum 0.9 and weight decay 5e-4, the first epoch at a constant
-1e-5, then cosine annealing stepped per epoch; batch 32; the checkpoint is chosen on val accuracy (the
-released ``best_val``; ``select: last`` keeps the final epoch, CoOp's convention). Every epoch ends with an
-atomic checkpoint (learnt weights, cache, optimiser, scheduler, generator), so a killed run resumes.
+1e-5, then cosine annealing stepped per epoch; batch 32; training images random-resized-cropped (area 0.08-1,
+aspect 3/4-4/3) and flipped; the checkpoint is chosen on val accuracy (the released ``best_val``; ``select:
+last`` keeps the final epoch, as the cross-dataset protocol does). Every epoch ends with an atomic checkpoint
+(learnt weights, cache, optimiser, scheduler, generator), so a killed run resumes; a run's settings are kept
+in ``run.json`` and a resumption with other settings is refused.
+
+Runs are described by recipes (``src/vlret/configs/coop_*.yaml``, ``textrefiner_*.yaml``): YAML mappings of
+:class:`PromptRun`'s fields, read by :func:`load_prompt_recipe` with ``key=value`` overrides.
 
 The saved prompts (``prompts.safetensors`` + ``prompts.json``) hold the context vectors, ``W``, the cache and
 the frozen model's folder; the alignment MLP is training-only and not kept.
@@ -25,8 +30,11 @@ from safetensors.torch import load_file, save_file
 from vlret.data.classes import ClassData, base_new, few_shot_data, harmonic_mean
 from vlret.data.images import load_image
 from vlret.errors import ConfigError
+from vlret.evaluate.classification import class_retrieval_map, top1_accuracy
 from vlret.models import load_model
 from vlret.models.prompt_classifier import PromptClassifier, RefinerConfig
+from vlret.schema import build_dataclass, read_yaml
+from vlret.train.data import Augment
 
 PROMPTS_FILE, PROMPTS_META = "prompts.safetensors", "prompts.json"
 METHODS = ("coop", "textrefiner")
@@ -36,7 +44,9 @@ METHODS = ("coop", "textrefiner")
 class PromptRun:
     """One prompt-learning run (what ``vlret prompts train`` takes)."""
 
-    model: str  # a saved vlret model folder whose text tower takes input embeddings
+    model: str = ""  # a saved vlret model folder (or hf: CLIP) whose text tower takes input embeddings
+    data: str = ""  # a split_zhou_<Name>.json or a folder of class folders (read by the CLI)
+    images: str | None = None  # the folder a split file's paths are relative to (default: images/ beside it)
     method: str = "textrefiner"  # or coop
     subset: str = "base"  # base (base-to-new), or all (cross-dataset)
     shots: int = 16
@@ -46,9 +56,20 @@ class PromptRun:
     lr: float = 0.002
     init: str = "a photo of a"
     select: str = "best_val"  # or last
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized crop, area range
+    aspect: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # its width / height range
+    hflip: bool = True
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
     def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model: name the frozen dual encoder (a saved vlret model folder or hf:<CLIP>)")
+        if self.subset not in ("base", "all"):
+            raise ConfigError(f"subset must be base or all, not {self.subset!r}")
+        for key in ("crop_scale", "aspect"):
+            lo, hi = getattr(self, key)
+            if not 0 < lo <= hi or (key == "crop_scale" and hi > 1):
+                raise ConfigError(f"{key}: expected [low, high] with 0 < low <= high, got {[lo, hi]}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.select not in ("best_val", "last"):
@@ -57,22 +78,54 @@ class PromptRun:
             self.refiner = RefinerConfig(alpha=0.0)
 
 
-def _pixels(classifier: PromptClassifier, data: ClassData, images) -> torch.Tensor:
+def load_prompt_recipe(name: str | Path, overrides: list[str] = ()) -> PromptRun:
+    """A :class:`PromptRun` from a recipe file (or a built-in recipe's name) and ``key=value`` overrides."""
+    from vlret.train.recipe import apply_override, resolve_recipe
+
+    path = resolve_recipe(name)
+    data = read_yaml(path, "recipe")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return build_dataclass(PromptRun, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _pixels(
+    classifier: PromptClassifier, data: ClassData, images, augment: Augment | None = None, seeds=()
+) -> torch.Tensor:
+    """The model's pixels for ``images``; with ``augment``, each image is augmented by a generator seeded
+    from its entry of ``seeds`` (so that a resumed run draws the same crops)."""
     transform = classifier.model.image_transform
-    return torch.from_numpy(np.stack([transform(load_image(data.path(i), i.path)) for i in images]))
+    pixels = []
+    for n, image in enumerate(images):
+        picture = load_image(data.path(image), image.path)
+        if augment is not None:
+            picture = augment(picture, np.random.default_rng(seeds[n]))
+        pixels.append(transform(picture))
+    return torch.from_numpy(np.stack(pixels))
 
 
 @torch.no_grad()
-def accuracy(classifier: PromptClassifier, data: ClassData, split: str, batch_size: int = 100) -> float:
-    """Top-1 accuracy (%) of ``classifier`` on ``data``'s ``split`` (its classes must be the classifier's)."""
+def split_logits(
+    classifier: PromptClassifier, data: ClassData, split: str, batch_size: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's logits ``[images, classes]`` on ``data``'s ``split`` (its classes must be the
+    classifier's) and the images' labels."""
     classifier.eval()
     images = data.split(split)
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        logits = classifier.logits(_pixels(classifier, data, chunk))
-        correct += int((logits.argmax(1) == torch.tensor([i.label for i in chunk])).sum())
-    return 100.0 * correct / max(len(images), 1)
+    rows = [
+        classifier.logits(_pixels(classifier, data, images[start : start + batch_size])).numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    logits = np.concatenate(rows) if rows else np.zeros((0, len(data.classnames)), np.float32)
+    return logits, np.array([i.label for i in images], dtype=np.int64)
+
+
+def accuracy(classifier: PromptClassifier, data: ClassData, split: str, batch_size: int = 100) -> float:
+    """Top-1 accuracy (%) of ``classifier`` on ``data``'s ``split`` (its classes must be the classifier's)."""
+    return top1_accuracy(*split_logits(classifier, data, split, batch_size))
 
 
 def _lr_factor(epoch: int, epochs: int, lr: float) -> float:
@@ -110,12 +163,25 @@ def save_prompts(classifier: PromptClassifier, run: PromptRun, folder: Path) -> 
     (folder / PROMPTS_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_prompts(folder: str | Path) -> PromptClassifier:
-    """A classifier from :func:`save_prompts`' folder (the alignment MLP, training-only, is not restored)."""
+def prompts_meta(folder: str | Path) -> dict:
+    """What :func:`save_prompts` wrote beside the weights: the frozen model, classes, settings."""
+    path = Path(folder) / PROMPTS_META
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not a prompts folder (no {PROMPTS_META}); pass RUN/prompts")
+    return json.loads(path.read_text())
+
+
+def load_prompts(folder: str | Path, model=None) -> PromptClassifier:
+    """A classifier from :func:`save_prompts`' folder (the alignment MLP, training-only, is not restored);
+    ``model``, when given, is the frozen model already loaded (it must be the one the prompts were
+    trained on)."""
     folder = Path(folder)
-    meta = json.loads((folder / PROMPTS_META).read_text())
+    meta = prompts_meta(folder)
     classifier = PromptClassifier(
-        load_model(meta["model"]), meta["classnames"], meta["init"], RefinerConfig(**meta["refiner"])
+        model if model is not None else load_model(meta["model"]),
+        meta["classnames"],
+        meta["init"],
+        RefinerConfig(**meta["refiner"]),
     )
     state = load_file(folder / PROMPTS_FILE)
     with torch.no_grad():
@@ -134,6 +200,7 @@ def train_prompts(
     a kill would)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, run)
     torch.manual_seed(run.seed)
     train_data = few_shot_data(base_new(data, run.subset), run.shots, run.seed)
     classifier = PromptClassifier(load_model(run.model), train_data.classnames, run.init, run.refiner)
@@ -151,6 +218,7 @@ def train_prompts(
         torch.set_rng_state(state["rng"])
         start, best = state["epoch"], state["best"]
     images = train_data.split("train")
+    augment = Augment(tuple(run.crop_scale), run.hflip, tuple(run.aspect))
     rng = np.random.default_rng(run.seed)
     for epoch in range(run.epochs):
         order = rng.permutation(len(images))  # drawn for finished epochs too, so a resumed run matches
@@ -159,9 +227,12 @@ def train_prompts(
         classifier.train()
         steps = max(1, len(images) // run.batch_size)
         for step in range(steps):
-            chunk = [images[i] for i in order[step * run.batch_size : (step + 1) * run.batch_size]]
+            picked = order[step * run.batch_size : (step + 1) * run.batch_size]
+            chunk = [images[i] for i in picked]
             labels = torch.tensor([i.label for i in chunk])
-            terms = classifier.training_losses(_pixels(classifier, train_data, chunk), labels)
+            seeds = [(run.seed, epoch, int(i)) for i in picked]
+            pixels = _pixels(classifier, train_data, chunk, augment, seeds)
+            terms = classifier.training_losses(pixels, labels)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -190,20 +261,60 @@ def train_prompts(
     return {"prompts": str(out / "prompts"), "best_val": best, "notes": train_data.notes}
 
 
+def _check_same_run(out: Path, run: PromptRun) -> None:
+    """Write ``out/run.json``, or check that a resumed run has the settings it was started with."""
+    settings = json.loads(json.dumps(asdict(run)))
+    saved_file = out / "run.json"
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+        changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+        if changed:
+            raise ConfigError(
+                f"{out} holds a run with other settings ({', '.join(changed)}); resume it with the same "
+                "settings or choose another --out"
+            )
+    else:
+        saved_file.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def zero_shot(model: str, init: str = "a photo of a") -> PromptClassifier:
     """The frozen model with the hand-written prompt ``"<init> <class>."`` (CLIP's zero-shot baseline)."""
     return PromptClassifier(load_model(model), ["placeholder"], init).eval()
 
 
+def _as_classifier(prompts: str | Path | PromptClassifier) -> PromptClassifier:
+    return prompts if isinstance(prompts, PromptClassifier) else load_prompts(prompts)
+
+
+def _scores(classifier: PromptClassifier, data: ClassData, split: str) -> tuple[float, float]:
+    classifier.set_classes(data.classnames)
+    logits, labels = split_logits(classifier, data, split)
+    return top1_accuracy(logits, labels), class_retrieval_map(logits, labels)
+
+
 def evaluate_base_to_new(
     prompts: str | Path | PromptClassifier, data: ClassData, split: str = "test"
 ) -> dict:
-    """Accuracy on the base and the new classes' ``split`` and their harmonic mean; ``prompts`` is a saved
-    prompts folder or a classifier (:func:`zero_shot`)."""
-    classifier = prompts if isinstance(prompts, PromptClassifier) else load_prompts(prompts)
-    base, new = base_new(data, "base"), base_new(data, "new")
-    classifier.set_classes(base.classnames)
-    base_acc = accuracy(classifier, base, split)
-    classifier.set_classes(new.classnames)
-    new_acc = accuracy(classifier, new, split)
-    return {"base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc)}
+    """Accuracy on the base and the new classes' ``split`` and their harmonic mean, and the class-to-image
+    retrieval mAP of each half; ``prompts`` is a saved prompts folder or a classifier (:func:`zero_shot`)."""
+    classifier = _as_classifier(prompts)
+    base_acc, base_map = _scores(classifier, base_new(data, "base"), split)
+    new_acc, new_map = _scores(classifier, base_new(data, "new"), split)
+    return {
+        "protocol": "base-to-new",
+        "base_acc": base_acc,
+        "new_acc": new_acc,
+        "hm": harmonic_mean(base_acc, new_acc),
+        "base_map": base_map,
+        "new_map": new_map,
+    }
+
+
+def evaluate_all_classes(
+    prompts: str | Path | PromptClassifier, data: ClassData, split: str = "test"
+) -> dict:
+    """Accuracy and class-to-image mAP over all of ``data``'s classes, named by ``data`` (the target's own
+    class names): the cross-dataset and domain-generalisation protocols, with the trained context, ``W`` and
+    cache reused as they are."""
+    acc, mean_ap = _scores(_as_classifier(prompts), data, split)
+    return {"protocol": "all-classes", "acc": acc, "map": mean_ap}

@@ -442,6 +442,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     if path is not None:
         path = resolve_recipe(path)
         data = read_yaml(path, "recipe")
+        if "method" in data and not isinstance(data.get("model", {}), dict):
+            raise ConfigError(
+                f"{path} is a prompt-learning recipe: run it with `vlret prompts train --recipe {path.stem}`"
+            )
     for assignment in overrides:
         apply_override(data, assignment)
     return recipe_from_dict(data, str(path or "recipe"))

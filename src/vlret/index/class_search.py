@@ -1,0 +1,73 @@
+"""Learnt prompts over an index: text-to-image search by class, and image-to-class answers.
+
+A prompt-tuned classifier (CoOp, CoOp + TextRefiner) scores an image against class *embeddings* in the frozen
+model's joint space, so each class embedding is also a query for the images that model indexed, and an image's
+logits over the classes answer "which class is this". The classifier runs on the index's own model, so the
+prompts must have been trained on that model (checked), and the class embeddings are computed once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlret.errors import ConfigError
+from vlret.index.search import Hit, Searcher
+
+
+def _same_model(a: str, b: str) -> bool:
+    def canonical(reference: str) -> str:
+        path = Path(reference.removeprefix("hf:"))
+        return str(path.resolve()) if path.exists() else reference
+
+    return canonical(a) == canonical(b)
+
+
+class ClassSearch:
+    """The learnt prompts in ``prompts`` (a ``RUN/prompts`` folder) over ``searcher``'s one-stage index."""
+
+    def __init__(self, searcher: Searcher, prompts: str | Path):
+        from vlret.train.prompt_trainer import load_prompts, prompts_meta
+
+        meta = prompts_meta(prompts)
+        if not _same_model(meta["model"], searcher.meta["model"]):
+            raise ConfigError(
+                f"{prompts}: the prompts were learnt on {meta['model']!r} but the index was built with "
+                f"{searcher.meta['model']!r}; class embeddings only match the images of their own model"
+            )
+        if searcher.two_stage is not None:
+            raise ConfigError(f"{searcher.path}: class search needs a one-stage index (no re-scoring head)")
+        self.searcher = searcher
+        self.classifier = load_prompts(prompts, model=searcher.model)
+        self.classnames: list[str] = list(self.classifier.prompts.classnames)
+        with torch.no_grad():
+            self.class_embeddings = self.classifier.class_embeddings().numpy()
+        self.logit_scale = float(searcher.model.logit_scale.exp())
+
+    def class_number(self, name: str) -> int:
+        try:
+            return self.classnames.index(name)
+        except ValueError:
+            raise ConfigError(f"no class {name!r}; the prompts know {len(self.classnames)} classes") from None
+
+    def class_hits(self, name: str, k: int) -> list[Hit]:
+        """The ``k`` indexed images that best match class ``name``'s learnt prompt."""
+        return self.searcher.image_hits(self.class_embeddings[self.class_number(name)], k)
+
+    def classify(self, images: list[Image.Image | str | Path], k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per image, the ``k`` most probable classes and their softmax probabilities, in one model call."""
+        return self.classify_features(self.searcher.embed_images(images), k)
+
+    def classify_features(self, features: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
+        """:meth:`classify` for normalised image embeddings ``[n, D]`` of the index's model."""
+        logits = self.logit_scale * features @ self.class_embeddings.T
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [
+            [(self.classnames[c], float(p[c])) for c in row]
+            for p, row in zip(probabilities, top, strict=True)
+        ]
