@@ -42,6 +42,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serve(app):
+    """Run ``app`` on a free port in a thread; yields its URL until the module's tests are done."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def base_url(synth_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
@@ -51,23 +65,25 @@ def base_url(synth_data, tmp_path_factory):
         str(root / "model"), root / "idx", images=synth_data.parent / "images" / "test", progress=False
     )
     (root / "visa.yaml").write_text("k: 4\n")
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(index, visa_config=root / "visa.yaml"),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
+    yield from _serve(create_app(index, visa_config=root / "visa.yaml"))
+
+
+@pytest.fixture(scope="module")
+def prompts_url(tmp_path_factory):
+    from vlret.data.classes import read_split_zhou
+    from vlret.data.synth_classes import ClassBenchConfig, write_class_benchmark
+    from vlret.train.prompt_trainer import PromptRun, train_prompts
+
+    root = tmp_path_factory.mktemp("browser_prompts")
+    split = write_class_benchmark(root, ClassBenchConfig(per_class={"train": 2, "val": 1, "test": 1}))
+    data = read_split_zhou(split, root / "images")
+    create_model("tiny-vit", captions=[f"a photo of a {n}." for n in data.classnames], seed=0).save(
+        root / "m"
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    run = PromptRun(model=str(root / "m"), shots=2, epochs=1, batch_size=8, select="last")
+    prompts = train_prompts(run, data, root / "run")["prompts"]
+    index = build_index(str(root / "m"), root / "idx", images=root / "images" / "test", progress=False)
+    yield from _serve(create_app(index, prompts=prompts))
 
 
 def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_path):
@@ -109,4 +125,25 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
         page.click("#search")
         expect(page.locator("#status")).to_have_class("error")
         page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+
+
+def test_class_menu_and_the_classes_of_an_upload_in_the_page(prompts_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(prompts_url)
+        expect(page.locator("#status")).to_contain_text("24 items indexed")
+        expect(page.locator("#class-label")).to_be_visible()
+        expect(page.locator("#class option")).to_have_count(13)  # "choose…" + the 12 base classes
+        page.select_option("#k", "5")
+        page.select_option("#class", "red circle")
+        expect(page.locator("figure.hit")).to_have_count(5)
+        query_image = tmp_path / "q.png"
+        Image.new("RGB", (64, 64), (220, 30, 30)).save(query_image)
+        page.set_input_files("#upload", str(query_image))
+        expect(page.locator("#classes li.class")).to_have_count(3)
+        expect(page.locator("#classes li.class").first).to_contain_text("%")
         browser.close()

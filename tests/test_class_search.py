@@ -48,6 +48,14 @@ def test_average_precision_by_hand():
     assert average_precision(np.array([0.3, 0.2]), np.array([0, 0])) == 0.0
 
 
+def test_class_retrieval_ranks_by_probability_not_by_raw_logit():
+    # image 0 scores high for every class; by probability, image 1 is the better class-1 image
+    logits = np.array([[5.0, 4.0], [0.0, 1.0]])
+    labels = np.array([0, 1])
+    # class 1 by raw logit would put image 0 first (AP 1/2, mAP 75); by probability 0.27 < 0.73: AP 1
+    assert class_retrieval_map(logits, labels) == pytest.approx(100.0)
+
+
 def test_class_retrieval_map_averages_the_classes_present():
     logits = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.7, 0.3, 0.0]])
     labels = np.array([0, 1, 1])
@@ -182,11 +190,10 @@ def test_class_search_ranks_images_by_the_learnt_class_embedding(bench):
     test_dir = root / "images" / "test"
     files = sorted(test_dir.rglob("*.png"))
     pixels = torch.from_numpy(np.stack([classifier.model.image_transform(Image.open(f)) for f in files]))
-    column = classifier.logits(pixels)[:, 3].numpy()
-    expected = [str(files[i].relative_to(test_dir)) for i in np.argsort(-column, kind="stable")[:5]]
+    probability = torch.softmax(classifier.logits(pixels), 1)[:, 3].numpy()
+    expected = [str(files[i].relative_to(test_dir)) for i in np.argsort(-probability, kind="stable")[:5]]
     assert ["/".join(h.path.split("/")[-2:]) for h in hits] == expected
-    scale = classifier.model.logit_scale.exp().item()
-    assert [h.score for h in hits] == pytest.approx(np.sort(column)[::-1][:5] / scale, rel=1e-4)
+    assert [h.score for h in hits] == pytest.approx(np.sort(probability)[::-1][:5], rel=1e-4)
 
 
 def test_classify_gives_the_softmax_of_the_classifier_logits(bench):

@@ -126,3 +126,53 @@ def test_the_synthetic_class_benchmark_splits_compositions(tmp_path):
     )
     first = (tmp_path / "images" / data.split("test")[5].path).read_bytes()
     assert (again.parent / "images" / data.split("test")[5].path).read_bytes() == first
+
+
+def _png(path):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path)
+
+
+def test_id_named_folders_take_their_names_from_classnames_txt(tmp_path):
+    from vlret.data.classes import read_class_folders
+
+    names = tmp_path / "classnames.txt"
+    names.write_text("n01 tench\nn02 goldfish\nn03 great white shark\n")
+    for folder in ("n03", "n01"):  # ImageNet-A style: a subset of the ids
+        _png(tmp_path / "a" / folder / "x.jpg")
+    data = read_class_folders(tmp_path / "a", names)
+    assert data.classnames == ["tench", "great white shark"]
+    assert [i.label for i in data.split("test")] == [0, 1]
+    for folder in ("0", "2", "10"):  # ImageNetV2: folders numbered by label, numeric order
+        _png(tmp_path / "v2" / folder / "x.jpg")
+    long_names = tmp_path / "long.txt"
+    long_names.write_text("".join(f"n{k:02d} class {k}\n" for k in range(11)))
+    assert read_class_folders(tmp_path / "v2", long_names).classnames == ["class 0", "class 2", "class 10"]
+    _png(tmp_path / "b" / "n99" / "x.jpg")
+    with pytest.raises(DataError, match="no class name for folder 'n99'"):
+        read_class_folders(tmp_path / "b", names)
+    names.write_text("n01 tench\nn02\n")
+    with pytest.raises(DataError, match="line 2"):
+        read_class_folders(tmp_path / "a", names)
+
+
+def test_fgvc_aircraft_lists(tmp_path):
+    from vlret.data.classes import read_fgvc_aircraft
+
+    (tmp_path / "variants.txt").write_text("707-320\nA300B4\n")
+    for split, lines in {
+        "train": "1 A300B4\n2 707-320\n",
+        "val": "3 707-320\n",
+        "test": "4 A300B4\n",
+    }.items():
+        (tmp_path / f"images_variant_{split}.txt").write_text(lines)
+    for k in range(1, 5):
+        _png(tmp_path / "images" / f"{k}.jpg")
+    data = read_fgvc_aircraft(tmp_path)
+    assert data.classnames == ["707-320", "A300B4"]
+    assert [(i.path, i.label) for i in data.split("train")] == [("images/1.jpg", 1), ("images/2.jpg", 0)]
+    (tmp_path / "images_variant_test.txt").write_text("4 A380\n")
+    with pytest.raises(DataError, match="line 1.*'A380'"):
+        read_fgvc_aircraft(tmp_path)

@@ -6,20 +6,35 @@ from __future__ import annotations
 import argparse
 
 # Flags of `prompts train` that set a recipe field of the same name (None: keep the recipe's value).
-RUN_FLAGS = ("data", "images", "model", "method", "subset", "shots", "seed", "epochs", "batch_size", "lr")
+RUN_FLAGS = (
+    "data",
+    "images",
+    "classnames",
+    "model",
+    "method",
+    "subset",
+    "shots",
+    "seed",
+    "epochs",
+    "batch_size",
+    "lr",
+)
 
 
-def _class_data(data: str, images: str | None):
+def _class_data(data: str, images: str | None, classnames: str | None = None):
+    """Class data from a split file, a folder of class folders, or FGVC-Aircraft's data folder."""
     from pathlib import Path
 
-    from vlret.data.classes import read_class_folders, read_split_zhou
+    from vlret.data.classes import read_class_folders, read_fgvc_aircraft, read_split_zhou
     from vlret.errors import ConfigError
 
     if not data:
         raise ConfigError("name the class data: --data split_zhou_<Name>.json or a folder of class folders")
     path = Path(data)
+    if path.is_dir() and (path / "variants.txt").is_file():
+        return read_fgvc_aircraft(path)
     if path.is_dir():
-        return read_class_folders(path)
+        return read_class_folders(path, classnames)
     return read_split_zhou(path, images or path.parent / "images")
 
 
@@ -43,7 +58,7 @@ def cmd_prompts_train(args: argparse.Namespace) -> int:
     from vlret.train.prompt_trainer import train_prompts
 
     run = _run_from_args(args)
-    print_json(train_prompts(run, _class_data(run.data, run.images), args.out, progress=True))
+    print_json(train_prompts(run, _class_data(run.data, run.images, run.classnames), args.out, progress=True))
     return 0
 
 
@@ -56,7 +71,7 @@ def cmd_prompts_eval(args: argparse.Namespace) -> int:
     if (args.prompts is None) == (args.zero_shot is None):
         raise ConfigError("name a prompts folder, or --zero-shot MODEL for the hand-written prompt")
     source = zero_shot(args.zero_shot, args.template) if args.zero_shot else args.prompts
-    data = _class_data(args.data, args.images)
+    data = _class_data(args.data, args.images, args.classnames)
     if args.protocol == "base-to-new":
         metrics = evaluate_base_to_new(source, data, args.split)
         line = f"base {metrics['base_acc']:.2f}  new {metrics['new_acc']:.2f}  HM {metrics['hm']:.2f}"
@@ -96,6 +111,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--recipe", default="textrefiner_b2n", help="a prompt recipe file or built-in name")
     train.add_argument("--data", help="split_zhou_<Name>.json, or a folder of class folders")
     train.add_argument("--images", help="the folder a split file's paths are relative to (default: images/)")
+    train.add_argument("--classnames", help="classnames.txt naming id-named class folders (ImageNet)")
     train.add_argument("--model", help="a saved vlret model (or hf: CLIP) whose text tower takes embeddings")
     train.add_argument("--method", choices=["coop", "textrefiner"])
     train.add_argument("--subset", choices=["base", "all"], help="base: base-to-new; all: cross-dataset")
@@ -113,7 +129,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--zero-shot", metavar="MODEL", help="instead: MODEL with the hand-written --template")
     ev.add_argument("--template", default="a photo of a", help="zero-shot prompt before the class name")
     ev.add_argument("--data", required=True, help="split_zhou_<Name>.json, or a folder of class folders")
-    ev.add_argument("--images")
+    ev.add_argument("--images", help="the folder a split file's paths are relative to (default: images/)")
+    ev.add_argument(
+        "--classnames", help="classnames.txt naming id-named class folders (ImageNet and variants)"
+    )
     ev.add_argument("--split", default="test")
     ev.add_argument(
         "--protocol",

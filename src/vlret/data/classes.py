@@ -5,7 +5,11 @@ Two layouts are read into one record model (:class:`ClassData`):
 - **CoOp's split files** ``split_zhou_<Name>.json``: ``{"train" | "val" | "test": [[relative path, label,
   class name], ...]}``, paths relative to the dataset's image folder (:func:`read_split_zhou`);
 - **class folders**: ``root/<split>/<class name>/<images>`` or, with one split, ``root/<class name>/<images>``;
-  labels follow the sorted folder names (:func:`read_class_folders`).
+  labels follow the sorted folder names (:func:`read_class_folders`). Folders named by id (ImageNet's
+  ``n01440764``, ImageNetV2's ``0`` .. ``999``) take their class names from CoOp's ``classnames.txt``
+  (:func:`read_classnames`);
+- **FGVC-Aircraft's own lists** ``images_variant_<split>.txt`` and ``variants.txt`` (no split file exists for
+  it; :func:`read_fgvc_aircraft`).
 
 Protocols (CoOp's, which TextRefiner reports):
 
@@ -99,29 +103,98 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_class_folders(root: str | Path) -> ClassData:
+def read_classnames(path: str | Path) -> list[tuple[str, str]]:
+    """CoOp's ``classnames.txt``: one ``<folder id> <class name>`` per line, in label order."""
+    pairs = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        folder, _, name = line.strip().partition(" ")
+        if not name.strip():
+            raise DataError(path, f"line {n}", f"expected '<folder id> <class name>', got {line!r}")
+        pairs.append((folder, name.strip()))
+    if not pairs:
+        raise DataError(path, None, "no class names")
+    return pairs
+
+
+def _folder_order(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)  # 2 before 10 for numbered folders
+
+
+def read_class_folders(root: str | Path, classnames: str | Path | None = None) -> ClassData:
     """``root/<split>/<class>/...`` (splits among train, val, test) or ``root/<class>/...`` (one split,
-    ``test``); class names are the folder names with ``_`` read as a space, labels their sorted order."""
+    ``test``); labels follow the sorted folder names (numbered folders in numeric order). Class names are
+    the folder names with ``_`` read as a space, or, with ``classnames`` (a ``classnames.txt``), the name
+    of each folder's id, a numbered folder ``k`` taking the ``k``-th line's name (ImageNetV2)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, None, "not a folder of class folders")
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     layout = split_dirs or {"test": root}
-    folder_names = sorted({d.name for folder in layout.values() for d in folder.iterdir() if d.is_dir()})
+    folder_names = sorted(
+        {d.name for folder in layout.values() for d in folder.iterdir() if d.is_dir()}, key=_folder_order
+    )
     if not folder_names:
         raise DataError(root, None, "no class folders found")
     label_of = {name: n for n, name in enumerate(folder_names)}
     splits = {}
     for split, folder in layout.items():
         images = []
-        for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for class_dir in sorted(
+            (d for d in folder.iterdir() if d.is_dir()), key=lambda d: _folder_order(d.name)
+        ):
             files = _images_in(class_dir)
             if not files:
                 raise DataError(class_dir, None, f"class folder with no images ({', '.join(IMAGE_SUFFIXES)})")
             images += [LabelledImage(str(f.relative_to(root)), label_of[class_dir.name]) for f in files]
         splits[split] = images
-    classnames = [name.replace("_", " ") for name in folder_names]
-    return ClassData(root, classnames, splits, str(root))
+    if classnames is None:
+        names = [name.replace("_", " ") for name in folder_names]
+    else:
+        names = _names_of_folders(folder_names, read_classnames(classnames), classnames)
+    return ClassData(root, names, splits, str(root))
+
+
+def _names_of_folders(folders: list[str], pairs: list[tuple[str, str]], source) -> list[str]:
+    by_id = dict(pairs)
+    names = []
+    for folder in folders:
+        if folder in by_id:
+            names.append(by_id[folder])
+        elif folder.isdigit() and int(folder) < len(pairs):
+            names.append(pairs[int(folder)][1])
+        else:
+            raise DataError(source, None, f"no class name for folder {folder!r}")
+    return names
+
+
+def read_fgvc_aircraft(root: str | Path) -> ClassData:
+    """FGVC-Aircraft as CoOp reads it: ``root/variants.txt`` (the 100 classes in label order),
+    ``root/images_variant_{train,val,test}.txt`` (``<image id> <variant>`` per line), ``root/images/<id>.jpg``."""
+    root = Path(root)
+    variants_file = root / "variants.txt"
+    if not variants_file.is_file():
+        raise DataError(variants_file, None, "not found (expected FGVC-Aircraft's data folder)")
+    classnames = [line.strip() for line in variants_file.read_text().splitlines() if line.strip()]
+    label_of = {name: n for n, name in enumerate(classnames)}
+    splits = {}
+    for split in SPLITS:
+        listing = root / f"images_variant_{split}.txt"
+        if not listing.is_file():
+            raise DataError(listing, None, "not found")
+        images = []
+        for n, line in enumerate(listing.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            image_id, _, variant = line.strip().partition(" ")
+            if variant not in label_of:
+                raise DataError(listing, f"line {n}", f"variant {variant!r} is not in variants.txt")
+            images.append(LabelledImage(f"images/{image_id}.jpg", label_of[variant]))
+        splits[split] = images
+    data = ClassData(root, classnames, splits, str(root))
+    _check_files(data, str(root))
+    return data
 
 
 def few_shot(

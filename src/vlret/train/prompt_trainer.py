@@ -47,6 +47,7 @@ class PromptRun:
     model: str = ""  # a saved vlret model folder (or hf: CLIP) whose text tower takes input embeddings
     data: str = ""  # a split_zhou_<Name>.json or a folder of class folders (read by the CLI)
     images: str | None = None  # the folder a split file's paths are relative to (default: images/ beside it)
+    classnames: str | None = None  # classnames.txt for class folders named by id (ImageNet)
     method: str = "textrefiner"  # or coop
     subset: str = "base"  # base (base-to-new), or all (cross-dataset)
     shots: int = 16
@@ -57,7 +58,8 @@ class PromptRun:
     init: str = "a photo of a"
     select: str = "best_val"  # or last
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized crop, area range
-    aspect: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # its width / height range
+    # the crop's width / height range; None keeps the image's aspect ratio
+    aspect: list[float] | None = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
@@ -66,7 +68,7 @@ class PromptRun:
             raise ConfigError("model: name the frozen dual encoder (a saved vlret model folder or hf:<CLIP>)")
         if self.subset not in ("base", "all"):
             raise ConfigError(f"subset must be base or all, not {self.subset!r}")
-        for key in ("crop_scale", "aspect"):
+        for key in ("crop_scale", "aspect") if self.aspect is not None else ("crop_scale",):
             lo, hi = getattr(self, key)
             if not 0 < lo <= hi or (key == "crop_scale" and hi > 1):
                 raise ConfigError(f"{key}: expected [low, high] with 0 < low <= high, got {[lo, hi]}")
@@ -218,7 +220,8 @@ def train_prompts(
         torch.set_rng_state(state["rng"])
         start, best = state["epoch"], state["best"]
     images = train_data.split("train")
-    augment = Augment(tuple(run.crop_scale), run.hflip, tuple(run.aspect))
+    augment = Augment(tuple(run.crop_scale), run.hflip, tuple(run.aspect) if run.aspect else None)
+    augment = augment if augment.active else None
     rng = np.random.default_rng(run.seed)
     for epoch in range(run.epochs):
         order = rng.permutation(len(images))  # drawn for finished epochs too, so a resumed run matches
