@@ -1,0 +1,227 @@
+"""Video files: which frames to take, decoding them with PyAV by seeking, and a disk cache of decoded frames.
+
+Sampling (:func:`sample_times`) is decided on the clip's duration alone, before anything is decoded:
+
+- ``frames=N``: the centres of N equal segments (CLIP4Clip's uniform sampling), ``(k + 1/2) * duration / N``;
+- ``fps=F``: every ``1/F`` seconds from 0 (VISA's 3 fps), at most ``max_frames``; a longer clip keeps
+  ``max_frames`` of those times spread evenly over it.
+
+Decoding (:func:`decode_frames`) seeks to the keyframe before each wanted time and decodes forward to the
+first frame whose time reaches it, so a 5-minute clip costs a few GOPs per frame, not the whole file. A file
+that cannot be opened, has no video stream or yields no frame (truncated, corrupt, audio only) raises
+:class:`DataError` naming it. A wanted time past the last decodable frame takes the last frame, so a clip
+whose container overstates its duration still gives N frames.
+
+:class:`FrameCache` keeps decoded frames on disk, keyed by the file's content (size and the hash of its first
+and last 256 KiB) and the sampling, so a renamed copy hits the cache and an edited file misses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vlret.errors import ConfigError, DataError
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg")
+
+
+def is_video_path(path: str | Path) -> bool:
+    return Path(str(path)).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """How frames are taken from a clip: ``frames`` uniformly, or ``fps`` capped at ``max_frames``."""
+
+    frames: int | None = 8
+    fps: float | None = None
+    max_frames: int = 32
+
+    def __post_init__(self) -> None:
+        if (self.frames is None) == (self.fps is None):
+            raise ConfigError("frame sampling: give exactly one of frames (uniform) or fps")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frame sampling: frames must be at least 1, not {self.frames}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"frame sampling: fps must be positive, not {self.fps}")
+        if self.max_frames < 1:
+            raise ConfigError(f"frame sampling: max_frames must be at least 1, not {self.max_frames}")
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def sample_times(duration: float, sampling: FrameSampling) -> list[float]:
+    """The times (seconds) of the frames to take from a clip of ``duration`` seconds."""
+    if not duration > 0:
+        return [0.0]
+    if sampling.frames is not None:
+        n = sampling.frames
+        return [(k + 0.5) * duration / n for k in range(n)]
+    step = 1.0 / sampling.fps
+    count = max(1, math.ceil(duration / step - 1e-9))
+    times = [k * step for k in range(count)]
+    if len(times) > sampling.max_frames:
+        picks = np.linspace(0, len(times) - 1, sampling.max_frames).round().astype(int)
+        times = [times[p] for p in picks]
+    return times
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration: float  # seconds
+    fps: float
+    frames: int | None  # as the container states it (may be missing or wrong)
+    width: int
+    height: int
+
+
+def _open(path: Path, record: str | None):
+    import av
+
+    if not path.is_file():
+        raise DataError(path, record, "video file not found")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(path, record, f"cannot open video ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise DataError(path, record, "no video stream (an audio-only or empty file?)")
+    return container
+
+
+def probe(path: str | Path, record: str | None = None) -> VideoInfo:
+    """Duration, frame rate, frame count and size, from the container's headers (nothing decoded)."""
+    path = Path(path)
+    with _open(path, record) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000  # microseconds (av.time_base)
+        else:
+            duration = (stream.frames or 0) / fps
+        return VideoInfo(duration, fps, stream.frames or None, stream.width, stream.height)
+
+
+def decode_frames(path: str | Path, times: list[float], record: str | None = None) -> list[Image.Image]:
+    """RGB frames at ``times`` (seconds, ascending): for each, the first frame shown at or after it."""
+    import av
+
+    path = Path(path)
+    frames: list[Image.Image] = []
+    with _open(path, record) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        last: Image.Image | None = None
+        try:
+            for t in times:
+                frame = _frame_at(container, stream, t)
+                if frame is None:  # past the end: the last frame there is
+                    frame = last if last is not None else _last_frame(container, stream)
+                if frame is None:
+                    break
+                frames.append(frame)
+                last = frame
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise DataError(path, record, f"cannot decode video ({exc})") from None
+    if not frames:
+        raise DataError(path, record, "no frame could be decoded (truncated or corrupt video?)")
+    return frames
+
+
+def _frame_at(container, stream, t: float) -> Image.Image | None:
+    # A frame "at" t: shown at or after t, allowing for a timestamp rounded down by half a frame.
+    slack = 0.5 / float(stream.average_rate or 25)
+    target = int(max(0.0, t) / stream.time_base) if stream.time_base else 0
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        if frame.time is None or frame.time + slack >= t:
+            return frame.to_image()
+    return None
+
+
+def _last_frame(container, stream) -> Image.Image | None:
+    container.seek(0, stream=stream)
+    last = None
+    for frame in container.decode(stream):
+        last = frame
+    return None if last is None else last.to_image()
+
+
+def load_video_frames(
+    path: str | Path, sampling: FrameSampling, record: str | None = None
+) -> list[Image.Image]:
+    """The sampled RGB frames of a video file (see the module docstring)."""
+    return decode_frames(path, sample_times(probe(path, record).duration, sampling), record)
+
+
+def content_key(path: str | Path, sampling: FrameSampling) -> str:
+    """A key of the file's bytes (size, first and last 256 KiB) and the sampling."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha1(f"{size}|{sampling.key()}".encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 18))
+        if size > 1 << 18:
+            f.seek(max(1 << 18, size - (1 << 18)))
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+class FrameCache:
+    """Decoded frames on disk (``folder/<key>.npy``, uint8 ``[T, H, W, 3]``), written atomically."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def frames(
+        self, path: str | Path, sampling: FrameSampling, record: str | None = None
+    ) -> list[Image.Image]:
+        if not Path(path).is_file():
+            raise DataError(path, record, "video file not found")
+        file = self.folder / f"{content_key(path, sampling)}.npy"
+        if file.is_file():
+            return [Image.fromarray(a) for a in np.load(file)]
+        frames = load_video_frames(path, sampling, record)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, np.stack([np.asarray(im.convert("RGB")) for im in frames]))
+        os.replace(tmp, file)
+        return frames
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+    """Write RGB uint8 frames ``[H, W, 3]`` (even sides) as a video file: H.264 in MP4 by default, playable
+    in browsers (``yuv420p``). Used by the synthetic video benchmark and the tests."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec == "libx264":  # near-lossless, and every frame decodable on its own after a seek
+            stream.options = {"crf": "12", "g": str(fps), "bf": "0"}
+        for pixels in frames:
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            ):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,112 @@
+"""Video files: frame sampling by hand, decoding by seeking (checked by frames that encode their index),
+bad files, and the frame cache."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from vlret.data import video
+from vlret.data.video import (
+    FrameCache,
+    FrameSampling,
+    decode_frames,
+    load_video_frames,
+    probe,
+    sample_times,
+    write_video,
+)
+from vlret.errors import ConfigError, DataError
+
+FPS = 10
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """20 frames at 10 fps; frame k is grey level 10 k, so a decoded frame tells its index."""
+    frames = [np.full((32, 48, 3), 10 * k, np.uint8) for k in range(20)]
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames, fps=FPS)
+
+
+def _indices(frames) -> list[int]:
+    return [round(float(np.asarray(f).mean()) / 10) for f in frames]
+
+
+def test_uniform_sampling_takes_segment_centres():
+    assert sample_times(2.0, FrameSampling(frames=4)) == pytest.approx([0.25, 0.75, 1.25, 1.75])
+    assert sample_times(3.0, FrameSampling(frames=1)) == pytest.approx([1.5])
+
+
+def test_fps_sampling_and_its_cap():
+    assert sample_times(1.0, FrameSampling(frames=None, fps=3)) == pytest.approx([0, 1 / 3, 2 / 3])
+    # 100 s at 3 fps is 300 times; a cap of 5 keeps times 0, 75, 150, 224, 299 (linspace 0..299, rounded)
+    capped = sample_times(100.0, FrameSampling(frames=None, fps=3, max_frames=5))
+    assert capped == pytest.approx([0, 75 / 3, 150 / 3, 224 / 3, 299 / 3])
+    assert sample_times(0.0, FrameSampling(frames=4)) == [0.0]
+
+
+def test_sampling_settings_are_checked():
+    with pytest.raises(ConfigError, match="exactly one"):
+        FrameSampling(frames=4, fps=3)
+    with pytest.raises(ConfigError, match="fps must be positive"):
+        FrameSampling(frames=None, fps=0)
+
+
+def test_probe_reads_the_headers(clip):
+    info = probe(clip)
+    assert (info.duration, info.fps, info.frames, info.width, info.height) == (2.0, 10.0, 20, 48, 32)
+
+
+def test_uniform_frames_are_the_ones_at_the_segment_centres(clip):
+    # centre times 0.25, 0.75, 1.25, 1.75 s at 10 fps: the first frame shown at or after each (allowing half a
+    # frame of timestamp rounding) is ceil(10 t - 0.5) = 2, 7, 12, 17
+    assert _indices(load_video_frames(clip, FrameSampling(frames=4))) == [2, 7, 12, 17]
+
+
+def test_seeking_forwards_and_past_the_end(clip):
+    assert _indices(decode_frames(clip, [0.0, 0.1, 1.9, 2.5, 9.0])) == [0, 1, 19, 19, 19]
+
+
+def test_bad_files_name_the_file(tmp_path, clip):
+    with pytest.raises(DataError, match="missing.mp4.*not found"):
+        load_video_frames(tmp_path / "missing.mp4", FrameSampling())
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError, match="junk.mp4.*cannot open video"):
+        load_video_frames(junk, FrameSampling())
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clip.read_bytes()[:600])
+    with pytest.raises(DataError, match="truncated.mp4"):
+        load_video_frames(truncated, FrameSampling())
+
+
+def test_an_audio_only_file_has_no_video_stream(tmp_path):
+    import av
+
+    path = tmp_path / "silence.mka"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with pytest.raises(DataError, match="silence.mka.*no video stream"):
+        load_video_frames(path, FrameSampling())
+
+
+def test_the_frame_cache_is_keyed_by_content_and_sampling(tmp_path, clip, monkeypatch):
+    cache = FrameCache(tmp_path / "cache")
+    first = cache.frames(clip, FrameSampling(frames=4))
+    calls = []
+    real = video.load_video_frames
+    monkeypatch.setattr(video, "load_video_frames", lambda *a, **k: calls.append(a) or real(*a, **k))
+    copy = shutil.copy(clip, tmp_path / "renamed.mp4")
+    again = cache.frames(copy, FrameSampling(frames=4))  # same bytes under another name: a hit
+    assert calls == [] and _indices(again) == _indices(first) == [2, 7, 12, 17]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, first, strict=True))
+    assert _indices(cache.frames(clip, FrameSampling(frames=2))) == [5, 15]  # other sampling: decoded
+    assert len(calls) == 1
