@@ -22,6 +22,23 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def class_bench(tmp_path_factory):
+    """A small synthetic class benchmark (24 classes; 4 / 2 / 2 images each) and an untrained tiny-vit dual
+    encoder saved as its frozen "CLIP": ``(class data, model folder)``."""
+    from vlret.data.classes import read_split_zhou
+    from vlret.data.synth_classes import ClassBenchConfig, write_class_benchmark
+    from vlret.models import create_model
+
+    root = tmp_path_factory.mktemp("classes")
+    split = write_class_benchmark(root, ClassBenchConfig(per_class={"train": 4, "val": 2, "test": 2}))
+    data = read_split_zhou(split, root / "images")
+    torch.manual_seed(0)
+    model = create_model("tiny-vit", captions=["a photo of a " + n + "." for n in data.classnames])
+    model.save(root / "clip")
+    return data, root / "clip"
+
+
+@pytest.fixture(scope="session")
 def vit_dir(tmp_path_factory):
     """A one-block ViT (32 px, patches of 8: a 4 x 4 grid) saved with its image processor."""
     from transformers import ViTConfig, ViTImageProcessor, ViTModel

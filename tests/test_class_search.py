@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from vlret.cli import main
-from vlret.data.classes import base_new, read_split_zhou
-from vlret.data.synth_classes import ClassBenchConfig, write_class_benchmark
+from vlret.data.classes import base_new
 from vlret.errors import ConfigError
 from vlret.evaluate.classification import average_precision, class_retrieval_map, top1_accuracy
 from vlret.evaluate.results import results_table
@@ -145,17 +144,14 @@ def test_a_recipe_with_an_unknown_key_names_the_file_and_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("classes")
-    split = write_class_benchmark(root, ClassBenchConfig(per_class={"train": 4, "val": 2, "test": 2}))
-    data = read_split_zhou(split, root / "images")
-    torch.manual_seed(0)
-    model = create_model("tiny-vit", captions=["a photo of a " + n + "." for n in data.classnames])
-    model.save(root / "clip")
-    run = PromptRun(model=str(root / "clip"), shots=4, epochs=1, batch_size=16, select="last")
-    prompts = train_prompts(run, data, root / "run")["prompts"]
-    index = build_index(str(root / "clip"), root / "idx", images=root / "images" / "test", progress=False)
-    return data, root, prompts, index
+def bench(class_bench, tmp_path_factory):
+    """The shared class benchmark, prompts trained on it for one epoch, and an index of its test images."""
+    data, clip = class_bench
+    out = tmp_path_factory.mktemp("class_search")
+    run = PromptRun(model=str(clip), shots=4, epochs=1, batch_size=16, select="last")
+    prompts = train_prompts(run, data, out / "run")["prompts"]
+    index = build_index(str(clip), out / "idx", images=data.root / "test", progress=False)
+    return data, clip.parent, prompts, index
 
 
 def test_a_resumed_run_with_other_settings_is_refused(bench, tmp_path):

@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlret.data.classes import read_split_zhou
-from vlret.data.synth_classes import ClassBenchConfig, write_class_benchmark
-from vlret.models import create_model
 from vlret.train.prompt_trainer import PromptRun, evaluate_base_to_new, load_prompts, train_prompts
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("classes")
-    split = write_class_benchmark(root, ClassBenchConfig(per_class={"train": 4, "val": 2, "test": 2}))
-    data = read_split_zhou(split, root / "images")
-    torch.manual_seed(0)
-    model = create_model("tiny-vit", captions=["a photo of a " + n + "." for n in data.classnames])
-    model.save(root / "clip")
-    return data, root / "clip"
+def bench(class_bench):
+    return class_bench
 
 
 @pytest.mark.parametrize("method", ["coop", "textrefiner"])

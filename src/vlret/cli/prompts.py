@@ -18,6 +18,7 @@ RUN_FLAGS = (
     "epochs",
     "batch_size",
     "lr",
+    "select",
 )
 
 
@@ -41,16 +42,10 @@ def _class_data(data: str, images: str | None, classnames: str | None = None):
 def _run_from_args(args: argparse.Namespace):
     from vlret.train.prompt_trainer import load_prompt_recipe
 
-    overrides = list(args.overrides)
-    for flag in RUN_FLAGS:
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{flag}={value}")
+    settings = {flag: getattr(args, flag) for flag in RUN_FLAGS if getattr(args, flag) is not None}
     if args.alpha is not None:
-        overrides.append(f"refiner.alpha={args.alpha}")
-    if args.select is not None:
-        overrides.append(f"select={args.select}")
-    return load_prompt_recipe(args.recipe, overrides)
+        settings["refiner.alpha"] = args.alpha
+    return load_prompt_recipe(args.recipe, args.overrides, settings)
 
 
 def cmd_prompts_train(args: argparse.Namespace) -> int:

@@ -45,3 +45,12 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write pretty JSON atomically."""
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def written_with(settings_file: str | Path, settings: dict, *outputs: str | Path) -> bool:
+    """Whether a generator's output is complete and was made with ``settings``: every file of ``outputs``
+    exists and ``settings_file`` (written last, so that its presence marks completion) holds ``settings``."""
+    settings_file = Path(settings_file)
+    if not settings_file.is_file() or not all(Path(p).is_file() for p in outputs):
+        return False
+    return json.loads(settings_file.read_text()) == settings

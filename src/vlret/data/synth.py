@@ -13,14 +13,13 @@ per image, so the same arguments always give byte-identical files.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlret.data._io import write_json
+from vlret.data._io import write_json, written_with
 from vlret.data.karpathy import write_karpathy
 from vlret.data.records import Caption, Item, RetrievalDataset
 
@@ -326,8 +325,7 @@ def write_benchmark(out: str | Path, cfg: SynthConfig, force: bool = False) -> P
     out = Path(out)
     dataset_file, settings_file = out / "dataset.json", out / "synth.json"
     settings = asdict(cfg)
-    complete = dataset_file.is_file() and settings_file.is_file()
-    if not force and complete and json.loads(settings_file.read_text()) == settings:
+    if not force and written_with(settings_file, settings, dataset_file):
         return dataset_file
     dataset, scenes = generate(cfg)
     for n, (item, scene) in enumerate(zip(dataset.items, scenes, strict=True)):

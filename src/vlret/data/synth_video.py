@@ -12,14 +12,13 @@ Clips are seeded per clip: the same settings give the same events, captions and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vlret.data._io import write_json
+from vlret.data._io import write_json, written_with
 from vlret.data.karpathy import write_karpathy
 from vlret.data.records import Caption, Item, RetrievalDataset
 from vlret.data.synth import COLOURS, SHAPES, SceneObject, _shape_mask
@@ -144,8 +143,7 @@ def write_video_benchmark(out: str | Path, cfg: VideoSynthConfig | None = None, 
     out = Path(out)
     dataset_file, settings_file = out / "dataset.json", out / "synth_video.json"
     settings = asdict(cfg)
-    complete = dataset_file.is_file() and settings_file.is_file()
-    if not force and complete and json.loads(settings_file.read_text()) == settings:
+    if not force and written_with(settings_file, settings, dataset_file):
         return dataset_file
     dataset, clips = generate(cfg)
     for item, clip in zip(dataset.items, clips, strict=True):

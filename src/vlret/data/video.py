@@ -99,42 +99,59 @@ def _open(path: Path, record: str | None):
     return container
 
 
+def _fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+
+
+def _duration(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # microseconds (av.time_base)
+    return (stream.frames or 0) / _fps(stream)
+
+
 def probe(path: str | Path, record: str | None = None) -> VideoInfo:
     """Duration, frame rate, frame count and size, from the container's headers (nothing decoded)."""
-    path = Path(path)
-    with _open(path, record) as container:
+    with _open(Path(path), record) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000  # microseconds (av.time_base)
-        else:
-            duration = (stream.frames or 0) / fps
-        return VideoInfo(duration, fps, stream.frames or None, stream.width, stream.height)
+        duration = _duration(container, stream)
+        return VideoInfo(duration, _fps(stream), stream.frames or None, stream.width, stream.height)
 
 
 def decode_frames(path: str | Path, times: list[float], record: str | None = None) -> list[Image.Image]:
     """RGB frames at ``times`` (seconds, ascending): for each, the first frame shown at or after it."""
+    path = Path(path)
+    with _open(path, record) as container:
+        return _decode(container, times, path, record)
+
+
+def load_video_frames(
+    path: str | Path, sampling: FrameSampling, record: str | None = None
+) -> list[Image.Image]:
+    """The sampled RGB frames of a video file (see the module docstring); the file is opened once."""
+    path = Path(path)
+    with _open(path, record) as container:
+        times = sample_times(_duration(container, container.streams.video[0]), sampling)
+        return _decode(container, times, path, record)
+
+
+def _decode(container, times: list[float], path: Path, record: str | None) -> list[Image.Image]:
     import av
 
-    path = Path(path)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
     frames: list[Image.Image] = []
-    with _open(path, record) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        last: Image.Image | None = None
-        try:
-            for t in times:
-                frame = _frame_at(container, stream, t)
-                if frame is None:  # past the end: the last frame there is
-                    frame = last if last is not None else _last_frame(container, stream)
-                if frame is None:
-                    break
-                frames.append(frame)
-                last = frame
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise DataError(path, record, f"cannot decode video ({exc})") from None
+    try:
+        for t in times:
+            frame = _frame_at(container, stream, t)
+            if frame is None:  # past the end: the last frame there is
+                frame = frames[-1] if frames else _last_frame(container, stream)
+            if frame is None:
+                break
+            frames.append(frame)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(path, record, f"cannot decode video ({exc})") from None
     if not frames:
         raise DataError(path, record, "no frame could be decoded (truncated or corrupt video?)")
     return frames
@@ -157,13 +174,6 @@ def _last_frame(container, stream) -> Image.Image | None:
     for frame in container.decode(stream):
         last = frame
     return None if last is None else last.to_image()
-
-
-def load_video_frames(
-    path: str | Path, sampling: FrameSampling, record: str | None = None
-) -> list[Image.Image]:
-    """The sampled RGB frames of a video file (see the module docstring)."""
-    return decode_frames(path, sample_times(probe(path, record).duration, sampling), record)
 
 
 def content_key(path: str | Path, sampling: FrameSampling) -> str:

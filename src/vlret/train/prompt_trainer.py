@@ -80,14 +80,19 @@ class PromptRun:
             self.refiner = RefinerConfig(alpha=0.0)
 
 
-def load_prompt_recipe(name: str | Path, overrides: list[str] = ()) -> PromptRun:
-    """A :class:`PromptRun` from a recipe file (or a built-in recipe's name) and ``key=value`` overrides."""
-    from vlret.train.recipe import apply_override, resolve_recipe
+def load_prompt_recipe(
+    name: str | Path, overrides: list[str] = (), settings: dict | None = None
+) -> PromptRun:
+    """A :class:`PromptRun` from a recipe file (or a built-in recipe's name), then ``key=value`` overrides
+    (values read as YAML), then ``settings`` (dotted keys to values, taken as they are)."""
+    from vlret.train.recipe import apply_override, resolve_recipe, set_value
 
     path = resolve_recipe(name)
     data = read_yaml(path, "recipe")
     for assignment in overrides:
         apply_override(data, assignment)
+    for key, value in (settings or {}).items():
+        set_value(data, key, value)
     try:
         return build_dataclass(PromptRun, data)
     except ConfigError as exc:

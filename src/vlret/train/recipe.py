@@ -411,13 +411,18 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
+    set_value(data, key.strip(), yaml.safe_load(raw), f"override {assignment!r}")
+
+
+def set_value(data: dict, dotted_key: str, value, where: str = "") -> None:
+    """Set ``data[a][b]... = value`` for ``dotted_key`` ``a.b...`` in place, creating sections as needed."""
     node = data
-    parts = key.strip().split(".")
+    parts = dotted_key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+            raise ConfigError(f"{where or dotted_key}: {part!r} is not a section")
+    node[parts[-1]] = value
 
 
 def builtin_recipe(name: str) -> Path:
