@@ -1,10 +1,14 @@
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+# Feature and frame caches of the tests go to a folder of their own, never the user's ~/.cache/vlret.
+os.environ.setdefault("VLRET_CACHE", tempfile.mkdtemp(prefix="vlret-test-cache-"))
 
 
 def write_json(path: Path, obj) -> Path:

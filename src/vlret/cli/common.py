@@ -8,7 +8,11 @@ import json
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """The options every command that reads a dataset takes."""
-    p.add_argument("--format", default="auto", help="karpathy, lavis, csv, vse, or auto (default)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        help="karpathy, lavis, csv, vse, precomp, msrvtt, didemo, msvd, lsmdc, or auto (default)",
+    )
     p.add_argument(
         "--media-root", help="folder the media paths are relative to (default: beside the annotations)"
     )

@@ -1,4 +1,4 @@
-"""``vlret data stats | convert | synth | synth-classes``: read, check, convert and synthesise datasets."""
+"""``vlret data stats | convert | synth | synth-classes | synth-video``: read, check, convert and synthesise datasets."""
 
 from __future__ import annotations
 
@@ -47,6 +47,14 @@ def cmd_synth_classes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_video(args: argparse.Namespace) -> int:
+    from vlret.data.synth_video import VideoSynthConfig, write_video_benchmark
+
+    cfg = VideoSynthConfig(clips=args.clips, seed=args.seed)
+    print(write_video_benchmark(args.out, cfg, force=args.force))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     from vlret.data.synth import SynthConfig
     from vlret.data.synth_classes import ClassBenchConfig
@@ -92,3 +100,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         )
     classes.add_argument("--seed", type=int, default=0)
     classes.set_defaults(func=cmd_synth_classes)
+
+    video = data_cmds.add_parser(
+        "synth-video", help="write the synthetic video benchmark (moving, appearing, disappearing shapes)"
+    )
+    video.add_argument("--out", required=True, help="output folder")
+    video.add_argument("--clips", type=int, default=600, help="number of clips (default 600)")
+    video.add_argument("--seed", type=int, default=0)
+    video.add_argument("--force", action="store_true", help="rewrite even if the folder holds the same clips")
+    video.set_defaults(func=cmd_synth_video)

@@ -9,14 +9,18 @@ from typing import Any
 
 from vlret.data._policy import OnError
 from vlret.data.csv_format import read_csv
+from vlret.data.didemo import didemo_splits, read_didemo
 from vlret.data.karpathy import read_karpathy
 from vlret.data.lavis import read_lavis, split_from_filename
+from vlret.data.lsmdc import lsmdc_splits, read_lsmdc
+from vlret.data.msrvtt import is_msrvtt, read_msrvtt_folder
+from vlret.data.msvd import msvd_splits, read_msvd
 from vlret.data.precomp import precomp_splits, read_precomp
 from vlret.data.records import RetrievalDataset
 from vlret.data.vse import read_vse, vse_splits
 from vlret.errors import DataError
 
-FORMATS = ("karpathy", "lavis", "csv", "vse", "precomp")
+FORMATS = ("karpathy", "lavis", "csv", "vse", "precomp", "msrvtt", "didemo", "msvd", "lsmdc")
 
 
 def detect_format(path: str | Path) -> str:
@@ -24,7 +28,15 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "no such file or folder")
+    if is_msrvtt(path):
+        return "msrvtt"
     if path.is_dir():
+        if didemo_splits(path):
+            return "didemo"
+        if msvd_splits(path):
+            return "msvd"
+        if lsmdc_splits(path):
+            return "lsmdc"
         if precomp_splits(path):  # before vse: both have {split}_caps.txt
             return "precomp"
         if vse_splits(path):
@@ -32,7 +44,10 @@ def detect_format(path: str | Path) -> str:
         if any(split_from_filename(p) for p in path.glob("*.json")):
             return "lavis"
         raise DataError(
-            path, None, "folder has neither {split}_caps.txt files nor *_{train,val,test}.json files"
+            path,
+            None,
+            "folder has none of: {split}_caps.txt, *_{train,val,test}.json, MSRVTT_data.json, "
+            "{split}_data.json (DiDeMo), {split}_list.txt (MSVD), LSMDC16_*.csv",
         )
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
@@ -57,7 +72,8 @@ def load_dataset(
     """Read annotations in any supported format into a :class:`RetrievalDataset`.
 
     ``options`` go to the format's reader (for CSV: ``path_column``, ``caption_column``, ``split_column``,
-    ``default_split``; for LAVIS: ``split``; for VSE and precomp: ``splits``).
+    ``default_split``; for LAVIS: ``split``; for VSE, precomp, DiDeMo, MSVD and LSMDC: ``splits``; for
+    MSR-VTT: ``split_lists``; for DiDeMo: ``paragraph``; for DiDeMo, MSVD and LSMDC: ``suffix``).
     """
     fmt = detect_format(path) if format == "auto" else format
     readers = {
@@ -66,6 +82,10 @@ def load_dataset(
         "csv": read_csv,
         "vse": read_vse,
         "precomp": read_precomp,
+        "msrvtt": read_msrvtt_folder,
+        "didemo": read_didemo,
+        "msvd": read_msvd,
+        "lsmdc": read_lsmdc,
     }
     if fmt not in readers:
         raise DataError(path, None, f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")

@@ -10,6 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.records import RetrievalDataset
 from vlret.data.regions import is_region_path, load_regions
+from vlret.data.video import check_video, is_video_path
 from vlret.errors import DataError
 
 _READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
@@ -40,6 +41,8 @@ def check_media(dataset: RetrievalDataset, on_error: OnError = "raise") -> Retri
             path = dataset.media_path(item)
             if is_region_path(path):
                 load_regions([path], f"item {item.id!r}")
+            elif is_video_path(path):
+                check_video(path, f"item {item.id!r}")
             else:
                 load_image(path, f"item {item.id!r}")
         except DataError as exc:
@@ -52,11 +55,34 @@ def check_media(dataset: RetrievalDataset, on_error: OnError = "raise") -> Retri
     return kept
 
 
+def clip_pixels(model, path: Path, record: str, cache=None) -> np.ndarray:
+    """A video model's input for one item: its sampled frames through ``image_transform``, ``[F, 3, H, W]``."""
+    from vlret.data.video import clip_frames
+
+    return np.stack([model.image_transform(f) for f in clip_frames(path, model.sampling, record, cache)])
+
+
 def visual_inputs(model, dataset: RetrievalDataset, indices) -> np.ndarray:
     """What ``model`` encodes for items ``indices`` of ``dataset``: pixels ``[n, 3, H, W]`` made by its
-    ``image_transform``, or region features ``[n, R, D]`` when its ``input_kind`` is ``"regions"``."""
+    ``image_transform``, region features ``[n, R, D]`` when its ``input_kind`` is ``"regions"``, or clips
+    ``[n, F, 3, H, W]`` (decoded through the frame cache) when it is ``"frames"``."""
     items = [dataset.items[int(i)] for i in indices]
     paths = [dataset.media_path(it) for it in items]
+    if getattr(model, "input_kind", "pixels") == "frames":
+        from vlret.data.video import default_frame_cache
+
+        cache = default_frame_cache()
+        return np.stack(
+            [clip_pixels(model, p, f"item {it.id!r}", cache) for p, it in zip(paths, items, strict=True)]
+        )
+    videos = [is_video_path(p) for p in paths]
+    if any(videos):
+        raise DataError(
+            paths[videos.index(True)],
+            None,
+            f"a video, but {model.name} encodes images; give the model a video section "
+            "(model.video, or --video-frames) to pool its frames",
+        )
     regions = [is_region_path(p) for p in paths]
     if getattr(model, "input_kind", "pixels") == "regions":
         if not all(regions):

@@ -23,6 +23,28 @@ from vlret.data.records import Caption, Item, RetrievalDataset
 from vlret.errors import DataError
 
 OFFICIAL_SPLITS = {"train": "train", "validate": "val", "test": "test"}
+DATA_JSON, TRAIN_CSV, TEST_CSV = "MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"
+
+
+def is_msrvtt(path: Path) -> bool:
+    """True for ``MSRVTT_data.json`` or a folder holding it."""
+    return path.name == DATA_JSON or (path.is_dir() and (path / DATA_JSON).is_file())
+
+
+def read_msrvtt_folder(
+    path: str | Path,
+    media_root: str | Path | None = None,
+    on_error: str = "raise",
+    split_lists: bool = True,
+) -> RetrievalDataset:
+    """MSR-VTT from its folder (or its ``MSRVTT_data.json``): 9k train + 1k-A test when both csv lists
+    are beside the json and ``split_lists`` is on, else the official split. Any bad record raises."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    lists = [folder / TRAIN_CSV, folder / TEST_CSV]
+    if split_lists and all(f.is_file() for f in lists):
+        return read_msrvtt(folder / DATA_JSON, *lists, media_root=media_root)
+    return read_msrvtt(folder / DATA_JSON, media_root=media_root)
 
 
 def _sentences(data_json: Path) -> tuple[dict[str, str], dict[str, list[str]]]:

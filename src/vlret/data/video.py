@@ -119,6 +119,15 @@ def probe(path: str | Path, record: str | None = None) -> VideoInfo:
         return VideoInfo(duration, _fps(stream), stream.frames or None, stream.width, stream.height)
 
 
+def check_video(path: str | Path, record: str | None = None) -> None:
+    """Raise :class:`DataError` unless the file opens, has a video stream and a frame decodes at its start
+    and at its end (before a long job starts, rather than half-way through it)."""
+    path = Path(path)
+    with _open(path, record) as container:
+        duration = _duration(container, container.streams.video[0])
+        _decode(container, [0.0, duration], path, record)
+
+
 def decode_frames(path: str | Path, times: list[float], record: str | None = None) -> list[Image.Image]:
     """RGB frames at ``times`` (seconds, ascending): for each, the first frame shown at or after it."""
     path = Path(path)
@@ -210,6 +219,31 @@ class FrameCache:
             np.save(f, np.stack([np.asarray(im.convert("RGB")) for im in frames]))
         os.replace(tmp, file)
         return frames
+
+
+def default_frame_cache() -> FrameCache | None:
+    """The cache of decoded frames under ``$VLRET_CACHE/frames`` (``~/.cache/vlret``); None when
+    ``VLRET_FRAME_CACHE=0``. Frames are kept at the file's own size: budget about 230 KB per 320x240 frame."""
+    if os.environ.get("VLRET_FRAME_CACHE", "1") == "0":
+        return None
+    root = Path(os.environ.get("VLRET_CACHE", Path.home() / ".cache" / "vlret"))
+    return FrameCache(root / "frames")
+
+
+def clip_frames(
+    path: str | Path, sampling: FrameSampling, record: str | None = None, cache: FrameCache | None = None
+) -> list[Image.Image]:
+    """The sampled frames of a video (through ``cache`` when given); an image file is a still clip, its one
+    picture repeated so that every clip of a uniform sampling has the same number of frames."""
+    if not is_video_path(path):
+        from vlret.data.images import load_image
+
+        return [load_image(path, record)] * (sampling.frames or 1)
+    if cache is not None:
+        return cache.frames(path, sampling, record)
+    if not Path(path).is_file():
+        raise DataError(path, record, "video file not found")
+    return load_video_frames(path, sampling, record)
 
 
 def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:

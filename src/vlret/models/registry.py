@@ -21,6 +21,7 @@ def create_model(
     captions: Sequence[str] | None = None,
     seed: int | None = 0,
     head: str | dict | None = None,
+    video: dict | None = None,
     **options,
 ) -> RetrievalModel:
     """Build a model by name, scored by ``head`` (a head name or ``{"name": ..., **options}``; cosine by
@@ -31,8 +32,18 @@ def create_model(
     - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint.
     - ``openclip:<arch>/<pretrained tag>``: open_clip's model zoo (the ``openclip`` extra).
     - a folder containing ``vlret_model.json``: a model saved with ``model.save(folder)``.
+
+    ``video`` (:class:`~vlret.models.video.VideoConfig`'s settings) makes it a clip encoder over that model's
+    image tower: frames pooled by mean, or by a temporal transformer.
     """
     model = _build(name, captions, seed, options)
+    if video is not None:
+        from vlret.models.video import as_video_model
+
+        with torch.random.fork_rng(devices=[]):  # the temporal transformer's initialisation
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = as_video_model(model, video)
     if head is not None:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -96,9 +107,14 @@ def load_model(folder: str | Path) -> RetrievalModel:
         from vlret.models.openclip import OpenCLIPModel
 
         model = OpenCLIPModel.load(folder, meta)
+    elif meta.get("kind") == "video":
+        from vlret.models.video import VideoModel
+
+        model = VideoModel.load(folder, meta)
     else:
         raise ConfigError(
-            f"{config_file}: unknown model kind {meta.get('kind')!r}; expected 'tiny', 'hf', 'composed' or 'openclip'"
+            f"{config_file}: unknown model kind {meta.get('kind')!r}; "
+            "expected 'tiny', 'hf', 'composed', 'openclip' or 'video'"
         )
     model.origin = f"folder:{folder.resolve()}"
     return model

@@ -22,6 +22,7 @@ from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.data.regions import load_regions
 from vlret.data.transforms import ImageTransform
+from vlret.data.video import FrameSampling, clip_frames, default_frame_cache
 from vlret.errors import ConfigError
 from vlret.train.distributed import DistInfo
 from vlret.train.recipe import DataSection
@@ -85,8 +86,10 @@ class Augment:
 
 
 class PairSource:
-    """The (item, caption) pairs of a split and the pixels of their images (or their region features, for a
-    model whose ``input_kind`` is ``"regions"``: read from the memory-mapped files, never augmented)."""
+    """The (item, caption) pairs of a split and what the model encodes for their items: the pixels of their
+    images, their region features (a model whose ``input_kind`` is ``"regions"``: read from the memory-mapped
+    files, never augmented) or the frames of their clips (``"frames"``: ``sampling`` says which; a clip's
+    frames share one crop and flip)."""
 
     def __init__(
         self,
@@ -94,16 +97,20 @@ class PairSource:
         transform: ImageTransform,
         section: DataSection,
         input_kind: str = "pixels",
+        sampling: FrameSampling | None = None,
     ):
         self.dataset = dataset
         self.transform = transform
         self.regions = input_kind == "regions"
+        self.sampling = sampling if input_kind == "frames" else None
+        if input_kind == "frames" and sampling is None:
+            raise ValueError("a model that reads frames needs a frame sampling")
         self.augment = Augment(tuple(section.crop_scale), section.hflip)
         if self.regions and self.augment.active:
             raise ConfigError("data.crop_scale / data.hflip: region features cannot be cropped or flipped")
         self.caption_item = dataset.caption_to_item
         self.texts = [c.text for c in dataset.captions]
-        self._images: dict[int, Image.Image] | None = None
+        self._media: dict[int, Image.Image | list[Image.Image]] | None = None
         self._pixels: np.ndarray | None = None
         if section.cache_images and not self.regions:  # region files are memory-mapped already
             self._fill_cache()
@@ -111,27 +118,41 @@ class PairSource:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def _load(self, item: int) -> Image.Image:
+    def _load(self, item: int) -> Image.Image | list[Image.Image]:
         it = self.dataset.items[item]
-        return load_image(self.dataset.media_path(it), f"item {it.id!r}")
+        path, record = self.dataset.media_path(it), f"item {it.id!r}"
+        if self.sampling is not None:
+            return clip_frames(path, self.sampling, record, default_frame_cache())
+        return load_image(path, record)
+
+    def _finish(self, media: Image.Image | list[Image.Image], rng: np.random.Generator | None) -> np.ndarray:
+        """Augmented (when ``rng`` is given) and transformed pixels of one image or clip."""
+        if isinstance(media, Image.Image):
+            return self.transform(self.augment(media, rng) if rng is not None else media)
+        if rng is None:
+            return np.stack([self.transform(frame) for frame in media])
+        seed = int(rng.integers(2**63))  # one draw per clip: every frame gets the same crop and flip
+        return np.stack([self.transform(self.augment(f, np.random.default_rng(seed))) for f in media])
 
     def _fill_cache(self) -> None:
         if self.augment.active:
-            self._images = {i: self._load(i) for i in range(len(self.dataset.items))}
+            self._media = {i: self._load(i) for i in range(len(self.dataset.items))}
         else:  # nothing random: cache the finished pixels
-            self._pixels = np.stack([self.transform(self._load(i)) for i in range(len(self.dataset.items))])
+            self._pixels = np.stack(
+                [self._finish(self._load(i), None) for i in range(len(self.dataset.items))]
+            )
 
     def pixels(self, items: np.ndarray, rng_for: Callable[[int], np.random.Generator]) -> np.ndarray:
-        """Pixels ``[n, 3, H, W]`` of ``items``; ``rng_for(n)`` gives sample ``n``'s augmentation generator
-        (only called when augmentation is on)."""
+        """Pixels ``[n, 3, H, W]`` (clips: ``[n, F, 3, H, W]``) of ``items``; ``rng_for(n)`` gives sample
+        ``n``'s augmentation generator (only called when augmentation is on)."""
         if self.regions:
             return load_regions([self.dataset.media_path(self.dataset.items[int(i)]) for i in items])
         if self._pixels is not None:
             return self._pixels[items]  # one gather from the cache
         out = []
         for n, item in enumerate(items):
-            image = self._images[item] if self._images is not None else self._load(int(item))
-            out.append(self.transform(self.augment(image, rng_for(n)) if self.augment.active else image))
+            media = self._media[item] if self._media is not None else self._load(int(item))
+            out.append(self._finish(media, rng_for(n) if self.augment.active else None))
         return np.stack(out)
 
 

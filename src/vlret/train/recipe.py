@@ -28,6 +28,8 @@ class ModelSection:
     options: dict = field(default_factory=dict)  # TinyConfig overrides for tiny models
     # similarity head {name: ..., options...}; None: the model's own (cosine for a fresh model)
     head: dict | None = None
+    # clips instead of images: VideoConfig's settings {frames, pooling: mean|transformer, layers, heads}
+    video: dict | None = None
 
 
 @dataclass
@@ -172,6 +174,10 @@ def _check_model(model: ModelSection) -> None:
             build_head(model.head)
     except (ConfigError, ValueError) as exc:
         raise ConfigError(f"model.head: {exc}") from None
+    if model.video is not None:
+        from vlret.models.video import VideoConfig
+
+        build_dataclass(VideoConfig, dict(model.video), "model.video")
     name = model.name
     if name in TINY_ARCHS:
         options = dict(model.options)

@@ -222,6 +222,7 @@ class Trainer:
                 captions=captions,
                 seed=recipe.train.seed,
                 head=recipe.model.head,
+                video=recipe.model.video,
                 **recipe.model.options,
             )
             # Dropout and other in-model randomness draw from torch's global generator: fix it by the seed
@@ -238,7 +239,11 @@ class Trainer:
             context = LossContext(self._embed_dim(), None if self.teacher is None else self.teacher.dims)
             self.loss.prepare(context, self.device)
         self.source = PairSource(
-            self.train_split, self.model.image_transform, recipe.data, self.model.input_kind
+            self.train_split,
+            self.model.image_transform,
+            recipe.data,
+            self.model.input_kind,
+            getattr(self.model, "sampling", None),
         )
         micro_batches = len(self.source) // recipe.train.batch_size
         self.steps_per_epoch = micro_batches // recipe.train.grad_accum_steps
