@@ -147,3 +147,56 @@ def test_class_menu_and_the_classes_of_an_upload_in_the_page(prompts_url, tmp_pa
         expect(page.locator("#classes li.class")).to_have_count(3)
         expect(page.locator("#classes li.class").first).to_contain_text("%")
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def video_url(tmp_path_factory):
+    from vlret.data.synth_video import VideoSynthConfig, write_video_benchmark
+
+    root = tmp_path_factory.mktemp("browser_video")
+    data = write_video_benchmark(root / "clips", VideoSynthConfig(clips=12))
+    captions = [c.text for c in load_dataset(data).captions]
+    create_model("tiny-cnn", captions=captions, seed=0).save(root / "model")
+    index = build_index(
+        str(root / "model"),
+        root / "idx",
+        videos=root / "clips" / "videos",
+        video={"frames": 4},
+        progress=False,
+    )
+    yield from _serve(create_app(index))
+
+
+def test_a_video_result_shows_its_poster_and_plays_in_the_page(video_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        ranges = []
+        page.on("request", lambda r: ranges.append(r.headers.get("range")) if "/media/" in r.url else None)
+        page.goto(video_url)
+        expect(page.locator("#status")).to_contain_text("12 items indexed")
+        page.select_option("#k", "5")
+        page.fill("#query", "a red circle moves left")
+        page.click("#search")
+        expect(page.locator("figure.hit video")).to_have_count(5)
+        video = page.locator("figure.hit video").first
+        assert video.get_attribute("poster").startswith("/thumbnail/")
+        assert video.get_attribute("src").startswith("/media/")
+        # the poster (the clip's middle frame) is a real image
+        poster = page.evaluate(
+            "async () => { const r = await fetch(document.querySelector('figure.hit video').poster);"
+            " return [r.status, r.headers.get('content-type')]; }"
+        )
+        assert poster == [200, "image/png"]
+        # play it: the browser fetches the file by range requests and the clock moves
+        page.evaluate("document.querySelector('figure.hit video').play()")
+        page.wait_for_function(
+            "() => { const v = document.querySelector('figure.hit video'); return v.currentTime > 0.2; }",
+            timeout=15000,
+        )
+        assert page.evaluate("document.querySelector('figure.hit video').videoWidth") == 64
+        assert any(r and r.startswith("bytes=") for r in ranges)
+        page.screenshot(path=str(tmp_path / "video_page.png"))
+        browser.close()

@@ -203,5 +203,7 @@ def test_a_video_recipe_trains_and_evaluates_from_the_cli(tmp_path, monkeypatch)
     )
     import json
 
-    metrics = json.loads(out.read_text())["metrics"]
+    result = json.loads(out.read_text())
+    assert result["data"]["media"] == "video"
+    metrics = result["metrics"]
     assert 0.0 <= metrics["t2i_r1"] <= 1.0 and metrics["t2i_medr"] >= 1

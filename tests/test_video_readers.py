@@ -208,3 +208,22 @@ def test_lsmdc_clips_live_in_their_movies_folder(tmp_path):
     (tmp_path / "LSMDC16_annos_val.csv").write_text("0002_X_1-2\t1\t2\n")
     with pytest.raises(DataError, match=r"LSMDC16_annos_val\.csv.*line 1.*6 tab-separated"):
         load_dataset(tmp_path)
+
+
+def test_video_results_get_their_own_table_with_median_and_mean_rank():
+    from vlret.evaluate.results import results_table
+
+    image = {
+        "metrics": {"t2i_r1": 0.5, "rsum": 3.0},
+        "protocol": {"name": "generic"},
+        "data": {"media": "image"},
+    }
+    clips = {
+        "metrics": {"t2i_r1": 0.25, "t2i_medr": 3.0, "t2i_meanr": 7.5, "i2t_r1": 0.5, "i2t_medr": 2.0},
+        "protocol": {"name": "generic"},
+        "data": {"media": "video"},
+    }
+    first, second = results_table([image, clips], ["img", "vid"]).split("\n\n")
+    assert "| img |" in first and "vid" not in first
+    assert second.splitlines()[0].startswith("| run | protocol | T→V R@1 | R@5 | R@10 | MdR | MnR | V→T R@1")
+    assert second.splitlines()[2] == "| vid | generic | 25.0 | – | – | 3.0 | 7.5 | 50.0 | – | – | 2.0 | – |"

@@ -23,6 +23,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         args.model,
         args.out,
         images=args.images,
+        videos=args.videos,
+        video={"frames": args.video_frames} if args.video_frames else None,
         dataset=dataset,
         chunk_size=args.chunk_size,
         memory_budget_bytes=budget,
@@ -95,11 +97,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     index = commands.add_parser("index", help="build a searchable index of a collection")
     index_cmds = index.add_subparsers(dest="index_command", required=True)
     build = index_cmds.add_parser(
-        "build", help="encode a folder of images or a dataset (resumable) and index it"
+        "build", help="encode a folder of images or videos, or a dataset (resumable), and index it"
     )
     build.add_argument("--model", required=True, help="a saved vlret model folder or hf:<id or folder>")
     build_source = build.add_mutually_exclusive_group(required=True)
     build_source.add_argument("--images", help="folder of images (searched recursively)")
+    build_source.add_argument(
+        "--videos", help="folder of videos (searched recursively; an image model pools its frames, meanP)"
+    )
     build_source.add_argument("--data", help="annotation file or folder (captions are indexed too)")
     build.add_argument("--split", help="with --data: only this split")
     build.add_argument("--out", required=True, help="index path (a link to the current version)")
@@ -122,6 +127,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="how a two-stage index stores the head's token features (float16 halves the disk)",
     )
     build.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
+    build.add_argument(
+        "--video-frames",
+        type=int,
+        help="frames per clip when an image model encodes videos (default 8; a video model keeps its own)",
+    )
     add_data_options(build)
     build.set_defaults(func=cmd_index_build)
 

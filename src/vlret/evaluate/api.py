@@ -68,7 +68,12 @@ def package_result(
         captions_per_item[str(len(caps))] = captions_per_item.get(str(len(caps)), 0) + 1
     pairs = sum((f.caption_stop - f.caption_start) * (f.item_stop - f.item_start) for f in folds)
     return make_result(
-        data={"source": selected.source, "format": selected.format, "split": split},
+        data={
+            "source": selected.source,
+            "format": selected.format,
+            "split": split,
+            "media": media_kind(selected),
+        },
         protocol={
             **protocol.describe(),
             "split": split,
@@ -87,6 +92,14 @@ def package_result(
         skipped=[s.as_dict() for s in selected.skipped],
         **fields,
     )
+
+
+def media_kind(dataset: RetrievalDataset) -> str:
+    """``"video"`` when every item is a video file, ``"image"`` when none is, else ``"mixed"``."""
+    from vlret.data.video import is_video_path
+
+    videos = sum(is_video_path(item.path) for item in dataset.items)
+    return "video" if videos and videos == len(dataset.items) else "mixed" if videos else "image"
 
 
 def _check_direction(direction: str) -> None:

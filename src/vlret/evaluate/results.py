@@ -46,6 +46,21 @@ def make_result(**fields) -> dict:
     }
 
 
+#: video retrieval columns: both directions with median and mean rank, as text-video papers report them
+VIDEO_COLUMNS = [
+    ("t2i_r1", "T→V R@1", 100.0),
+    ("t2i_r5", "R@5", 100.0),
+    ("t2i_r10", "R@10", 100.0),
+    ("t2i_medr", "MdR", 1.0),
+    ("t2i_meanr", "MnR", 1.0),
+    ("i2t_r1", "V→T R@1", 100.0),
+    ("i2t_r5", "R@5", 100.0),
+    ("i2t_r10", "R@10", 100.0),
+    ("i2t_medr", "MdR", 1.0),
+    ("i2t_meanr", "MnR", 1.0),
+]
+
+
 #: NDCG@10 columns, shown when some result has graded metrics (``--relevance``); values are already in %
 NDCG_COLUMNS = [
     ("single_modal", "i2i_ndcg@10", "I→I NDCG@10"),
@@ -80,17 +95,39 @@ def _name(result: dict, names: list[str] | None, n: int) -> str:
 
 def results_table(results: list[dict], names: list[str] | None = None) -> str:
     """A markdown table of recalls (in %) and rsum, one row per result; NDCG@10 columns are added when
-    some result has single-modal or mixed metrics. Classification results (``task: classification``) get
-    a table of their own, after the retrieval one, with the columns some result has."""
+    some result has single-modal or mixed metrics. Video results (every item a clip) get a table of their
+    own with median and mean ranks, and classification results (``task: classification``) another, after
+    the retrieval one, with the columns some result has."""
     named = [(_name(r, names, n), r) for n, r in enumerate(results)]
-    retrieval = [(name, r) for name, r in named if r.get("task") != "classification"]
-    classification = [(name, r) for name, r in named if r.get("task") == "classification"]
+    retrieval, video, classification = ([row for row in named if _kind(row[1]) == k] for k in _KINDS)
     tables = []
-    if retrieval or not classification:
+    if retrieval or not (classification or video):
         tables.append(_retrieval_table(retrieval))
+    if video:
+        tables.append(_video_table(video))
     if classification:
         tables.append(_classification_table(classification))
     return "\n\n".join(tables)
+
+
+_KINDS = ("retrieval", "video", "classification")
+
+
+def _kind(result: dict) -> str:
+    if result.get("task") == "classification":
+        return "classification"
+    return "video" if result.get("data", {}).get("media") == "video" else "retrieval"
+
+
+def _video_table(rows: list[tuple[str, dict]]) -> str:
+    header = "| run | protocol | " + " | ".join(label for _, label, _ in VIDEO_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(VIDEO_COLUMNS) + 2)]
+    for name, result in rows:
+        metrics = result.get("metrics", {})
+        protocol = result.get("protocol", {}).get("name", "?")
+        cells = [_cell(metrics, key, scale) for key, _, scale in VIDEO_COLUMNS]
+        lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _retrieval_table(rows: list[tuple[str, dict]]) -> str:

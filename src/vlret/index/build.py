@@ -30,6 +30,7 @@ from vlret.data._io import read_json, write_json
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
+from vlret.data.video import VIDEO_SUFFIXES, clip_frames, default_frame_cache, is_video_path
 from vlret.errors import ConfigError, DataError
 from vlret.evaluate.encode import (
     TOKEN_DTYPES,
@@ -51,16 +52,20 @@ HEAD_ITEMS, HEAD_CAPTIONS = "head_items", "head_captions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
-def images_in(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively), as sorted relative paths."""
+def images_in(folder: Path, suffixes: set[str] | tuple[str, ...] = tuple(IMAGE_SUFFIXES)) -> list[str]:
+    """Media files under ``folder`` (recursively) with one of ``suffixes`` (images by default), as sorted
+    relative paths."""
     if not folder.is_dir():
         raise DataError(folder, None, "not a folder")
     found = sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in suffixes
     )
     if not found:
-        raise DataError(folder, None, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(folder, None, f"no media files ({', '.join(sorted(suffixes))})")
     return found
+
+
+Media = Image.Image | list[Image.Image]  # an image, or a clip's sampled frames
 
 
 class _Encoders:
@@ -76,13 +81,26 @@ class _Encoders:
     def keep_tokens(self) -> bool:
         return self.head_model is not None and self.head_model.head.uses_tokens
 
-    def _encode(self, model: RetrievalModel, images: list[Image.Image], keep_tokens: bool) -> FeatureTable:
-        pixels = torch.from_numpy(np.stack([model.image_transform(im) for im in images])).to(model.device)
-        return table_from_features(model.encode_images(pixels), keep_tokens, self.token_dtype)
+    def load(self, path: Path, record: str) -> Media:
+        """An image, or for a video model the sampled frames of a clip (an image is a still clip)."""
+        sampling = getattr(self.shortlist, "sampling", None)
+        if sampling is None:
+            return load_image(path, record)
+        return clip_frames(path, sampling, record, default_frame_cache())
+
+    def _encode(self, model: RetrievalModel, media: list[Media], keep_tokens: bool) -> FeatureTable:
+        def pixels(one: Media) -> np.ndarray:
+            if isinstance(one, Image.Image):
+                return model.image_transform(one)
+            return np.stack([model.image_transform(frame) for frame in one])
+
+        batch = torch.from_numpy(np.stack([pixels(one) for one in media])).to(model.device)
+        return table_from_features(model.encode_images(batch), keep_tokens, self.token_dtype)
 
     @torch.no_grad()
-    def images(self, images: list[Image.Image]) -> dict[str, FeatureTable]:
-        """``{"shortlist": ..., "head": ...}`` tables of a batch of images (``head`` only with a head model)."""
+    def images(self, images: list[Media]) -> dict[str, FeatureTable]:
+        """``{"shortlist": ..., "head": ...}`` tables of a batch of images or clips (``head`` only with a head
+        model)."""
         if self.head_model is self.shortlist:
             both = self._encode(self.shortlist, images, self.keep_tokens)
             return {"shortlist": FeatureTable(both.embeds), "head": both}
@@ -141,7 +159,7 @@ def _encode_chunk(
     images, kept, skipped = [], [], []
     for n, rel in enumerate(part):
         try:
-            images.append(load_image(root / rel, rel))
+            images.append(encoders.load(root / rel, rel))
             kept.append(rel)
         except DataError as exc:
             policy.bad(exc.file, exc.record or rel, exc.problem)  # raises unless skipping
@@ -212,8 +230,15 @@ def build_index(
     first_stage: str | None = None,
     shortlist: int = DEFAULT_SHORTLIST,
     token_dtype: str = "float32",
+    videos: str | Path | None = None,
+    video: dict | None = None,
 ) -> Path:
-    """Build (or rebuild) the index at ``out`` from a folder of images or a dataset's items (and captions).
+    """Build (or rebuild) the index at ``out`` from a folder of images, a folder of videos or a dataset's
+    items (and captions).
+
+    Videos (``videos``, or a dataset whose items are clips) are encoded by a video model: the model itself
+    when it is one, else the model wrapped with ``video`` (:class:`~vlret.models.video.VideoConfig`'s
+    settings; meanP over 8 frames by default), which the index records so that searches wrap it alike.
 
     A model whose similarity head is a dot product is searched by its embeddings alone. Any other head is
     searched in two stages: a shortlist of ``shortlist`` candidates by the cosine of global embeddings (the
@@ -228,8 +253,8 @@ def build_index(
             raise ConfigError(
                 f"{name!r}: an index needs a trained model: a saved vlret model folder or hf:<id or folder>"
             )
-    if (images is None) == (dataset is None):
-        raise ConfigError("give exactly one of images (a folder) or dataset")
+    if sum(x is not None for x in (images, videos, dataset)) != 1:
+        raise ConfigError("give exactly one of images (a folder), videos (a folder) or dataset")
     if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
         raise ConfigError(f"shortlist must be a whole number of candidates >= 1, not {shortlist!r}")
     if token_dtype not in TOKEN_DTYPES:
@@ -241,14 +266,23 @@ def build_index(
     if dataset is not None:
         root, paths = dataset.media_root.resolve(), [it.path for it in dataset.items]
         ids = [it.id for it in dataset.items]
+    elif videos is not None:
+        root = Path(videos).resolve()
+        paths = images_in(root, VIDEO_SUFFIXES)
+        ids = list(paths)
     else:
         root = Path(images).resolve()
         paths = images_in(root)
         ids = list(paths)
     model = create_model(model_name)
-    if model.input_kind != "pixels":
+    if model.input_kind == "frames":
+        video = None  # a saved video model carries its own settings
+    elif video is not None or any(is_video_path(p) for p in paths):
+        video = dict(video or {})
+        model = create_model(model_name, video=video)
+    if model.input_kind not in ("pixels", "frames"):
         raise ConfigError(
-            f"{model_name}: it reads {model.input_kind}, and an index is built from image files"
+            f"{model_name}: it reads {model.input_kind}, and an index is built from image or video files"
         )
     two_stage = not model.head.is_dot_product
     if first_stage is not None and not two_stage:
@@ -257,7 +291,7 @@ def build_index(
             "model is only for heads that re-score a shortlist"
         )
     encoders = _Encoders(
-        model if first_stage is None else create_model(first_stage),
+        model if first_stage is None else create_model(first_stage, video=video),
         model if two_stage else None,
         token_dtype,
     )
@@ -269,6 +303,7 @@ def build_index(
         "chunk_size": chunk_size,
         "on_error": on_error,
         "token_dtype": token_dtype if encoders.keep_tokens else None,
+        "video": video,
         "layout": 3,  # one folder per chunk
         "items": hashlib.sha256(json.dumps(paths).encode()).hexdigest(),
     }
@@ -300,6 +335,7 @@ def build_index(
         "dim": int(embeddings.shape[1]),
         "choice": choice.as_dict(),
         "memory_budget_bytes": memory_budget_bytes,
+        "video": video,
         "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
         "vlret_version": vlret.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -179,7 +179,7 @@ class Searcher:
         if self._model is None:
             from vlret.models import create_model
 
-            self._model = create_model(self.meta["model"]).eval()
+            self._model = create_model(self.meta["model"], video=self.meta.get("video")).eval()
         return self._model
 
     @property
@@ -191,7 +191,7 @@ class Searcher:
         if self._first_stage_model is None:
             from vlret.models import create_model
 
-            self._first_stage_model = create_model(reference).eval()
+            self._first_stage_model = create_model(reference, video=self.meta.get("video")).eval()
         return self._first_stage_model
 
     # ----- embeddings -----------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """A FastAPI app that serves an index: search by text and by uploaded image, thumbnails, health, the page;
-with learnt prompts (``--prompts``), search by class name and the classes of an uploaded image.
+with learnt prompts (``--prompts``), search by class name and the classes of an uploaded image. Video items
+get a poster frame (the middle one) as their thumbnail and are played from ``/media/{item}``, which answers
+HTTP range requests (206 Partial Content), as a browser's video element asks for them.
 
 Safety: items are addressed by their number in the index, never by a path, so nothing outside the indexed
 collection can be served; uploads are limited in bytes and in declared pixels and must be one of a few image
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import mimetypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,11 +30,12 @@ from typing import Annotated
 
 from fastapi import File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
-from vlret.errors import VlretError
+from vlret.data.video import FrameSampling, is_video_path, load_video_frames
+from vlret.errors import DataError, VlretError
 from vlret.index.search import Hit, Searcher
 from vlret.serve.batching import MicroBatcher
 from vlret.serve.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, read_upload
@@ -119,7 +123,10 @@ class SearchService:
     # ----- results --------------------------------------------------------------------------------------
     def hit_json(self, hit: Hit) -> dict:
         number = self.searcher.item_numbers[hit.id]
-        return {**hit.as_dict(), "item": number, "thumbnail": f"/thumbnail/{number}"}
+        out = {**hit.as_dict(), "item": number, "thumbnail": f"/thumbnail/{number}"}
+        if is_video_path(self.searcher.items[number]["path"]):
+            out["video"] = f"/media/{number}"
+        return out
 
     def _rerank(self, text: str, hits: list[Hit]) -> list[dict]:
         from vlret.rerank.visa.pipeline import Candidate
@@ -162,8 +169,16 @@ def _log_late_failure(job: asyncio.Future) -> None:
         log.warning("a VISA job failed after its request: %s", job.exception())
 
 
+def _poster(path: Path) -> Image.Image:
+    """A clip's middle frame."""
+    try:
+        return load_video_frames(path, FrameSampling(frames=1))[0]
+    except DataError as exc:
+        raise OSError(exc.problem) from None
+
+
 def _thumbnail_png(path: Path, size: int) -> bytes:
-    with Image.open(path) as img:
+    with _poster(path) if is_video_path(path) else Image.open(path) as img:
         img = img.convert("RGB")
         small = max(img.size) < size
         img.thumbnail((size, size), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC)
@@ -311,6 +326,16 @@ def create_app(
         except (OSError, ValueError, Image.DecompressionBombError):
             raise HTTPException(404, "the item's file is missing or unreadable") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/media/{item}")
+    def media(item: int) -> Response:
+        if not 0 <= item < len(searcher.items):
+            raise HTTPException(404, f"no item {item}; the index has {len(searcher.items)}")
+        path = searcher.media_path(searcher.items[item]["path"])
+        if not path.is_file():
+            raise HTTPException(404, "the item's file is missing")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
