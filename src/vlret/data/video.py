@@ -221,6 +221,31 @@ class FrameCache:
         return frames
 
 
+@dataclass(frozen=True)
+class VLMFrames:
+    """How a vision-language model sees a clip: ``fps`` frames a second, at most ``max_frames`` of them, each
+    scaled down (aspect kept) to at most ``max_pixels`` pixels. VISA's released code gives Qwen2-VL the file
+    with ``fps=3`` and ``max_pixels=360*420``; the cap on the count keeps a long clip within a request."""
+
+    fps: float = 3.0
+    max_frames: int = 32
+    max_pixels: int = 360 * 420
+
+    def frames(self, path: str | Path, record: str | None = None) -> list[Image.Image]:
+        sampling = FrameSampling(frames=None, fps=self.fps, max_frames=self.max_frames)
+        return [shrink(frame, self.max_pixels) for frame in load_video_frames(path, sampling, record)]
+
+
+def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
+    """``image`` scaled down, aspect kept, to at most ``max_pixels`` pixels (unchanged when already smaller)."""
+    area = image.width * image.height
+    if area <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / area)
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
 def default_frame_cache() -> FrameCache | None:
     """The cache of decoded frames under ``$VLRET_CACHE/frames`` (``~/.cache/vlret``); None when
     ``VLRET_FRAME_CACHE=0``. Frames are kept at the file's own size: budget about 230 KB per 320x240 frame."""

@@ -7,7 +7,8 @@
 
 Each role has an ``id`` that names the model and its settings; it is part of every cache key.
 A chat model (:class:`ChatModel`) takes a user prompt and optional images and returns text; the adapters
-below turn one into a describer, a question generator or a VQA model with VISA's prompts.
+below turn one into a describer, a question generator or a VQA model with VISA's prompts. A video item is
+shown as its frames sampled at ``fps`` and scaled to ``max_pixels`` (:class:`~vlret.data.video.VLMFrames`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vlret.data.video import VLMFrames, is_video_path
 from vlret.rerank.visa.prompts import ANSWER_PROMPT, DESCRIBE_PROMPT, QUESTION_PROMPT
 
 
@@ -39,9 +41,8 @@ class ChatModel(Protocol):
     id: str
     usage: Usage
 
-    def chat(
-        self, prompt: str, images: list[Path] = (), max_tokens: int = 512, temperature: float = 0.0
-    ) -> str: ...
+    def chat(self, prompt: str, images: list = (), max_tokens: int = 512, temperature: float = 0.0) -> str:
+        """The reply to ``prompt`` about ``images`` (files, or in-memory frames of a clip)."""
 
 
 class Describer(Protocol):
@@ -68,19 +69,31 @@ class TextReranker(Protocol):
     def score(self, pairs: list[tuple[str, str]]) -> list[float]: ...
 
 
+def visual_input(media: Path, frames: VLMFrames) -> list:
+    """What a chat model is shown of an item: the image file, or a video's sampled and scaled frames."""
+    return frames.frames(media) if is_video_path(media) else [media]
+
+
+def _frames_id(frames: VLMFrames) -> str:
+    return f":fps{frames.fps}x{frames.max_frames}px{frames.max_pixels}"
+
+
 @dataclass
 class ChatDescriber:
     chat_model: ChatModel
     media: str = "image"
     max_tokens: int = 512
+    frames: VLMFrames = field(default_factory=VLMFrames)
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.id = f"describe:{self.chat_model.id}:max{self.max_tokens}"
+        video = _frames_id(self.frames) if self.media == "video" else ""
+        self.id = f"describe:{self.chat_model.id}:max{self.max_tokens}{video}"
 
     def describe(self, media: Path) -> str:
         prompt = DESCRIBE_PROMPT.format(media=self.media)
-        return self.chat_model.chat(prompt, [media], max_tokens=self.max_tokens, temperature=0.0).strip()
+        shown = visual_input(media, self.frames)
+        return self.chat_model.chat(prompt, shown, max_tokens=self.max_tokens, temperature=0.0).strip()
 
 
 @dataclass
@@ -104,11 +117,14 @@ class ChatVisualQA:
     chat_model: ChatModel
     media: str = "image"
     max_tokens: int = 256
+    frames: VLMFrames = field(default_factory=VLMFrames)
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.id = f"vqa:{self.chat_model.id}:max{self.max_tokens}"
+        video = _frames_id(self.frames) if self.media == "video" else ""
+        self.id = f"vqa:{self.chat_model.id}:max{self.max_tokens}{video}"
 
     def answer(self, media: Path, question: str, key_phrases: str) -> str:
         prompt = ANSWER_PROMPT.format(media=self.media, question=question, key_phrases=key_phrases)
-        return self.chat_model.chat(prompt, [media], max_tokens=self.max_tokens, temperature=0.0).strip()
+        shown = visual_input(media, self.frames)
+        return self.chat_model.chat(prompt, shown, max_tokens=self.max_tokens, temperature=0.0).strip()

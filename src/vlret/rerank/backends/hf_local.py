@@ -37,7 +37,9 @@ class HFChat:
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
         messages = [{"role": "user", "content": content if self.vision else prompt}]
         template = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        pictures = [Image.open(p).convert("RGB") for p in images]
+        pictures = [
+            p.convert("RGB") if isinstance(p, Image.Image) else Image.open(p).convert("RGB") for p in images
+        ]
         kwargs = {"images": pictures} if pictures else {}
         inputs = self.processor(text=[template], return_tensors="pt", **kwargs).to(self.device)
         sampling = (

@@ -1,6 +1,7 @@
 """A chat client for OpenAI-compatible servers: vLLM, SGLang, Ollama (``/v1``), LM Studio, hosted APIs.
 
-Images travel as base64 data URLs before the text, in one user message. Transient failures (connection
+Images (and a clip's sampled frames, in order) travel as base64 data URLs before the text, in one user
+message. Transient failures (connection
 errors, timeouts, HTTP 429 and 5xx) are retried with exponential backoff; other HTTP errors raise at once
 with the server's message. Calls and token counts are added up in ``usage`` (thread-safe: the VISA pipeline
 calls it from several threads, which is how its concurrency limit works).
@@ -9,6 +10,7 @@ calls it from several threads, which is how its concurrency limit works).
 from __future__ import annotations
 
 import base64
+import io
 import mimetypes
 import os
 import threading
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from vlret.errors import VlretError
 from vlret.rerank.backends.base import Usage
@@ -27,9 +30,14 @@ class BackendError(VlretError):
     """A generation backend failed for good (after retries, or with a non-retryable error)."""
 
 
-def image_data_url(path: Path) -> str:
-    mime = mimetypes.guess_type(str(path))[0] or "image/png"
-    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+def image_data_url(image: Path | Image.Image) -> str:
+    """A file's bytes, or an in-memory picture (a video frame) as JPEG, in a base64 data URL."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=90)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    mime = mimetypes.guess_type(str(image))[0] or "image/png"
+    return f"data:{mime};base64," + base64.b64encode(Path(image).read_bytes()).decode()
 
 
 class OpenAIChat:
@@ -53,7 +61,9 @@ class OpenAIChat:
         self.usage = Usage()
         self._lock = threading.Lock()
 
-    def _payload(self, prompt: str, images: list[Path], max_tokens: int, temperature: float) -> dict:
+    def _payload(
+        self, prompt: str, images: list[Path | Image.Image], max_tokens: int, temperature: float
+    ) -> dict:
         content = [{"type": "image_url", "image_url": {"url": image_data_url(p)}} for p in images]
         content.append({"type": "text", "text": prompt})
         return {
@@ -64,7 +74,11 @@ class OpenAIChat:
         }
 
     def chat(
-        self, prompt: str, images: list[Path] = (), max_tokens: int = 512, temperature: float = 0.0
+        self,
+        prompt: str,
+        images: list[Path | Image.Image] = (),
+        max_tokens: int = 512,
+        temperature: float = 0.0,
     ) -> str:
         payload = self._payload(prompt, list(images), max_tokens, temperature)
         url = f"{self.base_url}/chat/completions"

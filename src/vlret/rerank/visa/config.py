@@ -8,6 +8,7 @@ w_text: 1.0
 compat: false         # reproduce the official quirks (see docs)
 concurrency: 16       # backend calls in flight
 media: image          # or video
+video_frames: {fps: 3, max_frames: 32, max_pixels: 151200}  # how VLMs see a video item
 describer:          {backend: synthetic}
 question_generator: {backend: rule}
 vqa:                {backend: synthetic}
@@ -27,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlret.data.video import VLMFrames
 from vlret.errors import ConfigError
 from vlret.rerank.backends.base import ChatDescriber, ChatQuestionGenerator, ChatVisualQA
 from vlret.schema import build_dataclass, read_yaml
@@ -41,6 +43,8 @@ class VisaConfig:
     compat: bool = False
     concurrency: int = 16  # calls in flight; vLLM/SGLang batch them, lower it for Ollama
     media: str = "image"
+    # how VLMs see a video item: frames per second, at most this many, each scaled to at most max_pixels
+    video_frames: VLMFrames = field(default_factory=VLMFrames)
     describer: dict = field(default_factory=lambda: {"backend": "synthetic"})
     question_generator: dict = field(default_factory=lambda: {"backend": "rule"})
     vqa: dict = field(default_factory=lambda: {"backend": "synthetic"})
@@ -132,6 +136,11 @@ def _check_config(config: VisaConfig) -> None:
         raise ConfigError("w_base, w_text: at least one fusion weight must be above 0")
     if config.media not in ("image", "video"):
         raise ConfigError(f"media: expected image or video, got {config.media!r}")
+    frames = config.video_frames
+    if not (_is_number(frames.fps) and frames.fps > 0) or frames.max_frames < 1 or frames.max_pixels < 1:
+        raise ConfigError(
+            f"video_frames: expected fps > 0, max_frames >= 1 and max_pixels >= 1, got {dataclasses.asdict(frames)}"
+        )
     for role in ROLE_BACKENDS:
         _check_role(role, getattr(config, role))
 
@@ -176,9 +185,11 @@ def build_describer(config: VisaConfig):
     if backend == "synthetic":
         from vlret.rerank.backends.synthetic import SyntheticDescriber
 
-        return SyntheticDescriber()
+        return SyntheticDescriber(frames=config.video_frames)
     if backend in ("openai", "hf"):
-        return ChatDescriber(_chat_model(config.describer, "describer"), config.media)
+        return ChatDescriber(
+            _chat_model(config.describer, "describer"), config.media, frames=config.video_frames
+        )
     raise ConfigError(f"describer: unknown backend {backend!r}; expected synthetic, openai or hf")
 
 
@@ -187,7 +198,7 @@ def build_question_generator(config: VisaConfig):
     if backend == "rule":
         from vlret.rerank.backends.synthetic import RuleQuestionGenerator
 
-        return RuleQuestionGenerator()
+        return RuleQuestionGenerator(config.media)
     if backend in ("openai", "hf"):
         return ChatQuestionGenerator(
             _chat_model(config.question_generator, "question_generator"),
@@ -202,9 +213,9 @@ def build_vqa(config: VisaConfig):
     if backend == "synthetic":
         from vlret.rerank.backends.synthetic import SyntheticVisualQA
 
-        return SyntheticVisualQA()
+        return SyntheticVisualQA(frames=config.video_frames)
     if backend in ("openai", "hf"):
-        return ChatVisualQA(_chat_model(config.vqa, "vqa"), config.media)
+        return ChatVisualQA(_chat_model(config.vqa, "vqa"), config.media, frames=config.video_frames)
     raise ConfigError(f"vqa: unknown backend {backend!r}; expected synthetic, openai or hf")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from vlret.data._io import read_json, write_json
 from vlret.data.records import RetrievalDataset
+from vlret.evaluate.api import media_kind
 from vlret.evaluate.metrics import direction_metrics
 from vlret.evaluate.results import make_result
 from vlret.rerank.first_stage import base_from_embeddings, base_from_scores, final_ranks
@@ -116,7 +117,11 @@ def _fuse_and_evaluate(
     np.save(out / "reranked.npy", reranked.astype(np.int32))
     result = make_result(
         method="visa",
-        data={"source": split.source, "split": split.items[0].split if split.items else None},
+        data={
+            "source": split.source,
+            "split": split.items[0].split if split.items else None,
+            "media": media_kind(split),
+        },
         model=source or {},
         protocol={
             "name": "text->visual",
