@@ -110,3 +110,29 @@ def test_the_frame_cache_is_keyed_by_content_and_sampling(tmp_path, clip, monkey
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, first, strict=True))
     assert _indices(cache.frames(clip, FrameSampling(frames=2))) == [5, 15]  # other sampling: decoded
     assert len(calls) == 1
+
+
+def test_near_frames_are_decoded_on_and_far_ones_seeked(clip, tmp_path, monkeypatch):
+    seeks = []
+    original = video._ForwardReader._seek
+
+    def counting(self, t):
+        seeks.append(round(t, 2))
+        original(self, t)
+
+    monkeypatch.setattr(video._ForwardReader, "_seek", counting)
+    # 2 s clip: every wanted frame is within FORWARD_SECONDS of the one before: one seek, to the first
+    assert _indices(load_video_frames(clip, FrameSampling(frames=4))) == [2, 7, 12, 17]
+    assert seeks == [0.25]
+    # 50 s at 1 fps with a keyframe every 2 s: 12.5 s between wanted frames, so each is a seek
+    long = write_video(
+        tmp_path / "long.mp4",
+        [np.full((32, 48, 3), 5 * k, np.uint8) for k in range(50)],
+        fps=1,
+        keyframe_every=2,
+    )
+    seeks.clear()
+    frames = load_video_frames(long, FrameSampling(frames=4))
+    # times 6.25, 18.75, 31.25, 43.75 s -> frames ceil(t - 0.5) = 6, 19, 31, 44 (grey 5 k)
+    assert [round(float(np.asarray(f).mean()) / 5) for f in frames] == [6, 19, 31, 44]
+    assert seeks == [6.25, 18.75, 31.25, 43.75]

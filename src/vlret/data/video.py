@@ -6,8 +6,10 @@ Sampling (:func:`sample_times`) is decided on the clip's duration alone, before 
 - ``fps=F``: every ``1/F`` seconds from 0 (VISA's 3 fps), at most ``max_frames``; a longer clip keeps
   ``max_frames`` of those times spread evenly over it.
 
-Decoding (:func:`decode_frames`) seeks to the keyframe before each wanted time and decodes forward to the
-first frame whose time reaches it, so a 5-minute clip costs a few GOPs per frame, not the whole file. A file
+Decoding (:func:`decode_frames`) takes, for each wanted time, the first frame whose time reaches it. It
+decodes on from the last frame when the wanted time is near (within :data:`FORWARD_SECONDS`, or the largest
+keyframe interval seen) and otherwise seeks to the keyframe before it, so a 5-minute clip costs a few GOPs
+per frame, not the whole file, and a short one is decoded once, never twice. A file
 that cannot be opened, has no video stream or yields no frame (truncated, corrupt, audio only) raises
 :class:`DataError` naming it. A wanted time past the last decodable frame takes the last frame, so a clip
 whose container overstates its duration still gives N frames.
@@ -145,15 +147,21 @@ def load_video_frames(
         return _decode(container, times, path, record)
 
 
+#: wanted frames at most this far (seconds) beyond the last decoded one are reached by decoding on, not by
+#: seeking; a longer stretch is also decoded on when the keyframes seen so far are further apart than it
+FORWARD_SECONDS = 2.0
+
+
 def _decode(container, times: list[float], path: Path, record: str | None) -> list[Image.Image]:
     import av
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    reader = _ForwardReader(container, stream)
     frames: list[Image.Image] = []
     try:
         for t in times:
-            frame = _frame_at(container, stream, t)
+            frame = reader.frame_at(t)
             if frame is None:  # past the end: the last frame there is
                 frame = frames[-1] if frames else _last_frame(container, stream)
             if frame is None:
@@ -166,15 +174,42 @@ def _decode(container, times: list[float], path: Path, record: str | None) -> li
     return frames
 
 
-def _frame_at(container, stream, t: float) -> Image.Image | None:
-    # A frame "at" t: shown at or after t, allowing for a timestamp rounded down by half a frame.
-    slack = 0.5 / float(stream.average_rate or 25)
-    target = int(max(0.0, t) / stream.time_base) if stream.time_base else 0
-    container.seek(target, stream=stream, backward=True, any_frame=False)
-    for frame in container.decode(stream):
-        if frame.time is None or frame.time + slack >= t:
-            return frame.to_image()
-    return None
+class _ForwardReader:
+    """Frames at ascending times, by decoding on from the last one or by seeking, whichever decodes less.
+
+    A seek lands on the keyframe before the wanted time, which saves decoding only when that keyframe lies
+    beyond the frame decoded last: likely when the stretch to the wanted time is longer than the largest
+    keyframe interval seen (and than :data:`FORWARD_SECONDS`, before one is seen)."""
+
+    def __init__(self, container, stream):
+        self.container, self.stream = container, stream
+        self.slack = 0.5 / float(stream.average_rate or 25)  # timestamps rounded down by half a frame
+        self.frames = None  # the decoding generator, after a seek
+        self.position: float | None = None  # time of the frame decoded last
+        self.last_key: float | None = None
+        self.keyframe_gap = 0.0
+
+    def frame_at(self, t: float) -> Image.Image | None:
+        """The first frame shown at or after ``t``, or None past the end."""
+        ahead = None if self.position is None else t - self.position
+        if self.frames is None or ahead < 0 or ahead > max(FORWARD_SECONDS, self.keyframe_gap):
+            self._seek(t)
+        for frame in self.frames:
+            if frame.key_frame and frame.time is not None:
+                if self.last_key is not None:
+                    self.keyframe_gap = max(self.keyframe_gap, frame.time - self.last_key)
+                self.last_key = frame.time
+            self.position = frame.time if frame.time is not None else self.position
+            if frame.time is None or frame.time + self.slack >= t:
+                return frame.to_image()
+        return None
+
+    def _seek(self, t: float) -> None:
+        stream = self.stream
+        target = int(max(0.0, t) / stream.time_base) if stream.time_base else 0
+        self.container.seek(target, stream=stream, backward=True, any_frame=False)
+        self.frames = self.container.decode(stream)
+        self.last_key = None  # the keyframes skipped over are unknown: no interval spans the seek
 
 
 def _last_frame(container, stream) -> Image.Image | None:
@@ -271,9 +306,16 @@ def clip_frames(
     return load_video_frames(path, sampling, record)
 
 
-def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+def write_video(
+    path: str | Path,
+    frames: list[np.ndarray],
+    fps: int = 10,
+    codec: str = "libx264",
+    keyframe_every: int | None = None,
+) -> Path:
     """Write RGB uint8 frames ``[H, W, 3]`` (even sides) as a video file: H.264 in MP4 by default, playable
-    in browsers (``yuv420p``). Used by the synthetic video benchmark and the tests."""
+    in browsers (``yuv420p``), a keyframe every ``keyframe_every`` frames (default: every second). Used by
+    the synthetic video benchmark, the tests and the benchmarks."""
     import av
 
     path = Path(path)
@@ -284,7 +326,7 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 10, codec
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":  # near-lossless, and every frame decodable on its own after a seek
-            stream.options = {"crf": "12", "g": str(fps), "bf": "0"}
+            stream.options = {"crf": "12", "g": str(keyframe_every or fps), "bf": "0"}
         for pixels in frames:
             for packet in stream.encode(
                 av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")

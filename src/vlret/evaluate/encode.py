@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from vlret.data.formats import dataset_fingerprint
 from vlret.data.images import visual_inputs
+from vlret.data.prefetch import prefetch
 from vlret.data.records import RetrievalDataset
 from vlret.errors import VlretError
 from vlret.models.base import Features, RetrievalModel
@@ -166,10 +167,12 @@ def encode_images(
     collect = _Collector(keep_tokens, np.dtype(token_dtype))
     device = model.device
     items = dataset.items
-    for start in tqdm(
-        range(0, len(items), batch_size), desc="encode images", disable=not progress, unit="batch"
-    ):
-        inputs = visual_inputs(model, dataset, range(start, min(start + batch_size, len(items))))
+    starts = range(0, len(items), batch_size)
+    # the next batch is read (images and clips decoded) while this one is encoded
+    batches = prefetch(
+        visual_inputs(model, dataset, range(s, min(s + batch_size, len(items)))) for s in starts
+    )
+    for inputs in tqdm(batches, total=len(starts), desc="encode images", disable=not progress, unit="batch"):
         collect.add(model.encode_images(torch.from_numpy(inputs).to(device)))
     return collect.table()
 

@@ -8,9 +8,7 @@ sees exactly the batches an uninterrupted run would, whatever the number of load
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,45 +195,6 @@ class EpochBatches(Dataset):
             "item_ids": torch.from_numpy(items.astype(np.int64)),
             "caption_ids": torch.from_numpy(captions.astype(np.int64)),
         }
-
-
-def prefetch(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
-    """Produce the next ``depth`` batches on a background thread while the training step runs.
-
-    Batches are pure functions of their index, so what arrives is exactly what a plain loop would give. The
-    thread stops when the consumer does (a run that ends mid-epoch leaves no thread behind).
-    """
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(value) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fill() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
-            put(exc)
-            return
-        put(done)
-
-    threading.Thread(target=fill, name="vlret-prefetch", daemon=True).start()
-    try:
-        while (batch := slots.get()) is not done:
-            if isinstance(batch, BaseException):
-                raise batch
-            yield batch
-    finally:
-        stop.set()
 
 
 def epoch_loader(batches: EpochBatches, num_workers: int) -> DataLoader:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vlret.data import load_dataset
+from vlret.data.prefetch import prefetch
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, TrainingError
 from vlret.evaluate.api import evaluate_model
@@ -29,7 +30,7 @@ from vlret.losses.base import LossContext
 from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
 from vlret.train import checkpoint as ckpt
-from vlret.train.data import EpochBatches, PairSource, epoch_loader, prefetch
+from vlret.train.data import EpochBatches, PairSource, epoch_loader
 from vlret.train.distributed import (
     DistInfo,
     average_gradients,

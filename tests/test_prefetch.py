@@ -1,0 +1,35 @@
+"""Background prefetching: items in order, errors raised in the consumer, no thread left behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from vlret.data.prefetch import prefetch
+
+
+def test_items_arrive_in_order_and_errors_reach_the_consumer():
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad clip")
+
+    got = []
+    with pytest.raises(ValueError, match="bad clip"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_leaving_early_stops_the_thread():
+    before = threading.active_count()
+    for item in prefetch(iter(range(1000)), depth=2):
+        if item == 3:
+            break
+    deadline = time.time() + 2
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
