@@ -45,3 +45,24 @@ def test_report_marks_correct_images(tmp_path):
     assert html.count("<figure class='correct'>") == 1 and html.count("<figure") == 3
     assert "“a &lt;red&gt; circle”" in html  # query text is escaped
     assert "<td>25.0</td>" in html and "#2 · 0.500" in html
+
+
+def test_video_demo_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VLRET_CACHE", str(tmp_path / "cache"))
+    out, data = tmp_path / "demo_video", tmp_path / "synth_video"
+    args = ["demo", "--video", "--out", str(out), "--data-dir", str(data), "--images", "40", "--quiet"]
+    small = ["train.epochs=1", "train.batch_size=8", "model.video.frames=4", "model.options.width=32"]
+    assert main([*args, *small]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny-cnn frames, meanP | generic |" in printed
+    assert "| tiny-cnn frames, temporal transformer | generic |" in printed and "T→V R@1" in printed
+    assert "| base + VISA |" in printed
+    meanp = json.loads((out / "result_meanP.json").read_text())
+    temporal = json.loads((out / "result_temporal.json").read_text())
+    assert meanp["data"]["media"] == temporal["data"]["media"] == "video"
+    assert (
+        meanp["model"]["video"]["pooling"] == "mean"
+        and temporal["model"]["video"]["pooling"] == "transformer"
+    )
+    index = json.loads((out / "index" / "index.json").read_text())
+    assert index["items"] == meanp["counts"]["gallery_items"] == 4

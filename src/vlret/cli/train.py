@@ -19,9 +19,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.video:
+        return _video_demo(args)
     from vlret.demo import run_demo
 
-    outcome = run_demo(args.out, args.data_dir, args.overrides, progress=not args.quiet, images=args.images)
+    out, data_dir = args.out or "runs/demo", args.data_dir or "data/synth"
+    outcome = run_demo(out, data_dir, args.overrides, progress=not args.quiet, images=args.images)
     print()
     print(outcome["table"])
     print()
@@ -31,6 +34,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"index of the test images: {outcome['index']}")
     print(f"search it in a browser:   vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
     print(f'or from the shell:        vlret search {outcome["index"]} "a large red circle"')
+    return 0
+
+
+def _video_demo(args: argparse.Namespace) -> int:
+    from vlret.demo import run_video_demo
+
+    out = args.out or "runs/demo_video"
+    data_dir = args.data_dir or "data/synth_video"
+    outcome = run_video_demo(out, data_dir, args.overrides, progress=not args.quiet, clips=args.images)
+    print()
+    print(outcome["table"])
+    print()
+    for name, path in outcome["results"].items():
+        print(f"result ({name}): {path}")
+    print(f"index of the test clips: {outcome['index']}")
+    print(f"play them in a browser:  vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
     return 0
 
 
@@ -50,9 +69,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="synthesise, train the tiny model, evaluate, report (about 5 min)"
     )
-    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.add_argument("--data-dir", default="data/synth", help="where the synthetic benchmark is written")
+    demo.add_argument("--out", help="run folder (default runs/demo, runs/demo_video with --video)")
+    demo.add_argument(
+        "--data-dir", help="where the synthetic benchmark is written (default data/synth, data/synth_video)"
+    )
+    demo.add_argument(
+        "--video",
+        action="store_true",
+        help="the video demo: clips, meanP and the temporal transformer (~6 min)",
+    )
     demo.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=1")
-    demo.add_argument("--images", type=int, help="benchmark size (default: the calibrated 5000)")
+    demo.add_argument(
+        "--images", type=int, help="benchmark size (default: the calibrated 5000; clips with --video: 600)"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
