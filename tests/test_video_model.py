@@ -207,3 +207,29 @@ def test_a_video_recipe_trains_and_evaluates_from_the_cli(tmp_path, monkeypatch)
     assert result["data"]["media"] == "video"
     metrics = result["metrics"]
     assert 0.0 <= metrics["t2i_r1"] <= 1.0 and metrics["t2i_medr"] >= 1
+
+
+def test_an_image_model_evaluates_videos_from_the_cli_with_mean_pooling(grey_clips, tmp_path, monkeypatch):
+    import json
+
+    from vlret.cli import main
+    from vlret.data.karpathy import write_karpathy
+
+    monkeypatch.setenv("VLRET_CACHE", str(tmp_path / "cache"))
+    create_model("tiny-cnn", captions=CAPTIONS, seed=0).save(tmp_path / "image_model")
+    data = tmp_path / "data.json"
+    write_karpathy(grey_clips, data, name="grey")
+    out = tmp_path / "r.json"
+    args = [
+        "eval",
+        "--model",
+        str(tmp_path / "image_model"),
+        "--data",
+        str(data),
+        "--media-root",
+        str(grey_clips.media_root),
+    ]
+    assert main([*args, "--split", "test", "--video-frames", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"]["video"] == {"frames": 4, "pooling": "mean", "layers": 2, "heads": 4}
+    assert result["data"]["media"] == "mixed"  # two clips and a still image

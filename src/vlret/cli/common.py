@@ -48,15 +48,33 @@ def load_data(args: argparse.Namespace):
     return load_dataset(args.data, fmt, args.media_root, args.on_error, **options)
 
 
-def model_for(name: str, dataset, split: str):
-    """A model by name; a fresh tiny model builds its vocabulary from the training captions (or ``split``'s)."""
+def add_video_option(p: argparse.ArgumentParser) -> None:
+    """``--video-frames``, for the commands that encode a dataset with a model."""
+    p.add_argument(
+        "--video-frames",
+        type=int,
+        help="frames per clip when an image model encodes videos (meanP; default 8); a video model keeps its own",
+    )
+
+
+def model_for(name: str, dataset, split: str, video_frames: int | None = None):
+    """A model by name; a fresh tiny model builds its vocabulary from the training captions (or ``split``'s).
+    When the data holds videos, an image model becomes a clip encoder: meanP over ``video_frames`` frames."""
+    from vlret.data.video import is_video_path
     from vlret.models import create_model
     from vlret.models.registry import is_model_reference
 
     if is_model_reference(name):
-        return create_model(name)
-    source = "train" if "train" in dataset.splits else split
-    return create_model(name, captions=[c.text for c in dataset.split(source).captions])
+        model = create_model(name)
+    else:
+        source = "train" if "train" in dataset.splits else split
+        model = create_model(name, captions=[c.text for c in dataset.split(source).captions])
+    videos = any(is_video_path(item.path) for item in dataset.items)
+    if model.input_kind == "pixels" and (videos or video_frames is not None):
+        from vlret.models.video import as_video_model
+
+        model = as_video_model(model, {"frames": video_frames} if video_frames else {})
+    return model
 
 
 def print_json(obj) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vlret.cli.common import add_data_options, load_data, model_for
+from vlret.cli.common import add_data_options, add_video_option, load_data, model_for
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -17,7 +17,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     dataset = load_data(args)
     if args.ensemble:
-        models = [model_for(name, dataset, args.split or "test") for name in args.ensemble]
+        models = [model_for(name, dataset, args.split or "test", args.video_frames) for name in args.ensemble]
         result = evaluate_ensemble(
             models,
             dataset,
@@ -34,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             scores, dataset, args.protocol, args.split, args.direction, source=args.scores
         )
     else:
-        model = model_for(args.model, dataset, args.split or "test")
+        model = model_for(args.model, dataset, args.split or "test", args.video_frames)
         result = evaluate_model(
             model,
             dataset,
@@ -110,6 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="where heavy heads' score matrices are stored (default ~/.cache/vlret/scores or $VLRET_CACHE/scores)",
     )
     add_data_options(ev)
+    add_video_option(ev)
     ev.set_defaults(func=cmd_eval)
 
     results = commands.add_parser("results", help="aggregate result files")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlret.cli.common import add_data_options, load_data, model_for
+from vlret.cli.common import add_data_options, add_video_option, load_data, model_for
 from vlret.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ def cmd_visa(args: argparse.Namespace) -> int:
     else:
         from vlret.evaluate.encode import encode_dataset
 
-        model = model_for(args.model, dataset, split.items[0].split)
+        model = model_for(args.model, dataset, split.items[0].split, args.video_frames)
         encoded = encode_dataset(model, split, batch_size=args.batch_size)
         candidates, base_topk, base_ranks = base_from_embeddings(
             encoded.text_embeds, encoded.item_embeds, split, config.k, config.compat
@@ -155,6 +155,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     visa.add_argument("--queries", type=int, help="only the first N queries (smoke runs)")
     visa.add_argument("--batch-size", type=int, default=64)
     add_data_options(visa)
+    add_video_option(visa)
     visa.set_defaults(func=cmd_visa)
 
     merge = rerank_cmds.add_parser("visa-merge", help="join the shards of a VISA run, fuse and evaluate")
