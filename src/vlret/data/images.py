@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.records import RetrievalDataset
 from vlret.data.regions import is_region_path, load_regions
-from vlret.data.video import check_video, is_video_path
+from vlret.data.video import FrameCache, check_video, clip_frames, default_frame_cache, is_video_path
 from vlret.errors import DataError
 
 _READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
@@ -55,10 +55,8 @@ def check_media(dataset: RetrievalDataset, on_error: OnError = "raise") -> Retri
     return kept
 
 
-def clip_pixels(model, path: Path, record: str, cache=None) -> np.ndarray:
+def _clip_pixels(model, path: Path, record: str, cache: FrameCache | None) -> np.ndarray:
     """A video model's input for one item: its sampled frames through ``image_transform``, ``[F, 3, H, W]``."""
-    from vlret.data.video import clip_frames
-
     return np.stack([model.image_transform(f) for f in clip_frames(path, model.sampling, record, cache)])
 
 
@@ -69,11 +67,9 @@ def visual_inputs(model, dataset: RetrievalDataset, indices) -> np.ndarray:
     items = [dataset.items[int(i)] for i in indices]
     paths = [dataset.media_path(it) for it in items]
     if getattr(model, "input_kind", "pixels") == "frames":
-        from vlret.data.video import default_frame_cache
-
         cache = default_frame_cache()
         return np.stack(
-            [clip_pixels(model, p, f"item {it.id!r}", cache) for p, it in zip(paths, items, strict=True)]
+            [_clip_pixels(model, p, f"item {it.id!r}", cache) for p, it in zip(paths, items, strict=True)]
         )
     videos = [is_video_path(p) for p in paths]
     if any(videos):
