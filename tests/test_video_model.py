@@ -233,3 +233,30 @@ def test_an_image_model_evaluates_videos_from_the_cli_with_mean_pooling(grey_cli
     result = json.loads(out.read_text())
     assert result["model"]["video"] == {"frames": 4, "pooling": "mean", "layers": 2, "heads": 4}
     assert result["data"]["media"] == "mixed"  # two clips and a still image
+
+
+@pytest.mark.parametrize("kind", ["tiny-vit", "composed", "hf-clip", "hf-siglip"])
+@torch.no_grad()
+def test_every_kind_of_image_model_becomes_a_clip_encoder(kind, tmp_path):
+    from hf_tiny import make_clip, make_siglip
+
+    if kind == "tiny-vit":
+        name, options = "tiny-vit", {"captions": CAPTIONS}
+    elif kind == "composed":
+        name, options = "composed", {"image_tower": "tiny-vit", "text_tower": "minilm", "embed_dim": 16}
+    else:
+        name, options = "hf:" + str((make_clip if kind == "hf-clip" else make_siglip)(tmp_path / kind)), {}
+    model = create_model(
+        name, seed=0, video={"frames": 3, "pooling": "transformer", "heads": 2}, **options
+    ).eval()
+    assert isinstance(model, VideoModel)
+    size = model.image_transform.crop
+    clips = torch.randn(2, 3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    frames = F.normalize(model.frame_model.encode_images(clips.flatten(0, 1)).embeds.float(), dim=-1)
+    expected = frames.view(2, 3, -1).mean(1)  # untrained: exactly meanP
+    assert torch.allclose(model.encode_images(clips).embeds, expected, atol=1e-5)
+    model.save(tmp_path / "saved")
+    loaded = load_model(tmp_path / "saved").eval()
+    assert torch.allclose(loaded.encode_images(clips).embeds, expected, atol=1e-5)
+    texts = model.tokenize(["a red circle"])
+    assert torch.allclose(loaded.encode_texts(texts).embeds, model.encode_texts(texts).embeds, atol=1e-6)
