@@ -260,3 +260,23 @@ def test_every_kind_of_image_model_becomes_a_clip_encoder(kind, tmp_path):
     assert torch.allclose(loaded.encode_images(clips).embeds, expected, atol=1e-5)
     texts = model.tokenize(["a red circle"])
     assert torch.allclose(loaded.encode_texts(texts).embeds, model.encode_texts(texts).embeds, atol=1e-6)
+
+
+def test_a_bad_clip_is_named_or_skipped_and_listed_by_evaluation(grey_clips, tmp_path, monkeypatch):
+    import shutil
+
+    from vlret.errors import DataError as Bad
+    from vlret.evaluate.api import evaluate_model
+
+    monkeypatch.setenv("VLRET_CACHE", str(tmp_path / "cache"))
+    for name in ("c0.mp4", "c1.mp4"):
+        shutil.copy(grey_clips.media_root / name, tmp_path / name)
+    (tmp_path / "cut.mp4").write_bytes((tmp_path / "c1.mp4").read_bytes()[:600])  # the header's start only
+    items = [Item("c0", "c0.mp4", "test"), Item("cut", "cut.mp4", "test"), Item("c1", "c1.mp4", "test")]
+    data = RetrievalDataset(items, [Caption(t, i.id) for t, i in zip(CAPTIONS, items, strict=True)], tmp_path)
+    model = _model(frames=4)
+    with pytest.raises(Bad, match=r"cut\.mp4.*item 'cut'"):
+        evaluate_model(model, data, split="test", progress=False, use_cache=False)
+    result = evaluate_model(model, data, split="test", progress=False, use_cache=False, on_error="skip")
+    assert result["counts"]["gallery_items"] == 2
+    assert [s["record"] for s in result["skipped"]] == ["item 'cut'"]
