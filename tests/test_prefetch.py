@@ -24,12 +24,18 @@ def test_items_arrive_in_order_and_errors_reach_the_consumer():
     assert got == [1]
 
 
+def _new_prefetchers(before: set[threading.Thread]) -> list[threading.Thread]:
+    # Other tests' threads may come and go meanwhile: look only at prefetch threads this test started.
+    return [t for t in threading.enumerate() if t.name == "vlret-prefetch" and t not in before]
+
+
 def test_leaving_early_stops_the_thread():
-    before = threading.active_count()
+    before = set(threading.enumerate())
     for item in prefetch(iter(range(1000)), depth=2):
         if item == 3:
+            assert len(_new_prefetchers(before)) == 1
             break
     deadline = time.time() + 2
-    while threading.active_count() > before and time.time() < deadline:
+    while _new_prefetchers(before) and time.time() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == before
+    assert _new_prefetchers(before) == []
