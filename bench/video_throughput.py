@@ -1,8 +1,10 @@
 """Video encoding throughput: decode + sample + encode clips from their files, against encoding the same
 frames already in memory, in one run.
 
-Clips are written first, MSR-VTT-like by default (320 x 240, 30 fps, 10 s, H.264 with x264's keyframe
-interval of 250 frames unless ``--keyframe-every`` says otherwise). The model is a video model (meanP over
+Clips are written first, MSR-VTT-like by default: 320 x 240, 30 fps, 10 s, H.264 with x264's defaults
+(a keyframe every 250 frames, CRF 23, B-frames), a textured gradient panning across the frame, which
+comes out at about 200 kbit/s (MSR-VTT's clips average a few hundred). ``--fresh-noise --crf 12 --b-frames
+0`` gives the worst case instead: new noise in every frame, kept near-losslessly, about 6 Mbit/s. The model is a video model (meanP over
 ``--frames`` uniform frames) on an image tower: the composed EfficientNet-Lite0 + MiniLM by default, which
 installs offline. The candidate is the evaluation's encoder, ``encode_images``: it reads each batch of clips
 through ``visual_inputs`` (PyAV decoding, no frame cache) on a background thread while the previous batch
@@ -35,20 +37,32 @@ from vlret.evaluate.encode import encode_images  # noqa: E402
 from vlret.models import create_model  # noqa: E402
 
 
-def write_clips(folder: Path, count: int, seconds: float, fps: int, keyframe_every: int) -> RetrievalDataset:
-    """``count`` clips of a moving gradient with noise (so that the encoder has real work to do)."""
+def write_clips(folder: Path, count: int, args: argparse.Namespace) -> RetrievalDataset:
+    """``count`` clips of a gradient with a noise texture, both panning (compressible, as real footage
+    is), or with fresh noise in every frame (``args.fresh_noise``: incompressible)."""
     rng = np.random.default_rng(0)
     ys, xs = np.mgrid[0:240, 0:320]
     items = []
     for n in range(count):
         base = rng.integers(0, 255, size=3)
+        texture = rng.integers(0, 24, size=(240, 640, 1))
         frames = []
-        for f in range(int(seconds * fps)):
-            shift = (xs + 3 * f + 17 * n) % 320
-            pixels = (shift[..., None] * 0.6 + ys[..., None] * 0.3 + base) % 256
-            noise = rng.integers(0, 24, size=(240, 320, 1))
-            frames.append((pixels + noise).clip(0, 255).astype(np.uint8))
-        write_video(folder / f"{n:03d}.mp4", frames, fps=fps, keyframe_every=keyframe_every)
+        for f in range(int(args.seconds * args.fps)):
+            shift = (3 * f + 17 * n) % 320
+            pixels = ((xs + shift) % 320)[..., None] * 0.6 + ys[..., None] * 0.3 + base
+            if args.fresh_noise:
+                noise = rng.integers(0, 24, size=(240, 320, 1))
+            else:
+                noise = texture[:, shift : shift + 320]
+            frames.append((pixels % 256 + noise).clip(0, 255).astype(np.uint8))
+        write_video(
+            folder / f"{n:03d}.mp4",
+            frames,
+            fps=args.fps,
+            keyframe_every=args.keyframe_every,
+            crf=args.crf,
+            b_frames=args.b_frames,
+        )
         items.append(Item(str(n), f"{n:03d}.mp4", "test"))
     return RetrievalDataset(items, [Caption("a clip", it.id) for it in items], folder)
 
@@ -64,6 +78,9 @@ def main() -> None:
     parser.add_argument(
         "--keyframe-every", type=int, default=250, help="frames between keyframes (x264: 250)"
     )
+    parser.add_argument("--crf", type=int, default=23, help="x264 quality (lower: more bits; default 23)")
+    parser.add_argument("--b-frames", type=int, default=3, help="x264 B-frames (default 3)")
+    parser.add_argument("--fresh-noise", action="store_true", help="new noise in every frame (worst case)")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
     parser.add_argument("--batch", type=int, default=8, help="clips per encoder call")
     parser.add_argument("--repeats", type=int, default=5)
@@ -75,14 +92,18 @@ def main() -> None:
     options = {"memo_size": 0} if args.model == "composed" else {}
     model = create_model(args.model, captions=["a clip"], video={"frames": args.frames}, **options).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_clips(Path(tmp), args.clips, args.seconds, args.fps, args.keyframe_every)
+        data = write_clips(Path(tmp), args.clips, args)
+        kbits = (
+            sum(p.stat().st_size for p in Path(tmp).glob("*.mp4")) * 8 / 1000 / (args.clips * args.seconds)
+        )
         batches = [range(s, min(s + args.batch, args.clips)) for s in range(0, args.clips, args.batch)]
         decoded = [torch.from_numpy(visual_inputs(model, data, b)) for b in batches]
         frames = args.clips * args.frames
         size = tuple(decoded[0].shape[-2:])
         print(
             f"{model.name}: {args.clips} clips of {args.seconds:g} s at {args.fps} fps (320 x 240, keyframe every "
-            f"{args.keyframe_every}), {args.frames} frames each at {size} px, {torch.get_num_threads()} threads"
+            f"{args.keyframe_every}, CRF {args.crf}, {args.b_frames} B-frames, {kbits:.0f} kbit/s), "
+            f"{args.frames} frames each at {size} px, {torch.get_num_threads()} threads"
         )
 
         def from_files() -> float:  # the evaluation's own path: the next batch decoded while one encodes

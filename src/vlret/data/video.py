@@ -312,10 +312,13 @@ def write_video(
     fps: int = 10,
     codec: str = "libx264",
     keyframe_every: int | None = None,
+    crf: int = 12,
+    b_frames: int = 0,
 ) -> Path:
     """Write RGB uint8 frames ``[H, W, 3]`` (even sides) as a video file: H.264 in MP4 by default, playable
-    in browsers (``yuv420p``), a keyframe every ``keyframe_every`` frames (default: every second). Used by
-    the synthetic video benchmark, the tests and the benchmarks."""
+    in browsers (``yuv420p``), a keyframe every ``keyframe_every`` frames (default: every second). The
+    defaults (``crf`` 12, no B-frames) keep synthetic frames near-lossless; x264's own defaults are 23 and 3.
+    Used by the synthetic video benchmark, the tests and the benchmarks."""
     import av
 
     path = Path(path)
@@ -325,8 +328,8 @@ def write_video(
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if codec == "libx264":  # near-lossless, and every frame decodable on its own after a seek
-            stream.options = {"crf": "12", "g": str(keyframe_every or fps), "bf": "0"}
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "g": str(keyframe_every or fps), "bf": str(b_frames)}
         for pixels in frames:
             for packet in stream.encode(
                 av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
