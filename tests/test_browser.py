@@ -200,3 +200,35 @@ def test_a_video_result_shows_its_poster_and_plays_in_the_page(video_url, tmp_pa
         assert any(r and r.startswith("bytes=") for r in ranges)
         page.screenshot(path=str(tmp_path / "video_page.png"))
         browser.close()
+
+
+def test_bench_page_shows_the_table_the_pareto_plot_and_the_charts(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from vlret.suite.page import write_page
+    from vlret.suite.summary import markdown_table
+
+    def row(name, r1, seconds, combination=False):
+        metric = {"mean": r1, "std": 0.01}
+        costs = {"eval_seconds": {"mean": seconds, "std": None}, "queries": {"mean": 100.0, "std": None}}
+        costs["train_seconds"] = {"mean": 60.0, "std": 5.0}
+        return {"row": name, "combination": combination, "metrics": {"t2i_r1": metric}, "costs": costs}
+
+    summary = {
+        "settings": {"suite": "synthetic", "seeds": [0, 1]},
+        "machine": "test machine",
+        "rows": [row("a", 0.2, 1.0), row("a + VISA", 0.5, 4.0, True), row("b", 0.1, 2.0)],
+    }
+    page_file = write_page(summary, markdown_table(summary), tmp_path / "index.html")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(page_file.as_uri())
+        expect(page.locator("#results tbody tr")).to_have_count(3)
+        expect(page.locator("#results tbody tr").nth(1)).to_contain_text("a + VISA *")
+        expect(page.locator("#results tbody tr").nth(1)).to_contain_text("50.0 ± 1.0")
+        for ident in ("pareto", "recall-bars", "train-bars"):
+            image = page.locator(f"#{ident}")
+            expect(image).to_be_visible()
+            assert page.evaluate(f"document.getElementById('{ident}').naturalWidth") > 300
+        browser.close()

@@ -74,7 +74,7 @@ def training_curves(records: list[dict]) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
@@ -85,7 +85,7 @@ figure.correct img { border-color: #2e9d3a; }
 """
 
 
-def _markdown_table_to_html(md: str) -> str:
+def markdown_table_to_html(md: str) -> str:
     lines = [line for line in md.splitlines() if line.strip() and not set(line) <= set("|-")]
     rows = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines]
     head = "".join(f"<th>{c}</th>" for c in rows[0])
@@ -105,8 +105,8 @@ def write_report(
     """Write the HTML report; returns its path."""
     path = Path(path)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
-    parts.append(f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
-    parts.append("<h2>Results (test split)</h2>" + _markdown_table_to_html(results_table(results, names)))
+    parts.append(f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
+    parts.append("<h2>Results (test split)</h2>" + markdown_table_to_html(results_table(results, names)))
     parts.extend(f"<p>{html.escape(n)}</p>" for n in notes)
     curves = training_curves(records)
     if curves:

@@ -2,7 +2,7 @@
 
 ``vlret data`` (:mod:`.data`), ``eval`` and ``results`` (:mod:`.evaluate`), ``train`` and ``demo``
 (:mod:`.train`), ``rerank`` (:mod:`.rerank`), ``index``, ``search`` and ``serve`` (:mod:`.search`),
-``backbone`` (:mod:`.features`).
+``backbone`` (:mod:`.features`), ``prompts`` (:mod:`.prompts`), ``bench`` (:mod:`.bench`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlret.cli import data, evaluate, features, prompts, rerank, search, train
+from vlret.cli import bench, data, evaluate, features, prompts, rerank, search, train
 from vlret.errors import VlretError
 
-COMMAND_GROUPS = (data, evaluate, train, rerank, search, features, prompts)
+COMMAND_GROUPS = (data, evaluate, train, rerank, search, features, prompts, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,292 @@
+"""Running one cell of ``vlret bench`` (a row under one seed) and writing its record.
+
+A cell's record (``cell.json``) holds the row's metrics and its costs: training and evaluation seconds,
+text queries, pairs scored per query, model calls and tokens (VISA), parameters. A cell runs only once its
+record is missing: training resumes from its last checkpoint, evaluation reads the feature cache and the
+score store, VISA reads its stage caches, so a killed suite loses at most the work in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlret.data import RetrievalDataset, load_dataset
+from vlret.data._io import read_json, write_json
+from vlret.errors import ConfigError
+from vlret.evaluate.api import evaluate_ensemble, evaluate_model, select_split, stored_scores
+from vlret.evaluate.encode import encode_dataset
+from vlret.evaluate.protocols import get_protocol, prepare
+from vlret.models import RetrievalModel, create_model
+from vlret.suite.rows import ITM_K, VISA_K, EnsembleRow, ItmRow, Row, TrainRow, VisaRow
+
+METRIC_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
+
+
+@dataclass
+class SuiteData:
+    """The suite's datasets: the images (always) and their region features (SGR, SAF)."""
+
+    images: Path
+    precomp: Path | None = None
+    teacher: Path | None = None
+    region_count: int | None = None
+
+    def load(self, kind: str) -> RetrievalDataset:
+        if kind == "precomp":
+            return load_dataset(self.precomp, format="precomp")
+        return load_dataset(self.images)
+
+
+@dataclass
+class CellContext:
+    """What every cell of a suite shares: where things go and what data they read."""
+
+    out: Path
+    data: SuiteData
+    progress: bool = False
+
+    def cell_dir(self, row_name: str, seed: int) -> Path:
+        return self.out / "cells" / slug(row_name) / f"seed-{seed}"
+
+    def record(self, row_name: str, seed: int) -> dict | None:
+        path = self.cell_dir(row_name, seed) / "cell.json"
+        return read_json(path) if path.is_file() else None
+
+    @property
+    def features(self) -> Path:
+        return self.out / "features"
+
+    @property
+    def scores(self) -> Path:
+        return self.out / "scores"
+
+
+def slug(name: str) -> str:
+    """A folder name for a row: lower case, words joined by hyphens."""
+    kept = "".join(c.lower() if c.isalnum() else " " for c in name)
+    return "-".join(kept.split())
+
+
+def run_cell(row: Row, seed: int, ctx: CellContext, train_overrides: list[str]) -> dict:
+    """Run ``row`` under ``seed`` (``train_overrides`` come from the budget) and write its record."""
+    folder = ctx.cell_dir(row.name, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(row, TrainRow):
+        record = _train_cell(row, seed, ctx, folder, train_overrides)
+    elif isinstance(row, EnsembleRow):
+        record = _ensemble_cell(row, seed, ctx)
+    elif isinstance(row, ItmRow):
+        record = _itm_cell(row, seed, ctx)
+    else:
+        record = _visa_cell(row, seed, ctx, folder)
+    record = {"row": row.name, "family": row.family, "seed": seed, **record}
+    write_json(folder / "cell.json", record)
+    return record
+
+
+def train_recipe_overrides(row: TrainRow, seed: int, ctx: CellContext, output_dir: Path) -> list[str]:
+    """The overrides that put ``row``'s recipe on the suite's data, seed and folders."""
+    data = ctx.data
+    overrides = [f"output_dir={output_dir}", f"train.seed={seed}"]
+    if row.data == "precomp":
+        overrides += [f"data.path={data.precomp}", "data.format=precomp"]
+        overrides.append(f"model.head.n_regions={data.region_count}")
+    else:
+        overrides += [f"data.path={data.images}", "data.format=auto"]
+    if row.teacher:
+        overrides.append(f"teacher.cache={data.teacher}")
+    if row.init_from:
+        start = ctx.cell_dir(row.init_from, seed) / "train" / "checkpoints" / "best" / "model"
+        overrides.append(f"model.name={start}")
+    return [*overrides, *row.overrides]
+
+
+def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget: list[str]) -> dict:
+    from vlret.train import Trainer, load_recipe
+    from vlret.train.checkpoint import load_checkpoint
+    from vlret.train.recipe import builtin_recipe
+
+    overrides = train_recipe_overrides(row, seed, ctx, folder / "train")
+    recipe = load_recipe(builtin_recipe(row.recipe), [*overrides, *budget])
+    trainer = Trainer(recipe, resume=True, progress=ctx.progress)
+    resumed_at = trainer.step
+    summary = trainer.fit()
+    model, _ = load_checkpoint(trainer.ckpt_dir, "best")
+    result = evaluate_model(
+        model,
+        trainer.data,
+        split="test",
+        cache_dir=ctx.features,
+        score_dir=ctx.scores,
+        progress=False,
+    )
+    write_json(folder / "result.json", result)
+    n_items = result["counts"]["gallery_items"]
+    extra = ITM_K if model.head.reranks else 0
+    return {
+        "metrics": _metrics(result["metrics"]),
+        "model": str(trainer.ckpt_dir / "best" / "model"),
+        "data": row.data,
+        "training": {
+            "recipe": row.recipe,
+            "overrides": [*row.overrides, *budget],
+            "steps": summary["steps"],
+            "epochs": recipe.train.epochs,
+            "max_steps": recipe.train.max_steps,
+            "resumed_at_step": resumed_at,
+        },
+        "costs": {
+            # seconds of this process's training: a resumed cell counts only what ran after the resume
+            "train_seconds": summary["seconds"],
+            "eval_seconds": result["seconds"]["total"],
+            "queries": result["counts"]["captions"],
+            "pairs_per_query": n_items + extra,
+            "model_calls": None,
+            "tokens": None,
+            "parameters": count_parameters(model),
+        },
+    }
+
+
+def _ensemble_cell(row: EnsembleRow, seed: int, ctx: CellContext) -> dict:
+    members = [_member(name, seed, ctx) for name in row.members]
+    dataset = ctx.data.load(members[0]["data"])
+    models = [create_model(m["model"]) for m in members]
+    if len({m["data"] for m in members}) != 1:
+        raise ConfigError(f"row {row.name!r}: an ensemble's members must read the same data")
+    result = evaluate_ensemble(
+        models, dataset, split="test", cache_dir=ctx.features, score_dir=ctx.scores, progress=False
+    )
+    costs = [m["costs"] for m in members]
+    return {
+        "metrics": _metrics(result["metrics"]),
+        "members": list(row.members),
+        "data": members[0]["data"],
+        "costs": {
+            "train_seconds": sum(c["train_seconds"] for c in costs),
+            # the members' matrices come from the score store: a query costs each member's scoring
+            "eval_seconds": sum(c["eval_seconds"] for c in costs) + result["seconds"]["total"],
+            "queries": result["counts"]["captions"],
+            "pairs_per_query": sum(c["pairs_per_query"] for c in costs),
+            "model_calls": None,
+            "tokens": None,
+            "parameters": sum(c["parameters"] for c in costs),
+        },
+    }
+
+
+def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
+    from vlret.rerank.head import evaluate_reranked
+
+    first = _member(row.first, seed, ctx)
+    head_cell = _member(row.head_from, seed, ctx)
+    images = ctx.data.load("images")
+    scores = first_stage_scores(row.first, seed, ctx, images)
+    head_model = create_model(head_cell["model"])
+    result = evaluate_reranked(
+        head_model,
+        images,
+        first_stage=scores,
+        k=ITM_K,
+        split="test",
+        cache_dir=ctx.features,
+        progress=False,
+        scores_source=row.first,
+    )
+    return {
+        "metrics": _metrics(result["metrics"]),
+        "first_stage": row.first,
+        "first_stage_metrics": _metrics(result["first_stage"]["metrics"]),
+        "costs": {
+            "train_seconds": first["costs"]["train_seconds"] + head_cell["costs"]["train_seconds"],
+            "eval_seconds": first["costs"]["eval_seconds"] + result["seconds"]["total"],
+            "queries": result["counts"]["captions"],
+            "pairs_per_query": first["costs"]["pairs_per_query"] + ITM_K,
+            "model_calls": None,
+            "tokens": None,
+            "parameters": first["costs"]["parameters"] + head_cell["costs"]["parameters"],
+        },
+    }
+
+
+def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
+    from vlret.rerank.first_stage import base_from_scores
+    from vlret.rerank.visa.config import VisaConfig
+    from vlret.rerank.visa.run import run_visa
+
+    first = _member(row.first, seed, ctx)
+    images = ctx.data.load("images")
+    test = _test_split(images)
+    scores = first_stage_scores(row.first, seed, ctx, images)
+    config = VisaConfig(k=VISA_K)
+    candidates, base_topk, base_ranks = base_from_scores(scores, test, config.k, source=row.first)
+    result = run_visa(
+        test, candidates, base_topk, base_ranks, config, folder / "visa", source={"first_stage": row.first}
+    )
+    stages = result["stages"]
+    tokens = sum(v for usage in result.get("usage", {}).values() for k, v in usage.items() if "tokens" in k)
+    metrics = {k: result["metrics"]["visa"][k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")}
+    return {
+        "metrics": metrics,
+        "first_stage": row.first,
+        "first_stage_metrics": {k: result["metrics"]["base"][k] for k in metrics},
+        "costs": {
+            "train_seconds": first["costs"]["train_seconds"],
+            "eval_seconds": first["costs"]["eval_seconds"] + result["seconds"]["total"],
+            "queries": len(candidates),
+            "pairs_per_query": first["costs"]["pairs_per_query"] + candidates.shape[1],
+            "model_calls": sum(s["units"] for s in stages.values()),
+            "tokens": tokens or None,
+            "parameters": first["costs"]["parameters"],
+        },
+    }
+
+
+def _member(name: str, seed: int, ctx: CellContext) -> dict:
+    record = ctx.record(name, seed)
+    if record is None:
+        raise ConfigError(f"row {name!r} (seed {seed}) has not run; it must run before the rows that use it")
+    return record
+
+
+def _test_split(dataset: RetrievalDataset) -> RetrievalDataset:
+    split, _ = select_split(dataset, "test", get_protocol("generic"))
+    selected, _, _ = prepare(split, get_protocol("generic"))
+    return selected
+
+
+def first_stage_scores(name: str, seed: int, ctx: CellContext, images: RetrievalDataset) -> np.ndarray:
+    """The test split's (captions x items) scores of row ``name``: its global embeddings' cosine, or its
+    head's stored matrix, or the mean of its members' (an ensemble). The captions must be those of the
+    image test split in the same order (precomp features written from it are)."""
+    record = _member(name, seed, ctx)
+    if "members" in record:
+        return np.mean([first_stage_scores(m, seed, ctx, images) for m in record["members"]], axis=0)
+    model = create_model(record["model"])
+    dataset = ctx.data.load(record["data"]) if record.get("data") == "precomp" else images
+    test = _test_split(dataset)
+    _check_aligned(test, _test_split(images), name)
+    if model.head.is_dot_product or model.head.reranks:
+        encoded = encode_dataset(model, test, cache_dir=ctx.features, progress=False)
+        return encoded.text_embeds @ encoded.item_embeds.T
+    matrix = stored_scores(model, test, "float32", ctx.scores)
+    return np.asarray(matrix.array, dtype=np.float32)
+
+
+def _check_aligned(a: RetrievalDataset, b: RetrievalDataset, name: str) -> None:
+    if [c.text for c in a.captions] != [c.text for c in b.captions] or len(a.items) != len(b.items):
+        raise ConfigError(
+            f"row {name!r}: its test split's captions are not those of the image test split in the same "
+            "order, so its scores cannot pick images to re-rank"
+        )
+
+
+def _metrics(metrics: dict) -> dict:
+    return {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics}
+
+
+def count_parameters(model: RetrievalModel) -> int:
+    return int(sum(p.numel() for p in model.parameters()))

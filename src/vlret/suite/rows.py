@@ -1,0 +1,185 @@
+"""The rows of ``vlret bench``: every method and the combinations of them that vlret can run.
+
+A row is one line of the results table. Four kinds:
+
+- :class:`TrainRow`: a recipe trained and evaluated (the methods themselves, and combinations that are
+  recipes: VSL on the AVSE head, RVLR's distillation on the composed pretrained model);
+- :class:`EnsembleRow`: the mean of members' score matrices (SGRAF = SGR + SAF);
+- :class:`ItmRow`: a first stage's top-k re-scored by RVLR's ITM head;
+- :class:`VisaRow`: a first stage's top-K re-ranked by VISA with the offline backends.
+
+Every row belongs to a *family* (``--methods`` picks families); re-ranking rows are added for every first
+stage whose family is picked, when ``itm`` / ``visa`` are picked too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: families in table order; ``itm`` and ``visa`` add re-ranking rows to the others
+FAMILIES = ("cosine", "vsl", "sgraf", "avse", "rvlr", "itm", "visa")
+
+#: the top-k that ITM re-scores (RVLR's synthetic recipe's ``k_test``) and that VISA re-ranks
+ITM_K = 16
+VISA_K = 20
+
+VSL_LOSS = "{scale: 10.0, temperature: 0.001, clamp: 50.0, rank_mode: reference}"
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """Train ``recipe`` (a built-in name) with ``overrides`` on ``data`` (``images`` or ``precomp``).
+
+    ``init_from`` names the row whose best checkpoint the model starts from (RVLR stage 2), and
+    ``teacher`` says that the recipe reads the frozen teachers' features."""
+
+    name: str
+    family: str
+    recipe: str
+    overrides: tuple[str, ...] = ()
+    data: str = "images"
+    init_from: str | None = None
+    teacher: bool = False
+    combination: bool = False
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.init_from,) if self.init_from else ()
+
+
+@dataclass(frozen=True)
+class EnsembleRow:
+    name: str
+    family: str
+    members: tuple[str, ...]
+    combination: bool = False
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.members
+
+
+@dataclass(frozen=True)
+class ItmRow:
+    """``first``'s top-:data:`ITM_K` re-scored by ``head_from``'s ITM head (both directions)."""
+
+    name: str
+    family: str
+    first: str
+    head_from: str
+    combination: bool = True
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.first, self.head_from)
+
+
+@dataclass(frozen=True)
+class VisaRow:
+    """``first``'s text-to-image top-:data:`VISA_K` re-ranked by VISA (offline backends)."""
+
+    name: str
+    family: str
+    first: str
+    combination: bool = field(default=True)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.first,)
+
+
+Row = TrainRow | EnsembleRow | ItmRow | VisaRow
+
+
+def _sgraf_rows() -> list[Row]:
+    rows: list[Row] = []
+    for head in ("sgr", "saf"):
+        label = head.upper()
+        base = (f"model.head.name={head}",)
+        rows.append(TrainRow(label, "sgraf", "sgraf_synth_cpu", (*base, "losses.vsl.weight=0"), "precomp"))
+        rows.append(TrainRow(f"{label} + VSL", "vsl", "sgraf_synth_cpu", base, "precomp"))
+    rows.append(EnsembleRow("SGRAF (SGR + SAF)", "sgraf", ("SGR", "SAF")))
+    rows.append(EnsembleRow("SGRAF + VSL", "vsl", ("SGR + VSL", "SAF + VSL")))
+    return rows
+
+
+RVLR_STAGE1 = "RVLR stage 1 (ITC + ITM)"
+RVLR_STAGE2 = "RVLR stage 2 (+ distillation)"
+
+_COMPOSED = "{image_tower: efficientnet-lite0, text_tower: minilm, embed_dim: 128, projection: linear}"
+_ITM_HEAD = "{name: itm, dim: 128, layers: 1, heads: 4, dropout: 0.1, k_test: 16}"
+
+
+def synthetic_rows() -> list[Row]:
+    """The trained and ensembled rows of the synthetic suite, in table (and dependency) order."""
+    rows: list[Row] = [
+        TrainRow("cosine · tiny CNN", "cosine", "demo_tiny"),
+        TrainRow("cosine · pretrained towers (composed)", "cosine", "demo_tiny", ("model.name=composed",)),
+        TrainRow("cosine · tiny CNN + VSL", "vsl", "vsl_tiny_cnn"),
+        *_sgraf_rows(),
+        TrainRow("AVSE", "avse", "avse_synth_cpu"),
+        TrainRow("AVSE + VSL", "vsl", "avse_synth_cpu", (f"losses.vsl={VSL_LOSS}",), combination=True),
+        TrainRow(RVLR_STAGE1, "rvlr", "rvlr_stage1_synth_cpu"),
+        TrainRow(RVLR_STAGE2, "rvlr", "rvlr_synth_cpu", init_from=RVLR_STAGE1, teacher=True),
+        TrainRow(
+            "RVLR distillation on pretrained towers",
+            "rvlr",
+            "rvlr_synth_cpu",
+            ("model.name=composed", f"model.options={_COMPOSED}", f"model.head={_ITM_HEAD}"),
+            teacher=True,
+            combination=True,
+        ),
+    ]
+    return rows
+
+
+def with_rerankers(rows: list[Row], families: set[str]) -> list[Row]:
+    """``rows`` of the picked families, each first stage followed by its ITM and VISA rows."""
+    kept = [r for r in rows if r.family in families or _needed_by_picked(r, rows, families)]
+    names = {r.name for r in kept}
+    itm_source = RVLR_STAGE2 if RVLR_STAGE2 in names else None
+    out: list[Row] = []
+    for row in kept:
+        out.append(row)
+        if row.family not in families:
+            continue  # kept only because a picked row needs it
+        own_itm = isinstance(row, TrainRow) and row.family == "rvlr"
+        if "itm" in families and itm_source and not own_itm:
+            out.append(ItmRow(f"{row.name} + ITM re-rank (RVLR stage 2 head)", "itm", row.name, itm_source))
+        if "visa" in families:
+            out.append(VisaRow(f"{row.name} + VISA", "visa", row.name))
+    return out
+
+
+def _needed_by_picked(row: Row, rows: list[Row], families: set[str]) -> bool:
+    picked = [r for r in rows if r.family in families]
+    wanted: set[str] = set()
+    stack = [n for r in picked for n in r.needs]
+    if "itm" in families:
+        stack.append(RVLR_STAGE2)
+    by_name = {r.name: r for r in rows}
+    while stack:
+        name = stack.pop()
+        if name in wanted or name not in by_name:
+            continue
+        wanted.add(name)
+        stack.extend(by_name[name].needs)
+    return row.name in wanted
+
+
+def run_order(rows: list[Row]) -> list[Row]:
+    """``rows`` in a stable order in which every row comes after the rows it needs (an ITM row waits for
+    the head it borrows)."""
+    done: set[str] = set()
+    ordered: list[Row] = []
+    pending = list(rows)
+    while pending:
+        ready = [r for r in pending if all(n in done for n in r.needs)]
+        if not ready:
+            missing = {n for r in pending for n in r.needs} - done - {r.name for r in pending}
+            raise ValueError(f"rows need rows that are not in the suite: {sorted(missing)}")
+        first = ready[0]
+        ordered.append(first)
+        done.add(first.name)
+        pending.remove(first)
+    return ordered
