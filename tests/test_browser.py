@@ -206,7 +206,7 @@ def test_bench_page_shows_the_table_the_pareto_plot_and_the_charts(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     from vlret.suite.page import write_page
-    from vlret.suite.summary import markdown_table
+    from vlret.suite.summary import tables
 
     def row(name, r1, seconds, combination=False):
         metric = {"mean": r1, "std": 0.01}
@@ -219,14 +219,15 @@ def test_bench_page_shows_the_table_the_pareto_plot_and_the_charts(tmp_path):
         "machine": "test machine",
         "rows": [row("a", 0.2, 1.0), row("a + VISA", 0.5, 4.0, True), row("b", 0.1, 2.0)],
     }
-    page_file = write_page(summary, markdown_table(summary), tmp_path / "index.html")
+    page_file = write_page(summary, tables(summary), tmp_path / "index.html")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
         page.goto(page_file.as_uri())
-        expect(page.locator("#results tbody tr")).to_have_count(3)
-        expect(page.locator("#results tbody tr").nth(1)).to_contain_text("a + VISA *")
-        expect(page.locator("#results tbody tr").nth(1)).to_contain_text("50.0 ± 1.0")
+        rows = page.locator("#results-retrieval tbody tr")
+        expect(rows).to_have_count(3)
+        expect(rows.nth(1)).to_contain_text("a + VISA *")
+        expect(rows.nth(1)).to_contain_text("50.0 ± 1.0")
         for ident in ("pareto", "recall-bars", "train-bars"):
             image = page.locator(f"#{ident}")
             expect(image).to_be_visible()

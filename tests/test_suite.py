@@ -58,7 +58,9 @@ def test_every_trained_row_is_a_built_in_recipe():
 
     for row in synthetic_rows():
         if isinstance(row, TrainRow):
-            load_recipe(builtin_recipe(row.recipe), list(row.overrides))  # overrides name real keys
+            # a row that starts from another's checkpoint gets its folder from the suite: stand in a name
+            start = ["model.name=tiny-cnn"] if row.init_from else []
+            load_recipe(builtin_recipe(row.recipe), [*start, *row.overrides])  # overrides name real keys
 
 
 def test_budget_gives_whole_epochs_then_part_of_one():
@@ -121,9 +123,15 @@ def test_the_whole_suite_runs_and_its_rows_agree(tiny_suite):
     summary = json.loads((out / "summary.json").read_text())
     names = [e["row"] for e in summary["rows"]]
     assert names == [r.name for r in with_rerankers(synthetic_rows(), set(summary["settings"]["families"]))]
-    assert len(names) == 39
-    table = (out / "table.md").read_text().splitlines()
-    assert len(table) == 2 + len(names)
+    # 14 image first stages (2 cosine, 5 VSL, SGR, SAF, SGRAF, AVSE, 3 RVLR), each with VISA and all but
+    # the 3 RVLR rows with ITM; 2 video first stages with VISA; the prompts' backbone and 3 prompt rows
+    assert len(names) == 14 + 14 + 11 + 2 + 2 + 1 + 3
+    page = (out / "index.html").read_text()
+    assert all(
+        f"id='{i}'" in page for i in ("results-retrieval", "results-video", "results-prompts", "pareto")
+    )
+    table = (out / "table.md").read_text()
+    assert table.count("\n| ") == len(names) + 3  # every row, and each of the 3 tables' header line
 
     records = _records(out)
     by_row = {r["row"]: r for r in records.values()}
@@ -134,6 +142,13 @@ def test_the_whole_suite_runs_and_its_rows_agree(tiny_suite):
             first = by_row[record["first_stage"]]["metrics"]
             for key, value in record["first_stage_metrics"].items():
                 assert value == pytest.approx(first[key]), (record["row"], key)
+    for name in ("CoOp", "CoOp + TextRefiner", "zero-shot (a photo of a <class>.)"):
+        m = by_row[name]["metrics"]
+        assert m["hm"] == pytest.approx(2 * m["base_acc"] * m["new_acc"] / (m["base_acc"] + m["new_acc"]))
+    assert by_row["zero-shot (a photo of a <class>.)"]["costs"]["parameters"] == 0
+    assert 0 < by_row["CoOp"]["costs"]["parameters"] < by_row["CoOp + TextRefiner"]["costs"]["parameters"]
+    video_visa = by_row["video · temporal transformer + VISA"]
+    assert video_visa["costs"]["model_calls"] > 0
     visa = by_row["SGRAF (SGR + SAF) + VISA"]
     assert visa["costs"]["model_calls"] > 0 and set(visa["metrics"]) == {"t2i_r1", "t2i_r5", "t2i_r10"}
     ensemble = by_row["SGRAF (SGR + SAF)"]["costs"]
@@ -176,3 +191,14 @@ def test_a_budget_plans_epochs_from_probes_and_cells_follow_it(tmp_path):
         steps = entry["max_steps"] or entry["epochs"] * probe["steps_per_epoch"]
         assert cell["training"]["steps"] == steps
         assert cell["training"]["overrides"] == entry["overrides"]
+
+
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "--steps", "1", "--budget-minutes", "5", "--out", str(out)]) == 2
+    assert "give --budget-minutes or --steps, not both" in capsys.readouterr().err
+    assert main(["bench", "--seeds", "1", "1", "--out", str(out)]) == 2
+    assert "seeds must be distinct" in capsys.readouterr().err
+    assert main(["bench", "--suite", "coco", "--out", str(out)]) == 2
+    assert "suite must be 'synthetic'" in capsys.readouterr().err
+    assert not out.exists()

@@ -180,7 +180,8 @@ def write_region_features(
     progress: bool = True,
 ) -> dict:
     """Write the precomp folder ``out`` for ``dataset`` (every split, or ``splits``); returns the settings
-    written to ``regions.json``. ``scenes_file``: the synthetic generator's ``scenes.json`` (``boxes: scene``)."""
+    written to ``regions.json``. ``scenes_file``: the synthetic generator's ``scenes.json`` (``boxes: scene``).
+    A folder finished with the same settings, data and scenes is reused as it is."""
     out = Path(out)
     scenes = None
     if settings.boxes == "scene":
@@ -200,6 +201,11 @@ def write_region_features(
         "splits": names,
         "scenes": None if scenes_file is None else hashlib.sha256(Path(scenes_file).read_bytes()).hexdigest(),
     }
+    finished = out / "regions.json"
+    if finished.is_file() and not work.exists():
+        written = read_json(finished)
+        if {k: written.get(k) for k in manifest} == manifest:
+            return written  # this folder already holds these features
     if work.exists() and (
         not (work / "manifest.json").is_file() or read_json(work / "manifest.json") != manifest
     ):

@@ -20,24 +20,32 @@ from vlret.evaluate.api import evaluate_ensemble, evaluate_model, select_split, 
 from vlret.evaluate.encode import encode_dataset
 from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.models import RetrievalModel, create_model
-from vlret.suite.rows import ITM_K, VISA_K, EnsembleRow, ItmRow, Row, TrainRow, VisaRow
+from vlret.suite.rows import ITM_K, VISA_K, EnsembleRow, ItmRow, PromptRow, Row, TrainRow, VisaRow
 
 METRIC_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 
 
 @dataclass
 class SuiteData:
-    """The suite's datasets: the images (always) and their region features (SGR, SAF)."""
+    """The suite's data: the images (always), and where rows need them their region features (SGR, SAF),
+    the teachers' features (RVLR), the video benchmark and the class benchmark (prompts)."""
 
     images: Path
     precomp: Path | None = None
     teacher: Path | None = None
     region_count: int | None = None
+    video: Path | None = None
+    classes: Path | None = None
 
     def load(self, kind: str) -> RetrievalDataset:
+        """The retrieval data of a row's ``data``: ``images``, ``precomp`` or ``video``."""
         if kind == "precomp":
             return load_dataset(self.precomp, format="precomp")
-        return load_dataset(self.images)
+        return load_dataset(self.video if kind == "video" else self.images)
+
+    def media(self, kind: str) -> RetrievalDataset:
+        """The data whose files re-rankers read: region features have the images behind them."""
+        return self.load("images" if kind == "precomp" else kind)
 
 
 @dataclass
@@ -80,8 +88,10 @@ def run_cell(row: Row, seed: int, ctx: CellContext, train_overrides: list[str]) 
         record = _ensemble_cell(row, seed, ctx)
     elif isinstance(row, ItmRow):
         record = _itm_cell(row, seed, ctx)
-    else:
+    elif isinstance(row, VisaRow):
         record = _visa_cell(row, seed, ctx, folder)
+    else:
+        record = _prompt_cell(row, seed, ctx, folder, train_overrides)
     record = {"row": row.name, "family": row.family, "seed": seed, **record}
     write_json(folder / "cell.json", record)
     return record
@@ -95,7 +105,8 @@ def train_recipe_overrides(row: TrainRow, seed: int, ctx: CellContext, output_di
         overrides += [f"data.path={data.precomp}", "data.format=precomp"]
         overrides.append(f"model.head.n_regions={data.region_count}")
     else:
-        overrides += [f"data.path={data.images}", "data.format=auto"]
+        path = data.video if row.data == "video" else data.images
+        overrides += [f"data.path={path}", "data.format=auto"]
     if row.teacher:
         overrides.append(f"teacher.cache={data.teacher}")
     if row.init_from:
@@ -184,7 +195,7 @@ def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
     first = _member(row.first, seed, ctx)
     head_cell = _member(row.head_from, seed, ctx)
     images = ctx.data.load("images")
-    scores = first_stage_scores(row.first, seed, ctx, images)
+    scores = first_stage_scores(row.first, seed, ctx)
     head_model = create_model(head_cell["model"])
     result = evaluate_reranked(
         head_model,
@@ -218,13 +229,19 @@ def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
     from vlret.rerank.visa.run import run_visa
 
     first = _member(row.first, seed, ctx)
-    images = ctx.data.load("images")
-    test = _test_split(images)
-    scores = first_stage_scores(row.first, seed, ctx, images)
-    config = VisaConfig(k=VISA_K)
+    test = _test_split(ctx.data.media(first["data"]))
+    scores = first_stage_scores(row.first, seed, ctx)
+    config = VisaConfig(k=VISA_K, media=row.media)
     candidates, base_topk, base_ranks = base_from_scores(scores, test, config.k, source=row.first)
     result = run_visa(
-        test, candidates, base_topk, base_ranks, config, folder / "visa", source={"first_stage": row.first}
+        test,
+        candidates,
+        base_topk,
+        base_ranks,
+        config,
+        folder / "visa",
+        source={"first_stage": row.first},
+        cache_dir=ctx.out / "visa-cache",  # content-keyed: the rows share descriptions and answers
     )
     stages = result["stages"]
     tokens = sum(v for usage in result.get("usage", {}).values() for k, v in usage.items() if "tokens" in k)
@@ -238,6 +255,7 @@ def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
             "eval_seconds": first["costs"]["eval_seconds"] + result["seconds"]["total"],
             "queries": len(candidates),
             "pairs_per_query": first["costs"]["pairs_per_query"] + candidates.shape[1],
+            # what the re-ranking asks of the models, whether or not another row asked it before
             "model_calls": sum(s["units"] for s in stages.values()),
             "tokens": tokens or None,
             "parameters": first["costs"]["parameters"],
@@ -258,17 +276,16 @@ def _test_split(dataset: RetrievalDataset) -> RetrievalDataset:
     return selected
 
 
-def first_stage_scores(name: str, seed: int, ctx: CellContext, images: RetrievalDataset) -> np.ndarray:
+def first_stage_scores(name: str, seed: int, ctx: CellContext) -> np.ndarray:
     """The test split's (captions x items) scores of row ``name``: its global embeddings' cosine, or its
-    head's stored matrix, or the mean of its members' (an ensemble). The captions must be those of the
-    image test split in the same order (precomp features written from it are)."""
+    head's stored matrix, or the mean of its members' (an ensemble). Region features must list the
+    captions of the image test split in the same order (precomp features written from it do)."""
     record = _member(name, seed, ctx)
     if "members" in record:
-        return np.mean([first_stage_scores(m, seed, ctx, images) for m in record["members"]], axis=0)
+        return np.mean([first_stage_scores(m, seed, ctx) for m in record["members"]], axis=0)
     model = create_model(record["model"])
-    dataset = ctx.data.load(record["data"]) if record.get("data") == "precomp" else images
-    test = _test_split(dataset)
-    _check_aligned(test, _test_split(images), name)
+    test = _test_split(ctx.data.load(record["data"]))
+    _check_aligned(test, _test_split(ctx.data.media(record["data"])), name)
     if model.head.is_dot_product or model.head.reranks:
         encoded = encode_dataset(model, test, cache_dir=ctx.features, progress=False)
         return encoded.text_embeds @ encoded.item_embeds.T
@@ -290,3 +307,50 @@ def _metrics(metrics: dict) -> dict:
 
 def count_parameters(model: RetrievalModel) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+def _prompt_cell(row: PromptRow, seed: int, ctx: CellContext, folder: Path, budget: list[str]) -> dict:
+    """Prompts on the backbone row's model, base-to-new on the class benchmark's test split."""
+    import time
+
+    from vlret.data.classes import read_split_zhou
+    from vlret.train.prompt_trainer import evaluate_base_to_new, load_prompt_recipe, train_prompts, zero_shot
+    from vlret.train.recipe import builtin_recipe
+
+    backbone = _member(row.backbone, seed, ctx)
+    data = read_split_zhou(ctx.data.classes, ctx.data.classes.parent / "images")
+    started = time.perf_counter()
+    if row.recipe is None:
+        source, trained, learnt = zero_shot(backbone["model"]), None, 0
+    else:
+        # prompt runs count epochs, not steps: a smoke run (--steps) trains one epoch
+        epochs = {"epochs": 1} if budget else {}
+        run = load_prompt_recipe(
+            builtin_recipe(row.recipe), [], {"model": backbone["model"], "seed": seed + 1, **epochs}
+        )
+        trained = train_prompts(run, data, folder / "run")
+        source = trained["prompts"]
+        learnt = _learnt_parameters(folder / "run" / "prompts")
+    trained_at = time.perf_counter()
+    metrics = evaluate_base_to_new(source, data, "test")
+    done = time.perf_counter()
+    return {
+        "metrics": {k: float(metrics[k]) for k in ("base_acc", "new_acc", "hm", "base_map", "new_map")},
+        "data": "classes",
+        "costs": {
+            "train_seconds": backbone["costs"]["train_seconds"] + (trained_at - started if trained else 0.0),
+            "eval_seconds": done - trained_at,
+            "queries": None,
+            "pairs_per_query": None,
+            "model_calls": None,
+            "tokens": None,
+            "parameters": learnt,
+        },
+    }
+
+
+def _learnt_parameters(prompts: Path) -> int:
+    """Numbers a prompt run learnt (context vectors, TextRefiner's cache and maps), from its saved files."""
+    from safetensors.numpy import load_file
+
+    return int(sum(a.size for f in prompts.glob("*.safetensors") for a in load_file(f).values()))

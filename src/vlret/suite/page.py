@@ -49,33 +49,44 @@ def _pyplot():
     return plt
 
 
+#: how the plot tells the rows apart: first stages, ITM re-ranked, VISA re-ranked
+MARKERS = {"ItmRow": ("^", "#c17d11", "+ ITM re-rank"), "VisaRow": ("s", "#75507b", "+ VISA")}
+FIRST_STAGE = ("o", "#3465a4", "first stage")
+
+
 def pareto_plot(entries: list[dict]) -> str | None:
-    """R@1 (text to image) against seconds per query, log scale, the front joined by a line."""
-    points, names = [], []
+    """R@1 (text to image) against seconds per query, log scale; the front joined and named."""
+    points, names, kinds = [], [], []
     for entry in entries:
         cost, r1 = query_cost(entry), entry["metrics"].get("t2i_r1")
         if cost is not None and r1 is not None and cost > 0:
             points.append((cost, 100 * r1["mean"]))
             names.append(entry["row"])
+            kinds.append(MARKERS.get(entry.get("kind"), FIRST_STAGE))
     if not points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 5.5))
-    ax.scatter([p[0] for p in points], [p[1] for p in points], color="#3465a4", zorder=3)
+    fig, ax = plt.subplots(figsize=(11, 6))
+    for kind in dict.fromkeys(kinds):
+        marker, colour, label = kind
+        mine = [p for p, k in zip(points, kinds, strict=True) if k == kind]
+        ax.scatter(
+            [p[0] for p in mine], [p[1] for p in mine], marker=marker, color=colour, label=label, zorder=3
+        )
     front = pareto_front(points)
     ax.plot(
         [points[i][0] for i in front], [points[i][1] for i in front], color="#cc0000", label="Pareto front"
     )
-    for (x, y), name in zip(points, names, strict=True):
-        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for i in front:  # only the front is named: the rest is in the table
+        ax.annotate(names[i], points[i], fontsize=8, xytext=(5, -10), textcoords="offset points")
     ax.set_xscale("log")
     ax.set(
         xlabel="evaluation seconds per text query (log)",
         ylabel="text→image R@1 (%)",
-        title="R@1 against query cost",
+        title="R@1 against query cost (named: the Pareto front)",
     )
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     fig.tight_layout()
     return _png(fig)
 
@@ -114,9 +125,12 @@ def _train_seconds(entry: dict):
     return None if t is None else (t["mean"], t["std"])
 
 
-def write_page(summary: dict, table: str, path: Path) -> Path:
-    """Write ``index.html`` for ``summary`` (its rows and settings) with the markdown ``table``."""
-    entries = summary["rows"]
+def write_page(summary: dict, tables: dict[str, str], path: Path) -> Path:
+    """Write ``index.html`` for ``summary`` (its rows and settings) with its markdown ``tables`` (by name:
+    ``retrieval``, ``video``, ``prompts``); the figures plot the text-image retrieval rows."""
+    from vlret.suite.summary import TABLE_TITLES
+
+    entries = [e for e in summary["rows"] if e.get("table", "retrieval") == "retrieval"]
     settings = summary["settings"]
     title = f"vlret bench: {settings['suite']} suite"
     parts = [
@@ -125,9 +139,10 @@ def write_page(summary: dict, table: str, path: Path) -> Path:
         f"<p>Seeds {', '.join(map(str, settings['seeds']))}; machine: {html.escape(summary['machine'])}. "
         "Recalls in percent on the test split, mean ± standard deviation over seeds; * marks a combination "
         "of methods that no seed repository runs.</p>",
-        "<h2>Results</h2>",
-        markdown_table_to_html(table).replace("<table>", "<table id='results'>", 1),
     ]
+    for name, table in tables.items():
+        parts.append(f"<h2>{html.escape(TABLE_TITLES[name])}</h2>")
+        parts.append(markdown_table_to_html(table).replace("<table>", f"<table id='results-{name}'>", 1))
     figures = (
         ("pareto", pareto_plot(entries), "R@1 against query cost"),
         ("recall-bars", bar_chart(entries, _recall, "text→image R@1", "%"), "R@1 per row"),

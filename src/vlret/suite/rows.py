@@ -1,12 +1,14 @@
 """The rows of ``vlret bench``: every method and the combinations of them that vlret can run.
 
-A row is one line of the results table. Four kinds:
+A row is one line of a results table: ``retrieval`` (text-image), ``video`` or ``prompts``. Five kinds:
 
 - :class:`TrainRow`: a recipe trained and evaluated (the methods themselves, and combinations that are
   recipes: VSL on the AVSE head, RVLR's distillation on the composed pretrained model);
 - :class:`EnsembleRow`: the mean of members' score matrices (SGRAF = SGR + SAF);
 - :class:`ItmRow`: a first stage's top-k re-scored by RVLR's ITM head;
-- :class:`VisaRow`: a first stage's top-K re-ranked by VISA with the offline backends.
+- :class:`VisaRow`: a first stage's top-K re-ranked by VISA with the offline backends;
+- :class:`PromptRow`: prompts learnt (CoOp, TextRefiner) or hand-written on a frozen trained model, scored
+  base-to-new on the synthetic class benchmark.
 
 Every row belongs to a *family* (``--methods`` picks families); re-ranking rows are added for every first
 stage whose family is picked, when ``itm`` / ``visa`` are picked too.
@@ -14,10 +16,10 @@ stage whose family is picked, when ``itm`` / ``visa`` are picked too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: families in table order; ``itm`` and ``visa`` add re-ranking rows to the others
-FAMILIES = ("cosine", "vsl", "sgraf", "avse", "rvlr", "itm", "visa")
+FAMILIES = ("cosine", "vsl", "sgraf", "avse", "rvlr", "video", "prompts", "itm", "visa")
 
 #: the top-k that ITM re-scores (RVLR's synthetic recipe's ``k_test``) and that VISA re-ranks
 ITM_K = 16
@@ -28,10 +30,12 @@ VSL_LOSS = "{scale: 10.0, temperature: 0.001, clamp: 50.0, rank_mode: reference}
 
 @dataclass(frozen=True)
 class TrainRow:
-    """Train ``recipe`` (a built-in name) with ``overrides`` on ``data`` (``images`` or ``precomp``).
+    """Train ``recipe`` (a built-in name) with ``overrides`` on ``data`` (``images``, ``precomp`` or
+    ``video``).
 
-    ``init_from`` names the row whose best checkpoint the model starts from (RVLR stage 2), and
-    ``teacher`` says that the recipe reads the frozen teachers' features."""
+    ``init_from`` names the row whose best checkpoint the model starts from (RVLR stage 2), ``teacher``
+    says that the recipe reads the frozen teachers' features, and ``rerank`` whether ITM and VISA rows
+    follow it."""
 
     name: str
     family: str
@@ -41,6 +45,8 @@ class TrainRow:
     init_from: str | None = None
     teacher: bool = False
     combination: bool = False
+    table: str = "retrieval"
+    rerank: bool = True
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -53,6 +59,8 @@ class EnsembleRow:
     family: str
     members: tuple[str, ...]
     combination: bool = False
+    table: str = "retrieval"
+    rerank: bool = True
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -68,6 +76,8 @@ class ItmRow:
     first: str
     head_from: str
     combination: bool = True
+    table: str = "retrieval"
+    rerank: bool = False
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -81,14 +91,35 @@ class VisaRow:
     name: str
     family: str
     first: str
-    combination: bool = field(default=True)
+    combination: bool = True
+    table: str = "retrieval"
+    media: str = "image"
+    rerank: bool = False
 
     @property
     def needs(self) -> tuple[str, ...]:
         return (self.first,)
 
 
-Row = TrainRow | EnsembleRow | ItmRow | VisaRow
+@dataclass(frozen=True)
+class PromptRow:
+    """Prompts on ``backbone``'s frozen model: ``recipe`` (a built-in prompt recipe) trained, or the
+    hand-written ``"a photo of a <class>."`` when ``recipe`` is None."""
+
+    name: str
+    family: str
+    backbone: str
+    recipe: str | None = None
+    combination: bool = False
+    table: str = "prompts"
+    rerank: bool = False
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.backbone,)
+
+
+Row = TrainRow | EnsembleRow | ItmRow | VisaRow | PromptRow
 
 
 def _sgraf_rows() -> list[Row]:
@@ -104,6 +135,7 @@ def _sgraf_rows() -> list[Row]:
 
 
 RVLR_STAGE1 = "RVLR stage 1 (ITC + ITM)"
+PROMPT_BACKBONE = "tiny ViT dual encoder (the prompts' frozen model)"
 RVLR_STAGE2 = "RVLR stage 2 (+ distillation)"
 
 _COMPOSED = "{image_tower: efficientnet-lite0, text_tower: minilm, embed_dim: 128, projection: linear}"
@@ -129,6 +161,17 @@ def synthetic_rows() -> list[Row]:
             teacher=True,
             combination=True,
         ),
+        TrainRow(
+            "video · meanP (tiny CNN frames)", "video", "video_meanp_synth_cpu", data="video", table="video"
+        ),
+        TrainRow(
+            "video · temporal transformer", "video", "video_temporal_synth_cpu", data="video", table="video"
+        ),
+        # the prompt learners' frozen "CLIP": a tiny ViT dual encoder, a retrieval row of its own
+        TrainRow(PROMPT_BACKBONE, "prompts", "tiny_vit_clip_synth_cpu", rerank=False),
+        PromptRow("zero-shot (a photo of a <class>.)", "prompts", PROMPT_BACKBONE),
+        PromptRow("CoOp", "prompts", PROMPT_BACKBONE, "coop_synth_cpu"),
+        PromptRow("CoOp + TextRefiner", "prompts", PROMPT_BACKBONE, "textrefiner_synth_cpu"),
     ]
     return rows
 
@@ -141,13 +184,15 @@ def with_rerankers(rows: list[Row], families: set[str]) -> list[Row]:
     out: list[Row] = []
     for row in kept:
         out.append(row)
-        if row.family not in families:
-            continue  # kept only because a picked row needs it
+        if row.family not in families or not row.rerank:
+            continue  # kept only because a picked row needs it, or not a first stage
+        video = isinstance(row, TrainRow) and row.data == "video"
         own_itm = isinstance(row, TrainRow) and row.family == "rvlr"
-        if "itm" in families and itm_source and not own_itm:
+        if "itm" in families and itm_source and not own_itm and not video:
             out.append(ItmRow(f"{row.name} + ITM re-rank (RVLR stage 2 head)", "itm", row.name, itm_source))
         if "visa" in families:
-            out.append(VisaRow(f"{row.name} + VISA", "visa", row.name))
+            media = "video" if video else "image"
+            out.append(VisaRow(f"{row.name} + VISA", "visa", row.name, table=row.table, media=media))
     return out
 
 

@@ -1,7 +1,7 @@
 """``vlret bench``: every method, and their combinations, on the same data with the same budget.
 
-1. prepare the data once (the synthetic benchmark, its region features and the teachers' features, each
-   cached and resumable);
+1. prepare the data once (the synthetic benchmark, its region features, the teachers' features, the
+   synthetic video and class benchmarks; each cached, the features resumable);
 2. plan each training row's epochs (the recipes' own, ``--steps`` for smoke runs, or ``--budget-minutes``:
    see :mod:`vlret.suite.budget`), written to ``plan.json`` and reused when the suite is run again;
 3. run every cell (row x seed) whose record is missing, in dependency order, under one progress bar;
@@ -21,7 +21,7 @@ from vlret.data._io import read_json, write_json
 from vlret.errors import ConfigError
 from vlret.suite.budget import EVAL_RESERVE, probe_row, share_budget
 from vlret.suite.cells import CellContext, SuiteData, run_cell, slug, train_recipe_overrides
-from vlret.suite.rows import FAMILIES, TrainRow, run_order, synthetic_rows, with_rerankers
+from vlret.suite.rows import FAMILIES, PromptRow, TrainRow, run_order, synthetic_rows, with_rerankers
 from vlret.suite.summary import summarise, write_outputs
 
 #: crops of the 64-px synthetic images are encoded at 112 px, not EfficientNet's 224: a quarter of the
@@ -96,7 +96,20 @@ def prepare_data(rows, data_dir: Path, images: int | None, progress: bool) -> Su
         )
     if any(r.teacher for r in trained):
         data.teacher = _teacher_features(dataset_file, data_dir / f"{name}_teacher", progress)
+    if any(r.data == "video" for r in trained):
+        from vlret.data.synth_video import write_video_benchmark
+
+        data.video = write_video_benchmark(data_dir / "synth_video")
+    if any(isinstance(r, PromptRow) for r in rows):
+        data.classes = _class_benchmark(data_dir / "synth_classes")
     return data
+
+
+def _class_benchmark(out: Path) -> Path:
+    from vlret.data.synth_classes import SPLIT_FILE, write_class_benchmark
+
+    split = out / SPLIT_FILE
+    return split if split.is_file() else write_class_benchmark(out)
 
 
 def _region_features(dataset_file: Path, out: Path, progress: bool) -> tuple[Path, int]:

@@ -13,14 +13,35 @@ from vlret.data._io import write_json
 from vlret.suite.cells import CellContext
 from vlret.suite.rows import Row
 
-#: the table's recall columns: (metric key, header)
-RECALLS = (
-    ("t2i_r1", "T→I R@1"),
-    ("t2i_r5", "R@5"),
-    ("t2i_r10", "R@10"),
-    ("i2t_r1", "I→T R@1"),
-    ("rsum", "rsum"),
-)
+#: each table's metric columns: (metric key, header, scale to percent)
+TABLE_METRICS = {
+    "retrieval": (
+        ("t2i_r1", "T→I R@1", 100),
+        ("t2i_r5", "R@5", 100),
+        ("t2i_r10", "R@10", 100),
+        ("i2t_r1", "I→T R@1", 100),
+        ("rsum", "rsum", 100),
+    ),
+    "video": (
+        ("t2i_r1", "T→V R@1", 100),
+        ("t2i_r5", "R@5", 100),
+        ("t2i_r10", "R@10", 100),
+        ("i2t_r1", "V→T R@1", 100),
+        ("rsum", "rsum", 100),
+    ),
+    "prompts": (  # accuracies and mAP are percentages already
+        ("base_acc", "base", 1),
+        ("new_acc", "new", 1),
+        ("hm", "HM", 1),
+        ("base_map", "base mAP", 1),
+        ("new_map", "new mAP", 1),
+    ),
+}
+TABLE_TITLES = {
+    "retrieval": "Text–image retrieval (test split of the synthetic benchmark)",
+    "video": "Text–video retrieval (test split of the synthetic video benchmark)",
+    "prompts": "Prompt learning, base-to-new (test split of the synthetic class benchmark)",
+}
 #: the cost columns: (cost key, header)
 COSTS = (
     ("train_seconds", "train s"),
@@ -48,7 +69,7 @@ def summarise(rows: list[Row], seeds: list[int], ctx: CellContext, settings, pla
             continue
         metrics = {key: mean_std([r["metrics"][key] for r in records]) for key in records[0]["metrics"]}
         costs = {}
-        for key, _ in COSTS:
+        for key in [k for k, _ in COSTS] + ["queries"]:  # queries: to put costs per query
             values = [r["costs"][key] for r in records if r["costs"].get(key) is not None]
             costs[key] = mean_std(values) if values else None
         entries.append(
@@ -56,6 +77,7 @@ def summarise(rows: list[Row], seeds: list[int], ctx: CellContext, settings, pla
                 "row": row.name,
                 "family": row.family,
                 "kind": type(row).__name__,
+                "table": row.table,
                 "combination": row.combination,
                 "seeds": [r["seed"] for r in records],
                 "metrics": {k: {"mean": m, "std": s} for k, (m, s) in metrics.items()},
@@ -81,15 +103,18 @@ def machine() -> str:
     )
 
 
-def _cell(value: dict | None, percent: bool) -> str:
+def _metric(value: dict | None, scale: float) -> str:
     if value is None:
         return "–"
-    scale = 100 if percent else 1
-    mean, std = value["mean"] * scale, value["std"]
-    text = f"{mean:.1f}" if percent else _compact(mean)
-    if std is not None:
-        text += f" ± {std * scale:.1f}" if percent else f" ± {_compact(std * scale)}"
-    return text
+    text = f"{value['mean'] * scale:.1f}"
+    return text if value["std"] is None else f"{text} ± {value['std'] * scale:.1f}"
+
+
+def _cost(value: dict | None) -> str:
+    if value is None:
+        return "–"
+    text = _compact(value["mean"])
+    return text if value["std"] is None else f"{text} ± {_compact(value['std'])}"
 
 
 def _compact(x: float) -> str:
@@ -97,21 +122,31 @@ def _compact(x: float) -> str:
         return f"{x / 1e6:.2f} M"
     if abs(x) >= 1e4:
         return f"{x / 1e3:.0f} k"
-    if abs(x) >= 100:
+    if abs(x) >= 100 or float(x).is_integer():
         return f"{x:.0f}"
     return f"{x:.1f}"
 
 
-def markdown_table(summary: dict) -> str:
-    """The results table: recalls in percent (mean ± std over seeds), then the costs."""
-    headers = ["row", *[h for _, h in RECALLS], *[h for _, h in COSTS]]
+def markdown_table(summary: dict, table: str = "retrieval") -> str:
+    """One of the results tables: metrics (mean ± std over seeds), then the costs; * marks combinations."""
+    columns = TABLE_METRICS[table]
+    costs = COSTS if table != "prompts" else (COSTS[0], COSTS[1], ("parameters", "learnt numbers"))
+    headers = ["row", *[h for _, h, _ in columns], *[h for _, h in costs]]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for entry in summary["rows"]:
+        if entry.get("table", "retrieval") != table:
+            continue
         name = entry["row"] + (" *" if entry["combination"] else "")
-        recalls = [_cell(entry["metrics"].get(key), percent=True) for key, _ in RECALLS]
-        costs = [_cell(entry["costs"].get(key), percent=False) for key, _ in COSTS]
-        lines.append("| " + " | ".join([name, *recalls, *costs]) + " |")
+        cells = [_metric(entry["metrics"].get(key), scale) for key, _, scale in columns]
+        cells += [_cost(entry["costs"].get(key)) for key, _ in costs]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
+
+
+def tables(summary: dict) -> dict[str, str]:
+    """The markdown tables that have rows, by table name."""
+    present = {e.get("table", "retrieval") for e in summary["rows"]}
+    return {t: markdown_table(summary, t) for t in TABLE_METRICS if t in present}
 
 
 def write_outputs(summary: dict, out: Path) -> None:
@@ -119,6 +154,7 @@ def write_outputs(summary: dict, out: Path) -> None:
     from vlret.suite.page import write_page
 
     write_json(out / "summary.json", summary)
-    table = markdown_table(summary)
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    write_page(summary, table, out / "index.html")
+    by_table = tables(summary)
+    text = "\n\n".join(f"{TABLE_TITLES[t]}:\n\n{md}" for t, md in by_table.items())
+    (out / "table.md").write_text(text + "\n", encoding="utf-8")
+    write_page(summary, by_table, out / "index.html")

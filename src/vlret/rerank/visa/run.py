@@ -45,9 +45,12 @@ def run_visa(
     source: dict | None = None,
     query_limit: int | None = None,
     cached_only: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict | None:
     """Run the stages for this shard's queries; with one shard (or after a merge), fuse and evaluate.
 
+    The stage stores live in ``out``, or in ``cache_dir`` when given: they are keyed by content, so runs
+    over the same data (several first stages, say) can share one and call each model once per input.
     Returns the result dict, or None for a shard of several (run ``visa-merge`` once all shards are done).
     """
     out = Path(out)
@@ -59,7 +62,7 @@ def run_visa(
     np.save(out / "base_ranks.npy", base_ranks.astype(np.int64))
     write_json(out / "run.json", {"config": config.to_dict(), "source": source or {}, "queries": n})
     started = time.perf_counter()
-    visa = Visa(config, roles or Roles.from_config(config), out, shard, cached_only)
+    visa = Visa(config, roles or Roles.from_config(config), Path(cache_dir or out), shard, cached_only)
     texts = [c.text for c in split.captions]
     mine = _queries_of_shard(n, shard)
     rows = [
