@@ -139,6 +139,8 @@ def test_the_whole_suite_runs_and_its_rows_agree(tiny_suite):
         if record.get("training"):
             assert record["training"]["steps"] == 1  # --steps 1
         if "first_stage" in record:  # a re-ranker starts from exactly its first stage's ranking
+            if by_row[record["first_stage"]]["family"] == "rvlr":
+                continue  # VISA's top 20 of an ITM model are all head-scored: its ranking with k_test 20
             first = by_row[record["first_stage"]]["metrics"]
             for key, value in record["first_stage_metrics"].items():
                 assert value == pytest.approx(first[key]), (record["row"], key)

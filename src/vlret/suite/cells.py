@@ -125,6 +125,7 @@ def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget
     trainer = Trainer(recipe, resume=True, progress=ctx.progress)
     resumed_at = trainer.step
     summary = trainer.fit()
+    train_seconds = _add_train_seconds(folder, summary["seconds"])
     model, _ = load_checkpoint(trainer.ckpt_dir, "best")
     result = evaluate_model(
         model,
@@ -136,11 +137,12 @@ def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget
     )
     write_json(folder / "result.json", result)
     n_items = result["counts"]["gallery_items"]
-    extra = ITM_K if model.head.reranks else 0
+    head_k = model.head.k_test if model.head.reranks else 0  # pairs the head re-scores per query
     return {
         "metrics": _metrics(result["metrics"]),
         "model": str(trainer.ckpt_dir / "best" / "model"),
         "data": row.data,
+        "head_k": head_k,
         "training": {
             "recipe": row.recipe,
             "overrides": [*row.overrides, *budget],
@@ -150,16 +152,24 @@ def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget
             "resumed_at_step": resumed_at,
         },
         "costs": {
-            # seconds of this process's training: a resumed cell counts only what ran after the resume
-            "train_seconds": summary["seconds"],
+            "train_seconds": train_seconds,
             "eval_seconds": result["seconds"]["total"],
             "queries": result["counts"]["captions"],
-            "pairs_per_query": n_items + extra,
+            "pairs_per_query": n_items + head_k,
             "model_calls": None,
             "tokens": None,
             "parameters": count_parameters(model),
         },
     }
+
+
+def _add_train_seconds(folder: Path, seconds: float) -> float:
+    """Training seconds over every process that worked on this cell (a kill loses only the seconds
+    since the last call returned: the run itself resumes from its checkpoint)."""
+    path = folder / "train_seconds.json"
+    total = (read_json(path)["seconds"] if path.is_file() else 0.0) + seconds
+    write_json(path, {"seconds": round(total, 2)})
+    return round(total, 2)
 
 
 def _ensemble_cell(row: EnsembleRow, seed: int, ctx: CellContext) -> dict:
@@ -230,7 +240,7 @@ def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
 
     first = _member(row.first, seed, ctx)
     test = _test_split(ctx.data.media(first["data"]))
-    scores = first_stage_scores(row.first, seed, ctx)
+    scores = first_stage_scores(row.first, seed, ctx, k=VISA_K)
     config = VisaConfig(k=VISA_K, media=row.media)
     candidates, base_topk, base_ranks = base_from_scores(scores, test, config.k, source=row.first)
     result = run_visa(
@@ -244,6 +254,8 @@ def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
         cache_dir=ctx.out / "visa-cache",  # content-keyed: the rows share descriptions and answers
     )
     stages = result["stages"]
+    k, head_k = candidates.shape[1], first.get("head_k", 0)
+    head_extra = max(0, k - head_k) if head_k else 0  # an ITM first stage re-scores all of VISA's top K
     tokens = sum(v for usage in result.get("usage", {}).values() for k, v in usage.items() if "tokens" in k)
     metrics = {k: result["metrics"]["visa"][k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")}
     return {
@@ -254,7 +266,7 @@ def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
             "train_seconds": first["costs"]["train_seconds"],
             "eval_seconds": first["costs"]["eval_seconds"] + result["seconds"]["total"],
             "queries": len(candidates),
-            "pairs_per_query": first["costs"]["pairs_per_query"] + candidates.shape[1],
+            "pairs_per_query": first["costs"]["pairs_per_query"] + head_extra + k,
             # what the re-ranking asks of the models, whether or not another row asked it before
             "model_calls": sum(s["units"] for s in stages.values()),
             "tokens": tokens or None,
@@ -276,21 +288,48 @@ def _test_split(dataset: RetrievalDataset) -> RetrievalDataset:
     return selected
 
 
-def first_stage_scores(name: str, seed: int, ctx: CellContext) -> np.ndarray:
-    """The test split's (captions x items) scores of row ``name``: its global embeddings' cosine, or its
-    head's stored matrix, or the mean of its members' (an ensemble). Region features must list the
-    captions of the image test split in the same order (precomp features written from it do)."""
+def first_stage_scores(name: str, seed: int, ctx: CellContext, k: int = 0) -> np.ndarray:
+    """The test split's (captions x items) scores of row ``name``: its global embeddings' cosine, its
+    head's stored matrix, or the mean of its members' (an ensemble). A re-ranking head (ITM) re-scores each
+    text's top ``max(k_test, k)``, so that a re-ranker of the top ``k`` reads the head's scores for all
+    of them. Region features must list the captions of the image test split in the same order (precomp
+    features written from it do)."""
     record = _member(name, seed, ctx)
     if "members" in record:
-        return np.mean([first_stage_scores(m, seed, ctx) for m in record["members"]], axis=0)
+        return np.mean([first_stage_scores(m, seed, ctx, k) for m in record["members"]], axis=0)
     model = create_model(record["model"])
     test = _test_split(ctx.data.load(record["data"]))
     _check_aligned(test, _test_split(ctx.data.media(record["data"])), name)
-    if model.head.is_dot_product or model.head.reranks:
+    if model.head.reranks:
+        return _reranked_scores(model, test, ctx, max(model.head.k_test, k))
+    if model.head.is_dot_product:
         encoded = encode_dataset(model, test, cache_dir=ctx.features, progress=False)
         return encoded.text_embeds @ encoded.item_embeds.T
     matrix = stored_scores(model, test, "float32", ctx.scores)
     return np.asarray(matrix.array, dtype=np.float32)
+
+
+def _reranked_scores(model: RetrievalModel, test: RetrievalDataset, ctx: CellContext, k: int) -> np.ndarray:
+    """Scores that rank as a re-ranking head ranks text to image: each text's top ``k`` of the embeddings'
+    cosine ordered by the head, above every other item, which keeps its cosine order. The top ``k`` are
+    the head's scores plus one constant (which VISA's per-query min-max fusion removes)."""
+    import torch
+
+    from vlret.evaluate.ranking import dot_block_fn
+    from vlret.rerank.first_stage import first_stage_topk
+    from vlret.rerank.head import score_candidates
+
+    encoded = encode_dataset(model, test, cache_dir=ctx.features, progress=False)
+    texts, items = torch.from_numpy(encoded.text_embeds), torch.from_numpy(encoded.item_embeds)
+    cosine = encoded.text_embeds @ encoded.item_embeds.T
+    k = min(k, len(test.items))
+    top, _, _ = first_stage_topk(dot_block_fn(texts, items), test.caption_to_item, len(test.items), k)
+    rows = np.broadcast_to(np.arange(len(top))[:, None], top.shape)
+    head = score_candidates(model.head, encoded.texts, encoded.items, rows, top)
+    scores = cosine.astype(np.float64)
+    lift = scores.max() - head.min() + 1.0  # every re-scored candidate above every other item
+    np.put_along_axis(scores, top, head.astype(np.float64) + lift, axis=1)
+    return scores
 
 
 def _check_aligned(a: RetrievalDataset, b: RetrievalDataset, name: str) -> None:

@@ -114,7 +114,7 @@ def _cost(value: dict | None) -> str:
     if value is None:
         return "–"
     text = _compact(value["mean"])
-    return text if value["std"] is None else f"{text} ± {_compact(value['std'])}"
+    return text if not value["std"] else f"{text} ± {_compact(value['std'])}"  # no "± 0" for fixed costs
 
 
 def _compact(x: float) -> str:
