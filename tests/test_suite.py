@@ -192,7 +192,7 @@ def test_a_budget_plans_epochs_from_probes_and_cells_follow_it(tmp_path):
         cell = next(r for r in record.values() if r["row"] == name)
         steps = entry["max_steps"] or entry["epochs"] * probe["steps_per_epoch"]
         assert cell["training"]["steps"] == steps
-        assert cell["training"]["overrides"] == entry["overrides"]
+        assert cell["training"]["budget"] == entry["overrides"]
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys):

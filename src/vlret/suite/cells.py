@@ -145,7 +145,8 @@ def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget
         "head_k": head_k,
         "training": {
             "recipe": row.recipe,
-            "overrides": [*row.overrides, *budget],
+            "overrides": list(row.overrides),
+            "budget": list(budget),  # the plan's epochs or steps
             "steps": summary["steps"],
             "epochs": recipe.train.epochs,
             "max_steps": recipe.train.max_steps,
