@@ -8,7 +8,7 @@ score store, VISA reads its stage caches, so a killed suite loses at most the wo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,16 @@ class SuiteData:
     region_count: int | None = None
     video: Path | None = None
     classes: Path | None = None
+    _loaded: dict[str, RetrievalDataset] = field(default_factory=dict, repr=False, compare=False)
 
     def load(self, kind: str) -> RetrievalDataset:
-        """The retrieval data of a row's ``data``: ``images``, ``precomp`` or ``video``."""
-        if kind == "precomp":
-            return load_dataset(self.precomp, format="precomp")
-        return load_dataset(self.video if kind == "video" else self.images)
+        """The retrieval data of a row's ``data``: ``images``, ``precomp`` or ``video`` (read once)."""
+        if kind not in self._loaded:
+            if kind == "precomp":
+                self._loaded[kind] = load_dataset(self.precomp, format="precomp")
+            else:
+                self._loaded[kind] = load_dataset(self.video if kind == "video" else self.images)
+        return self._loaded[kind]
 
     def media(self, kind: str) -> RetrievalDataset:
         """The data whose files re-rankers read: region features have the images behind them."""
@@ -175,10 +179,10 @@ def _add_train_seconds(folder: Path, seconds: float) -> float:
 
 def _ensemble_cell(row: EnsembleRow, seed: int, ctx: CellContext) -> dict:
     members = [_member(name, seed, ctx) for name in row.members]
-    dataset = ctx.data.load(members[0]["data"])
-    models = [create_model(m["model"]) for m in members]
     if len({m["data"] for m in members}) != 1:
         raise ConfigError(f"row {row.name!r}: an ensemble's members must read the same data")
+    dataset = ctx.data.load(members[0]["data"])
+    models = [create_model(m["model"]) for m in members]
     result = evaluate_ensemble(
         models, dataset, split="test", cache_dir=ctx.features, score_dir=ctx.scores, progress=False
     )
@@ -257,7 +261,8 @@ def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
     stages = result["stages"]
     k, head_k = candidates.shape[1], first.get("head_k", 0)
     head_extra = max(0, k - head_k) if head_k else 0  # an ITM first stage re-scores all of VISA's top K
-    tokens = sum(v for usage in result.get("usage", {}).values() for k, v in usage.items() if "tokens" in k)
+    usage = result.get("usage", {}).values()
+    tokens = sum(role["prompt_tokens"] + role["completion_tokens"] for role in usage)
     metrics = {k: result["metrics"]["visa"][k] for k in ("t2i_r1", "t2i_r5", "t2i_r10")}
     return {
         "metrics": metrics,
@@ -300,7 +305,8 @@ def first_stage_scores(name: str, seed: int, ctx: CellContext, k: int = 0) -> np
         return np.mean([first_stage_scores(m, seed, ctx, k) for m in record["members"]], axis=0)
     model = create_model(record["model"])
     test = _test_split(ctx.data.load(record["data"]))
-    _check_aligned(test, _test_split(ctx.data.media(record["data"])), name)
+    if record["data"] == "precomp":  # re-rankers read the images behind the region features
+        _check_aligned(test, _test_split(ctx.data.media("precomp")), name)
     if model.head.reranks:
         return _reranked_scores(model, test, ctx, max(model.head.k_test, k))
     if model.head.is_dot_product:

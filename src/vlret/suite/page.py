@@ -93,7 +93,7 @@ def pareto_plot(entries: list[dict]) -> str | None:
 
 def bar_chart(entries: list[dict], values, title: str, xlabel: str) -> str | None:
     """Horizontal bars (with the std over seeds as error bars) of ``values(entry) -> (mean, std)``."""
-    bars = [(e["row"], *values(e)) for e in entries if values(e) is not None]
+    bars = [(e["row"], *value) for e in entries if (value := values(e)) is not None]
     if not bars:
         return None
     plt = _pyplot()

@@ -13,22 +13,22 @@ from vlret.data._io import write_json
 from vlret.suite.cells import CellContext
 from vlret.suite.rows import Row
 
+
+def _recall_columns(media: str) -> tuple[tuple[str, str, int], ...]:
+    """Text-to-``media`` recalls, the reverse R@1 and rsum: (metric key, header, scale to percent)."""
+    return (
+        ("t2i_r1", f"T→{media} R@1", 100),
+        ("t2i_r5", "R@5", 100),
+        ("t2i_r10", "R@10", 100),
+        ("i2t_r1", f"{media}→T R@1", 100),
+        ("rsum", "rsum", 100),
+    )
+
+
 #: each table's metric columns: (metric key, header, scale to percent)
 TABLE_METRICS = {
-    "retrieval": (
-        ("t2i_r1", "T→I R@1", 100),
-        ("t2i_r5", "R@5", 100),
-        ("t2i_r10", "R@10", 100),
-        ("i2t_r1", "I→T R@1", 100),
-        ("rsum", "rsum", 100),
-    ),
-    "video": (
-        ("t2i_r1", "T→V R@1", 100),
-        ("t2i_r5", "R@5", 100),
-        ("t2i_r10", "R@10", 100),
-        ("i2t_r1", "V→T R@1", 100),
-        ("rsum", "rsum", 100),
-    ),
+    "retrieval": _recall_columns("I"),
+    "video": _recall_columns("V"),
     "prompts": (  # accuracies and mAP are percentages already
         ("base_acc", "base", 1),
         ("new_acc", "new", 1),
