@@ -12,6 +12,7 @@ from vlret.cli import main
 from vlret.suite.budget import EVAL_RESERVE, Probe, plan_training, share_budget
 from vlret.suite.page import pareto_front
 from vlret.suite.rows import (
+    FAMILIES,
     RVLR_STAGE1,
     RVLR_STAGE2,
     EnsembleRow,
@@ -122,7 +123,8 @@ def test_the_whole_suite_runs_and_its_rows_agree(tiny_suite):
     out = root / "out"
     summary = json.loads((out / "summary.json").read_text())
     names = [e["row"] for e in summary["rows"]]
-    assert names == [r.name for r in with_rerankers(synthetic_rows(), set(summary["settings"]["families"]))]
+    assert summary["settings"]["families"] == list(FAMILIES)  # the default: every family, recorded
+    assert names == [r.name for r in with_rerankers(synthetic_rows(), set(FAMILIES))]
     # 14 image first stages (2 cosine, 5 VSL, SGR, SAF, SGRAF, AVSE, 3 RVLR), each with VISA and all but
     # the 3 RVLR rows with ITM; 2 video first stages with VISA; the prompts' backbone and 3 prompt rows
     assert len(names) == 14 + 14 + 11 + 2 + 2 + 1 + 3
@@ -202,5 +204,5 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys):
     assert main(["bench", "--seeds", "1", "1", "--out", str(out)]) == 2
     assert "seeds must be distinct" in capsys.readouterr().err
     assert main(["bench", "--suite", "coco", "--out", str(out)]) == 2
-    assert "suite must be 'synthetic'" in capsys.readouterr().err
+    assert "expected 'synthetic' or a dataset file or folder" in capsys.readouterr().err
     assert not out.exists()

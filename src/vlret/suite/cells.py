@@ -20,6 +20,7 @@ from vlret.evaluate.api import evaluate_ensemble, evaluate_model, select_split, 
 from vlret.evaluate.encode import encode_dataset
 from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.models import RetrievalModel, create_model
+from vlret.suite.dataset import DataSource, RecipeEdits
 from vlret.suite.rows import ITM_K, VISA_K, EnsembleRow, ItmRow, PromptRow, Row, TrainRow, VisaRow
 
 METRIC_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
@@ -27,15 +28,20 @@ METRIC_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rs
 
 @dataclass
 class SuiteData:
-    """The suite's data: the images (always), and where rows need them their region features (SGR, SAF),
-    the teachers' features (RVLR), the video benchmark and the class benchmark (prompts)."""
+    """The suite's data: the images (none when the data is region features alone), and where rows need
+    them their region features (SGR, SAF), the teachers' features (RVLR), the video benchmark and the class
+    benchmark (prompts). ``val_split`` (when set) is where every recipe chooses its checkpoints;
+    ``test_split`` is what every row is scored on."""
 
-    images: Path
+    images: DataSource | None
     precomp: Path | None = None
     teacher: Path | None = None
     region_count: int | None = None
+    region_dim: int | None = None
     video: Path | None = None
     classes: Path | None = None
+    val_split: str | None = None
+    test_split: str = "test"
     _loaded: dict[str, RetrievalDataset] = field(default_factory=dict, repr=False, compare=False)
 
     def load(self, kind: str) -> RetrievalDataset:
@@ -43,8 +49,10 @@ class SuiteData:
         if kind not in self._loaded:
             if kind == "precomp":
                 self._loaded[kind] = load_dataset(self.precomp, format="precomp")
+            elif kind == "video":
+                self._loaded[kind] = load_dataset(self.video)
             else:
-                self._loaded[kind] = load_dataset(self.video if kind == "video" else self.images)
+                self._loaded[kind] = self.images.load()
         return self._loaded[kind]
 
     def media(self, kind: str) -> RetrievalDataset:
@@ -59,6 +67,8 @@ class CellContext:
     out: Path
     data: SuiteData
     progress: bool = False
+    edits: RecipeEdits = field(default_factory=RecipeEdits)
+    visa_config: Path | None = None  # None: the offline backends (the synthetic suite)
 
     def cell_dir(self, row_name: str, seed: int) -> Path:
         return self.out / "cells" / slug(row_name) / f"seed-{seed}"
@@ -106,17 +116,23 @@ def train_recipe_overrides(row: TrainRow, seed: int, ctx: CellContext, output_di
     data = ctx.data
     overrides = [f"output_dir={output_dir}", f"train.seed={seed}"]
     if row.data == "precomp":
-        overrides += [f"data.path={data.precomp}", "data.format=precomp"]
+        overrides += [f"data.path={data.precomp}", "data.format=precomp", "data.media_root=null"]
         overrides.append(f"model.head.n_regions={data.region_count}")
+        overrides.append(f"model.options.image_options.dim={data.region_dim}")
+    elif row.data == "video":
+        overrides += [f"data.path={data.video}", "data.format=auto"]
     else:
-        path = data.video if row.data == "video" else data.images
-        overrides += [f"data.path={path}", "data.format=auto"]
+        source = data.images
+        overrides += [f"data.path={source.path}", f"data.format={source.format}"]
+        overrides.append(f"data.media_root={source.media_root or 'null'}")
+    if data.val_split:
+        overrides.append(f"data.val_split={data.val_split}")
     if row.teacher:
         overrides.append(f"teacher.cache={data.teacher}")
     if row.init_from:
         start = ctx.cell_dir(row.init_from, seed) / "train" / "checkpoints" / "best" / "model"
         overrides.append(f"model.name={start}")
-    return [*overrides, *row.overrides]
+    return [*overrides, *row.overrides, *ctx.edits.overrides(row.recipe, row.overrides)]
 
 
 def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget: list[str]) -> dict:
@@ -134,14 +150,15 @@ def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget
     result = evaluate_model(
         model,
         trainer.data,
-        split="test",
+        split=ctx.data.test_split,
         cache_dir=ctx.features,
         score_dir=ctx.scores,
         progress=False,
     )
     write_json(folder / "result.json", result)
     n_items = result["counts"]["gallery_items"]
-    head_k = model.head.k_test if model.head.reranks else 0  # pairs the head re-scores per query
+    # pairs the head re-scores per query (its top k_test, or every item of a smaller gallery)
+    head_k = min(model.head.k_test, n_items) if model.head.reranks else 0
     return {
         "metrics": _metrics(result["metrics"]),
         "model": str(trainer.ckpt_dir / "best" / "model"),
@@ -184,7 +201,12 @@ def _ensemble_cell(row: EnsembleRow, seed: int, ctx: CellContext) -> dict:
     dataset = ctx.data.load(members[0]["data"])
     models = [create_model(m["model"]) for m in members]
     result = evaluate_ensemble(
-        models, dataset, split="test", cache_dir=ctx.features, score_dir=ctx.scores, progress=False
+        models,
+        dataset,
+        split=ctx.data.test_split,
+        cache_dir=ctx.features,
+        score_dir=ctx.scores,
+        progress=False,
     )
     costs = [m["costs"] for m in members]
     return {
@@ -217,7 +239,7 @@ def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
         images,
         first_stage=scores,
         k=ITM_K,
-        split="test",
+        split=ctx.data.test_split,
         cache_dir=ctx.features,
         progress=False,
         scores_source=row.first,
@@ -240,13 +262,16 @@ def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
 
 def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
     from vlret.rerank.first_stage import base_from_scores
-    from vlret.rerank.visa.config import VisaConfig
+    from vlret.rerank.visa.config import VisaConfig, load_visa_config
     from vlret.rerank.visa.run import run_visa
 
     first = _member(row.first, seed, ctx)
-    test = _test_split(ctx.data.media(first["data"]))
-    scores = first_stage_scores(row.first, seed, ctx, k=VISA_K)
-    config = VisaConfig(k=VISA_K, media=row.media)
+    test = _test_split(ctx.data.media(first["data"]), ctx.data.test_split)
+    if ctx.visa_config is None:
+        config = VisaConfig(k=VISA_K, media=row.media)  # the offline backends
+    else:
+        config = load_visa_config(ctx.visa_config, {"media": row.media})
+    scores = first_stage_scores(row.first, seed, ctx, k=config.k)
     candidates, base_topk, base_ranks = base_from_scores(scores, test, config.k, source=row.first)
     result = run_visa(
         test,
@@ -288,8 +313,8 @@ def _member(name: str, seed: int, ctx: CellContext) -> dict:
     return record
 
 
-def _test_split(dataset: RetrievalDataset) -> RetrievalDataset:
-    split, _ = select_split(dataset, "test", get_protocol("generic"))
+def _test_split(dataset: RetrievalDataset, name: str) -> RetrievalDataset:
+    split, _ = select_split(dataset, name, get_protocol("generic"))
     selected, _, _ = prepare(split, get_protocol("generic"))
     return selected
 
@@ -304,9 +329,10 @@ def first_stage_scores(name: str, seed: int, ctx: CellContext, k: int = 0) -> np
     if "members" in record:
         return np.mean([first_stage_scores(m, seed, ctx, k) for m in record["members"]], axis=0)
     model = create_model(record["model"])
-    test = _test_split(ctx.data.load(record["data"]))
+    test_name = ctx.data.test_split
+    test = _test_split(ctx.data.load(record["data"]), test_name)
     if record["data"] == "precomp":  # re-rankers read the images behind the region features
-        _check_aligned(test, _test_split(ctx.data.media("precomp")), name)
+        _check_aligned(test, _test_split(ctx.data.media("precomp"), test_name), name)
     if model.head.reranks:
         return _reranked_scores(model, test, ctx, max(model.head.k_test, k))
     if model.head.is_dot_product:

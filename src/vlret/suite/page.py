@@ -128,7 +128,7 @@ def _train_seconds(entry: dict):
 def write_page(summary: dict, tables: dict[str, str], path: Path) -> Path:
     """Write ``index.html`` for ``summary`` (its rows and settings) with its markdown ``tables`` (by name:
     ``retrieval``, ``video``, ``prompts``); the figures plot the text-image retrieval rows."""
-    from vlret.suite.summary import TABLE_TITLES
+    from vlret.suite.summary import table_title
 
     entries = [e for e in summary["rows"] if e.get("table", "retrieval") == "retrieval"]
     settings = summary["settings"]
@@ -141,8 +141,9 @@ def write_page(summary: dict, tables: dict[str, str], path: Path) -> Path:
         "of methods that no seed repository runs.</p>",
     ]
     for name, table in tables.items():
-        parts.append(f"<h2>{html.escape(TABLE_TITLES[name])}</h2>")
+        parts.append(f"<h2>{html.escape(table_title(name, settings))}</h2>")
         parts.append(markdown_table_to_html(table).replace("<table>", f"<table id='results-{name}'>", 1))
+    parts += [f"<p class='note'>{html.escape(note)}</p>" for note in summary.get("notes", [])]
     figures = (
         ("pareto", pareto_plot(entries), "R@1 against query cost"),
         ("recall-bars", bar_chart(entries, _recall, "text→image R@1", "%"), "R@1 per row"),

@@ -176,6 +176,55 @@ def synthetic_rows() -> list[Row]:
     return rows
 
 
+#: families that a user's text-image dataset can run (no clips, no class benchmark)
+DATASET_FAMILIES = tuple(f for f in FAMILIES if f not in ("video", "prompts"))
+
+#: the real-data recipe sets: the papers' settings for Flickr30K and for COCO
+RECIPE_SETS = ("f30k", "coco")
+
+
+def dataset_rows(
+    recipes: str = "f30k", precomp_only: bool = False, regions: bool = True, rerank_regions: bool = True
+) -> list[Row]:
+    """The synthetic suite's text-image rows with the papers' real-data recipes (``*_f30k`` or ``*_coco``)
+    where a method has them; the cosine baselines and VSL on them keep their general recipes.
+
+    ``precomp_only``: the data is region features without images, so only SGR and SAF (and their
+    ensembles) run; ``regions``: whether SGR and SAF run on features written from the images, and
+    ``rerank_regions`` whether their rankings get re-ranking rows."""
+    if recipes not in RECIPE_SETS:
+        raise ValueError(f"recipes must be one of {RECIPE_SETS}, not {recipes!r}")
+    rerank = rerank_regions and not precomp_only
+    region_rows: list[Row] = []
+    for head in ("sgr", "saf"):
+        label = head.upper()
+        for name, family, recipe in ((label, "sgraf", head), (f"{label} + VSL", "vsl", f"{head}_vsl")):
+            region_rows.append(TrainRow(name, family, f"{recipe}_{recipes}", data="precomp", rerank=rerank))
+    region_rows.append(EnsembleRow("SGRAF (SGR + SAF)", "sgraf", ("SGR", "SAF"), rerank=rerank))
+    region_rows.append(EnsembleRow("SGRAF + VSL", "vsl", ("SGR + VSL", "SAF + VSL"), rerank=rerank))
+    if precomp_only:
+        return region_rows
+    regions_kept = region_rows if regions else []
+    return [
+        TrainRow("cosine · tiny CNN", "cosine", "demo_tiny"),
+        TrainRow("cosine · pretrained towers (composed)", "cosine", "demo_tiny", ("model.name=composed",)),
+        TrainRow("cosine · tiny CNN + VSL", "vsl", "vsl_tiny_cnn"),
+        *regions_kept,
+        TrainRow("AVSE", "avse", f"avse_{recipes}"),
+        TrainRow("AVSE + VSL", "vsl", f"avse_{recipes}", (f"losses.vsl={VSL_LOSS}",), combination=True),
+        TrainRow(RVLR_STAGE1, "rvlr", f"rvlr_stage1_{recipes}"),
+        TrainRow(RVLR_STAGE2, "rvlr", f"rvlr_{recipes}", init_from=RVLR_STAGE1, teacher=True),
+        TrainRow(
+            "RVLR distillation on pretrained towers",
+            "rvlr",
+            f"rvlr_{recipes}",
+            ("model.name=composed", f"model.options={_COMPOSED}", f"model.head={_ITM_HEAD}"),
+            teacher=True,
+            combination=True,
+        ),
+    ]
+
+
 def with_rerankers(rows: list[Row], families: set[str]) -> list[Row]:
     """``rows`` of the picked families, each first stage followed by its ITM and VISA rows."""
     kept = [r for r in rows if r.family in families or _needed_by_picked(r, rows, families)]

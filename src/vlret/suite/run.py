@@ -1,7 +1,8 @@
 """``vlret bench``: every method, and their combinations, on the same data with the same budget.
 
-1. prepare the data once (the synthetic benchmark, its region features, the teachers' features, the
-   synthetic video and class benchmarks; each cached, the features resumable);
+1. prepare the data once (the synthetic benchmark, or a user's dataset (:mod:`vlret.suite.dataset`); the
+   region features, the teachers' features, the synthetic video and class benchmarks; each cached, the
+   features resumable);
 2. plan each training row's epochs (the recipes' own, ``--steps`` for smoke runs, or ``--budget-minutes``:
    see :mod:`vlret.suite.budget`), written to ``plan.json`` and reused when the suite is run again;
 3. run every cell (row x seed) whose record is missing, in dependency order, under one progress bar;
@@ -12,16 +13,36 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from vlret.data._io import read_json, write_json
+from vlret.data.formats import dataset_fingerprint
 from vlret.errors import ConfigError
 from vlret.suite.budget import EVAL_RESERVE, probe_row, share_budget
 from vlret.suite.cells import CellContext, SuiteData, run_cell, slug, train_recipe_overrides
-from vlret.suite.rows import FAMILIES, PromptRow, TrainRow, run_order, synthetic_rows, with_rerankers
+from vlret.suite.dataset import (
+    DataSource,
+    RecipeEdits,
+    open_source,
+    parse_weights,
+    region_fit,
+    region_shape,
+    validation_split,
+)
+from vlret.suite.rows import (
+    DATASET_FAMILIES,
+    FAMILIES,
+    RECIPE_SETS,
+    PromptRow,
+    TrainRow,
+    dataset_rows,
+    run_order,
+    synthetic_rows,
+    with_rerankers,
+)
 from vlret.suite.summary import summarise, write_outputs
 
 #: crops of the 64-px synthetic images are encoded at 112 px, not EfficientNet's 224: a quarter of the
@@ -31,21 +52,50 @@ REGION_INPUT_SIZE = 112
 
 @dataclass
 class SuiteSettings:
-    """What a suite run is; a second run into the same folder must ask for the same."""
+    """What a suite run is; a second run into the same folder must ask for the same.
+
+    ``suite``: ``synthetic`` or the path of a user's dataset (its ``format``, ``media_root``, ``recipes``
+    set and ``test_split`` go with it); ``families``: None for every family the data can run; ``weights``:
+    ``HUB_ID=FOLDER`` pairs and ``sets``: ``KEY=VALUE`` recipe edits (:class:`RecipeEdits`);
+    ``visa_config``: VISA's backends (the offline ones by default, on the synthetic suite only)."""
 
     suite: str = "synthetic"
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    families: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     images: int | None = None  # None: the demo's benchmark (5,000 images)
     budget_minutes: float | None = None
     steps: int | None = None  # every training cell stops after this many steps (smoke runs)
+    format: str = "auto"
+    media_root: str | None = None
+    recipes: str = "f30k"
+    test_split: str = "test"
+    visa_config: str | None = None
+    weights: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.suite == "synthetic"
+
+    def picked_families(self) -> set[str]:
+        """The families asked for, or every one the suite can run."""
+        if self.families is not None:
+            return set(self.families)
+        if self.synthetic:
+            return set(FAMILIES)
+        return {f for f in DATASET_FAMILIES if f != "visa" or self.visa_config}
 
     def check(self) -> None:
-        if self.suite != "synthetic":
-            raise ConfigError(f"suite must be 'synthetic', not {self.suite!r}")
-        unknown = sorted(set(self.families) - set(FAMILIES))
-        if unknown:
-            raise ConfigError(f"unknown methods {unknown}; choose from {list(FAMILIES)}")
+        if not self.synthetic:
+            self._check_dataset()
+        if self.families is not None:
+            unknown = sorted(set(self.families) - set(FAMILIES))
+            if unknown:
+                raise ConfigError(f"unknown methods {unknown}; choose from {list(FAMILIES)}")
+        if self.recipes not in RECIPE_SETS:
+            raise ConfigError(f"--recipes must be one of {RECIPE_SETS}, not {self.recipes!r}")
+        if self.visa_config is not None and not Path(self.visa_config).is_file():
+            raise ConfigError(f"--visa-config {self.visa_config}: no such file")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and at least one, not {self.seeds}")
         if self.budget_minutes is not None and self.steps is not None:
@@ -55,17 +105,47 @@ class SuiteSettings:
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, not {self.steps}")
 
+    def _check_dataset(self) -> None:
+        if not Path(self.suite).exists():
+            raise ConfigError(f"--suite {self.suite}: expected 'synthetic' or a dataset file or folder")
+        if self.images is not None:
+            raise ConfigError("--images sizes the synthetic benchmark; a dataset suite has its own")
+        picked = set(self.families or ())
+        if picked & {"video", "prompts"}:
+            raise ConfigError(
+                "--methods video and prompts run on the synthetic video and class benchmarks only"
+            )
+        if "visa" in picked and not self.visa_config:
+            raise ConfigError(
+                "VISA on a dataset needs --visa-config with real backends: the offline ones read only the "
+                "synthetic benchmark's shapes"
+            )
+
 
 def run_suite(
     settings: SuiteSettings, out: str | Path, data_dir: str | Path = "data", progress: bool = True
 ) -> dict:
     """Run (or continue) the suite in ``out``; returns the summary (also written there)."""
     settings.check()
+    if settings.families is None:  # recorded as the families it stands for
+        picked = settings.picked_families()
+        settings = replace(settings, families=[f for f in FAMILIES if f in picked])
+    edits = RecipeEdits(parse_weights(settings.weights), tuple(settings.sets))
     out = Path(out)
     _check_same_settings(out, settings)
     started = time.perf_counter()
-    rows = with_rerankers(synthetic_rows(), set(settings.families))
-    ctx = CellContext(out, prepare_data(rows, Path(data_dir), settings.images, progress))
+    if settings.synthetic:
+        rows, notes = with_rerankers(synthetic_rows(), settings.picked_families()), []
+    else:
+        rows, data, notes = open_dataset(settings)
+    # a recipe edit that no recipe reads is refused before any data is prepared
+    edits.check([(r.recipe, r.overrides) for r in rows if isinstance(r, TrainRow)])
+    if settings.synthetic:
+        data = prepare_data(rows, Path(data_dir), settings.images, progress)
+    else:
+        add_dataset_features(rows, data, Path(data_dir), progress)
+    visa_config = Path(settings.visa_config) if settings.visa_config else None
+    ctx = CellContext(out, data, edits=edits, visa_config=visa_config)
     plan = _plan(rows, settings, ctx, started)
     cells = [(row, seed) for row in run_order(rows) for seed in settings.seeds]
     bar = tqdm(cells, desc="bench cells", unit="cell", disable=not progress)
@@ -74,6 +154,7 @@ def run_suite(
         if ctx.record(row.name, seed) is None:
             run_cell(row, seed, ctx, plan.get(row.name, {}).get("overrides", []))
     summary = summarise(rows, settings.seeds, ctx, settings, plan)
+    summary["notes"] = notes
     summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
     write_outputs(summary, out)
     return summary
@@ -81,21 +162,23 @@ def run_suite(
 
 def prepare_data(rows, data_dir: Path, images: int | None, progress: bool) -> SuiteData:
     """The synthetic benchmark, and the region and teacher features when some row reads them."""
-    from dataclasses import replace
-
+    from vlret.data.region_features import RegionSettings
     from vlret.data.synth import SynthConfig, write_benchmark
 
     name = "synth" if images is None else f"synth_{images}"
     config = SynthConfig() if images is None else replace(SynthConfig(), images=images)
     dataset_file = write_benchmark(data_dir / name, config)
-    data = SuiteData(dataset_file)
+    data = SuiteData(DataSource(dataset_file, "karpathy"))
     trained = [r for r in rows if isinstance(r, TrainRow)]
     if any(r.data == "precomp" for r in trained):
-        data.precomp, data.region_count = _region_features(
-            dataset_file, data_dir / f"{name}_precomp", progress
+        settings = RegionSettings(boxes="scene", input_size=REGION_INPUT_SIZE)
+        scenes = dataset_file.parent / "scenes.json"
+        data.precomp = _region_features(
+            data.load("images"), data_dir / f"{name}_precomp", settings, scenes, progress
         )
+        data.region_count, data.region_dim = region_shape(data.precomp)
     if any(r.teacher for r in trained):
-        data.teacher = _teacher_features(dataset_file, data_dir / f"{name}_teacher", progress)
+        data.teacher = _teacher_features(data.load("images"), data_dir / f"{name}_teacher", progress)
     if any(r.data == "video" for r in trained):
         from vlret.data.synth_video import write_video_benchmark
 
@@ -112,27 +195,58 @@ def _class_benchmark(out: Path) -> Path:
     return split if split.is_file() else write_class_benchmark(out)
 
 
-def _region_features(dataset_file: Path, out: Path, progress: bool) -> tuple[Path, int]:
-    from vlret.data import load_dataset
-    from vlret.data.region_features import RegionSettings, write_region_features
+def open_dataset(settings: SuiteSettings) -> tuple[list, SuiteData, list[str]]:
+    """A user's dataset: its rows (what the data can run, of the picked families), the suite's data
+    (without derived features yet), and notes on what was left out and why."""
+    source = open_source(settings.suite, settings.format, settings.media_root)
+    families = settings.picked_families()
+    notes = []
+    if "visa" not in families and not settings.visa_config:
+        notes.append("VISA rows left out: give --visa-config with real backends to run them")
+    if source.precomp:
+        data = SuiteData(None, precomp=source.path, test_split=settings.test_split)
+        data.val_split = validation_split(data.load("precomp"), settings.test_split)
+        data.region_count, data.region_dim = region_shape(source.path)
+        rows = with_rerankers(dataset_rows(settings.recipes, precomp_only=True), families)
+        return rows, data, [*notes, "region features alone: only SGR and SAF rows, nothing to re-rank"]
+    data = SuiteData(source, test_split=settings.test_split)
+    dataset = data.load("images")
+    data.val_split = validation_split(dataset, settings.test_split)
+    fit = region_fit(dataset, settings.test_split)
+    rows = dataset_rows(settings.recipes, regions=fit.run, rerank_regions=fit.rerank)
+    return with_rerankers(rows, families), data, [*notes, *([fit.note] if fit.note else [])]
 
-    written = write_region_features(
-        load_dataset(dataset_file),
-        out,
-        RegionSettings(boxes="scene", input_size=REGION_INPUT_SIZE),
-        dataset_file.parent / "scenes.json",
-        progress=progress,
-    )
-    return out, int(written["regions"])
+
+def add_dataset_features(rows: list, data: SuiteData, data_dir: Path, progress: bool) -> None:
+    """Grid-box region features and the teachers' features of a dataset's images, where rows read them;
+    cached in ``data_dir`` under a key of the data's content (a killed write resumes)."""
+    if data.images is None:
+        return  # region features alone: nothing to derive
+    dataset = data.load("images")
+    key = f"{slug(data.images.path.stem)}-{dataset_fingerprint(dataset)}"
+    trained = [r for r in rows if isinstance(r, TrainRow)]
+    if any(r.data == "precomp" for r in trained):
+        from vlret.data.region_features import RegionSettings
+
+        out = data_dir / f"{key}_regions"
+        data.precomp = _region_features(dataset, out, RegionSettings(), None, progress)
+        data.region_count, data.region_dim = region_shape(data.precomp)
+    if any(r.teacher for r in trained):
+        data.teacher = _teacher_features(dataset, data_dir / f"{key}_teacher", progress)
 
 
-def _teacher_features(dataset_file: Path, out: Path, progress: bool) -> Path:
-    from vlret.data import load_dataset
+def _region_features(dataset, out: Path, settings, scenes: Path | None, progress: bool) -> Path:
+    from vlret.data.region_features import write_region_features
+
+    write_region_features(dataset, out, settings, scenes, progress=progress)
+    return out
+
+
+def _teacher_features(dataset, out: Path, progress: bool) -> Path:
     from vlret.train.teacher import TeacherTowers, write_teacher_features
 
     if not _teacher_done(out):  # (a killed write resumes from its last chunk)
-        train = load_dataset(dataset_file).split("train")
-        write_teacher_features(train, "train", out, TeacherTowers(), progress=progress)
+        write_teacher_features(dataset.split("train"), "train", out, TeacherTowers(), progress=progress)
     return out
 
 
@@ -179,9 +293,10 @@ def _check_same_settings(out: Path, settings: SuiteSettings) -> None:
     path = out / "plan.json"
     if not path.is_file():
         return
-    before = read_json(path)["settings"]
+    # settings added since that run was made stand at their defaults there
+    before = {**asdict(SuiteSettings()), **read_json(path)["settings"]}
     now = asdict(settings)
-    changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+    changed = {k: (before[k], v) for k, v in now.items() if before[k] != v}
     if changed:
         details = "; ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in changed.items())
         raise ConfigError(f"{out} holds a suite run with other settings ({details}); use another --out")

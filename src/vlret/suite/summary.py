@@ -37,11 +37,20 @@ TABLE_METRICS = {
         ("new_map", "new mAP", 1),
     ),
 }
-TABLE_TITLES = {
-    "retrieval": "Text–image retrieval (test split of the synthetic benchmark)",
-    "video": "Text–video retrieval (test split of the synthetic video benchmark)",
-    "prompts": "Prompt learning, base-to-new (test split of the synthetic class benchmark)",
-}
+
+
+def table_title(table: str, settings: dict) -> str:
+    """A results table's heading: what it measures, on which split of which data."""
+    if settings["suite"] != "synthetic":
+        split = settings.get("test_split", "test")
+        return f"Text–image retrieval ({split} split of {Path(settings['suite']).name})"
+    return {
+        "retrieval": "Text–image retrieval (test split of the synthetic benchmark)",
+        "video": "Text–video retrieval (test split of the synthetic video benchmark)",
+        "prompts": "Prompt learning, base-to-new (test split of the synthetic class benchmark)",
+    }[table]
+
+
 #: the cost columns: (cost key, header)
 COSTS = (
     ("train_seconds", "train s"),
@@ -155,6 +164,7 @@ def write_outputs(summary: dict, out: Path) -> None:
 
     write_json(out / "summary.json", summary)
     by_table = tables(summary)
-    text = "\n\n".join(f"{TABLE_TITLES[t]}:\n\n{md}" for t, md in by_table.items())
+    titled = [f"{table_title(t, summary['settings'])}:\n\n{md}" for t, md in by_table.items()]
+    text = "\n\n".join([*titled, *(f"Note: {n}" for n in summary.get("notes", []))])
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
     write_page(summary, by_table, out / "index.html")
