@@ -141,6 +141,43 @@ def test_a_dataset_suite_resumes_and_refuses_other_data_in_its_folder(dataset_su
     assert "recipes: 'f30k' before, 'coco' now" in capsys.readouterr().err
 
 
+def _write_lavis(dataset_json: Path, folder: Path) -> Path:
+    """The Karpathy JSON as a LAVIS folder: pairs for training, one entry per image elsewhere."""
+    folder.mkdir()
+    images = json.loads(dataset_json.read_text())["images"]
+    for split in ("train", "val", "test"):
+        entries = []
+        for image in (i for i in images if i["split"] == split):
+            path, texts = f"{image['filepath']}/{image['filename']}", [s["raw"] for s in image["sentences"]]
+            if split == "train":
+                entries += [{"image": path, "caption": t, "image_id": str(image["imgid"])} for t in texts]
+            else:
+                entries.append({"image": path, "caption": texts})
+        (folder / f"pairs_{split}.json").write_text(json.dumps(entries))
+    return folder
+
+
+def test_karpathy_lavis_and_csv_give_the_same_suite(dataset_suite):
+    from vlret.suite.run import SuiteSettings, open_dataset
+
+    root, _ = dataset_suite
+    media = root / "synth"
+    sources = {
+        "karpathy": media / "dataset.json",
+        "lavis": _write_lavis(media / "dataset.json", root / "lavis"),
+        "csv": root / "pairs.csv",
+    }
+    opened = {}
+    for fmt, path in sources.items():
+        settings = SuiteSettings(suite=str(path), media_root=str(media), families=list(DATASET_FAMILIES))
+        rows, data, notes = open_dataset(settings)
+        assert data.images.format == fmt and data.val_split == "val"
+        test = data.load("images").split("test")
+        opened[fmt] = ([r.name for r in rows], [c.text for c in test.captions], len(test.items), notes)
+    assert opened["lavis"] == opened["karpathy"] == opened["csv"]
+    assert opened["csv"][2] == 4 and len(opened["csv"][1]) == 20
+
+
 def _write_precomp(folder: Path, regions: int, dim: int) -> None:
     rng = np.random.default_rng(0)
     words = ["red", "blue", "green", "circle", "square", "triangle", "left", "right"]
@@ -231,3 +268,27 @@ def test_bad_dataset_suites_are_refused_before_anything_runs(tmp_path, capsys):
         assert main([*args, *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not out.exists()
+
+
+def test_hub_weights_that_cannot_load_stop_the_suite_before_any_work(dataset_suite, monkeypatch, capsys):
+    import vlret.suite.dataset as suite_dataset
+
+    asked = []
+
+    def offline(source: str) -> None:  # what transformers raises without the network or a cached copy
+        asked.append(source)
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {source}")
+
+    monkeypatch.setattr(suite_dataset, "_load_hub_config", offline)
+    root, folders = dataset_suite
+    out = root / "no-weights"
+    args = ["bench", "--suite", str(root / "pairs.csv"), "--media-root", str(root / "synth")]
+    args += ["--methods", "avse", "--steps", "1", "--data-dir", str(root / "data"), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"row 'AVSE': recipe avse_f30k reads '{HUB['vit']}'" in err
+    assert f"give --weights {HUB['vit']}=FOLDER" in err and not out.exists()
+    # with the image tower's folder given, the text tower's hub id is the one asked for
+    asked.clear()
+    assert main([*args, "--weights", f"{HUB['vit']}={folders['vit']}"]) == 2
+    assert asked == [HUB["bert"]] and f"reads '{HUB['bert']}'" in capsys.readouterr().err

@@ -144,6 +144,33 @@ class RecipeEdits:
                 raise ConfigError(f"--set {s}: no recipe of this suite has the key {key!r}")
 
 
+def check_hub_weights(rows: list[tuple[str, str, tuple[str, ...]]], edits: RecipeEdits) -> None:
+    """Every hub id that a row's recipe still reads after ``edits`` must load (from the cache or the
+    hub), checked before any work: a missing one would otherwise stop the suite at that row.
+    ``rows``: (row name, recipe, the row's overrides)."""
+    checked: set[str] = set()
+    for name, recipe, overrides in rows:
+        data = _recipe_data(recipe, (*overrides, *edits.overrides(recipe, overrides)))
+        for key, source in _sources(data):
+            if source in checked or Path(source).is_dir():
+                continue
+            try:
+                _load_hub_config(source)
+            except OSError as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"row {name!r}: recipe {recipe} reads {source!r} ({key}), which cannot be loaded "
+                    f"({reason}); download it, or give --weights {source}=FOLDER"
+                ) from None
+            checked.add(source)
+
+
+def _load_hub_config(source: str) -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.from_pretrained(source)
+
+
 def parse_weights(pairs: list[str]) -> dict[str, str]:
     """``HUB_ID=FOLDER`` pairs as a mapping; each folder must exist."""
     weights = {}

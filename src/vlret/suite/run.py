@@ -26,6 +26,7 @@ from vlret.suite.cells import CellContext, SuiteData, run_cell, slug, train_reci
 from vlret.suite.dataset import (
     DataSource,
     RecipeEdits,
+    check_hub_weights,
     open_source,
     parse_weights,
     region_fit,
@@ -139,7 +140,9 @@ def run_suite(
     else:
         rows, data, notes = open_dataset(settings)
     # a recipe edit that no recipe reads is refused before any data is prepared
-    edits.check([(r.recipe, r.overrides) for r in rows if isinstance(r, TrainRow)])
+    trained = [r for r in rows if isinstance(r, TrainRow)]
+    edits.check([(r.recipe, r.overrides) for r in trained])
+    check_hub_weights([(r.name, r.recipe, r.overrides) for r in trained], edits)
     if settings.synthetic:
         data = prepare_data(rows, Path(data_dir), settings.images, progress)
     else:
