@@ -267,6 +267,8 @@ def test_bad_dataset_suites_are_refused_before_anything_runs(tmp_path, capsys):
         args[2] = str(suite or tmp_path / "missing")
         assert main([*args, *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
+    assert main(["bench", "--recipes", "coco", "--out", str(out)]) == 2  # the synthetic suite
+    assert "go with --suite PATH" in capsys.readouterr().err
     assert not out.exists()
 
 

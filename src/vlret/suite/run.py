@@ -89,6 +89,8 @@ class SuiteSettings:
     def check(self) -> None:
         if not self.synthetic:
             self._check_dataset()
+        elif (self.format, self.media_root, self.recipes, self.test_split) != ("auto", None, "f30k", "test"):
+            raise ConfigError("--format, --media-root, --recipes and --test-split go with --suite PATH")
         if self.families is not None:
             unknown = sorted(set(self.families) - set(FAMILIES))
             if unknown:
