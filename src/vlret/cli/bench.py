@@ -67,7 +67,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     data.add_argument("--format", default="auto", help="the dataset's format (default: detected)")
     data.add_argument("--media-root", help="the folder the dataset's image paths are relative to")
     data.add_argument(
-        "--recipes", default="f30k", choices=RECIPE_SETS, help="the papers' settings for (default f30k)"
+        "--recipes",
+        default="f30k",
+        choices=RECIPE_SETS,
+        help="the papers' recipes for Flickr30K or for COCO (default f30k)",
     )
     data.add_argument("--test-split", default="test", help="the split every row is scored on (default test)")
     data.add_argument(
@@ -77,7 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="HUB_ID=FOLDER",
         help="load a recipe's hub weights (e.g. bert-base-uncased) from a local folder",
     )
-    data.add_argument(
+    bench.add_argument(
         "--set",
         nargs="+",
         default=[],
