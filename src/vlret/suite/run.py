@@ -176,12 +176,9 @@ def prepare_data(rows, data_dir: Path, images: int | None, progress: bool) -> Su
     data = SuiteData(DataSource(dataset_file, "karpathy"))
     trained = [r for r in rows if isinstance(r, TrainRow)]
     if any(r.data == "precomp" for r in trained):
-        settings = RegionSettings(boxes="scene", input_size=REGION_INPUT_SIZE)
+        regions = RegionSettings(boxes="scene", input_size=REGION_INPUT_SIZE)
         scenes = dataset_file.parent / "scenes.json"
-        data.precomp = _region_features(
-            data.load("images"), data_dir / f"{name}_precomp", settings, scenes, progress
-        )
-        data.region_count, data.region_dim = region_shape(data.precomp)
+        _add_region_features(data, data_dir / f"{name}_precomp", regions, scenes, progress)
     if any(r.teacher for r in trained):
         data.teacher = _teacher_features(data.load("images"), data_dir / f"{name}_teacher", progress)
     if any(r.data == "video" for r in trained):
@@ -233,18 +230,19 @@ def add_dataset_features(rows: list, data: SuiteData, data_dir: Path, progress: 
     if any(r.data == "precomp" for r in trained):
         from vlret.data.region_features import RegionSettings
 
-        out = data_dir / f"{key}_regions"
-        data.precomp = _region_features(dataset, out, RegionSettings(), None, progress)
-        data.region_count, data.region_dim = region_shape(data.precomp)
+        _add_region_features(data, data_dir / f"{key}_regions", RegionSettings(), None, progress)
     if any(r.teacher for r in trained):
         data.teacher = _teacher_features(dataset, data_dir / f"{key}_teacher", progress)
 
 
-def _region_features(dataset, out: Path, settings, scenes: Path | None, progress: bool) -> Path:
+def _add_region_features(data: SuiteData, out: Path, regions, scenes: Path | None, progress: bool) -> None:
+    """Region features of the suite's images in ``out`` (reused when finished, resumed when not), and
+    their shape, which the region rows' recipes take."""
     from vlret.data.region_features import write_region_features
 
-    write_region_features(dataset, out, settings, scenes, progress=progress)
-    return out
+    write_region_features(data.load("images"), out, regions, scenes, progress=progress)
+    data.precomp = out
+    data.region_count, data.region_dim = region_shape(out)
 
 
 def _teacher_features(dataset, out: Path, progress: bool) -> Path:
