@@ -136,3 +136,42 @@ def test_near_frames_are_decoded_on_and_far_ones_seeked(clip, tmp_path, monkeypa
     # times 6.25, 18.75, 31.25, 43.75 s -> frames ceil(t - 0.5) = 6, 19, 31, 44 (grey 5 k)
     assert [round(float(np.asarray(f).mean()) / 5) for f in frames] == [6, 19, 31, 44]
     assert seeks == [6.25, 18.75, 31.25, 43.75]
+
+
+def test_clips_that_differ_only_in_the_middle_miss_each_others_cache_entries(tmp_path):
+    """Two uncompressed clips of the same size whose first and last 256 KiB are equal: only frames 10-19
+    differ. Keyed by size and the file's ends they collided, and the second was served the first's frames."""
+    grey = [np.full((120, 160, 3), 8 * k, np.uint8) for k in range(30)]
+    edited = [
+        np.full((120, 160, 3), 250 - 8 * k, np.uint8) if 10 <= k < 20 else f for k, f in enumerate(grey)
+    ]
+    a = write_video(tmp_path / "a.avi", grey, fps=FPS, codec="rawvideo")
+    b = write_video(tmp_path / "b.avi", edited, fps=FPS, codec="rawvideo")
+    bytes_a, bytes_b = a.read_bytes(), b.read_bytes()
+    ends = 1 << 18
+    assert len(bytes_a) == len(bytes_b) and bytes_a != bytes_b
+    assert bytes_a[:ends] == bytes_b[:ends] and bytes_a[-ends:] == bytes_b[-ends:]
+    cache = FrameCache(tmp_path / "cache")
+    sampling = FrameSampling(frames=3)  # segment centres 0.5, 1.5, 2.5 s: frames 5, 15, 25
+    means = [[round(float(np.asarray(f).mean()) / 10) for f in cache.frames(p, sampling)] for p in (a, b)]
+    assert means == [[4, 12, 20], [4, 13, 20]]  # frame 15: grey 120 in a, 250 - 120 = 130 in b
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_the_cache_key_changes_with_every_keyed_field(tmp_path, clip):
+    from vlret.data.video import content_key
+
+    base = content_key(clip, FrameSampling(frames=4))
+    assert content_key(shutil.copy(clip, tmp_path / "copy.mp4"), FrameSampling(frames=4)) == base
+    others = {
+        "frames": content_key(clip, FrameSampling(frames=5)),
+        "fps": content_key(clip, FrameSampling(frames=None, fps=2.0)),
+        "max_frames": content_key(clip, FrameSampling(frames=4, max_frames=31)),
+    }
+    edited = tmp_path / "edited.mp4"
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 1
+    edited.write_bytes(bytes(data))
+    others["content"] = content_key(edited, FrameSampling(frames=4))
+    assert all(key != base for key in others.values()), others
+    assert len(set(others.values())) == len(others)

@@ -70,15 +70,17 @@ def run_demo(
     overrides: list[str] = (),
     progress: bool = True,
     images: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Run the demo; ``images`` shrinks the benchmark (for smoke tests), ``overrides`` adjust the recipe."""
+    """Run the demo; ``images`` shrinks the benchmark (for smoke tests), ``overrides`` adjust the recipe.
+    A finished training run in ``out`` is reused; one with another recipe is refused unless ``overwrite``."""
     out, data_dir = Path(out), Path(data_dir)
     benchmark = DEMO_BENCHMARK if images is None else replace(DEMO_BENCHMARK, images=images)
     dataset_file = write_benchmark(data_dir, benchmark)
     recipe = load_recipe(
         builtin_recipe("demo_tiny"), [f"data.path={dataset_file}", f"output_dir={out / 'train'}", *overrides]
     )
-    trainer = Trainer(recipe, resume=True, progress=progress)
+    trainer = Trainer(recipe, resume=True, progress=progress, overwrite=overwrite)
     summary = trainer.fit()
     best, _ = load_checkpoint(trainer.ckpt_dir, "best")
     captions = [c.text for c in trainer.train_split.captions]
@@ -136,6 +138,7 @@ def run_video_demo(
     overrides: list[str] = (),
     progress: bool = True,
     clips: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """The demo on the synthetic video benchmark: train the temporal recipe briefly (``overrides`` adjust
     it), evaluate it and its meanP twin (the same trained frame tower, frames averaged), re-rank with VISA on
@@ -153,7 +156,7 @@ def run_video_demo(
         f"train.epochs={VIDEO_DEMO_EPOCHS}",
     ]
     recipe = load_recipe(builtin_recipe("video_temporal_synth_cpu"), [*settings, *overrides])
-    trainer = Trainer(recipe, resume=True, progress=progress)
+    trainer = Trainer(recipe, resume=True, progress=progress, overwrite=overwrite)
     summary = trainer.fit()
     temporal, _ = load_checkpoint(trainer.ckpt_dir, "best")
     mean_pooled = VideoModel(temporal.frame_model, replace(temporal.config, pooling="mean"))

@@ -11,7 +11,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlret.train import Trainer, load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    trainer = Trainer(recipe, resume=args.resume, progress=not args.quiet, resume_anyway=args.resume_anyway)
+    trainer = Trainer(
+        recipe,
+        resume=args.resume,
+        progress=not args.quiet,
+        resume_anyway=args.resume_anyway,
+        overwrite=args.overwrite,
+    )
     summary = trainer.fit()
     if trainer.info.is_main:  # under torchrun, one summary
         print_json(summary)
@@ -24,7 +30,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vlret.demo import run_demo
 
     out, data_dir = args.out or "runs/demo", args.data_dir or "data/synth"
-    outcome = run_demo(out, data_dir, args.overrides, progress=not args.quiet, images=args.images)
+    outcome = run_demo(
+        out, data_dir, args.overrides, progress=not args.quiet, images=args.images, overwrite=args.overwrite
+    )
     print()
     print(outcome["table"])
     print()
@@ -42,7 +50,9 @@ def _video_demo(args: argparse.Namespace) -> int:
 
     out = args.out or "runs/demo_video"
     data_dir = args.data_dir or "data/synth_video"
-    outcome = run_video_demo(out, data_dir, args.overrides, progress=not args.quiet, clips=args.images)
+    outcome = run_video_demo(
+        out, data_dir, args.overrides, progress=not args.quiet, clips=args.images, overwrite=args.overwrite
+    )
     print()
     print(outcome["table"])
     print()
@@ -63,6 +73,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resume even if the recipe differs from the one the run was started with",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="output_dir holds another run: delete its checkpoints and logs and start afresh",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -81,6 +96,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=1")
     demo.add_argument(
         "--images", type=int, help="benchmark size (default: the calibrated 5000; clips with --video: 600)"
+    )
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the run folder holds a training run with another recipe: delete it and train afresh",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)

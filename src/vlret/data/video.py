@@ -14,8 +14,8 @@ that cannot be opened, has no video stream or yields no frame (truncated, corrup
 :class:`DataError` naming it. A wanted time past the last decodable frame takes the last frame, so a clip
 whose container overstates its duration still gives N frames.
 
-:class:`FrameCache` keeps decoded frames on disk, keyed by the file's content (size and the hash of its first
-and last 256 KiB) and the sampling, so a renamed copy hits the cache and an edited file misses it.
+:class:`FrameCache` keeps decoded frames on disk, keyed by the hash of the file's whole content and the
+sampling, so a renamed copy hits the cache and an edited file misses it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlret.data._io import file_digest
 from vlret.errors import ConfigError, DataError
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg")
@@ -221,16 +222,9 @@ def _last_frame(container, stream) -> Image.Image | None:
 
 
 def content_key(path: str | Path, sampling: FrameSampling) -> str:
-    """A key of the file's bytes (size, first and last 256 KiB) and the sampling."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha1(f"{size}|{sampling.key()}".encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 18))
-        if size > 1 << 18:
-            f.seek(max(1 << 18, size - (1 << 18)))
-            digest.update(f.read())
-    return digest.hexdigest()
+    """A key of the file's whole content and the sampling: two clips that differ in any byte miss each
+    other's entries (a key of the size and the ends alone let clips that differ in the middle collide)."""
+    return hashlib.sha256(f"{file_digest(path)}|{sampling.key()}".encode()).hexdigest()[:40]
 
 
 class FrameCache:

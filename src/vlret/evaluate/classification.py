@@ -12,9 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlret.errors import NonFiniteScoreError
+
+
+def check_finite_logits(logits: np.ndarray) -> None:
+    """Refuse NaN or infinite logits (row: image, column: class): ``argmax`` would count a NaN row as
+    class 0, so a broken classifier would score as chance instead of failing."""
+    logits = np.asarray(logits)
+    if logits.size and not np.isfinite(logits).all():
+        row, column = (int(x) for x in np.argwhere(~np.isfinite(logits))[0])
+        raise NonFiniteScoreError(row, column, float(logits[row, column]))
+
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Percentage of rows whose largest logit is at their label."""
+    """Percentage of rows whose largest logit is at their label (non-finite logits are refused)."""
+    check_finite_logits(logits)
     if len(labels) == 0:
         return 0.0
     return 100.0 * float(np.mean(np.asarray(logits).argmax(1) == np.asarray(labels)))
@@ -39,7 +51,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def class_retrieval_map(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean average precision (%) over the classes that have images, each class ranking all the images by
-    the probability of that class."""
+    the probability of that class (non-finite logits are refused)."""
+    check_finite_logits(logits)
     probabilities, labels = softmax(np.asarray(logits, dtype=np.float64)), np.asarray(labels)
     present = np.unique(labels)
     if len(present) == 0:

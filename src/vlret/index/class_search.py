@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from vlret.errors import ConfigError
-from vlret.evaluate.classification import softmax
+from vlret.evaluate.classification import check_finite_logits, softmax
 from vlret.index.search import Hit, Searcher
 
 SHORTLIST = 1000
@@ -54,6 +54,12 @@ class ClassSearch:
         self.classnames: list[str] = list(self.classifier.prompts.classnames)
         with torch.no_grad():
             self.class_embeddings = self.classifier.class_embeddings().numpy()
+        if not np.isfinite(self.class_embeddings).all():
+            bad = self.classnames[int(np.argwhere(~np.isfinite(self.class_embeddings))[0][0])]
+            raise ConfigError(
+                f"{prompts}: the class embedding of {bad!r} is not finite on the index's model; these "
+                "prompts cannot rank or classify images"
+            )
         self.centred = self.class_embeddings - self.class_embeddings.mean(0, keepdims=True)
         self.logit_scale = float(searcher.model.logit_scale.exp())
 
@@ -84,7 +90,9 @@ class ClassSearch:
 
     def classify_features(self, features: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """:meth:`classify` for normalised image embeddings ``[n, D]`` of the index's model."""
-        probabilities = softmax(self.logit_scale * features @ self.class_embeddings.T)
+        logits = self.logit_scale * features @ self.class_embeddings.T
+        check_finite_logits(logits)  # a NaN image embedding would otherwise answer class 0
+        probabilities = softmax(logits)
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [
             [(self.classnames[c], float(p[c])) for c in row]

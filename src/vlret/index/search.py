@@ -177,9 +177,7 @@ class Searcher:
     @property
     def model(self):
         if self._model is None:
-            from vlret.models import create_model
-
-            self._model = create_model(self.meta["model"], video=self.meta.get("video")).eval()
+            self._model = self._load_model(self.meta["model"])
         return self._model
 
     @property
@@ -189,10 +187,21 @@ class Searcher:
         if reference is None:
             return self.model
         if self._first_stage_model is None:
-            from vlret.models import create_model
-
-            self._first_stage_model = create_model(reference, video=self.meta.get("video")).eval()
+            self._first_stage_model = self._load_model(reference)
         return self._first_stage_model
+
+    def _load_model(self, reference: str):
+        """The model the index was built with; one whose saved folder is gone says how to go on."""
+        from vlret.models import create_model
+        from vlret.models.registry import is_model_reference
+
+        if "/" in reference and not is_model_reference(reference) and not Path(reference).exists():
+            raise ConfigError(
+                f"{self.path}: the index was built with the model saved in {reference}, which is gone (a "
+                "newer training run in that folder may have replaced it). Rebuild the index with "
+                "`vlret index build --model MODEL ...` on the same collection"
+            )
+        return create_model(reference, video=self.meta.get("video")).eval()
 
     # ----- embeddings -----------------------------------------------------------------------------------
     def embed_texts(self, texts: list[str]) -> np.ndarray:

@@ -163,12 +163,27 @@ class _Memo:
     """Outputs of a frozen tower by the bytes of each input row (bounded; CPU copies).
 
     A batch runs the tower only on the rows it has not seen (each distinct row once); the rest come from
-    the memo. Tokens are kept (as float16, trimmed to their real length) only when the head reads them.
+    the memo. Tokens are kept (as float16, trimmed to their real length) only when the head reads them, and
+    a row computed now is rounded the same way, so that a hit and a miss give the same output.
     """
 
     def __init__(self, size: int):
         self.size = size
         self.rows: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.unsaved: list[bytes] = []  # rows added since :meth:`take_unsaved` (the trainer persists them)
+
+    def take_unsaved(self) -> list[tuple[bytes, torch.Tensor, torch.Tensor | None]]:
+        """The rows added since the last call, in the order they were added."""
+        rows = [(k, *self.rows[k]) for k in self.unsaved]
+        self.unsaved = []
+        return rows
+
+    def restore(self, rows: list[tuple[bytes, torch.Tensor, torch.Tensor | None]]) -> None:
+        """Put back rows a run persisted (up to the memo's size), as if computed now."""
+        for key, embeds, tokens in rows:
+            if len(self.rows) >= self.size:
+                break
+            self.rows.setdefault(key, (embeds, tokens))
 
     @staticmethod
     def keys(rows: list[torch.Tensor] | torch.Tensor) -> list[bytes]:
@@ -191,10 +206,14 @@ class _Memo:
             first = {k: keys.index(k) for k in todo}
             out = call(torch.tensor([first[k] for k in todo], device=device))
             for n, k in enumerate(todo):
-                fresh[k] = (out.embeds[n], self._real_tokens(out, n) if keep_tokens else None)
+                # tokens are rounded as the memo keeps them, hit or miss: an output must not depend on
+                # what the memo holds (a resumed run starts with it empty)
+                tokens = self._real_tokens(out, n) if keep_tokens else None
+                fresh[k] = (out.embeds[n], None if tokens is None else tokens.to(torch.float16))
             for k in todo[: max(0, self.size - len(self.rows))]:
                 embeds, tokens = fresh[k]
-                self.rows[k] = (embeds.cpu(), None if tokens is None else tokens.to("cpu", torch.float16))
+                self.rows[k] = (embeds.cpu(), None if tokens is None else tokens.cpu())
+                self.unsaved.append(k)
         parts = [fresh.get(k) or self.rows[k] for k in keys]
         embeds = torch.stack([p[0].to(device) for p in parts])
         if parts[0][1] is None:
@@ -261,6 +280,13 @@ class ComposedModel(RetrievalModel):
             cfg.text_tower, cfg.max_text_length, options=cfg.text_options, captions=captions
         )
         return cls(cfg, image, text)
+
+    def memos(self) -> dict[str, _Memo]:
+        """The frozen towers' memos by side (those that remember anything): state a resumed run needs, since
+        what a memo returns was computed in the batch where its row first appeared."""
+        return {
+            side: memo for side, memo in (("image", self._image_memo), ("text", self._text_memo)) if memo.size
+        }
 
     def train(self, mode: bool = True) -> ComposedModel:
         super().train(mode)

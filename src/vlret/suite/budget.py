@@ -39,7 +39,7 @@ def probe_row(row: TrainRow, overrides: list[str], out: Path) -> Probe:
     from vlret.train.recipe import builtin_recipe
 
     recipe = load_recipe(builtin_recipe(row.recipe), [*overrides, f"train.max_steps={PROBE_STEPS}"])
-    trainer = Trainer(recipe, resume=False, progress=False)
+    trainer = Trainer(recipe, progress=False, overwrite=True)  # a probe killed midway starts again
     started = time.perf_counter()
     trainer.fit()
     total = time.perf_counter() - started

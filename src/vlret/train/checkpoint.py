@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vlret.errors import TrainingError
+from vlret.errors import ConfigError, TrainingError
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import load_model
 
@@ -73,6 +73,34 @@ def _prune(folder: Path) -> None:
     for path in folder.glob("step-*"):
         if path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def refuse_to_replace(folder: Path) -> None:
+    """Refuse to start a new run where ``folder`` holds another run's checkpoints (they are not replaced
+    silently: indexes and results may point at them)."""
+    held = sorted(p.name for p in folder.glob("step-*")) if folder.is_dir() else []
+    if not held:
+        return
+    meta = read_meta(folder, "best") or read_meta(folder, "last") or {}
+    what = (
+        f"its best checkpoint is step {meta['step']}" if "step" in meta else f"checkpoints {', '.join(held)}"
+    )
+    raise ConfigError(
+        f"{folder.parent} holds another training run ({what}); it is not replaced silently. Resume it "
+        "with --resume (the same recipe), train into a new output_dir, or pass --overwrite to delete it "
+        "and start afresh"
+    )
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a run leaves in ``out`` (checkpoints, logs, the recorded recipe) before a fresh start,
+    so the new run's logs are not appended to an old run's."""
+    out = Path(out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    shutil.rmtree(out / "memo", ignore_errors=True)
+    for name in ("metrics.jsonl", "recipe.json"):
+        (out / name).unlink(missing_ok=True)
 
 
 def has_checkpoint(folder: Path) -> bool:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from vlret.data.classes import ClassData, base_new, few_shot_data, harmonic_mean
 from vlret.data.images import load_image
-from vlret.errors import ConfigError
+from vlret.errors import ConfigError, TrainingError
 from vlret.evaluate.classification import class_retrieval_map, top1_accuracy
 from vlret.models import load_model
 from vlret.models.prompt_classifier import PromptClassifier, RefinerConfig
@@ -76,8 +76,29 @@ class PromptRun:
             raise ConfigError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.select not in ("best_val", "last"):
             raise ConfigError(f"select must be best_val or last, not {self.select!r}")
+        self._check_numbers()
         if self.method == "coop":
             self.refiner = RefinerConfig(alpha=0.0)
+
+    def _check_numbers(self) -> None:
+        """Counts >= 1 and finite rates: a NaN learning rate would train (and save) an all-NaN context."""
+        for key in ("shots", "epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}: expected a whole number >= 1, got {value!r}")
+        r = self.refiner
+        checks = {
+            "lr": (self.lr, self.lr > 0, "> 0"),
+            "refiner.alpha": (r.alpha, r.alpha >= 0, ">= 0"),
+            "refiner.momentum": (r.momentum, 0 <= r.momentum <= 1, "in [0, 1]"),
+            "refiner.semantic_divisor": (r.semantic_divisor, r.semantic_divisor > 0, "> 0"),
+            "refiner.regulariser_weight": (r.regulariser_weight, r.regulariser_weight >= 0, ">= 0"),
+        }
+        for key, (value, ok, expected) in checks.items():
+            if not (math.isfinite(value) and ok):
+                raise ConfigError(f"{key}: expected a finite number {expected}, got {value!r}")
+        if isinstance(r.cache_size, bool) or not isinstance(r.cache_size, int) or r.cache_size < 1:
+            raise ConfigError(f"refiner.cache_size: expected a whole number >= 1, got {r.cache_size!r}")
 
 
 def load_prompt_recipe(
@@ -191,6 +212,12 @@ def load_prompts(folder: str | Path, model=None) -> PromptClassifier:
         RefinerConfig(**meta["refiner"]),
     )
     state = load_file(folder / PROMPTS_FILE)
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise ConfigError(
+                f"{folder / PROMPTS_FILE}: {name} holds NaN or infinity; these prompts cannot classify "
+                "(retrain them with a lower learning rate)"
+            )
     with torch.no_grad():
         classifier.prompts.ctx.copy_(state["ctx"])
         if classifier.refines:
@@ -241,9 +268,12 @@ def train_prompts(
             seeds = [(run.seed, epoch, int(i)) for i in picked]
             pixels = _pixels(classifier, train_data, chunk, augment, seeds)
             terms = classifier.training_losses(pixels, labels)
+            if not torch.isfinite(terms["total"]):
+                raise TrainingError(_non_finite_message(epoch, step, terms, state_file))
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
+            _check_finite_parameters(params, epoch, step, state_file)
         scheduler.step()
         val = accuracy(classifier, train_data, "val") if "val" in train_data.splits else None
         if run.select == "last" or val is None or best is None or val > best:
@@ -269,6 +299,30 @@ def train_prompts(
     return {"prompts": str(out / "prompts"), "best_val": best, "notes": train_data.notes}
 
 
+def _non_finite_message(epoch: int, step: int, terms: dict, state_file: Path) -> str:
+    values = ", ".join(f"{name} = {float(v.detach()):.4g}" for name, v in terms.items())
+    return (
+        f"epoch {epoch + 1}, step {step + 1}: the loss is not finite ({values}); stopped before the "
+        f"optimiser step, nothing non-finite was saved ({_last_saved(state_file)}). Lower --lr or check "
+        "the model and the images."
+    )
+
+
+def _check_finite_parameters(params: list[torch.Tensor], epoch: int, step: int, state_file: Path) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise TrainingError(
+            f"epoch {epoch + 1}, step {step + 1}: the learnt prompts hold NaN or infinity after the "
+            f"optimiser step; not saved ({_last_saved(state_file)}). Lower --lr."
+        )
+
+
+def _last_saved(state_file: Path) -> str:
+    if not state_file.is_file():
+        return "no epoch was saved"
+    epoch = torch.load(state_file, weights_only=True)["epoch"]
+    return f"the last saved epoch is {epoch}, in {state_file}"
+
+
 def _check_same_run(out: Path, run: PromptRun) -> None:
     """Write ``out/run.json``, or check that a resumed run has the settings it was started with."""
     settings = json.loads(json.dumps(asdict(run)))
@@ -282,7 +336,7 @@ def _check_same_run(out: Path, run: PromptRun) -> None:
                 "settings or choose another --out"
             )
     else:
-        saved_file.write_text(json.dumps(settings, indent=2) + "\n")
+        saved_file.write_text(json.dumps(settings, indent=2, allow_nan=False) + "\n")
 
 
 def zero_shot(model: str, init: str = "a photo of a") -> PromptClassifier:

@@ -124,6 +124,7 @@ RESUME_SAFE_KEYS = (
     "train.checkpoint_every_steps",
     "data.num_workers",
     "eval.batch_size",
+    "output_dir",  # the recipe is read from the folder itself: a run folder that was moved is the same run
 )
 RECIPE_FILE = "recipe.json"
 
@@ -383,7 +384,8 @@ def check_resumable(out: Path, recipe: Recipe, allow_changes: bool = False) -> N
         raise ConfigError(
             f"{out}: the recipe differs from the one this run was started with ({path}):\n  "
             + "\n  ".join(differences)
-            + "\nresume with the same recipe, train into a new output_dir, or pass --resume-anyway"
+            + "\nresume with the same recipe, train into a new output_dir, pass --resume-anyway (vlret train) "
+            "to resume with this recipe, or --overwrite to delete this run and start afresh"
         )
 
 

@@ -30,6 +30,8 @@ from vlret.losses.base import LossContext
 from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
 from vlret.train import checkpoint as ckpt
+from vlret.train import memo_store
+from vlret.train.checkpoint import clear_run
 from vlret.train.data import EpochBatches, PairSource, epoch_loader
 from vlret.train.distributed import (
     DistInfo,
@@ -193,11 +195,19 @@ class Trainer:
     """Train a model by a recipe; ``fit()`` returns a summary dict."""
 
     def __init__(
-        self, recipe: Recipe, resume: bool = False, progress: bool = True, resume_anyway: bool = False
+        self,
+        recipe: Recipe,
+        resume: bool = False,
+        progress: bool = True,
+        resume_anyway: bool = False,
+        overwrite: bool = False,
     ):
         """Everything that can be checked is checked here, before the first step: the data and its splits,
         the validation protocol, the output folder, and (``resume``) that the recipe is the run's own.
-        ``resume_anyway`` resumes even when the recipe differs from the saved one."""
+
+        The run-folder policy: a folder that holds checkpoints of a run is never replaced silently. Without
+        ``resume`` it is refused; ``resume`` continues it when the recipe is the run's own (``resume_anyway``
+        even when it differs); ``overwrite`` deletes that run's checkpoints and logs and starts afresh."""
         self.recipe = recipe
         self.progress = progress
         self.device = pick_device(recipe.train.device)
@@ -206,13 +216,18 @@ class Trainer:
             self.device = torch.device("cuda", self.info.local_rank)
         self.out = Path(recipe.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        resuming = (resume or resume_anyway) and ckpt.has_checkpoint(self.ckpt_dir)
+        resuming = (resume or resume_anyway) and not overwrite and ckpt.has_checkpoint(self.ckpt_dir)
         if resuming:
             check_resumable(self.out, recipe, allow_changes=resume_anyway)
+        elif not overwrite:
+            ckpt.refuse_to_replace(self.ckpt_dir)
         self.data = self._load_data()
         self.train_split = self._split(recipe.data.train_split, "data.train_split")
         self._check_validation_split()
         check_writable(self.out)
+        if not resuming and self.info.is_main:
+            clear_run(self.out)  # checked above: nothing here is a run's checkpoint unless overwrite says so
+        barrier(self.info)
         resume_state = None
         if resuming:
             self.model, resume_state = ckpt.load_checkpoint(self.ckpt_dir, "last")
@@ -269,8 +284,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.best: float | None = None
+        self.memos = self.model.memos() if hasattr(self.model, "memos") else {}
+        self.memo_dir = self.out / memo_store.MEMO_DIR / f"rank{self.info.rank}"
         if resume_state is not None:
             self._restore(resume_state)
+            memo_store.load_rows(self.memo_dir, self.memos)
         self.logger = MetricsLogger(self.out, enabled=self.info.is_main)
 
     # ----- set-up ---------------------------------------------------------------------------------------
@@ -428,6 +446,7 @@ class Trainer:
 
     def _save(self, epoch: int, is_best: bool = False) -> None:
         self._check_finite_weights()  # every process holds the same weights: all stop together
+        memo_store.save_new_rows(self.memo_dir, self.memos)  # each process remembers its own batches
         if self.info.is_main:
             ckpt.save_checkpoint(
                 self.ckpt_dir,

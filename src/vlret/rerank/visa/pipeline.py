@@ -10,7 +10,6 @@ share the work and :func:`vlret.rerank.visa.store.merge_stage` joins their files
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlret.data._io import file_digest
 from vlret.errors import VlretError
 from vlret.rerank.visa.config import (
     VisaConfig,
@@ -89,7 +89,7 @@ class Roles:
 
 def _file_hash(path: Path, cache: dict[Path, str]) -> str:
     if path not in cache:
-        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+        cache[path] = file_digest(path)[:24]
     return cache[path]
 
 
