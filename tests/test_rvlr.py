@@ -432,11 +432,92 @@ def test_a_teacher_cache_of_the_wrong_size_is_refused(synth_data, tmp_path):
     from vlret.errors import DataError
     from vlret.train.teacher import Teacher
 
+    from vlret.train.teacher import MANIFEST, captions_fingerprint
+
     train = load_dataset(synth_data).split("train")
     np.save(tmp_path / "train_image_embed_regu.npy", np.zeros((3, 4), np.float32))
     np.save(tmp_path / "train_text_embed_regu.npy", np.zeros((3, 4), np.float32))
+    manifest = {"complete": True, "captions": captions_fingerprint(train)}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="one row per training pair"):
         Teacher.from_cache(tmp_path, train, "train")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no manifest", r"teacher.json: not found: it records which captions"),
+        ("malformed manifest", r"teacher.json: line 1 column \d+: malformed JSON"),
+        ("a list manifest", r"teacher.json: expected a JSON object"),
+        ("truncated array", r"train_text_embed_regu.npy: not a readable .npy array"),
+        ("unfinished", r"the features are not complete"),
+        ("other captions", r"written for other captions"),
+    ],
+)
+def test_damaged_teacher_features_are_refused_naming_the_file(synth_data, tmp_path, damage, message):
+    from vlret.data import load_dataset
+    from vlret.errors import DataError
+    from vlret.train.teacher import MANIFEST, Teacher, captions_fingerprint
+
+    train = load_dataset(synth_data).split("train")
+    pairs = len(train.captions)
+    np.save(tmp_path / "train_image_embed_regu.npy", np.zeros((pairs, 4), np.float32))
+    np.save(tmp_path / "train_text_embed_regu.npy", np.zeros((pairs, 4), np.float32))
+    manifest = {"complete": True, "captions": captions_fingerprint(train)}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert Teacher.from_cache(tmp_path, train, "train").dims == (4, 4)  # whole, it loads
+    if damage == "no manifest":
+        (tmp_path / MANIFEST).unlink()
+    elif damage == "malformed manifest":
+        (tmp_path / MANIFEST).write_text('{"complete": true,')
+    elif damage == "a list manifest":
+        (tmp_path / MANIFEST).write_text("[]")
+    elif damage == "truncated array":
+        text = tmp_path / "train_text_embed_regu.npy"
+        text.write_bytes(text.read_bytes()[: 128 + 8])
+    elif damage == "unfinished":
+        (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "complete": False}))
+    else:
+        (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "captions": "0" * 24}))
+    with pytest.raises(DataError, match=message):
+        Teacher.from_cache(tmp_path, train, "train")
+
+
+def test_the_suite_resumes_a_killed_teacher_write(synth_data, tmp_path, monkeypatch):
+    """Both arrays exist from the first chunk on: the manifest, not the files, says whether it finished."""
+    from vlret.data import load_dataset
+    from vlret.suite import run as suite_run
+    from vlret.train import teacher as teacher_module
+
+    dataset = load_dataset(synth_data)
+    out = tmp_path / "teacher"
+    real = teacher_module.TeacherTowers.pair_features
+    calls = []
+
+    def dies_after_one_chunk(self, data, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill after the first chunk was written
+        return real(self, data, rows)
+
+    monkeypatch.setattr(teacher_module.TeacherTowers, "pair_features", dies_after_one_chunk)
+    monkeypatch.setattr(teacher_module, "write_teacher_features", _small_chunks(teacher_module))
+    with pytest.raises(KeyboardInterrupt):
+        suite_run._teacher_features(dataset, out, progress=False)
+    assert (out / "train_image_embed_regu.npy").is_file() and not teacher_module.features_complete(out)
+    monkeypatch.setattr(teacher_module.TeacherTowers, "pair_features", real)
+    suite_run._teacher_features(dataset, out, progress=False)
+    assert teacher_module.features_complete(out)
+    teacher_module.Teacher.from_cache(out, dataset.split("train"), "train")
+
+
+def _small_chunks(teacher_module):
+    write = teacher_module.write_teacher_features
+
+    def small(*args, **kwargs):
+        return write(*args, **{**kwargs, "chunk": 64})
+
+    return small
 
 
 def test_a_fused_student_needs_an_itm_head(synth_data, tmp_path, capsys):

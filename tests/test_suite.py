@@ -206,3 +206,51 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys):
     assert main(["bench", "--suite", "coco", "--out", str(out)]) == 2
     assert "expected 'synthetic' or a dataset file or folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_in_use_by_another_run_is_refused_before_anything_is_read(tmp_path, capsys):
+    from vlret.locks import claimed
+
+    out = tmp_path / "out"
+    with claimed(out, "vlret bench (a test)"):
+        assert main(["bench", "--images", "120", "--steps", "1", "--out", str(out), "--quiet"]) == 2
+    assert f"{out} is in use by vlret bench (a test)" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not out.exists()  # nothing read, nothing left behind
+
+
+@pytest.mark.parametrize(
+    "assignment, reason",
+    [
+        ("train.seed=7", "--seeds gives each cell its seed"),
+        ("output_dir=/tmp/x", "each cell trains in its own folder"),
+        ("train.max_steps=3", "--steps / --budget-minutes plan train.max_steps"),
+    ],
+)
+def test_a_set_of_what_the_suite_varies_is_refused(assignment, reason, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "--steps", "1", "--set", assignment, "--out", str(out), "--quiet"]) == 2
+    assert reason in capsys.readouterr().err and not out.exists()
+
+
+def test_set_values_are_checked_before_the_data_is_prepared(tmp_path, capsys):
+    data = tmp_path / "data"
+    args = ["bench", "--images", "120", "--steps", "1", "--methods", "cosine", "--data-dir", str(data)]
+    assert main([*args, "--set", "optim.lr=.nan", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the edited recipe" in err and "optim.lr: expected a finite number >= 0, got nan" in err
+    assert not data.exists()
+
+
+def test_changed_data_at_the_same_path_is_refused(tiny_suite, capsys):
+    root, args = tiny_suite
+    dataset = next((root / "data").glob("synth_120/dataset.json"))
+    original = dataset.read_text()
+    records = json.loads(original)
+    records["images"][-1]["sentences"][0]["raw"] = "a caption that was edited"
+    try:
+        dataset.write_text(json.dumps(records))
+        assert main([*args, "--out", str(root / "out")]) == 2
+        assert "holds a suite run on other data" in capsys.readouterr().err
+    finally:
+        dataset.write_text(original)
+    assert main([*args, "--out", str(root / "out")]) == 0  # the same data again: every cell is read back

@@ -142,6 +142,27 @@ class RecipeEdits:
             key = s.split("=", 1)[0]
             if not any(_has_key(d, key) for d in datas):
                 raise ConfigError(f"--set {s}: no recipe of this suite has the key {key!r}")
+        self._check_values(recipes)
+
+    def _check_values(self, recipes: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Every edited recipe must still be valid, checked now rather than when its cell starts (after the
+        data is prepared)."""
+        from vlret.train.recipe import builtin_recipe, load_recipe
+
+        for recipe, row_overrides in recipes:
+            edits = self.overrides(recipe, row_overrides)
+            if not edits:
+                continue
+            name = str(_recipe_data(recipe, row_overrides).get("model", {}).get("name", ""))
+            if "/" in name and ":" not in name and not Path(name).exists():
+                # it starts from an earlier row's checkpoint, made later: check the rest of the recipe
+                edits = [f"model.name=hf:{name}", *edits]
+            try:
+                load_recipe(builtin_recipe(recipe), [*row_overrides, *edits])
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"--set / --weights: the edited recipe {recipe} is invalid: {exc}"
+                ) from None
 
 
 def check_hub_weights(rows: list[tuple[str, str, tuple[str, ...]]], edits: RecipeEdits) -> None:

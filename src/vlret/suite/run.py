@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from vlret.data._io import read_json, write_json
 from vlret.data.formats import dataset_fingerprint
 from vlret.errors import ConfigError
+from vlret.locks import claimed
 from vlret.suite.budget import EVAL_RESERVE, probe_row, share_budget
 from vlret.suite.cells import CellContext, SuiteData, run_cell, slug, train_recipe_overrides
 from vlret.suite.dataset import (
@@ -49,6 +52,18 @@ from vlret.suite.summary import summarise, write_outputs
 #: crops of the 64-px synthetic images are encoded at 112 px, not EfficientNet's 224: a quarter of the
 #: CPU time for crops that hold about 21 px of detail
 REGION_INPUT_SIZE = 112
+
+
+#: recipe keys the suite sets per cell, and what sets them (``--set`` of one is refused)
+SUITE_KEYS = {
+    "train.seed": "--seeds gives each cell its seed",
+    "output_dir": "each cell trains in its own folder under --out",
+    "data.path": "--suite names the data",
+    "data.format": "--format",
+    "data.media_root": "--media-root",
+    "data.val_split": "the data's own validation split",
+    "teacher.cache": "the suite writes the teachers' features",
+}
 
 
 @dataclass
@@ -107,6 +122,21 @@ class SuiteSettings:
             raise ConfigError(f"--budget-minutes must be positive, not {self.budget_minutes}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, not {self.steps}")
+        self._check_sets()
+
+    def _check_sets(self) -> None:
+        """``--set`` may not change what the suite itself sets per cell: a ``train.seed`` would make every
+        seed's cell the same run."""
+        planned = {"train.epochs", "train.max_steps"} if self.steps or self.budget_minutes else set()
+        for assignment in self.sets:
+            key = assignment.split("=", 1)[0].strip()
+            if key in SUITE_KEYS:
+                raise ConfigError(f"--set {assignment}: the suite sets {key} itself ({SUITE_KEYS[key]})")
+            if key in planned:
+                raise ConfigError(
+                    f"--set {assignment}: --steps / --budget-minutes plan {key} for every cell; leave both "
+                    "out to run each recipe's own epochs with your edit"
+                )
 
     def _check_dataset(self) -> None:
         if not Path(self.suite).exists():
@@ -134,7 +164,13 @@ def run_suite(
         picked = settings.picked_families()
         settings = replace(settings, families=[f for f in FAMILIES if f in picked])
     edits = RecipeEdits(parse_weights(settings.weights), tuple(settings.sets))
-    out = Path(out)
+    with claimed(out, "vlret bench") as out:  # two runs in one folder would mix their plans and cells
+        return _run_claimed(settings, edits, out, Path(data_dir), progress)
+
+
+def _run_claimed(
+    settings: SuiteSettings, edits: RecipeEdits, out: Path, data_dir: Path, progress: bool
+) -> dict:
     _check_same_settings(out, settings)
     started = time.perf_counter()
     if settings.synthetic:
@@ -146,12 +182,14 @@ def run_suite(
     edits.check([(r.recipe, r.overrides) for r in trained])
     check_hub_weights([(r.name, r.recipe, r.overrides) for r in trained], edits)
     if settings.synthetic:
-        data = prepare_data(rows, Path(data_dir), settings.images, progress)
+        data = prepare_data(rows, data_dir, settings.images, progress)
+        fingerprint = _check_same_data(out, data)
     else:
-        add_dataset_features(rows, data, Path(data_dir), progress)
+        fingerprint = _check_same_data(out, data)  # before deriving features from data that changed
+        add_dataset_features(rows, data, data_dir, progress)
     visa_config = Path(settings.visa_config) if settings.visa_config else None
     ctx = CellContext(out, data, edits=edits, visa_config=visa_config)
-    plan = _plan(rows, settings, ctx, started)
+    plan = _plan(rows, settings, ctx, started, fingerprint)
     cells = [(row, seed) for row in run_order(rows) for seed in settings.seeds]
     bar = tqdm(cells, desc="bench cells", unit="cell", disable=not progress)
     for row, seed in bar:
@@ -246,18 +284,18 @@ def _add_region_features(data: SuiteData, out: Path, regions, scenes: Path | Non
 
 
 def _teacher_features(dataset, out: Path, progress: bool) -> Path:
-    from vlret.train.teacher import TeacherTowers, write_teacher_features
+    from vlret.train.teacher import TeacherTowers, features_complete, write_teacher_features
 
-    if not _teacher_done(out):  # (a killed write resumes from its last chunk)
+    if not features_complete(
+        out
+    ):  # a killed write resumes from its last chunk (its arrays exist from the first)
         write_teacher_features(dataset.split("train"), "train", out, TeacherTowers(), progress=progress)
     return out
 
 
-def _teacher_done(out: Path) -> bool:
-    return (out / "train_image_embed_regu.npy").is_file() and (out / "train_text_embed_regu.npy").is_file()
-
-
-def _plan(rows, settings: SuiteSettings, ctx: CellContext, started: float) -> dict[str, dict]:
+def _plan(
+    rows, settings: SuiteSettings, ctx: CellContext, started: float, fingerprint: str
+) -> dict[str, dict]:
     """Each training row's budget overrides, read back from ``plan.json`` when a run made it before."""
     path = ctx.out / "plan.json"
     if path.is_file():
@@ -288,8 +326,46 @@ def _plan(rows, settings: SuiteSettings, ctx: CellContext, started: float) -> di
             f"--budget-minutes {settings.budget_minutes:g}: probes and data took {spent:.0f} s; each training "
             f"cell gets an equal share of the rest, less {EVAL_RESERVE:.0%} kept for evaluation"
         )
-    write_json(path, {"settings": asdict(settings), "note": note, "rows": rows_plan})
+    record = {"settings": asdict(settings), "data": fingerprint, "note": note, "rows": rows_plan}
+    write_json(path, record)
     return rows_plan
+
+
+def data_fingerprint(data: SuiteData) -> str:
+    """What the suite's cells were computed from: its source data (the images' records, or region features
+    alone), the records (ids, paths, splits, captions) and each file's size and modification time (not
+    its bytes: a dataset may hold many gigabytes). Features the suite derives are keyed on their own."""
+    kind = "images" if data.images is not None else "precomp"
+    dataset = data.load(kind)
+    if kind == "precomp":
+        files = sorted(p for p in Path(data.precomp).iterdir() if p.is_file())
+    else:
+        files = [dataset.media_root / item.path for item in dataset.items]
+    stats = [(str(f), *_size_and_time(f)) for f in files]
+    parts = [kind, dataset_fingerprint(dataset), stats]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def _check_same_data(out: Path, data: SuiteData) -> str:
+    """The data's fingerprint; a suite folder's cells stand for the data they were computed on, so changed
+    data is refused."""
+    now = data_fingerprint(data)
+    path = out / "plan.json"
+    before = read_json(path).get("data") if path.is_file() else None  # None also: an older plan
+    if before is not None and before != now:
+        raise ConfigError(
+            f"{out} holds a suite run on other data: the records or files of the data changed since it ran "
+            f"(fingerprint {before} then, {now} now); use another --out, or delete {out} to start over"
+        )
+    return now
 
 
 def _check_same_settings(out: Path, settings: SuiteSettings) -> None:

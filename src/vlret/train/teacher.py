@@ -117,7 +117,8 @@ class Teacher:
                 raise ConfigError(
                     f"teacher.cache: {path} not found; write it with vlret features teacher --out {folder}"
                 )
-        image, text = np.load(image_file, mmap_mode="r"), np.load(text_file, mmap_mode="r")
+        meta = _read_manifest(folder)  # first: arrays of an unfinished write are not to be read
+        image, text = _load_rows(image_file), _load_rows(text_file)
         pairs = len(data.captions)
         for path, array in ((image_file, image), (text_file, text)):
             if array.ndim != 2 or len(array) != pairs:
@@ -125,18 +126,14 @@ class Teacher:
                     path, None, f"shape {array.shape}; expected one row per training pair ({pairs} rows)"
                 )
         manifest = folder / MANIFEST
-        if manifest.is_file():
-            meta = json.loads(manifest.read_text())
-            if not meta.get("complete"):
-                raise DataError(
-                    manifest, None, "the features are not complete; run vlret features teacher again"
-                )
-            if meta.get("captions") != captions_fingerprint(data):
-                raise DataError(
-                    manifest,
-                    "captions",
-                    "written for other captions (or another order) than this training split's",
-                )
+        if meta.get("complete") is not True:
+            raise DataError(manifest, None, "the features are not complete; run vlret features teacher again")
+        if meta.get("captions") != captions_fingerprint(data):
+            raise DataError(
+                manifest,
+                "captions",
+                "written for other captions (or another order) than this training split's",
+            )
         return cls(image, text, str(folder))
 
     @classmethod
@@ -163,6 +160,40 @@ class Teacher:
         image = torch.from_numpy(np.asarray(self.image[rows], np.float32))
         text = torch.from_numpy(np.asarray(self.text[rows], np.float32))
         return image.to(device), text.to(device)
+
+
+def _read_manifest(folder: Path) -> dict:
+    """``teacher.json``: required, since only it says which captions the rows belong to (unchecked rows
+    would silently pair the wrong features with the captions)."""
+    from vlret.data._io import read_json
+
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise DataError(
+            manifest,
+            None,
+            "not found: it records which captions the features belong to; write the features with "
+            f"vlret features teacher --out {folder}",
+        )
+    meta = read_json(manifest)
+    if not isinstance(meta, dict):
+        raise DataError(manifest, None, f"expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _load_rows(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:  # a truncated or foreign file
+        raise DataError(path, None, f"not a readable .npy array ({exc})") from None
+
+
+def features_complete(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a finished write of teacher features (its manifest says so)."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text()).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_teacher_features(
