@@ -430,9 +430,7 @@ def test_reranked_ranks_equal_the_heads_own_ranking_when_k_covers_both_galleries
 def test_a_teacher_cache_of_the_wrong_size_is_refused(synth_data, tmp_path):
     from vlret.data import load_dataset
     from vlret.errors import DataError
-    from vlret.train.teacher import Teacher
-
-    from vlret.train.teacher import MANIFEST, captions_fingerprint
+    from vlret.train.teacher import MANIFEST, Teacher, captions_fingerprint
 
     train = load_dataset(synth_data).split("train")
     np.save(tmp_path / "train_image_embed_regu.npy", np.zeros((3, 4), np.float32))
