@@ -186,3 +186,34 @@ def test_index_works_from_another_directory(model_dir, synth_data, tmp_path, mon
     searcher = Searcher(index)
     hit = searcher.text_to_image("a red circle", k=1)[0]
     assert searcher.media_path(hit.path).is_file()
+
+
+def test_bombs_and_strips_in_a_collection_are_skipped_with_a_reason(model_dir, synth_data, tmp_path):
+    """The caps uploads have apply to every image vlret opens: a build with --on-error skip leaves them out
+    (it used to abort with DecompressionBombError), and a strict build names the file."""
+    from test_serve import _png_header_only
+
+    photos = tmp_path / "photos"
+    shutil.copytree(synth_data.parent / "images" / "test", photos)
+    good = len(list(photos.iterdir()))
+    (photos / "bomb.png").write_bytes(_png_header_only(20000, 20000))  # Pillow's own bomb error
+    (photos / "big.png").write_bytes(_png_header_only(8000, 7000))  # 56 MP: over vlret's 50 MP
+    (photos / "strip.png").write_bytes(_png_header_only(200_000, 1))  # 0.2 MP, 200,000:1
+    with pytest.raises(DataError, match=r"big.png: refused: the image declares 8000 x 7000"):
+        build_index(str(model_dir), tmp_path / "strict", images=photos, progress=False)
+    index = build_index(str(model_dir), tmp_path / "idx", images=photos, progress=False, on_error="skip")
+    meta = json.loads((index / "index.json").read_text())
+    reasons = {s["file"]: s["reason"] for s in meta["skipped"]}
+    assert meta["items"] == good and set(reasons) == {"bomb.png", "big.png", "strip.png"}
+    assert "more elongated than 50:1" in reasons["strip.png"]
+    assert "decompression bomb" in reasons["bomb.png"].lower()
+
+
+def test_a_search_by_a_strip_image_is_refused_with_a_reason(model_dir, synth_data, tmp_path):
+    from PIL import Image
+
+    index = build_index(
+        str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
+    with pytest.raises(ConfigError, match="more elongated than 50:1"):
+        Searcher(index).image_to_image(Image.new("RGB", (2000, 10)), k=2)

@@ -3,6 +3,7 @@ bad files, and the frame cache."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -175,3 +176,57 @@ def test_the_cache_key_changes_with_every_keyed_field(tmp_path, clip):
     others["content"] = content_key(edited, FrameSampling(frames=4))
     assert all(key != base for key in others.values()), others
     assert len(set(others.values())) == len(others)
+
+
+def _raw_h264(path, frames):
+    """An H.264 elementary stream under a video name: no container, so no duration and no seeking."""
+    import av
+
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_clips_of_unknown_duration_give_every_sampled_frame(tmp_path):
+    from PIL import Image
+
+    from vlret.data.video import check_video
+
+    raw = _raw_h264(tmp_path / "live.mp4", [np.full((32, 48, 3), 10 * k, np.uint8) for k in range(20)])
+    assert probe(raw).duration == 0.0  # the stream states none
+    # 20 frames: segment centres of 4 segments fall on frames 2, 7, 12, 17, as for a clip with a duration
+    assert _indices(load_video_frames(raw, FrameSampling(frames=4))) == [2, 7, 12, 17]
+    # a raw stream states no rate either: at FFmpeg's guess of 25 fps its 20 frames last 0.8 s, 2 at 2 fps
+    assert _indices(load_video_frames(raw, FrameSampling(frames=None, fps=2.0, max_frames=3))) == [0, 12]
+    picture = tmp_path / "picture.mp4"
+    Image.new("RGB", (48, 32), (120, 120, 120)).save(picture, format="PNG")
+    frames = load_video_frames(picture, FrameSampling(frames=4))
+    assert len(frames) == 4 and _indices(frames) == [12] * 4  # a still: its one frame, four times
+    check_video(raw)
+    check_video(picture)
+
+
+def test_an_index_of_clips_with_and_without_a_duration_builds(tmp_path):
+    from vlret.index import Searcher, build_index
+    from vlret.models import create_model
+
+    clips = tmp_path / "clips"
+    write_video(clips / "normal.mp4", [np.full((32, 48, 3), 10 * k, np.uint8) for k in range(20)], fps=FPS)
+    _raw_h264(clips / "live.mp4", [np.full((32, 48, 3), 200 - 10 * k, np.uint8) for k in range(20)])
+    (clips / "broken.mp4").write_bytes(b"not a video at all")
+    create_model("tiny-cnn", captions=["a clip"], seed=0).save(tmp_path / "model")
+    index = build_index(
+        str(tmp_path / "model"),
+        tmp_path / "idx",
+        videos=clips,
+        video={"frames": 4},
+        progress=False,
+        on_error="skip",
+    )
+    searcher = Searcher(index)
+    assert sorted(item["path"] for item in searcher.items) == ["live.mp4", "normal.mp4"]
+    assert [s["file"] for s in json.loads((index / "index.json").read_text())["skipped"]] == ["broken.mp4"]

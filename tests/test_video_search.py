@@ -99,3 +99,30 @@ def test_media_answers_range_requests(client, video_index):
     assert tail.status_code == 206 and tail.content == data[-5:]
     assert client.get("/media/3").status_code == 404
     assert client.get("/media/1", headers={"Range": f"bytes={len(data) + 5}-"}).status_code == 416
+
+
+def test_media_never_serves_a_file_outside_the_collection(video_index, tmp_path):
+    """An indexed clip replaced by a symbolic link to a file elsewhere is not served (nor its thumbnail);
+    a link that stays inside the collection still is."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(video_index, root, symlinks=True)
+    index = json.loads((root / "idx" / "index.json").read_text())
+    index["media_root"] = str(root / "clips")
+    (root / "idx" / "index.json").write_text(json.dumps(index))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a password")
+    client = TestClient(create_app(root / "idx"))
+    items = {item["path"]: n for n, item in enumerate(json.loads((root / "idx" / "items.json").read_text()))}
+    clip0, clip1 = items["clip0.mp4"], items["clip1.mp4"]
+    (root / "clips" / "clip0.mp4").unlink()
+    (root / "clips" / "clip0.mp4").symlink_to(secret)
+    (root / "clips" / "clip1.mp4").rename(root / "clips" / "moved.mp4")
+    (root / "clips" / "clip1.mp4").symlink_to(root / "clips" / "moved.mp4")
+    response = client.get(f"/media/{clip0}")
+    assert response.status_code == 404 and "a password" not in response.text
+    assert "outside the indexed collection" in response.text
+    assert client.get(f"/thumbnail/{clip0}").status_code == 404
+    inside = client.get(f"/media/{clip1}")
+    assert inside.status_code == 200 and inside.content == (root / "clips" / "moved.mp4").read_bytes()

@@ -128,7 +128,10 @@ def check_video(path: str | Path, record: str | None = None) -> None:
     path = Path(path)
     with _open(path, record) as container:
         duration = _duration(container, container.streams.video[0])
-        _decode(container, [0.0, duration], path, record)
+        if duration > 0:
+            _decode(container, [0.0, duration], path, record)
+            return
+    _decode_forward(path, FrameSampling(frames=2), record)  # no duration stated: read it through
 
 
 def decode_frames(path: str | Path, times: list[float], record: str | None = None) -> list[Image.Image]:
@@ -144,8 +147,39 @@ def load_video_frames(
     """The sampled RGB frames of a video file (see the module docstring); the file is opened once."""
     path = Path(path)
     with _open(path, record) as container:
-        times = sample_times(_duration(container, container.streams.video[0]), sampling)
-        return _decode(container, times, path, record)
+        duration = _duration(container, container.streams.video[0])
+        if duration > 0:
+            return _decode(container, sample_times(duration, sampling), path, record)
+    return _decode_forward(path, sampling, record)
+
+
+def _decode_forward(path: Path, sampling: FrameSampling, record: str | None) -> list[Image.Image]:
+    """The sampled frames of a clip whose container states no duration (a live WebM, a raw stream, a
+    picture under a video name): one pass reads the frames' times, a second decodes on to the wanted ones,
+    neither seeks (such streams often cannot). Every wanted time gets a frame, the last one past the end."""
+    import av
+
+    try:
+        with _open(path, record) as container:
+            stream = container.streams.video[0]
+            fps = _fps(stream)
+            times = [
+                f.time if f.time is not None else n / fps for n, f in enumerate(container.decode(stream))
+            ]
+        if not times:
+            raise DataError(path, record, "no frame could be decoded (truncated or corrupt video?)")
+        step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / fps
+        wanted = sample_times(times[-1] + step, sampling)
+        picked: list[Image.Image] = []
+        with _open(path, record) as container:
+            for n, frame in enumerate(container.decode(container.streams.video[0])):
+                while len(picked) < len(wanted) and times[n] + step / 2 >= wanted[len(picked)]:
+                    picked.append(frame.to_image())
+                if len(picked) == len(wanted):
+                    break
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(path, record, f"cannot decode video ({exc})") from None
+    return picked + picked[-1:] * (len(wanted) - len(picked))
 
 
 #: wanted frames at most this far (seconds) beyond the last decoded one are reached by decoding on, not by

@@ -242,9 +242,12 @@ class Searcher:
 
     @torch.no_grad()
     def _encode_images(self, model, images: list[Image.Image | str | Path]) -> Features:
-        from vlret.data.images import load_image
+        from vlret.data.images import load_image, size_problem
 
         loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        for im in loaded:
+            if size_problem(*im.size):
+                raise ConfigError(f"query image refused: {size_problem(*im.size)}")
         pixels = torch.from_numpy(np.stack([model.image_transform(im.convert("RGB")) for im in loaded]))
         return _checked(model.encode_images(pixels))
 
@@ -330,4 +333,12 @@ class Searcher:
         return self.caption_hits(self.text_queries([text])[0], k)
 
     def media_path(self, item_path: str) -> Path:
-        return self.media_root / item_path
+        """The real path of an item's file, which must lie inside the index's media root: an item replaced
+        by a symbolic link (or a path with ``..``) that leads elsewhere is refused, so nothing outside the
+        collection is ever read or served on its behalf."""
+        real = (self.media_root / item_path).resolve()
+        if not real.is_relative_to(self.media_root.resolve()):
+            raise ConfigError(
+                f"{item_path}: its file lies outside the indexed collection ({self.media_root})"
+            )
+        return real

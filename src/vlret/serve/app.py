@@ -35,7 +35,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from vlret.data.video import FrameSampling, is_video_path, load_video_frames
-from vlret.errors import DataError, VlretError
+from vlret.errors import ConfigError, DataError, VlretError
 from vlret.index.search import Hit, Searcher
 from vlret.serve.batching import MicroBatcher
 from vlret.serve.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, read_upload
@@ -323,15 +323,20 @@ def create_app(
             raise HTTPException(404, f"no item {item}; the index has {len(searcher.items)}")
         try:
             png = _thumbnail_png(searcher.media_path(searcher.items[item]["path"]), size)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            raise HTTPException(404, "the item's file is missing or unreadable") from None
+        except (OSError, ValueError, Image.DecompressionBombError, ConfigError):
+            raise HTTPException(
+                404, "the item's file is missing, unreadable or outside the collection"
+            ) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/media/{item}")
     def media(item: int) -> Response:
         if not 0 <= item < len(searcher.items):
             raise HTTPException(404, f"no item {item}; the index has {len(searcher.items)}")
-        path = searcher.media_path(searcher.items[item]["path"])
+        try:
+            path = searcher.media_path(searcher.items[item]["path"])
+        except ConfigError:
+            raise HTTPException(404, "the item's file lies outside the indexed collection") from None
         if not path.is_file():
             raise HTTPException(404, "the item's file is missing")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

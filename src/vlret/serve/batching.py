@@ -4,7 +4,8 @@ Requests go into a queue that one worker thread empties: it takes the first requ
 arrives within ``window`` seconds (up to ``max_batch``), and runs ``fn`` once on the group. Requests that
 arrive while a call runs form the next group. At low load a request pays at most the window; at high load
 groups grow and the model makes far fewer, larger calls, which is where the throughput comes from (one text
-at a time leaves most of a CPU's matrix units idle).
+at a time leaves most of a CPU's matrix units idle). When a group's call fails, each of its requests runs
+alone, so a request that fails (an unreadable image, say) fails by itself.
 
 The worker is a thread, not an asyncio task, so requests from any thread or event loop can share it.
 """
@@ -84,9 +85,12 @@ class MicroBatcher:
             with self.lock:
                 self.calls += 1
                 results = self.fn([item for item, _ in group])
-        except Exception as exc:  # noqa: BLE001 - handed to every request of the group
-            for _, future in group:
-                future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - handed to the request(s) it belongs to
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+            else:  # one bad request must not fail the others: each runs alone and gets its own outcome
+                for one in group:
+                    self._run([one])
             return
         for (_, future), result in zip(group, results, strict=True):
             future.set_result(result)

@@ -2,7 +2,8 @@
 
 An image file can declare far more pixels than its bytes suggest (a 20 KB PNG of 13,000 x 13,000 pixels
 decodes to half a gigabyte): the header is read first and the upload refused when it declares more than
-``max_pixels``. Only the formats listed in :data:`ACCEPTED_FORMATS` are ever opened, so no file reaches
+``max_pixels``, or is more elongated than :data:`~vlret.data.images.MAX_ASPECT_RATIO` to 1 (a narrow strip
+resized to a model's input size would take gigabytes). Only the formats listed in :data:`ACCEPTED_FORMATS` are ever opened, so no file reaches
 Pillow's other plugins (EPS, for one, would call Ghostscript).
 """
 
@@ -14,9 +15,11 @@ import warnings
 from fastapi import HTTPException, UploadFile
 from PIL import Image, UnidentifiedImageError
 
+from vlret.data.images import MAX_IMAGE_PIXELS, size_problem
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 MAX_UPLOAD_BYTES = 10 * 2**20
-MAX_UPLOAD_PIXELS = 50_000_000  # a 50-megapixel photo; decoded RGB it takes 150 MB
+MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # a 50-megapixel photo; decoded RGB it takes 150 MB
 
 
 def read_upload(
@@ -46,6 +49,9 @@ def read_upload(
         raise HTTPException(
             413, f"the image declares {width} x {height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    problem = size_problem(width, height)  # the limits every image in vlret has (aspect ratio, pixels)
+    if problem:
+        raise HTTPException(413 if width * height > MAX_IMAGE_PIXELS else 400, problem)
     try:
         image.load()
         return image.convert("RGB")
