@@ -46,6 +46,10 @@ def cmd_features_regions(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
     )
     dataset = load_data(args)
+    if args.on_error == "skip":  # images that cannot be read are left out (with their captions), and listed
+        from vlret.data.images import check_media
+
+        dataset = check_media(dataset, "skip")
     scenes = args.scenes
     if settings.boxes == "scene" and scenes is None:
         beside = Path(args.data if Path(args.data).is_dir() else Path(args.data).parent) / "scenes.json"

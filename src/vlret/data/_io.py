@@ -27,6 +27,26 @@ def read_json(path: str | Path) -> Any:
         raise DataError(path, f"line {exc.lineno} column {exc.colno}", f"malformed JSON: {exc.msg}") from None
 
 
+def read_text(path: str | Path, encoding: str = "utf-8", advice: str = "") -> str:
+    """A text file's content; a UTF-8 byte-order mark is dropped, and a decoding error names the line
+    (and ends with ``advice``, what the caller's user can do about it)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # UTF-8, and a leading byte-order mark is not part of the first line
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise DataError(path, None, f"unknown text encoding {encoding!r}") from None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problem = f"not {encoding.removesuffix('-sig')} text ({exc.reason} at byte {exc.start})"
+        raise DataError(path, f"line {line}", f"{problem}; {advice}" if advice else problem) from None
+
+
 _DIGESTS: dict[tuple, str] = {}
 
 

@@ -153,7 +153,23 @@ def read_class_folders(root: str | Path, classnames: str | Path | None = None) -
         names = [name.replace("_", " ") for name in folder_names]
     else:
         names = _names_of_folders(folder_names, read_classnames(classnames), classnames)
+    _check_distinct_names(folder_names, names, root)
     return ClassData(root, names, splits, str(root))
+
+
+def _check_distinct_names(folders: list[str], names: list[str], root: Path) -> None:
+    """Two folders read as one class name would give two labels the same prompt: a class could never be
+    told from its twin, and accuracy would count a coin toss."""
+    seen: dict[str, str] = {}
+    for folder, name in zip(folders, names, strict=True):
+        key = " ".join(name.lower().split())
+        if key in seen:
+            raise DataError(
+                root,
+                f"class folders {seen[key]!r} and {folder!r}",
+                f"both read as the class name {name!r}; rename one (or name them in classnames.txt)",
+            )
+        seen[key] = folder
 
 
 def _names_of_folders(folders: list[str], pairs: list[tuple[str, str]], source) -> list[str]:

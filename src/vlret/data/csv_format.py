@@ -10,6 +10,7 @@ import csv
 import io
 from pathlib import Path
 
+from vlret.data._io import read_text
 from vlret.data._policy import ErrorPolicy, OnError, clean_caption
 from vlret.data.records import Caption, Item, RetrievalDataset
 from vlret.errors import DataError
@@ -33,7 +34,15 @@ def read_csv(
     path = Path(path)
     if delimiter is None:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(_read_text(path, encoding), newline=""), delimiter=delimiter)
+    reader = csv.DictReader(
+        io.StringIO(
+            read_text(
+                path, encoding, "give the file's encoding with --encoding (for example latin-1 or cp1252)"
+            ),
+            newline="",
+        ),
+        delimiter=delimiter,
+    )
     policy = ErrorPolicy(on_error)
     items: list[Item] = []
     captions: list[Caption] = []
@@ -69,25 +78,3 @@ def read_csv(
         captions.append(Caption(text, media))
     root = Path(media_root) if media_root is not None else path.parent
     return RetrievalDataset(items, captions, root, str(path), "csv", policy.skipped)
-
-
-def _read_text(path: Path, encoding: str) -> str:
-    """The file's text; a UTF-8 byte-order mark is dropped, and a decoding error names the line."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"  # UTF-8, and a leading byte-order mark is not part of the first column's name
-    try:
-        return data.decode(encoding)
-    except LookupError:
-        raise DataError(path, None, f"unknown text encoding {encoding!r}") from None
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            path,
-            f"line {line}",
-            f"not {encoding.removesuffix('-sig')} text ({exc.reason} at byte {exc.start}); "
-            "give the file's encoding with --encoding (for example latin-1 or cp1252)",
-        ) from None

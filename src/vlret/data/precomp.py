@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlret.data._io import read_json
+from vlret.data._io import read_json, read_text
 from vlret.data._policy import ErrorPolicy, OnError, clean_caption
 from vlret.data.records import Caption, Item, RetrievalDataset
 from vlret.data.regions import open_region_file, region_path
@@ -56,7 +56,7 @@ def _image_ids(folder: Path, split: str, n_images: int) -> list[str]:
     ids_file = folder / f"{split}_ids.txt"
     if not ids_file.is_file():
         return [str(n) for n in range(n_images)]
-    ids = [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines()]
+    ids = [line.strip() for line in read_text(ids_file).splitlines()]
     if len(ids) == n_images * CAPTIONS_PER_IMAGE:
         ids = ids[::CAPTIONS_PER_IMAGE]
     if len(ids) != n_images:
@@ -84,6 +84,7 @@ def read_precomp(
     names = splits or precomp_splits(folder)
     if not names:
         raise DataError(folder, None, "no {split}_ims.npy with a matching {split}_caps.txt")
+    shapes: dict[str, tuple[int, ...]] = {}
     for split in names:
         ims_file, caps_file = folder / f"{split}_ims.npy", folder / f"{split}_caps.txt"
         if not caps_file.is_file():
@@ -91,7 +92,15 @@ def read_precomp(
                 caps_file, None, "file not found (precomp needs {split}_ims.npy and {split}_caps.txt)"
             )
         rows = open_region_file(ims_file.resolve())
-        lines = caps_file.read_text(encoding="utf-8").splitlines()
+        shapes[split] = rows.shape[1:]
+        if len(set(shapes.values())) > 1:
+            listed = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
+            raise DataError(
+                folder, None, f"the splits' region features differ in shape (regions, dim): {listed}"
+            )
+        lines = read_text(
+            caps_file, advice="precomp captions are UTF-8 text, one caption a line"
+        ).splitlines()
         image_rows = _image_rows(ims_file, caps_file, len(rows), len(lines))
         ids = _image_ids(folder, split, len(image_rows))
         for image, row in enumerate(image_rows):

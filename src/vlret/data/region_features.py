@@ -120,6 +120,16 @@ def _scenes_by_path(scenes_file: Path) -> dict[str, dict]:
         raise DataError(
             scenes_file, None, 'expected a list of {"path": ..., "objects": [{"row", "col", ...}]}'
         )
+    for n, scene in enumerate(scenes):
+        for k, obj in enumerate(scene["objects"]):
+            cell = [obj.get(key) if isinstance(obj, dict) else None for key in ("row", "col")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SCENE_GRID for v in cell):
+                raise DataError(
+                    scenes_file,
+                    f"[{n}] ({scene['path']}) objects[{k}]",
+                    f"row and col must be whole numbers in 0..{SCENE_GRID - 1} (the scene's grid cells), "
+                    f"got row={cell[0]!r}, col={cell[1]!r}",
+                )
     return {s["path"]: s for s in scenes}
 
 
@@ -135,6 +145,13 @@ def _boxes_of(
     item, image, settings: RegionSettings, scenes: dict[str, dict] | None, scenes_file
 ) -> list[Box]:
     if settings.boxes == "grid":
+        if settings.grid > min(image.width, image.height):
+            raise DataError(
+                item.path,
+                f"item {item.id!r}",
+                f"a grid of {settings.grid} x {settings.grid} cuts this {image.width} x {image.height} image "
+                "into cells under a pixel; choose a smaller grid",
+            )
         return grid_boxes(image.width, image.height, settings.grid)
     scene = scenes.get(item.path)
     if scene is None:

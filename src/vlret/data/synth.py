@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from vlret.data._io import write_json, written_with
 from vlret.data.karpathy import write_karpathy
 from vlret.data.records import Caption, Item, RetrievalDataset
+from vlret.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
@@ -78,11 +79,13 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.images < 10:
-            raise ValueError("images must be at least 10 (train, val and test each need some)")
+            raise ConfigError(
+                f"images must be at least 10 (train, val and test each need some), not {self.images}"
+            )
         if not 0.0 <= self.difficulty <= 1.0:
-            raise ValueError(f"difficulty must be in [0, 1], not {self.difficulty}")
+            raise ConfigError(f"difficulty must be in [0, 1], not {self.difficulty}")
         if self.size < 32:
-            raise ValueError("size must be at least 32 pixels")
+            raise ConfigError(f"size must be at least 32 pixels, not {self.size}")
 
     @property
     def max_objects(self) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from vlret.data._io import write_json
 from vlret.data.synth import COLOURS, SHAPES, Scene, SceneObject, SynthConfig, render
+from vlret.errors import ConfigError
 
 SPLIT_FILE = "split_zhou_SynthShapes.json"
 
@@ -37,6 +38,11 @@ class ClassBenchConfig:
     seed: int = 0
     size: int = 64
     multi_object_rate: float = 0.3
+
+    def __post_init__(self) -> None:
+        for split, count in self.counts().items():
+            if count < 1:
+                raise ConfigError(f"{split}: images per class must be at least 1, not {count}")
 
     def counts(self) -> dict[str, int]:
         return self.per_class or {"train": 40, "val": 8, "test": 20}

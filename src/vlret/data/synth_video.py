@@ -12,6 +12,7 @@ Clips are seeded per clip: the same settings give the same events, captions and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from vlret.data.karpathy import write_karpathy
 from vlret.data.records import Caption, Item, RetrievalDataset
 from vlret.data.synth import COLOURS, SHAPES, SceneObject, _shape_mask
 from vlret.data.video import write_video
+from vlret.errors import ConfigError
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 KINDS = ("moves", "appears", "disappears")
@@ -56,6 +58,17 @@ class VideoSynthConfig:
     fps: int = 8
     two_event_rate: float = 0.6
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+
+    def __post_init__(self) -> None:
+        # every split must get a clip: the smallest fraction times the clips
+        least = max(1, math.ceil(1 / min(self.split_fractions.values())))
+        if self.clips < least:
+            raise ConfigError(f"clips must be at least {least} (every split needs some), not {self.clips}")
+        for key, low in (("frames", 2), ("fps", 1), ("size", 16)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"{key} must be at least {low}, not {getattr(self, key)}")
+        if self.size % 2:
+            raise ConfigError(f"size must be even (H.264), not {self.size}")
 
 
 def _random_event(rng: np.random.Generator, taken: set[tuple[str, str]]) -> Event:

@@ -11,7 +11,7 @@ import torch
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, NonFiniteScoreError, VlretError
-from vlret.evaluate.encode import EncodedDataset, encode_dataset
+from vlret.evaluate.encode import EncodedDataset, check_head_fits, encode_dataset
 from vlret.evaluate.metrics import mean_metrics, retrieval_metrics
 from vlret.evaluate.protocols import DIRECTIONS, Fold, Protocol, get_protocol, prepare
 from vlret.evaluate.ranking import (
@@ -354,6 +354,7 @@ def evaluate_model(
     split_data, split_name = select_split(dataset, split, proto)
     split_data = check_media(split_data, on_error)  # type: ignore[arg-type]
     selected, _, folds = prepare(split_data, proto)
+    check_head_fits(model, selected)
     encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress, token_dtype)
     encoded_at = time.perf_counter()
     check_finite_features(encoded, selected, model.name)

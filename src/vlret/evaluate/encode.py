@@ -23,8 +23,32 @@ from vlret.data.formats import dataset_fingerprint
 from vlret.data.images import visual_inputs
 from vlret.data.prefetch import prefetch
 from vlret.data.records import RetrievalDataset
-from vlret.errors import VlretError
+from vlret.errors import ConfigError, VlretError
 from vlret.models.base import Features, RetrievalModel
+
+
+@torch.no_grad()
+def check_head_fits(model: RetrievalModel, dataset: RetrievalDataset) -> None:
+    """Score the first item against its first caption with the model's head, in evaluation mode: a head
+    whose sizes do not fit the features (SGR/SAF's ``n_regions`` or ``embed_dim``, AEOM's chunk sizes)
+    says so now, before a whole split is encoded or an epoch trained, as a :class:`ConfigError` on
+    ``model.head``."""
+    if model.head.is_dot_product or not dataset.items or not dataset.captions:
+        return
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # a check must not move anyone's random stream
+        try:
+            inputs = torch.from_numpy(np.asarray(visual_inputs(model, dataset, [0]))).to(device)
+            tokens = {k: v.to(device) for k, v in model.tokenize([dataset.captions[0].text]).items()}
+            items, texts = model.encode_images(inputs), model.encode_texts(tokens)
+            model.head.score(texts, items)
+        except ValueError as exc:
+            raise ConfigError(f"model.head: {exc}") from None
+        finally:
+            model.train(was_training)
 
 
 def default_cache_dir() -> Path:

@@ -31,6 +31,7 @@ always sees the global batch. A loss returns one or more named terms; the recipe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,3 +65,10 @@ def batch_scores(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def same_item_mask(item_ids: torch.Tensor) -> torch.Tensor:
     """``[B, B]`` bool: True where rows ``i`` and ``j`` come from the same gallery item (diagonal included)."""
     return item_ids[:, None] == item_ids[None, :]
+
+
+def require_number(name: str, value: float, low: float = 0.0, strict: bool = False) -> None:
+    """A loss setting must be a finite number ``>= low`` (``> low`` when ``strict``); NaN fails too."""
+    ok = math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, not {value}")

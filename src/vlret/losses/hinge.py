@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from vlret.losses.base import batch_scores, same_item_mask
+from vlret.losses.base import batch_scores, require_number, same_item_mask
 
 
 @dataclass
@@ -31,6 +31,9 @@ class HingeLoss:
     needs: ClassVar[frozenset[str]] = frozenset({"scores"})
 
     def __post_init__(self) -> None:
+        require_number("margin", self.margin)
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, not {self.warmup_epochs}")
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
 

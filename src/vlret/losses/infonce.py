@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlret.losses.base import batch_scores, same_item_mask
+from vlret.losses.base import batch_scores, require_number, same_item_mask
 
 
 @dataclass
@@ -24,6 +24,9 @@ class InfoNCELoss:
     max_logit_scale: float = 100.0
     multi_positive: bool = True  # False: only the diagonal is positive (plain CLIP)
     needs: ClassVar[frozenset[str]] = frozenset({"scores"})
+
+    def __post_init__(self) -> None:
+        require_number("max_logit_scale", self.max_logit_scale, strict=True)  # its log caps the scale
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         scale = outputs["logit_scale"].clamp(max=math.log(self.max_logit_scale)).exp()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlret.losses.base import LossContext, same_item_mask
+from vlret.losses.base import LossContext, require_number, same_item_mask
 
 
 def soft_contrastive(
@@ -42,6 +42,7 @@ class RepresentationDistillation(nn.Module):
     needs: ClassVar[frozenset[str]] = frozenset({"teacher"})
 
     def __post_init__(self) -> None:
+        require_number("max_logit_scale", self.max_logit_scale, strict=True)
         nn.Module.__init__(self)
         self.image_proj: nn.Linear | None = None
         self.text_proj: nn.Linear | None = None

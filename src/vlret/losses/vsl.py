@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 
 from vlret.data.records import RetrievalDataset
-from vlret.losses.base import batch_scores
+from vlret.losses.base import batch_scores, require_number
 from vlret.losses.caption_targets import CaptionSemanticTargets
 
 RANK_MODES = ("reference", "row")
@@ -84,8 +84,9 @@ class VisualSemanticLoss:
             raise ValueError(f"rank_mode must be one of {RANK_MODES}, not {self.rank_mode!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
-        if not self.temperature > 0 or not self.clamp > 0:
-            raise ValueError("temperature and clamp must be > 0")
+        require_number("scale", self.scale)
+        require_number("temperature", self.temperature, strict=True)
+        require_number("clamp", self.clamp, strict=True)
         if self.chunk is not None and self.chunk < 1:
             raise ValueError(f"chunk must be >= 1 or null, not {self.chunk}")
 

@@ -97,6 +97,7 @@ class ComposedConfig:
         if self.views is not None:
             if not isinstance(self.views, dict):
                 raise ValueError(f"views must be a mapping of RadialBiasSampler settings, not {self.views!r}")
+            _sampler(self.views)  # its own checks (count, rates, selection) when the recipe is read
             if self.pooling != "gpo":
                 raise ValueError("views pool each view's tokens: set pooling: gpo")
 

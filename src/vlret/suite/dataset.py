@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vlret.data import RetrievalDataset, load_dataset
 from vlret.data.formats import detect_format
-from vlret.errors import ConfigError
+from vlret.errors import ConfigError, DataError
 
 #: formats of text-image data; precomp is region features; the video formats have no suite of their own
 IMAGE_FORMATS = ("karpathy", "lavis", "csv", "vse")
@@ -42,7 +42,20 @@ class DataSource:
         return self.format == "precomp"
 
     def load(self) -> RetrievalDataset:
-        return load_dataset(self.path, self.format, self.media_root)
+        try:
+            return load_dataset(self.path, self.format, self.media_root)
+        except DataError as exc:
+            if self.format != "csv":
+                raise
+            # the reader's advice names options of the data commands; vlret bench reads a CSV as it is
+            problem = exc.problem.split("; give the file's encoding")[0]
+            raise DataError(
+                exc.file,
+                exc.record,
+                f"{problem}; vlret bench reads a CSV as UTF-8 with the columns image, caption and split: "
+                f"convert other files first with `vlret data convert {self.path} --encoding ENCODING "
+                "--path-column ... --caption-column ... --out data.json`, then run --suite data.json",
+            ) from None
 
 
 def open_source(path: str | Path, format: str = "auto", media_root: str | Path | None = None) -> DataSource:
@@ -193,7 +206,7 @@ def _load_hub_config(source: str) -> None:
 
 
 def parse_weights(pairs: list[str]) -> dict[str, str]:
-    """``HUB_ID=FOLDER`` pairs as a mapping; each folder must exist."""
+    """``HUB_ID=FOLDER`` pairs as a mapping; each folder must hold a model transformers can load."""
     weights = {}
     for pair in pairs:
         hub_id, sep, folder = pair.partition("=")
@@ -201,6 +214,14 @@ def parse_weights(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--weights {pair!r}: expected HUB_ID=FOLDER")
         if not Path(folder).is_dir():
             raise ConfigError(f"--weights {pair}: {folder} is not a folder")
+        try:  # what a hub download holds: a config transformers can read
+            _load_hub_config(folder)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"--weights {pair}: {folder} holds no model transformers can load ({reason}); give the folder "
+                "a hub download or save_pretrained wrote"
+            ) from None
         weights[hub_id] = str(Path(folder).resolve())
     return weights
 

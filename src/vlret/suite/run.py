@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -116,10 +117,18 @@ class SuiteSettings:
             raise ConfigError(f"--visa-config {self.visa_config}: no such file")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and at least one, not {self.seeds}")
+        if self.images is not None:
+            from vlret.data.synth import SynthConfig
+
+            SynthConfig(images=self.images)  # its own bounds, before anything is written
         if self.budget_minutes is not None and self.steps is not None:
             raise ConfigError("give --budget-minutes or --steps, not both")
-        if self.budget_minutes is not None and self.budget_minutes <= 0:
-            raise ConfigError(f"--budget-minutes must be positive, not {self.budget_minutes}")
+        if self.budget_minutes is not None and not (
+            math.isfinite(self.budget_minutes) and self.budget_minutes > 0
+        ):
+            raise ConfigError(
+                f"--budget-minutes must be a finite number of minutes > 0, not {self.budget_minutes}"
+            )
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, not {self.steps}")
         self._check_sets()
@@ -164,6 +173,8 @@ def run_suite(
         picked = settings.picked_families()
         settings = replace(settings, families=[f for f in FAMILIES if f in picked])
     edits = RecipeEdits(parse_weights(settings.weights), tuple(settings.sets))
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ConfigError(f"--data-dir {data_dir}: expected a folder, found a file")
     with claimed(out, "vlret bench") as out:  # two runs in one folder would mix their plans and cells
         return _run_claimed(settings, edits, out, Path(data_dir), progress)
 

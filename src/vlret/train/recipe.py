@@ -194,9 +194,10 @@ def _check_model(model: ModelSection) -> None:
         from vlret.models.composed import ComposedConfig
 
         try:
-            build_dataclass(ComposedConfig, dict(model.options), "model.options")
+            config = build_dataclass(ComposedConfig, dict(model.options), "model.options")
         except ValueError as exc:
             raise ConfigError(f"model.options: {exc}") from None
+        _check_head_width(model.head, config.embed_dim)
         return
     if not (name.startswith(("hf:", "openclip:")) or (Path(name) / MODEL_CONFIG_FILE).is_file()):
         raise ConfigError(
@@ -204,6 +205,24 @@ def _check_model(model: ModelSection) -> None:
         )
     if model.options:
         raise ConfigError(f"model.options: only the tiny and composed models take options; {name} takes none")
+
+
+def _check_head_width(head: str | dict | None, embed_dim: int) -> None:
+    """A composed model's tokens and embeddings are ``embed_dim`` wide: the head's sizes must fit them."""
+    if not isinstance(head, dict):
+        return
+    if head.get("name") in ("sgr", "saf") and head.get("embed_dim", 1024) != embed_dim:
+        raise ConfigError(
+            f"model.head.embed_dim: {head.get('embed_dim', 1024)}, but the model's tokens are "
+            f"model.options.embed_dim = {embed_dim} wide"
+        )
+    if head.get("name") == "aeom":
+        sizes = head.get("chunk_sizes", [256])
+        for size in [sizes] if isinstance(sizes, int) else sizes:
+            if embed_dim % size:
+                raise ConfigError(
+                    f"model.head.chunk_sizes: {size} does not divide model.options.embed_dim = {embed_dim}"
+                )
 
 
 def _check_data(data: DataSection) -> None:

@@ -24,6 +24,7 @@ from vlret.data.prefetch import prefetch
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, TrainingError
 from vlret.evaluate.api import evaluate_model
+from vlret.evaluate.encode import check_head_fits
 from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.losses import LOSSES
 from vlret.losses.base import LossContext
@@ -246,7 +247,9 @@ class Trainer:
             torch.manual_seed(recipe.train.seed + self.info.rank)
             if self.info.is_main:
                 save_recipe(self.out, recipe)
-        self.model.to(self.device).train()
+        self.model.to(self.device)
+        check_head_fits(self.model, self.train_split)  # sizes that do not fit fail now, not at step 1
+        self.model.train()
         self.loss = WeightedLoss.from_recipe(recipe.losses)
         self.loss.fit(self.train_split)
         self._check_head_needs()
