@@ -60,10 +60,6 @@ class VideoSynthConfig:
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
 
     def __post_init__(self) -> None:
-        # every split must get a clip: the smallest fraction times the clips
-        least = max(1, math.ceil(1 / min(self.split_fractions.values())))
-        if self.clips < least:
-            raise ConfigError(f"clips must be at least {least} (every split needs some), not {self.clips}")
         for key, low in (("frames", 2), ("fps", 1), ("size", 16)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be at least {low}, not {getattr(self, key)}")
@@ -153,6 +149,9 @@ def write_video_benchmark(out: str | Path, cfg: VideoSynthConfig | None = None, 
     """Write the clips, ``dataset.json`` (Karpathy format), ``clips.json`` and ``synth_video.json`` under
     ``out``; returns the dataset file. A folder holding the same settings is reused unless ``force``."""
     cfg = cfg or VideoSynthConfig()
+    least = max(1, math.ceil(1 / min(cfg.split_fractions.values())))  # every split must get a clip
+    if cfg.clips < least:
+        raise ConfigError(f"clips must be at least {least} (every split needs some), not {cfg.clips}")
     out = Path(out)
     dataset_file, settings_file = out / "dataset.json", out / "synth_video.json"
     settings = asdict(cfg)

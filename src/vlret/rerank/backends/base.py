@@ -84,16 +84,17 @@ class ChatDescriber:
     media: str = "image"
     max_tokens: int = 512
     frames: VLMFrames = field(default_factory=VLMFrames)
-    id: str = field(init=False)
+    temperature: float = 0.0
 
-    def __post_init__(self) -> None:
+    @property
+    def id(self) -> str:  # every setting that changes the reply (read when first needed: see OpenAIChat.id)
         video = _frames_id(self.frames) if self.media == "video" else ""
-        self.id = f"describe:{self.chat_model.id}:max{self.max_tokens}{video}"
+        return f"describe:{self.chat_model.id}:t{self.temperature}:max{self.max_tokens}{video}"
 
     def describe(self, media: Path) -> str:
         prompt = DESCRIBE_PROMPT.format(media=self.media)
         shown = visual_input(media, self.frames)
-        return self.chat_model.chat(prompt, shown, max_tokens=self.max_tokens, temperature=0.0).strip()
+        return self.chat_model.chat(prompt, shown, self.max_tokens, self.temperature).strip()
 
 
 @dataclass
@@ -102,10 +103,10 @@ class ChatQuestionGenerator:
     media: str = "image"
     temperature: float = 0.2  # the official setting
     max_tokens: int = 1024
-    id: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.id = f"questions:{self.chat_model.id}:t{self.temperature}:max{self.max_tokens}"
+    @property
+    def id(self) -> str:
+        return f"questions:{self.chat_model.id}:t{self.temperature}:max{self.max_tokens}"
 
     def generate(self, query: str, n: int) -> str:
         prompt = QUESTION_PROMPT.format(media=self.media, n=n, query=query)
@@ -118,13 +119,14 @@ class ChatVisualQA:
     media: str = "image"
     max_tokens: int = 256
     frames: VLMFrames = field(default_factory=VLMFrames)
-    id: str = field(init=False)
+    temperature: float = 0.0
 
-    def __post_init__(self) -> None:
+    @property
+    def id(self) -> str:
         video = _frames_id(self.frames) if self.media == "video" else ""
-        self.id = f"vqa:{self.chat_model.id}:max{self.max_tokens}{video}"
+        return f"vqa:{self.chat_model.id}:t{self.temperature}:max{self.max_tokens}{video}"
 
     def answer(self, media: Path, question: str, key_phrases: str) -> str:
         prompt = ANSWER_PROMPT.format(media=self.media, question=question, key_phrases=key_phrases)
         shown = visual_input(media, self.frames)
-        return self.chat_model.chat(prompt, shown, max_tokens=self.max_tokens, temperature=0.0).strip()
+        return self.chat_model.chat(prompt, shown, self.max_tokens, self.temperature).strip()

@@ -10,7 +10,9 @@ calls it from several threads, which is how its concurrency limit works).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import mimetypes
 import os
 import threading
@@ -49,10 +51,12 @@ class OpenAIChat:
         timeout: float = 120.0,
         max_retries: int = 4,
         backoff: float = 0.5,
+        revision: str | None = None,
     ):
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.id = f"openai:{model}@{self.base_url}"
+        self.revision = revision
+        self._id: str | None = None
         key = os.environ.get(api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)
@@ -60,6 +64,36 @@ class OpenAIChat:
         self.backoff = backoff
         self.usage = Usage()
         self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        """The model's name, the server, and what identifies the model behind the name: the server's own
+        description of it (``GET /models``, less its volatile ``created`` time) and the config's
+        ``revision``. Every cache key holds it, so a server that loads another model file under the same
+        name misses the old replies, where it says so; one that reports nothing is told apart only by
+        ``revision``. Read once, on first use."""
+        if self._id is None:
+            revision = f"#{self.revision}" if self.revision else ""
+            self._id = f"openai:{self.model}@{self.base_url}{revision}{self._model_fingerprint()}"
+        return self._id
+
+    def _model_fingerprint(self) -> str:
+        url = f"{self.base_url}/models"
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.get(url)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code != 200:
+                    if response.status_code not in RETRY_STATUS:
+                        return ""  # the server lists no models: the name is all there is
+                    problem = f"HTTP {response.status_code}"
+                else:
+                    return _listed_model(response, self.model)
+            if attempt < self.max_retries:
+                time.sleep(min(self.backoff * 2**attempt, 8.0))
+        raise BackendError(f"{url}: gave up after {self.max_retries + 1} attempts ({problem})")
 
     def _payload(
         self, prompt: str, images: list[Path | Image.Image], max_tokens: int, temperature: float
@@ -102,7 +136,7 @@ class OpenAIChat:
 
     def _read(self, response: httpx.Response) -> tuple[str | None, str]:
         """``(text, "")`` from a well-formed reply; ``(None, problem)`` for one worth retrying: a body that
-        is not JSON, or no text (``content: null``), which must never be stored as an empty answer."""
+        is not JSON, or no text (``content: null`` or empty), which must never be stored as an answer."""
         try:
             body = response.json()
         except ValueError:
@@ -113,6 +147,8 @@ class OpenAIChat:
             return None, f"a 200 reply of unexpected shape: {str(body)[:200]}"
         if not isinstance(text, str):
             return None, f"a 200 reply without text (content is {text!r})"
+        if not text.strip():  # a wrong chat template gives these: retried, and never stored as an answer
+            return None, "a 200 reply with empty text"
         self._count(body.get("usage"))
         return text, ""
 
@@ -130,3 +166,17 @@ class OpenAIChat:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _listed_model(response: httpx.Response, model: str) -> str:
+    """A short hash of the ``/models`` entry for ``model`` (or of the only entry listed); "" when none."""
+    try:
+        entries = response.json().get("data") or []
+    except (ValueError, AttributeError):
+        return ""
+    entries = [e for e in entries if isinstance(e, dict)]
+    entry = next((e for e in entries if e.get("id") == model), entries[0] if len(entries) == 1 else None)
+    if entry is None:
+        return ""
+    stable = {k: v for k, v in entry.items() if k != "created"}
+    return ":" + hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -69,6 +69,7 @@ _CHAT_KEYS = {
     "max_retries",
     "max_tokens",
     "temperature",
+    "revision",
     "device",
 }
 _RERANKER_KEYS = {"backend", "model", "device"}
@@ -118,6 +119,7 @@ def _check_role(role: str, spec) -> None:
             "an integer >= 1",
         ),
         "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "revision": (lambda v: isinstance(v, str) and v, "a label for the served model's version"),
     }
     for key, value in spec.items():
         if key in checks and not checks[key][0](value):
@@ -169,10 +171,17 @@ def _chat_model(spec: dict, role: str):
             api_key_env=spec.get("api_key_env", "OPENAI_API_KEY"),
             timeout=float(spec.get("timeout", 120)),
             max_retries=int(spec.get("max_retries", 4)),
+            revision=spec.get("revision"),
         )
     from vlret.rerank.backends.hf_local import HFChat
 
     return HFChat(spec["model"], device=spec.get("device"))
+
+
+def _generation(spec: dict) -> dict:
+    """A chat role's ``max_tokens`` and ``temperature``, where its config sets them (else the role's own
+    defaults): they reach every request and the role's cache key."""
+    return {key: spec[key] for key in ("max_tokens", "temperature") if key in spec}
 
 
 def _spec(spec: dict, role: str) -> tuple[str, dict]:
@@ -188,7 +197,10 @@ def build_describer(config: VisaConfig):
         return SyntheticDescriber(frames=config.video_frames)
     if backend in ("openai", "hf"):
         return ChatDescriber(
-            _chat_model(config.describer, "describer"), config.media, frames=config.video_frames
+            _chat_model(config.describer, "describer"),
+            config.media,
+            frames=config.video_frames,
+            **_generation(config.describer),
         )
     raise ConfigError(f"describer: unknown backend {backend!r}; expected synthetic, openai or hf")
 
@@ -203,7 +215,7 @@ def build_question_generator(config: VisaConfig):
         return ChatQuestionGenerator(
             _chat_model(config.question_generator, "question_generator"),
             config.media,
-            float(options.get("temperature", 0.2)),
+            **_generation(config.question_generator),
         )
     raise ConfigError(f"question_generator: unknown backend {backend!r}; expected rule, openai or hf")
 
@@ -215,7 +227,12 @@ def build_vqa(config: VisaConfig):
 
         return SyntheticVisualQA(frames=config.video_frames)
     if backend in ("openai", "hf"):
-        return ChatVisualQA(_chat_model(config.vqa, "vqa"), config.media, frames=config.video_frames)
+        return ChatVisualQA(
+            _chat_model(config.vqa, "vqa"),
+            config.media,
+            frames=config.video_frames,
+            **_generation(config.vqa),
+        )
     raise ConfigError(f"vqa: unknown backend {backend!r}; expected synthetic, openai or hf")
 
 

@@ -75,34 +75,57 @@ def fallback_questions(media: str, n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
+#: a question's bounds: shorter is a fragment ("Where?"), longer is not one question
+QUESTION_WORDS = (3, 40)
+#: the example questions of QUESTION_PROMPT: a reply that repeats them echoes the prompt
+_EXAMPLE_QUESTIONS = {
+    " ".join(q.lower().split())
+    for q in re.findall(r"\d+\.\s+([^?\n]+\?)", QUESTION_PROMPT.split("Example")[1])
+}
+
+
+def _real_question(chunk: str) -> str | None:
+    """The question a numbered chunk holds, or None: it must end in the reply's own ``?`` (none is added),
+    start with a letter, be of bounded length, and not be one of the prompt's example questions."""
+    if "?" not in chunk:
+        return None
+    question = chunk.split("?", 1)[0].strip() + "?"
+    words = question.split()
+    if not question[0].isalpha() or not QUESTION_WORDS[0] <= len(words) <= QUESTION_WORDS[1]:
+        return None
+    if " ".join(question.lower().split()) in _EXAMPLE_QUESTIONS:
+        return None
+    return question
+
+
 def parse_questions(reply: str, query: str, n: int = 3, media: str = "image") -> ParsedQuestions:
     """Key phrases and ``n`` questions from an LLM reply.
 
-    Newlines become spaces; the key phrases are the text between ``key phrases:`` and ``questions:``; the
-    questions are the numbered chunks after ``questions:``, each cut at its first ``?`` (and given one back).
-    A reply with CJK characters or without the ``questions:`` marker falls back to the query as key phrases and
-    generic questions (``status="fallback"``); fewer than ``n`` questions are padded with generic ones
-    (``status="partial"``). Parsing never raises.
+    Newlines become spaces. Each ``questions:`` marker is tried from the last one back (a reply that echoes
+    the instructions names the header earlier, inside a sentence); the questions are the numbered chunks
+    after it that hold real questions (:func:`_real_question`), each cut at its first ``?``; the key phrases
+    are the text between the last ``key phrases:`` before that marker and the marker. A reply with CJK
+    characters or without a real question falls back to the query as key phrases and generic questions
+    (``status="fallback"``); fewer than ``n`` questions are padded with generic ones (``status="partial"``).
+    Parsing never raises.
     """
     text = " ".join(reply.split())
     lower = text.lower()
-    if _CJK.search(text) or "questions:" not in lower:
+    if _CJK.search(text):
         return ParsedQuestions(query, fallback_questions(media, n), "fallback", reply)
-    marker = lower.index("questions:")
-    start = lower.find("key phrases:")
-    key_phrases = text[start + len("key phrases:") : marker].strip() if 0 <= start < marker else query
-    chunks = [c.strip() for c in _NUMBERED.split(text[marker + len("questions:") :])]
-    questions = []
-    for chunk in chunks:
-        if not chunk:
+    markers = [m.start() for m in re.finditer("questions:", lower)]
+    for marker in reversed(markers):
+        chunks = _NUMBERED.split(text[marker + len("questions:") :])
+        questions = [q for q in (_real_question(c.strip()) for c in chunks) if q is not None]
+        if not questions:
             continue
-        head = chunk.split("?", 1)[0].strip()
-        if head:
-            questions.append(head + "?")
-    if len(questions) >= n:
-        return ParsedQuestions(key_phrases, questions[:n], "ok", reply)
-    padded = questions + fallback_questions(media, n)[len(questions) :]
-    return ParsedQuestions(key_phrases, padded, "partial", reply)
+        start = lower.rfind("key phrases:", 0, marker)
+        key_phrases = text[start + len("key phrases:") : marker].strip() if start >= 0 else query
+        if len(questions) >= n:
+            return ParsedQuestions(key_phrases or query, questions[:n], "ok", reply)
+        padded = questions + fallback_questions(media, n)[len(questions) :]
+        return ParsedQuestions(key_phrases or query, padded, "partial", reply)
+    return ParsedQuestions(query, fallback_questions(media, n), "fallback", reply)
 
 
 _UNCERTAIN = re.compile(r"^\W*uncertain\W*$", re.IGNORECASE)
