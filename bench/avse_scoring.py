@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import best, interleaved, spread  # noqa: E402
+from timing import best, interleaved, parse_args, spread  # noqa: E402
 from vlret.evaluate.encode import FeatureTable  # noqa: E402
 from vlret.evaluate.scoring import head_block_fn  # noqa: E402
 from vlret.models.heads import AEOMHead, CosineHead  # noqa: E402
@@ -42,6 +42,10 @@ def best_per_row(head, texts: FeatureTable, items: FeatureTable) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"images": 40, "captions": 200, "dim": 64, "chunk": 16, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -50,7 +54,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     rng = np.random.default_rng(0)
     views = np.concatenate([_unit(rng, args.images, args.dim) for _ in range(args.views)], axis=1)

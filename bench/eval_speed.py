@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from timing import best, interleaved, spread
+from timing import best, interleaved, parse_args, spread
 from vlret.evaluate.metrics import retrieval_metrics
 from vlret.evaluate.ranking import rank_embeddings
 
@@ -30,12 +30,16 @@ def timed(fn):
     return run
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"items": 50, "dim": 32, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     gen = torch.Generator().manual_seed(0)
     items = torch.nn.functional.normalize(torch.randn(args.items, args.dim, generator=gen), dim=1)

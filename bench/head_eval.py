@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timing import parse_args
 from vlret.evaluate.encode import FeatureTable
 from vlret.evaluate.ranking import DEFAULT_CHUNK, rank_blocks, rank_matrix
 from vlret.evaluate.scoring import head_block_fn, head_positive_scores
@@ -76,13 +77,17 @@ def _child(kind: str, args: argparse.Namespace, out: str) -> tuple[float, float]
     return result
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"items": 20, "texts": 100, "tokens": 4, "dim": 16}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--texts", type=int, default=5000)
     parser.add_argument("--tokens", type=int, default=8, help="tokens per text and per item")
     parser.add_argument("--dim", type=int, default=64)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: str(Path(tmp) / f"{k}.npz") for k in ("straightforward", "evaluator")}
         runs = {k: _child(k, args, paths[k]) for k in paths}

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import best, interleaved, spread  # noqa: E402
+from timing import best, interleaved, parse_args, spread  # noqa: E402
 from vlret.losses.base import LossContext  # noqa: E402
 from vlret.models import create_model  # noqa: E402
 from vlret.train.distributed import DistInfo  # noqa: E402
@@ -66,11 +66,15 @@ class RandomTeacher:
         return self.image[caption_ids.cpu()].to(device), self.text[caption_ids.cpu()].to(device)
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"batch": 8, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from timing import best, interleaved, spread
+from timing import best, interleaved, parse_args, spread
 from vlret.index.build import _faiss_index
 from vlret.index.choice import choose_index
 from vlret.index.search import Searcher
@@ -44,6 +44,10 @@ def percentile_ms(times: list[float], q: float) -> float:
     return float(np.percentile(times, q) * 1000)
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"n": 2000, "dim": 16, "queries": 20, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -52,7 +56,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved rounds (faiss, vlret, faiss, ...)"
     )
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     vectors = clustered(args.n, args.dim, 10_000, rng)

@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import uvicorn
 
-from timing import best, interleaved, spread
+from timing import best, interleaved, parse_args, spread
 from vlret.data import load_dataset
 from vlret.data.synth import SynthConfig, write_benchmark
 from vlret.index import Searcher, build_index
@@ -111,16 +111,23 @@ def wrk_run(url: str, clients: int, seconds: float, script: Path) -> tuple[float
     return 1 / rate, [percentile("50"), percentile("99")], failed
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"images": 40, "requests": 20, "clients": 2, "repeats": 1, "seconds": 0.5}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--images", type=int, default=2000, help="synthetic benchmark size (its test split is indexed)"
+    )
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = write_benchmark(root / "synth", SynthConfig(images=2000, seed=0))
+        data = write_benchmark(root / "synth", SynthConfig(images=args.images, seed=0))
         dataset = load_dataset(data)
         create_model("tiny-cnn", captions=[c.text for c in dataset.split("train").captions]).save(
             root / "model"

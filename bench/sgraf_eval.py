@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sgraf_reference import reference_scores  # noqa: E402
-from timing import best, interleaved, spread  # noqa: E402
+from timing import best, interleaved, parse_args, spread  # noqa: E402
 from vlret.evaluate.encode import FeatureTable  # noqa: E402
 from vlret.evaluate.scoring import head_block_fn  # noqa: E402
 from vlret.models.heads import SAFHead, SGRHead  # noqa: E402
@@ -77,6 +77,10 @@ def _compare(name: str, args, texts, items, per_caption, regions) -> str:
     return f"{name}: max abs difference {diff:.2e}; speed-up {speedup:.1f}x"
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"images": 4, "captions": 20, "embed_dim": 32, "sim_dim": 16, "regions": 6, "rows": 8, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,7 +93,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=128, help="captions per row block (vlret)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads", nargs="+", default=["sgr", "saf"], choices=["sgr", "saf"])
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     torch.manual_seed(0)
     texts, items, per_caption = _inputs(args)
     regions = torch.from_numpy(np.asarray(items.tokens))

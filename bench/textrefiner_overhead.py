@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import best, interleaved, spread  # noqa: E402
+from timing import best, interleaved, parse_args, spread  # noqa: E402
 from vlret.models import create_model  # noqa: E402
 from vlret.models.prompt_classifier import PromptClassifier, RefinerConfig  # noqa: E402
 
@@ -41,6 +41,10 @@ WORDS = [
 ]
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"images": 32, "classes": 8, "batch": 16, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-vit", help="tiny-vit, or a saved model folder")
@@ -48,7 +52,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     torch.manual_seed(0)
     classes = [f"{WORDS[i % 6]} {WORDS[6 + i % 4]} {i}" for i in range(args.classes)]

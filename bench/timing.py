@@ -7,6 +7,7 @@ one least disturbed), and the spread of the repetitions is printed so that a noi
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
 
@@ -30,3 +31,17 @@ def spread(
     shown = [v * scale for v in values]
     top = max(shown) if higher_is_better else min(shown)
     return f"{name}: best {top:.3f} {unit} (runs {min(shown):.3f} .. {max(shown):.3f}, n={len(shown)})"
+
+
+def parse_args(parser: argparse.ArgumentParser, smoke: dict) -> argparse.Namespace:
+    """The command line, with ``--smoke``: the sizes in ``smoke`` replace the defaults (flags given still
+    win), so the whole benchmark runs in seconds. A test runs every benchmark so, to catch one that an API
+    change broke; its numbers mean nothing."""
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, seconds: check that the benchmark runs at all"
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args()
+    return args

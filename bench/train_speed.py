@@ -17,10 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import best, interleaved, spread
+from timing import best, interleaved, parse_args, spread
+from vlret.data.prefetch import prefetch
 from vlret.data.synth import SynthConfig, write_benchmark
 from vlret.train import Trainer, load_recipe
-from vlret.train.data import EpochBatches, epoch_loader, prefetch
+from vlret.train.data import EpochBatches, epoch_loader
+
+#: --smoke: sizes that run in seconds
+SMOKE = {"steps": 2, "repeats": 1, "images": 40, "batch_size": 8}
 
 
 def main() -> None:
@@ -33,7 +37,7 @@ def main() -> None:
     parser.add_argument(
         "--no-cache-images", action="store_true", help="decode every image from disk each step"
     )
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=args.images, seed=0))

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import best, interleaved, spread  # noqa: E402
+from timing import best, interleaved, parse_args, spread  # noqa: E402
 from vlret.data.images import visual_inputs  # noqa: E402
 from vlret.data.records import Caption, Item, RetrievalDataset  # noqa: E402
 from vlret.data.video import write_video  # noqa: E402
@@ -67,6 +67,10 @@ def write_clips(folder: Path, count: int, args: argparse.Namespace) -> Retrieval
     return RetrievalDataset(items, [Caption("a clip", it.id) for it in items], folder)
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"model": "tiny-cnn", "clips": 2, "seconds": 1.0, "fps": 4, "frames": 2, "batch": 2, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -84,7 +88,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
     parser.add_argument("--batch", type=int, default=8, help="clips per encoder call")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     os.environ["VLRET_FRAME_CACHE"] = "0"  # the candidate decodes every time
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timing import best, interleaved, spread
+from timing import best, interleaved, parse_args, spread
 from vlret.data import load_dataset
 from vlret.data.synth import SynthConfig, write_benchmark
 from vlret.rerank.backends.openai_http import OpenAIChat
@@ -67,14 +67,19 @@ class SlowServer(BaseHTTPRequestHandler):
         pass
 
 
+#: --smoke: sizes that run in seconds
+SMOKE = {"images": 40, "queries": 2, "repeats": 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=2000, help="synthetic benchmark size")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--full-baseline", action="store_true")
     parser.add_argument(
         "--repeats", type=int, default=2, help="interleaved rounds (pipeline, sequential, ...)"
     )
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
     server.daemon_threads = True
@@ -86,7 +91,7 @@ def main() -> None:
     }
     config = VisaConfig(describer=spec, question_generator=spec, vqa=spec, reranker={"backend": "lexical"})
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=2000, seed=0))
+        data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=args.images, seed=0))
         split = load_dataset(data).split("test")
         scores = (
             np.random.default_rng(0).normal(size=(len(split.captions), len(split.items))).astype(np.float32)

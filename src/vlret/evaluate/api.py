@@ -11,7 +11,7 @@ import torch
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, NonFiniteScoreError, VlretError
-from vlret.evaluate.encode import EncodedDataset, check_head_fits, encode_dataset
+from vlret.evaluate.encode import EncodedDataset, check_head_fits, encode_dataset, in_evaluation_mode
 from vlret.evaluate.metrics import mean_metrics, retrieval_metrics
 from vlret.evaluate.protocols import DIRECTIONS, Fold, Protocol, get_protocol, prepare
 from vlret.evaluate.ranking import (
@@ -305,6 +305,7 @@ def graded_results(
     return out
 
 
+@in_evaluation_mode
 def evaluate_model(
     model: RetrievalModel,
     dataset: RetrievalDataset,

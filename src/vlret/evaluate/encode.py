@@ -7,11 +7,14 @@ written to a temporary folder and renamed into place: a killed run never leaves 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,29 @@ from vlret.errors import ConfigError, VlretError
 from vlret.models.base import Features, RetrievalModel
 
 
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in evaluation mode for the body, then back in the mode it was in (a caller's training
+    run must not find its dropout switched off)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def in_evaluation_mode(function: Callable) -> Callable:
+    """Decorate a function whose first argument is a model: it runs under :func:`evaluating`."""
+
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        with evaluating(model):
+            return function(model, *args, **kwargs)
+
+    return wrapper
+
+
 @torch.no_grad()
 def check_head_fits(model: RetrievalModel, dataset: RetrievalDataset) -> None:
     """Score the first item against its first caption with the model's head, in evaluation mode: a head
@@ -35,11 +61,9 @@ def check_head_fits(model: RetrievalModel, dataset: RetrievalDataset) -> None:
     ``model.head``."""
     if model.head.is_dot_product or not dataset.items or not dataset.captions:
         return
-    was_training = model.training
-    model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # a check must not move anyone's random stream
+    with torch.random.fork_rng(devices=devices), evaluating(model):  # moves no one's random stream
         try:
             inputs = torch.from_numpy(np.asarray(visual_inputs(model, dataset, [0]))).to(device)
             tokens = {k: v.to(device) for k, v in model.tokenize([dataset.captions[0].text]).items()}
@@ -47,8 +71,6 @@ def check_head_fits(model: RetrievalModel, dataset: RetrievalDataset) -> None:
             model.head.score(texts, items)
         except ValueError as exc:
             raise ConfigError(f"model.head: {exc}") from None
-        finally:
-            model.train(was_training)
 
 
 def default_cache_dir() -> Path:
@@ -187,7 +209,11 @@ def encode_images(
     token_dtype: str = "float32",
 ) -> FeatureTable:
     """Features of every item's image (or region features); an unreadable one raises a DataError naming it."""
-    model.eval()
+    with evaluating(model):
+        return _encode_images(model, dataset, batch_size, progress, keep_tokens, token_dtype)
+
+
+def _encode_images(model, dataset, batch_size, progress, keep_tokens, token_dtype) -> FeatureTable:
     collect = _Collector(keep_tokens, np.dtype(token_dtype))
     device = model.device
     items = dataset.items
@@ -211,14 +237,14 @@ def encode_texts(
     token_dtype: str = "float32",
 ) -> FeatureTable:
     """Features of texts."""
-    model.eval()
     collect = _Collector(keep_tokens, np.dtype(token_dtype))
     device = model.device
-    for start in tqdm(
-        range(0, len(texts), batch_size), desc="encode texts", disable=not progress, unit="batch"
-    ):
-        batch = {k: v.to(device) for k, v in model.tokenize(texts[start : start + batch_size]).items()}
-        collect.add(model.encode_texts(batch))
+    with evaluating(model):
+        for start in tqdm(
+            range(0, len(texts), batch_size), desc="encode texts", disable=not progress, unit="batch"
+        ):
+            batch = {k: v.to(device) for k, v in model.tokenize(texts[start : start + batch_size]).items()}
+            collect.add(model.encode_texts(batch))
     return collect.table()
 
 
