@@ -336,3 +336,65 @@ def test_a_query_whose_embedding_is_not_finite_is_refused(synth_data, tmp_path, 
     with pytest.raises(VlretError, match="non-finite embedding for this query"):
         searcher.text_to_image("a red circle", k=3)
     assert np.isfinite(np.load(index / "embeddings.npy")).all()
+
+
+# ----- constraints on both axes, as equalities --------------------------------------------------------------
+
+
+def test_sinkhorn_plan_is_the_transport_plan_of_both_marginals():
+    """An independent Sinkhorn (plain scaling in float64) on the same couplings, dustbins included: its rows
+    carry 1/(P+Q) each and the row dustbin Q/(P+Q), its columns 1/(P+Q) and P/(P+Q), as equalities; and the
+    head's log-domain plan, without the dustbins, is that plan element by element."""
+    from vlret.models.heads.aeom import log_optimal_transport
+
+    p, q, bin_score = 6, 4, 0.3
+    scores = torch.randn(2, p, q, dtype=torch.float64)
+    plan = log_optimal_transport(scores, torch.tensor(bin_score, dtype=torch.float64), 500).exp() / (p + q)
+    for b in range(2):
+        couplings = np.full((p + 1, q + 1), bin_score)
+        couplings[:p, :q] = scores[b].numpy()
+        kernel = np.exp(couplings)
+        mu = np.append(np.full(p, 1 / (p + q)), q / (p + q))
+        nu = np.append(np.full(q, 1 / (p + q)), p / (p + q))
+        a, c = np.ones(p + 1), np.ones(q + 1)
+        for _ in range(5000):
+            a = mu / (kernel @ c)
+            c = nu / (kernel.T @ a)
+        full = a[:, None] * kernel * c[None, :]
+        np.testing.assert_allclose(full.sum(1), mu, atol=1e-10)
+        np.testing.assert_allclose(full.sum(0), nu, atol=1e-10)
+        np.testing.assert_allclose(plan[b].numpy(), full[:p, :q], atol=1e-8)
+
+
+# ----- cache keys: every keyed field misses ------------------------------------------------------------------
+
+
+def test_the_feature_cache_key_changes_with_every_field_it_keys(synth_data, tmp_path):
+    from vlret.data import load_dataset
+    from vlret.evaluate.encode import cache_key
+    from vlret.models import create_model
+
+    data = load_dataset(synth_data).split("test")
+    model = create_model("tiny-cnn", captions=[c.text for c in data.captions], seed=0, width=16, embed_dim=16)
+    base = cache_key(model, data)
+    assert cache_key(model, data) == base
+    other_weights = create_model(
+        "tiny-cnn", captions=[c.text for c in data.captions], seed=0, width=16, embed_dim=16
+    )
+    with torch.no_grad():
+        other_weights.logit_scale.add_(1e-3)
+    other_model = create_model(
+        "tiny-cnn", captions=[c.text for c in data.captions], seed=0, width=16, embed_dim=32
+    )
+    edited = load_dataset(synth_data).split("test")
+    edited.captions[3] = type(edited.captions[3])("a caption that changed", edited.captions[3].item_id)
+    moved = load_dataset(synth_data, media_root=tmp_path).split("test")
+    keys = {
+        "weights": cache_key(other_weights, data),
+        "model": cache_key(other_model, data),
+        "captions": cache_key(model, edited),
+        "media_root": cache_key(model, moved),
+        "tokens float32": cache_key(model, data, "float32"),
+        "tokens float16": cache_key(model, data, "float16"),
+    }
+    assert base not in keys.values() and len(set(keys.values())) == len(keys), keys

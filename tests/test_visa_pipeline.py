@@ -82,6 +82,8 @@ def test_failure_keeps_finished_units_and_resume_completes(setup, tmp_path):
     again = roles()
     resumed = run_visa(split, cand, top, ranks, config, tmp_path / "run", roles=again)
     assert again.vqa.calls == total - 19  # the 19 answers before the failure were kept
+    answers = resumed["stages"]["answers"]  # and the resumed run records what it did, not what it reused
+    assert (answers["computed"], answers["cache_hits"], answers["units"]) == (total - 19, 19, total)
     assert resumed["metrics"] == clean["metrics"]
     np.testing.assert_array_equal(
         np.load(tmp_path / "run" / "reranked.npy"), np.load(tmp_path / "clean" / "reranked.npy")
