@@ -131,3 +131,26 @@ def test_a_temporal_video_model_with_dropout(tmp_path, monkeypatch):
         "train.checkpoint_every_steps=2",
     ]
     _assert_resume_is_exact(args, tmp_path, monkeypatch)
+
+
+def test_memo_shards_of_a_step_never_published_are_not_loaded(tmp_path):
+    """A kill between a memo shard and its checkpoint leaves a shard of a later step than the run resumes
+    from: its rows were first computed after that checkpoint, and must be computed again where they come."""
+    from vlret.models.composed import _Memo
+    from vlret.train import memo_store
+
+    memo = _Memo(size=10)
+    memo.rows[b"a" * 16] = (torch.tensor([1.0, 2.0]), torch.ones(3, 2, dtype=torch.float16))
+    memo.unsaved.append(b"a" * 16)
+    memo_store.save_new_rows(tmp_path, {"text": memo}, step=4)
+    memo.rows[b"b" * 16] = (torch.tensor([3.0, 4.0]), torch.zeros(1, 2, dtype=torch.float16))
+    memo.unsaved.append(b"b" * 16)
+    memo_store.save_new_rows(tmp_path, {"text": memo}, step=6)
+    resumed = _Memo(size=10)
+    memo_store.load_rows(tmp_path, {"text": resumed}, step=4)
+    assert list(resumed.rows) == [b"a" * 16]
+    embeds, tokens = resumed.rows[b"a" * 16]
+    assert embeds.tolist() == [1.0, 2.0] and tokens.shape == (3, 2) and tokens.dtype == torch.float16
+    later = _Memo(size=10)
+    memo_store.load_rows(tmp_path, {"text": later}, step=6)
+    assert list(later.rows) == [b"a" * 16, b"b" * 16] and later.unsaved == []

@@ -164,8 +164,9 @@ class _Memo:
     """Outputs of a frozen tower by the bytes of each input row (bounded; CPU copies).
 
     A batch runs the tower only on the rows it has not seen (each distinct row once); the rest come from
-    the memo. Tokens are kept (as float16, trimmed to their real length) only when the head reads them, and
-    a row computed now is rounded the same way, so that a hit and a miss give the same output.
+    the memo. Tokens are kept (as float16, trimmed to their real length) only when the head reads them.
+    What a row returns thus depends on the memo's history (computed now, in this batch, or remembered from
+    the batch it first came in): a resumed run restores the memo (:mod:`vlret.train.memo_store`).
     """
 
     def __init__(self, size: int):
@@ -207,13 +208,10 @@ class _Memo:
             first = {k: keys.index(k) for k in todo}
             out = call(torch.tensor([first[k] for k in todo], device=device))
             for n, k in enumerate(todo):
-                # tokens are rounded as the memo keeps them, hit or miss: an output must not depend on
-                # what the memo holds (a resumed run starts with it empty)
-                tokens = self._real_tokens(out, n) if keep_tokens else None
-                fresh[k] = (out.embeds[n], None if tokens is None else tokens.to(torch.float16))
+                fresh[k] = (out.embeds[n], self._real_tokens(out, n) if keep_tokens else None)
             for k in todo[: max(0, self.size - len(self.rows))]:
                 embeds, tokens = fresh[k]
-                self.rows[k] = (embeds.cpu(), None if tokens is None else tokens.cpu())
+                self.rows[k] = (embeds.cpu(), None if tokens is None else tokens.to("cpu", torch.float16))
                 self.unsaved.append(k)
         parts = [fresh.get(k) or self.rows[k] for k in keys]
         embeds = torch.stack([p[0].to(device) for p in parts])

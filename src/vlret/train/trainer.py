@@ -291,7 +291,7 @@ class Trainer:
         self.memo_dir = self.out / memo_store.MEMO_DIR / f"rank{self.info.rank}"
         if resume_state is not None:
             self._restore(resume_state)
-            memo_store.load_rows(self.memo_dir, self.memos)
+            memo_store.load_rows(self.memo_dir, self.memos, self.step)
         self.logger = MetricsLogger(self.out, enabled=self.info.is_main)
 
     # ----- set-up ---------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ class Trainer:
 
     def _save(self, epoch: int, is_best: bool = False) -> None:
         self._check_finite_weights()  # every process holds the same weights: all stop together
-        memo_store.save_new_rows(self.memo_dir, self.memos)  # each process remembers its own batches
+        memo_store.save_new_rows(self.memo_dir, self.memos, self.step)  # each process: its own batches
         if self.info.is_main:
             ckpt.save_checkpoint(
                 self.ckpt_dir,
