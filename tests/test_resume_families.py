@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from test_precomp import write_precomp
+from test_sgraf_cli import SMALL as SGRAF_SMALL
 from vlret.train import Trainer, load_recipe
 from vlret.train.recipe import resolve_recipe
 
@@ -87,13 +88,7 @@ def test_sgr_with_dropout_on_precomp_regions(tmp_path, monkeypatch):
     args = [
         resolve_recipe("sgraf_synth_cpu"),
         f"data.path={data}",
-        "model.options.embed_dim=16",
-        "model.options.image_options={dim: 6}",
-        "model.options.text_options={word_dim: 8, hidden: 16, dropout: 0.4, min_count: 1}",
-        "model.head.embed_dim=16",
-        "model.head.sim_dim=8",
-        "model.head.n_regions=3",
-        "train.batch_size=16",
+        *[a for a in SGRAF_SMALL if not a.startswith(("train.max_steps", "train.log_every"))],  # dropout 0.4
         "train.epochs=2",
         "train.checkpoint_every_steps=2",
     ]

@@ -6,21 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from test_bad_input import _overrides
 from vlret.cli import build_parser
 from vlret.errors import ConfigError
 from vlret.train import Trainer, load_recipe
 from vlret.train.logger import read_metrics
-
-
-def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        f"data.path={data}",
-        f"output_dir={out}",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "model.options={width: 32, embed_dim: 32}",
-        *extra,
-    ]
 
 
 def _best_target(out: Path) -> str:

@@ -249,13 +249,16 @@ def test_bad_dataset_suites_are_refused_before_anything_runs(tmp_path, capsys):
     precomp.mkdir()
     _write_precomp(precomp, regions=3, dim=8)
     out = tmp_path / "out"
+    bert_config = tmp_path / "bert"  # a folder transformers can load, for a hub id no recipe here reads
+    __import__("transformers").BertConfig(hidden_size=8, num_attention_heads=2).save_pretrained(bert_config)
     base = ["bench", "--suite", str(precomp), "--out", str(out), "--data-dir", str(tmp_path / "data")]
     cases = [
         ([], None, "expected 'synthetic' or a dataset file or folder"),
         (["--methods", "video"], precomp, "synthetic video and class benchmarks only"),
         (["--methods", "sgraf", "visa"], precomp, "VISA on a dataset needs --visa-config"),
         (["--images", "100"], precomp, "--images sizes the synthetic benchmark"),
-        (["--weights", f"{HUB['bert']}={tmp_path}"], precomp, f"--weights {HUB['bert']}: no recipe"),
+        (["--weights", f"{HUB['bert']}={bert_config}"], precomp, f"--weights {HUB['bert']}: no recipe"),
+        (["--weights", f"{HUB['bert']}={tmp_path}"], precomp, "holds no model transformers can load"),
         (["--set", "train.batchsize=8"], precomp, "no recipe of this suite has the key 'train.batchsize'"),
         (["--set", "train.batch_size"], precomp, "expected KEY=VALUE"),
         (["--weights", "bert"], precomp, "expected HUB_ID=FOLDER"),
@@ -277,7 +280,11 @@ def test_hub_weights_that_cannot_load_stop_the_suite_before_any_work(dataset_sui
 
     asked = []
 
+    real = suite_dataset._load_hub_config
+
     def offline(source: str) -> None:  # what transformers raises without the network or a cached copy
+        if Path(source).is_dir():
+            return real(source)  # a local folder (--weights) loads as it is
         asked.append(source)
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {source}")
 
