@@ -48,6 +48,8 @@ def llama_server(tmp_path_factory):
             str(model),
             "--model_alias",
             "gemma-3-270m",
+            "--chat_format",  # the file names no template llama-cpp-python knows: its llama-2 fallback
+            "gemma",  # makes Gemma answer with empty replies (which vlret retries, and never stores)
             "--host",
             "127.0.0.1",
             "--port",
