@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -35,7 +34,25 @@ def test_leaving_early_stops_the_thread():
         if item == 3:
             assert len(_new_prefetchers(before)) == 1
             break
-    deadline = time.time() + 2
-    while _new_prefetchers(before) and time.time() < deadline:
-        time.sleep(0.05)
-    assert _new_prefetchers(before) == []
+    assert _new_prefetchers(before) == []  # closing the iterator joined its thread: nothing left to wait for
+
+
+def test_a_dropped_iterator_waits_for_the_item_in_production():
+    """A thread still producing (inside torch or a decoder) when the interpreter exits aborts the process:
+    dropping the iterator must wait for the item being produced, then leave no thread."""
+    before = set(threading.enumerate())
+    producing, release, finished = threading.Event(), threading.Event(), []
+
+    def slow():
+        yield 0
+        producing.set()
+        release.wait(60)
+        finished.append(1)
+        yield 1
+
+    items = prefetch(slow(), depth=1)
+    assert next(items) == 0
+    producing.wait(60)
+    threading.Timer(0.05, release.set).start()
+    items.close()
+    assert finished == [1] and _new_prefetchers(before) == []

@@ -18,8 +18,8 @@ def prefetch(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
     """Produce the next ``depth`` items of ``batches`` on a background thread while the consumer works.
 
     Items arrive in order, exactly as a plain loop would give them; an exception raised while producing one
-    is raised again in the consumer. The thread stops when the consumer does (a loop left early leaves no
-    thread behind).
+    is raised again in the consumer. The thread stops when the consumer does (a loop left early, or an
+    iterator dropped, leaves no thread behind: closing waits for the item in production).
     """
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -44,7 +44,8 @@ def prefetch(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
             return
         put(done)
 
-    threading.Thread(target=fill, name="vlret-prefetch", daemon=True).start()
+    worker = threading.Thread(target=fill, name="vlret-prefetch", daemon=True)
+    worker.start()
     try:
         while (batch := slots.get()) is not done:
             if isinstance(batch, BaseException):
@@ -52,3 +53,6 @@ def prefetch(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield batch
     finally:
         stop.set()
+        # wait for the item in production: a thread still inside torch or a decoder when the interpreter
+        # exits aborts the process ("terminate called without an active exception")
+        worker.join()
