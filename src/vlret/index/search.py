@@ -246,8 +246,9 @@ class Searcher:
 
         loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         for im in loaded:
-            if size_problem(*im.size):
-                raise ConfigError(f"query image refused: {size_problem(*im.size)}")
+            problem = size_problem(*im.size)
+            if problem:
+                raise ConfigError(f"query image refused: {problem}")
         pixels = torch.from_numpy(np.stack([model.image_transform(im.convert("RGB")) for im in loaded]))
         return _checked(model.encode_images(pixels))
 

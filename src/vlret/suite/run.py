@@ -297,9 +297,9 @@ def _add_region_features(data: SuiteData, out: Path, regions, scenes: Path | Non
 def _teacher_features(dataset, out: Path, progress: bool) -> Path:
     from vlret.train.teacher import TeacherTowers, features_complete, write_teacher_features
 
-    if not features_complete(
-        out
-    ):  # a killed write resumes from its last chunk (its arrays exist from the first)
+    # the manifest says whether a write finished (its arrays exist from the first chunk); one that was
+    # killed resumes from its last chunk
+    if not features_complete(out):
         write_teacher_features(dataset.split("train"), "train", out, TeacherTowers(), progress=progress)
     return out
 

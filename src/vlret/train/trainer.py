@@ -32,7 +32,6 @@ from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
 from vlret.train import checkpoint as ckpt
 from vlret.train import memo_store
-from vlret.train.checkpoint import clear_run
 from vlret.train.data import EpochBatches, PairSource, epoch_loader
 from vlret.train.distributed import (
     DistInfo,
@@ -227,7 +226,9 @@ class Trainer:
         self._check_validation_split()
         check_writable(self.out)
         if not resuming and self.info.is_main:
-            clear_run(self.out)  # checked above: nothing here is a run's checkpoint unless overwrite says so
+            ckpt.clear_run(
+                self.out
+            )  # checked above: nothing here is a run's checkpoint unless overwrite says so
         barrier(self.info)
         resume_state = None
         if resuming:
