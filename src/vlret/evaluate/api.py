@@ -12,7 +12,7 @@ from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, NonFiniteScoreError, VlretError
 from vlret.evaluate.encode import EncodedDataset, check_head_fits, encode_dataset, in_evaluation_mode
-from vlret.evaluate.metrics import mean_metrics, retrieval_metrics
+from vlret.evaluate.metrics import MEDIAN_RULES, mean_metrics, retrieval_metrics
 from vlret.evaluate.protocols import DIRECTIONS, Fold, Protocol, get_protocol, prepare
 from vlret.evaluate.ranking import (
     DEFAULT_CHUNK,
@@ -46,9 +46,21 @@ def select_split(
         raise DataError(dataset.source, None, str(exc.args[0])) from None
 
 
-def fold_metrics(ranks: list[Ranks], direction: str) -> tuple[dict, list[dict]]:
+def median_rules(dataset: RetrievalDataset) -> tuple[str, str]:
+    """The median-rank rule of each direction (text->item, item->text) in the tables results on ``dataset``
+    are compared with (see :mod:`vlret.evaluate.metrics`): ``floor`` for images; CLIP4Clip's for videos,
+    whose text->video median is the lower middle rank when a video has several captions (MSVD)."""
+    if media_kind(dataset) != "video":
+        return "floor", "floor"
+    several = any(len(caps) > 1 for caps in dataset.item_to_captions)
+    return ("clip4clip-lower" if several else "clip4clip"), "clip4clip"
+
+
+def fold_metrics(
+    ranks: list[Ranks], direction: str, medians: tuple[str, str] = ("floor", "floor")
+) -> tuple[dict, list[dict]]:
     """(the metrics, averaged over folds where there are several; each fold's metrics)."""
-    per_fold = [retrieval_metrics(r.t2i, None if direction == "t2i" else r.i2t) for r in ranks]
+    per_fold = [retrieval_metrics(r.t2i, None if direction == "t2i" else r.i2t, medians) for r in ranks]
     return (per_fold[0] if len(per_fold) == 1 else mean_metrics(per_fold)), per_fold
 
 
@@ -62,7 +74,8 @@ def package_result(
     **fields,
 ) -> dict:
     """The result dict of an evaluation: metrics from ``ranks``, counts, protocol, plus ``fields``."""
-    metrics, per_fold = fold_metrics(ranks, direction)
+    medians = median_rules(selected)
+    metrics, per_fold = fold_metrics(ranks, direction, medians)
     captions_per_item: dict[str, int] = {}
     for caps in selected.item_to_captions:
         captions_per_item[str(len(caps))] = captions_per_item.get(str(len(caps)), 0) + 1
@@ -79,6 +92,7 @@ def package_result(
             "split": split,
             "direction": direction,
             "captions_per_item": captions_per_item,
+            "median_rank": {"t2i": MEDIAN_RULES[medians[0]], "i2t": MEDIAN_RULES[medians[1]]},
         },
         metrics=metrics,
         folds=per_fold if len(folds) > 1 else None,

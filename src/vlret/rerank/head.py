@@ -22,6 +22,7 @@ from vlret.evaluate.api import (
     check_finite_features,
     fold_metrics,
     graded_results,
+    median_rules,
     package_result,
     select_split,
 )
@@ -208,7 +209,7 @@ def evaluate_reranked(
         base_ranks.append(base)
         reranked.append(after)
     done = time.perf_counter()
-    first_metrics, first_folds = fold_metrics(base_ranks, direction)
+    first_metrics, first_folds = fold_metrics(base_ranks, direction, median_rules(selected))
     extra = {}
     if relevance is not None:
         extra = graded_results(model, encoded, selected, relevance, mixed_mode, cache_dir)

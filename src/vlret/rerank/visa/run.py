@@ -16,8 +16,8 @@ import numpy as np
 
 from vlret.data._io import read_json, write_json
 from vlret.data.records import RetrievalDataset
-from vlret.evaluate.api import media_kind
-from vlret.evaluate.metrics import direction_metrics
+from vlret.evaluate.api import media_kind, median_rules
+from vlret.evaluate.metrics import MEDIAN_RULES, direction_metrics
 from vlret.evaluate.results import make_result
 from vlret.rerank.first_stage import base_from_embeddings, base_from_scores, final_ranks
 from vlret.rerank.visa.config import VisaConfig
@@ -118,6 +118,7 @@ def _fuse_and_evaluate(
     np.save(out / "text_scores.npy", text_scores.astype(np.float32))
     np.save(out / "fused.npy", fused.astype(np.float32))
     np.save(out / "reranked.npy", reranked.astype(np.int32))
+    median = median_rules(split)[0]
     result = make_result(
         method="visa",
         data={
@@ -131,8 +132,12 @@ def _fuse_and_evaluate(
             "direction": "t2i",
             "queries": len(candidates),
             "gallery_items": len(split.items),
+            "median_rank": MEDIAN_RULES[median],
         },
-        metrics={"base": direction_metrics(base_ranks, "t2i"), "visa": direction_metrics(visa_ranks, "t2i")},
+        metrics={
+            "base": direction_metrics(base_ranks, "t2i", median),
+            "visa": direction_metrics(visa_ranks, "t2i", median),
+        },
         visa={
             "k": candidates.shape[1],
             "questions": config.questions,
