@@ -261,6 +261,22 @@ def test_ndcg_worked_values_and_properties():
     assert ndcg_at_k(np.exp(5 * scores), rel, 4)[0] == pytest.approx(0.717407, abs=1e-6)
 
 
+def test_ndcg_ties_go_to_the_lower_gallery_index_images_before_captions():
+    # equal scores: index 0 (relevance 0) is placed before index 1 (relevance 1)
+    assert ndcg_at_k(np.array([[1.0, 1.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]), 1)[0] == 0.0
+    assert ndcg_at_k(np.array([[1.0, 1.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]), 2)[0] == pytest.approx(
+        1 / np.log2(3)
+    )
+    # a mixed gallery [image 0, image 1, caption 0, caption 1] where every entry ties (identical images,
+    # cross scores all 1): each query's first place is image 0. Relevance R = I: image 0 is relevant to
+    # item 0's query (NDCG@1 = 1) and not to item 1's (0), so the mean is 50; captions first would differ
+    images = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    texts = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    ones = lambda rows: np.ones((len(rows), 2), np.float32)  # noqa: E731
+    out = mixed_ndcg(images, texts, ones, ones, np.eye(2, dtype=np.float32), np.array([0, 1]), ks=(1,))
+    assert out["i2it_ndcg@1"] == pytest.approx(50.0)
+
+
 def test_single_modal_gives_the_query_itself_no_gain():
     # two items, two captions each; relevance by hand
     images = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)

@@ -4,6 +4,10 @@
 same over the relevances sorted; NDCG = DCG / IDCG, 0 when IDCG is 0. Reported as the mean over queries
 x 100 for K in (10, 20, 50).
 
+**Ties** (tied embeddings give equal scores) are broken by gallery position: among equal scores the entry
+with the lower index ranks first (a stable descending sort), and in the mixed galleries the images come
+before the captions. So a tie places a relevant entry by where it stands in the gallery, never by chance.
+
 Relevance comes from a ``[captions, items]`` matrix ``R`` (ROUGE-L, :mod:`vlret.evaluate.relevance`) and an
 item's first caption stands in for it, as in RVLR's scripts:
 
