@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.processors import TemplateProcessing
 from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
@@ -19,10 +21,43 @@ from vlret.models.word_tokenizer import train_word_tokenizer
 WORDS = ["a red circle", "a blue square on the left", "two green triangles", "an orange diamond at the top"]
 
 
-def _hf_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+def _hf_tokenizer(max_length: int, start_token: bool = True) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: ``[CLS] words [SEP]`` like CLIP's start and end tokens, or, without
+    ``start_token``, ``words [SEP]`` like SigLIP's (an end token only)."""
     tok: Tokenizer = train_word_tokenizer(WORDS, max_length=max_length)
     tok.no_padding()
     tok.no_truncation()
+    if not start_token:
+        tok.post_processor = TemplateProcessing(single="$A [SEP]", special_tokens=[("[SEP]", 3)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[CLS]", eos_token="[SEP]"
+    )
+
+
+def subword_tokenizer() -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer that splits "photo" into "ph" + "##oto" (as BPE splits rarer words), with
+    ``[CLS] ... [SEP]`` around every text: for context initialisations whose words are several tokens."""
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "a",
+        "ph",
+        "##oto",
+        "of",
+        "red",
+        "circle",
+        "blue",
+        "square",
+        ".",
+    ]
+    tok = Tokenizer(WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[CLS]", eos_token="[SEP]"
     )
@@ -49,9 +84,9 @@ def _small(vocab: int, **text) -> tuple[dict, dict]:
     return t, v
 
 
-def make_clip(folder: Path) -> Path:
+def make_clip(folder: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
     torch.manual_seed(0)
-    tokenizer = _hf_tokenizer(16)
+    tokenizer = tokenizer or _hf_tokenizer(16)
     t, v = _small(len(tokenizer), eos_token_id=3, bos_token_id=2, pad_token_id=0)
     model = CLIPModel(CLIPConfig(text_config=t, vision_config=v, projection_dim=24)).eval()
     model.save_pretrained(folder)
@@ -64,7 +99,7 @@ def make_clip(folder: Path) -> Path:
 
 def make_siglip(folder: Path) -> Path:
     torch.manual_seed(0)
-    tokenizer = _hf_tokenizer(16)
+    tokenizer = _hf_tokenizer(16, start_token=False)
     t, v = _small(len(tokenizer), pad_token_id=0)
     model = SiglipModel(SiglipConfig(text_config=t, vision_config=v)).eval()
     model.save_pretrained(folder)

@@ -124,3 +124,87 @@ def test_prompts_on_an_hf_clip_reproduce_its_text_features(tmp_path):
         torch.testing.assert_close(
             learner.class_embeddings(model), F.normalize(plain.embeds, dim=-1), atol=1e-5, rtol=0
         )
+
+
+# ----- transformers CLIP and SigLIP: local tokens, prompts, per-word context ----------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    from hf_tiny import make_clip, make_siglip
+    from vlret.models import create_model
+
+    root = tmp_path_factory.mktemp("hf_prompts")
+    return {
+        "clip": create_model(f"hf:{make_clip(root / 'clip')}").eval(),
+        "siglip": create_model(f"hf:{make_siglip(root / 'siglip')}").eval(),
+        "clip_folder": root / "clip",
+    }
+
+
+def test_clip_local_tokens_are_its_image_embedding_and_last_cls_attention(hf_models):
+    from transformers import CLIPModel
+
+    model = hf_models["clip"]
+    pixels = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        tokens, attention = model.local_tokens(pixels)
+        embeds = model.encode_images(pixels).embeds
+        # independently: transformers' eager attention, which returns its weights
+        eager = CLIPModel.from_pretrained(hf_models["clip_folder"], attn_implementation="eager").eval()
+        weights = eager.vision_model(pixel_values=pixels, output_attentions=True).attentions[-1]
+    assert tokens.shape == (3, 1 + 16, 24) and attention.shape == (3, 16)
+    assert torch.equal(tokens[:, 0], embeds)
+    torch.testing.assert_close(attention, weights.mean(dim=1)[:, 0, 1:], atol=1e-6, rtol=0)
+
+
+def test_siglip_local_tokens_are_the_pooling_of_each_token_alone(hf_models):
+    model = hf_models["siglip"]
+    vision = model.model.vision_model
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens, attention = model.local_tokens(pixels)
+        hidden = vision(pixel_values=pixels).last_hidden_state
+        alone = torch.stack([vision.head(hidden[:, i : i + 1]) for i in range(16)], dim=1)
+        probe = vision.head.probe.expand(2, -1, -1)
+        _, weights = vision.head.attention(probe, hidden, hidden, need_weights=True)
+    assert torch.equal(tokens[:, 0], model.encode_images(pixels).embeds)
+    torch.testing.assert_close(tokens[:, 1:], alone, atol=1e-6, rtol=0)
+    torch.testing.assert_close(attention, weights[:, 0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_prompts_reproduce_the_text_features_of_clip_and_siglip(hf_models, kind):
+    model = hf_models[kind]
+    classes = ["red circle", "blue square"]
+    learner = PromptLearner(model, classes, init="a red")  # words the tiny vocabulary knows
+    # CLIP's tokenizer puts a start token in front, SigLIP's does not
+    assert (learner.start, learner.n_ctx) == ((1, 2) if kind == "clip" else (0, 2))
+    with torch.no_grad():
+        plain = model.encode_texts(model.tokenize([f"a red {c}." for c in classes]))
+        torch.testing.assert_close(
+            learner.class_embeddings(model), F.normalize(plain.embeds, dim=-1), atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("context, n_ctx", [("per_word", 4), ("per_token", 5)])
+def test_context_per_word_as_coop_or_per_token(tmp_path, context, n_ctx):
+    from hf_tiny import make_clip, subword_tokenizer
+    from vlret.models import create_model
+
+    model = create_model(f"hf:{make_clip(tmp_path / 'clip', subword_tokenizer())}").eval()
+    # "a photo of a" -> [CLS] a ph ##oto of a [SEP]: four words, five tokens. CoOp (per word) learns four
+    # vectors from the first four tokens (a, ph, ##oto, of) and keeps the fifth ("a") frozen in the prompt.
+    ids = model.tokenize(["a photo of a red circle."])["input_ids"][0]
+    assert ids.tolist()[:7] == [2, 4, 5, 6, 7, 4, 8]
+    learner = PromptLearner(model, ["red circle"], "a photo of a", context)
+    assert learner.n_ctx == n_ctx
+    with torch.no_grad():
+        embeddings = model.text_token_embeddings(ids[None])[0]
+        assert torch.equal(learner.ctx, embeddings[1 : 1 + n_ctx])
+        learner.ctx.add_(1.0)  # move the learnt vectors: only they change, the rest stays the frozen prompt
+        prompt = learner.prompt_embeddings()[0]
+    assert torch.equal(prompt[1 : 1 + n_ctx], embeddings[1 : 1 + n_ctx] + 1.0)
+    assert torch.equal(prompt[1 + n_ctx :], embeddings[1 + n_ctx :]) and torch.equal(prompt[0], embeddings[0])
+    with pytest.raises(ConfigError, match="context must be one of per_word, per_token"):
+        PromptLearner(model, ["red circle"], "a photo of a", "per_phrase")

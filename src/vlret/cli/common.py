@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+#: how every --model option reads its value (one resolver: vlret.models.create_model)
+MODEL_HELP = (
+    "a saved vlret model folder, hf:<hub id or folder> (CLIP, SigLIP; a bare transformers folder too), "
+    "openclip:<arch>/<tag>, composed[:IMAGE+TEXT], or tiny-cnn / tiny-vit (fresh)"
+)
+
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """The options every command that reads a dataset takes."""

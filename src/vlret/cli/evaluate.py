@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vlret.cli.common import add_data_options, add_video_option, load_data, model_for
+from vlret.cli.common import MODEL_HELP, add_data_options, add_video_option, load_data, model_for
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -73,9 +73,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     ev = commands.add_parser("eval", help="evaluate a model or a score matrix with a retrieval protocol")
     source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--model", help="tiny-cnn, tiny-vit, hf:<id or folder>, or a saved vlret model folder"
-    )
+    source.add_argument("--model", help=MODEL_HELP)
     source.add_argument("--scores", help=".npy score matrix (captions x items of the split; higher = better)")
     source.add_argument(
         "--ensemble",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlret.cli.common import MODEL_HELP
+
 # Flags of `prompts train` that set a recipe field of the same name (None: keep the recipe's value).
 RUN_FLAGS = (
     "data",
@@ -107,7 +109,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--data", help="split_zhou_<Name>.json, or a folder of class folders")
     train.add_argument("--images", help="the folder a split file's paths are relative to (default: images/)")
     train.add_argument("--classnames", help="classnames.txt naming id-named class folders (ImageNet)")
-    train.add_argument("--model", help="a saved vlret model (or hf: CLIP) whose text tower takes embeddings")
+    train.add_argument("--model", help=MODEL_HELP + "; its text tower must take input embeddings")
     train.add_argument("--method", choices=["coop", "textrefiner"])
     train.add_argument("--subset", choices=["base", "all"], help="base: base-to-new; all: cross-dataset")
     train.add_argument("--shots", type=int)
@@ -121,7 +123,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_prompts_train)
     ev = cmds.add_parser("eval", help="accuracy (and class-to-image mAP) of learnt or hand-written prompts")
     ev.add_argument("prompts", nargs="?", help="a run's prompts folder (RUN/prompts)")
-    ev.add_argument("--zero-shot", metavar="MODEL", help="instead: MODEL with the hand-written --template")
+    ev.add_argument(
+        "--zero-shot",
+        metavar="MODEL",
+        help="instead: MODEL with the hand-written --template (" + MODEL_HELP + ")",
+    )
     ev.add_argument("--template", default="a photo of a", help="zero-shot prompt before the class name")
     ev.add_argument("--data", required=True, help="split_zhou_<Name>.json, or a folder of class folders")
     ev.add_argument("--images", help="the folder a split file's paths are relative to (default: images/)")

@@ -99,7 +99,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     build = index_cmds.add_parser(
         "build", help="encode a folder of images or videos, or a dataset (resumable), and index it"
     )
-    build.add_argument("--model", required=True, help="a saved vlret model folder or hf:<id or folder>")
+    build.add_argument(
+        "--model",
+        required=True,
+        help="a trained model: a saved vlret model folder, hf:<hub id or folder> or openclip:<arch>/<tag>",
+    )
     build_source = build.add_mutually_exclusive_group(required=True)
     build_source.add_argument("--images", help="folder of images (searched recursively)")
     build_source.add_argument(

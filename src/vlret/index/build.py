@@ -43,7 +43,7 @@ from vlret.evaluate.encode import (
 )
 from vlret.index.choice import choose_index
 from vlret.models.base import RetrievalModel
-from vlret.models.registry import create_model, is_model_reference
+from vlret.models.registry import canonical_model_name, create_model, is_model_reference
 
 #: candidates a two-stage index re-scores with the model's head, per query, unless the build says otherwise
 DEFAULT_SHORTLIST = 100
@@ -262,7 +262,9 @@ def build_index(
     out = Path(out)
     if out.exists() and not out.is_symlink():
         raise ConfigError(f"{out} exists and is not a vlret index link; choose another path")
-    model_name, first_stage = (_absolute(name) for name in (model_name, first_stage))
+    model_name, first_stage = (
+        None if n is None else canonical_model_name(n) for n in (model_name, first_stage)
+    )
     if dataset is not None:
         root, paths = dataset.media_root.resolve(), [it.path for it in dataset.items]
         ids = [it.id for it in dataset.items]
@@ -351,13 +353,6 @@ def build_index(
     shutil.rmtree(work / "chunks")
     manifest_file.unlink()
     return _publish(work, out)
-
-
-def _absolute(name: str | None) -> str | None:
-    """A model folder as an absolute path: the index must work from any working directory."""
-    if name is not None and Path(name).is_dir():
-        return str(Path(name).resolve())
-    return name
 
 
 def _index_captions(

@@ -23,16 +23,9 @@ from PIL import Image
 from vlret.errors import ConfigError
 from vlret.evaluate.classification import check_finite_logits, softmax
 from vlret.index.search import Hit, Searcher
+from vlret.models.registry import canonical_model_name
 
 SHORTLIST = 1000
-
-
-def _same_model(a: str, b: str) -> bool:
-    def canonical(reference: str) -> str:
-        path = Path(reference.removeprefix("hf:"))
-        return str(path.resolve()) if path.exists() else reference
-
-    return canonical(a) == canonical(b)
 
 
 class ClassSearch:
@@ -42,7 +35,7 @@ class ClassSearch:
         from vlret.train.prompt_trainer import load_prompts, prompts_meta
 
         meta = prompts_meta(prompts)
-        if not _same_model(meta["model"], searcher.meta["model"]):
+        if canonical_model_name(meta["model"]) != canonical_model_name(searcher.meta["model"]):
             raise ConfigError(
                 f"{prompts}: the prompts were learnt on {meta['model']!r} but the index was built with "
                 f"{searcher.meta['model']!r}; class embeddings only match the images of their own model"

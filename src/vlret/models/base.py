@@ -25,6 +25,7 @@ from torch import nn
 from vlret.data.transforms import ImageTransform
 
 MODEL_CONFIG_FILE = "vlret_model.json"
+HF_MODEL_TYPES = ("clip", "siglip")  # the transformers model types vlret reads as dual encoders
 HEAD_WEIGHTS_FILE = "head.safetensors"
 
 

@@ -1,13 +1,19 @@
 """CoOp's prompt learner (Zhou et al., IJCV 2022): learnt context words in front of each class name.
 
 Every class ``c`` is read as the prompt ``"<init> <name>."`` (``init`` = "a photo of a"); the embeddings of the
-``init`` words (``n_ctx`` = their token count) are replaced by ``n_ctx`` learnt vectors shared by all classes
-and initialised from those very embeddings, and the frozen text encoder runs on the result. So before
-training the class embeddings are exactly the encoder's embeddings of the plain prompts. Only the context
-vectors learn; every weight of the model stays frozen.
+first ``n_ctx`` tokens of ``init`` are replaced by ``n_ctx`` learnt vectors shared by all classes and
+initialised from those very embeddings, and the frozen text encoder runs on the result. So before training the
+class embeddings are exactly the encoder's embeddings of the plain prompts. Only the context vectors learn;
+every weight of the model stays frozen.
+
+``n_ctx`` follows CoOp's released code by default (``context="per_word"``): one vector per *word* of
+``init``. When the tokenizer splits a word into several tokens, CoOp still learns one vector per word, taken
+from the first tokens, and the remaining tokens of ``init`` stay in the prompt as frozen embeddings.
+``context="per_token"`` learns one vector per token of ``init`` instead. The two agree when every word is one
+token ("a photo of a" is four tokens in CLIP's BPE).
 
 A model takes part by providing ``text_token_embeddings(input_ids)`` and ``encode_text_embeddings(embeds,
-batch)`` (vlret's tiny dual encoders do); the tokenizer must wrap a text in one start token in front.
+batch)`` (vlret's tiny dual encoders and transformers CLIP and SigLIP do).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from vlret.errors import ConfigError
 from vlret.models.base import RetrievalModel
 
 DEFAULT_INIT = "a photo of a"
+CONTEXT_MODES = ("per_word", "per_token")
 
 
 def check_promptable(model: RetrievalModel) -> None:
@@ -31,37 +38,67 @@ def check_promptable(model: RetrievalModel) -> None:
             )
 
 
+def init_token_span(model: RetrievalModel, init: str) -> tuple[int, int]:
+    """``(start, count)``: where ``init``'s own tokens sit when ``init`` is tokenized, and how many there are.
+
+    They are what tokenizing ``init`` adds to tokenizing the empty string: the special tokens in front
+    (CLIP's start token; none in SigLIP) are the common prefix of the two, and what follows ``init``'s
+    tokens (end token, padding) is the empty text's tail shifted by ``count``.
+    """
+    batch = model.tokenize([init, ""])
+    ids, empty = batch["input_ids"][0].tolist(), batch["input_ids"][1].tolist()
+    start = 0
+    while start < len(ids) and ids[start] == empty[start]:
+        start += 1
+    for count in range(1, len(ids) - start + 1):
+        if ids[start + count :] == empty[start : len(empty) - count]:
+            return start, count
+    raise ConfigError(f"{model.name}: cannot find the tokens of {init!r} in its tokenization")
+
+
 class PromptLearner(nn.Module):
     """Learnt context vectors and the class prompts they complete; see the module docstring."""
 
-    def __init__(self, model: RetrievalModel, classnames: list[str], init: str = DEFAULT_INIT):
+    def __init__(
+        self,
+        model: RetrievalModel,
+        classnames: list[str],
+        init: str = DEFAULT_INIT,
+        context: str = "per_word",
+    ):
         super().__init__()
         check_promptable(model)
         if not classnames:
             raise ConfigError("prompt learning needs at least one class name")
-        self.init, self.classnames = init, list(classnames)
-        init_batch = model.tokenize([init])
-        self.n_ctx = int(init_batch["attention_mask"].sum()) - 2  # minus the start and end tokens
-        if self.n_ctx < 1:
+        if context not in CONTEXT_MODES:
+            raise ConfigError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {context!r}")
+        if not init.split():
             raise ConfigError(f"the context initialisation {init!r} has no words")
+        self.init, self.classnames, self.context = init, list(classnames), context
+        self.start, init_tokens = init_token_span(model, init)
+        self.n_ctx = len(init.split()) if context == "per_word" else init_tokens
+        if self.n_ctx > init_tokens:
+            raise ConfigError(f"{model.name}: {init!r} has more words than tokens; use context per_token")
         prompts = [f"{init} {name.replace('_', ' ')}." for name in classnames]
         batch = model.tokenize(prompts)
-        expected = init_batch["input_ids"][0, 1 : 1 + self.n_ctx]
-        if not (batch["input_ids"][:, 1 : 1 + self.n_ctx] == expected).all():
+        expected = model.tokenize([init])["input_ids"][0, self.start : self.start + init_tokens]
+        if not (batch["input_ids"][:, self.start : self.start + init_tokens] == expected).all():
             raise ConfigError(f"{model.name}: its tokenizer does not put {init!r} first in every prompt")
         with torch.no_grad():
             frozen = model.text_token_embeddings(batch["input_ids"]).detach()
-        self.register_buffer("input_ids", batch["input_ids"], persistent=False)
-        self.register_buffer("attention_mask", batch["attention_mask"], persistent=False)
+        self.batch_keys = sorted(batch)
+        for key in self.batch_keys:
+            self.register_buffer(key, batch[key], persistent=False)
         self.register_buffer("frozen", frozen, persistent=False)
-        self.ctx = nn.Parameter(frozen[0, 1 : 1 + self.n_ctx].clone())
+        self.ctx = nn.Parameter(frozen[0, self.start : self.start + self.n_ctx].clone())
 
     def prompt_embeddings(self) -> torch.Tensor:
         """``[C, L, width]``: the prompts with the context vectors in place of the ``init`` words."""
         ctx = self.ctx[None].expand(len(self.frozen), -1, -1)
-        return torch.cat([self.frozen[:, :1], ctx, self.frozen[:, 1 + self.n_ctx :]], dim=1)
+        end = self.start + self.n_ctx
+        return torch.cat([self.frozen[:, : self.start], ctx, self.frozen[:, end:]], dim=1)
 
     def class_embeddings(self, model: RetrievalModel) -> torch.Tensor:
         """``[C, D]`` L2-normalised class embeddings through ``model``'s frozen text encoder."""
-        batch = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        batch = {key: getattr(self, key) for key in self.batch_keys}
         return F.normalize(model.encode_text_embeddings(self.prompt_embeddings(), batch).embeds, dim=-1)

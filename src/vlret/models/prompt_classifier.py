@@ -45,10 +45,11 @@ class PromptClassifier(nn.Module):
         classnames: list[str],
         init: str = DEFAULT_INIT,
         refiner: RefinerConfig | None = None,
+        context: str = "per_word",
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.prompts = PromptLearner(model, classnames, init)
+        self.prompts = PromptLearner(model, classnames, init, context)
         self.refiner = refiner or RefinerConfig(alpha=0.0)
         width = self.prompts.class_embeddings(model).shape[-1]
         if self.refines:
@@ -70,7 +71,9 @@ class PromptClassifier(nn.Module):
     def set_classes(self, classnames: list[str]) -> None:
         """Classify among other classes (base-to-new): new prompts, the same context, ``W`` and cache."""
         ctx = self.prompts.ctx.detach().clone()
-        self.prompts = PromptLearner(self.model, classnames, self.prompts.init).to(ctx.device)
+        self.prompts = PromptLearner(self.model, classnames, self.prompts.init, self.prompts.context).to(
+            ctx.device
+        )
         with torch.no_grad():
             self.prompts.ctx.copy_(ctx)
         self._classes_at_eval = None

@@ -9,11 +9,9 @@ from pathlib import Path
 import torch
 
 from vlret.errors import ConfigError
-from vlret.models.base import MODEL_CONFIG_FILE, RetrievalModel
+from vlret.models.base import HF_MODEL_TYPES, MODEL_CONFIG_FILE, RetrievalModel
 from vlret.models.heads import build_head
 from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
-
-NAMES_HELP = "tiny-cnn, tiny-vit, composed, hf:<hub id or folder>, openclip:<arch>/<pretrained tag>, or a folder saved by vlret"
 
 
 def create_model(
@@ -29,9 +27,15 @@ def create_model(
 
     - ``tiny-cnn`` / ``tiny-vit``: a fresh tiny dual encoder; ``captions`` (the training captions) build its
       vocabulary; ``options`` override :class:`~vlret.models.tiny.TinyConfig` fields; ``seed`` fixes the init.
-    - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint.
+    - ``composed`` (towers from ``options``) or ``composed:IMAGE+TEXT``: pretrained or fresh towers joined by
+      new projections (:mod:`vlret.models.composed`).
+    - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint; a bare folder written by
+      ``save_pretrained`` is read the same way.
     - ``openclip:<arch>/<pretrained tag>``: open_clip's model zoo (the ``openclip`` extra).
     - a folder containing ``vlret_model.json``: a model saved with ``model.save(folder)``.
+
+    Every command and API that takes a model resolves its name here; a name nothing takes raises one
+    :class:`~vlret.errors.ConfigError` listing each reading that was tried.
 
     ``video`` (:class:`~vlret.models.video.VideoConfig`'s settings) makes it a clip encoder over that model's
     image tower: frames pooled by mean, or by a temporal transformer.
@@ -58,22 +62,10 @@ def _build(name: str, captions: Sequence[str] | None, seed: int | None, options:
             if seed is not None:
                 torch.manual_seed(seed)
             return TinyDualEncoder.from_captions(name, list(captions or []), **options)
-    if name == "composed":
-        from vlret.models.composed import ComposedModel
-
-        with torch.random.fork_rng(devices=[]):  # the projections' initialisation
-            if seed is not None:
-                torch.manual_seed(seed)
-            model = ComposedModel.create(captions=list(captions or []), **options)
-        pretrained = [t.name for t in (model.image_tower, model.text_tower) if t.pretrained]
-        model.origin = "pretrained:" + "+".join(pretrained) if pretrained else "initialised"
-        return model
+    if name == "composed" or name.startswith("composed:"):
+        return _composed(name, captions, seed, options)
     if name.startswith("hf:"):
-        from vlret.models.hf import HFDualEncoder  # transformers is slow to import; only when needed
-
-        model = HFDualEncoder.from_pretrained(name[3:])
-        model.origin = f"pretrained:{name[3:]}"
-        return model
+        return _from_hf(name[3:])
     if name.startswith("openclip:"):
         from vlret.models.openclip import OpenCLIPModel, parse_name
 
@@ -81,9 +73,95 @@ def _build(name: str, captions: Sequence[str] | None, seed: int | None, options:
             if seed is not None:
                 torch.manual_seed(seed)
             return OpenCLIPModel(*parse_name(name))
-    if (Path(name) / MODEL_CONFIG_FILE).is_file():
-        return load_model(name)
-    raise ConfigError(f"unknown model {name!r}; expected {NAMES_HELP}")
+    folder = Path(name)
+    if (folder / MODEL_CONFIG_FILE).is_file():
+        return load_model(folder)
+    if _hf_model_type(folder) is not None:
+        return _from_hf(name)
+    raise ConfigError(_what_was_tried(name))
+
+
+def _composed(name: str, captions: Sequence[str] | None, seed: int | None, options: dict) -> RetrievalModel:
+    """``composed`` (the recipe's towers) or ``composed:IMAGE+TEXT`` (towers named on the command line)."""
+    from vlret.models.composed import ComposedModel
+
+    if name.startswith("composed:"):
+        towers = name.split(":", 1)[1].split("+")
+        if len(towers) != 2 or not all(towers):
+            raise ConfigError(
+                f"{name!r}: expected composed:IMAGE_TOWER+TEXT_TOWER, e.g. composed:efficientnet-lite0+minilm"
+            )
+        options = {**options, "image_tower": towers[0], "text_tower": towers[1]}
+    with torch.random.fork_rng(devices=[]):  # the projections' initialisation
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model = ComposedModel.create(captions=list(captions or []), **options)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    pretrained = [t.name for t in (model.image_tower, model.text_tower) if t.pretrained]
+    model.origin = "pretrained:" + "+".join(pretrained) if pretrained else "initialised"
+    return model
+
+
+def _hf_model_type(folder: Path) -> str | None:
+    """The ``model_type`` of a folder written by transformers' ``save_pretrained`` (None: not one)."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _from_hf(source: str) -> RetrievalModel:
+    from vlret.models.hf import HFDualEncoder  # transformers is slow to import; only when needed
+
+    if Path(source).is_dir() and _hf_model_type(Path(source)) is None:
+        raise ConfigError(
+            f"hf:{source}: the folder has no readable config.json, so it is not a transformers model"
+        )
+    try:
+        model = HFDualEncoder.from_pretrained(source)
+    except OSError as exc:
+        where = "a folder" if Path(source).is_dir() else "not a folder here, nor a hub id in the local cache"
+        raise ConfigError(
+            f"hf:{source}: cannot load it ({where}; offline runs need the cache): {exc}"
+        ) from None
+    model.origin = f"pretrained:{source}"
+    return model
+
+
+def _what_was_tried(name: str) -> str:
+    """The one error for a name no resolver took: every reading of it and why each failed."""
+    folder = Path(name)
+    tried = [f"a built-in name ({', '.join(TINY_ARCHS)}, composed, composed:IMAGE+TEXT): it is none of them"]
+    if folder.is_dir():
+        tried.append(f"a saved vlret model: {folder} has no {MODEL_CONFIG_FILE}")
+        model_type = _hf_model_type(folder)
+        tried.append(
+            f"a transformers folder: {folder} has no config.json"
+            if model_type is None
+            else f"a transformers folder: it holds a {model_type!r} model, not {' or '.join(HF_MODEL_TYPES)}"
+        )
+        best = folder / "checkpoints" / "best" / "model"
+        if (best / MODEL_CONFIG_FILE).is_file():
+            tried.append(f"it is a training run: its best model is {best}")
+    else:
+        tried.append(f"a folder: {folder} does not exist")
+    tried.append("a prefixed name: hf:<hub id or folder>, openclip:<arch>/<pretrained tag>")
+    return f"unknown model {name!r}; tried " + "; ".join(tried)
+
+
+def canonical_model_name(name: str) -> str:
+    """``name`` as a record should keep it: folders made absolute, so that an index or a prompts folder finds
+    its model from any working directory, and a transformers folder written as ``hf:DIR`` or ``DIR`` named
+    one way (``hf:/abs/DIR``)."""
+    prefix, rest = ("hf:", name[3:]) if name.startswith("hf:") else ("", name)
+    folder = Path(rest)
+    if not folder.is_dir():
+        return name
+    if not prefix and not (folder / MODEL_CONFIG_FILE).is_file() and _hf_model_type(folder) is not None:
+        prefix = "hf:"
+    return prefix + str(folder.resolve())
 
 
 def load_model(folder: str | Path) -> RetrievalModel:
@@ -124,6 +202,7 @@ def is_model_reference(name: str) -> bool:
     """True when ``name`` names a model :func:`create_model` can build without training captions."""
     return (
         name == "composed"
-        or name.startswith(("hf:", "openclip:"))
+        or name.startswith(("hf:", "openclip:", "composed:"))
         or (Path(name) / MODEL_CONFIG_FILE).is_file()
+        or _hf_model_type(Path(name)) is not None
     )

@@ -31,8 +31,10 @@ from vlret.data.classes import ClassData, base_new, few_shot_data, harmonic_mean
 from vlret.data.images import load_image
 from vlret.errors import ConfigError, TrainingError
 from vlret.evaluate.classification import class_retrieval_map, top1_accuracy
-from vlret.models import load_model
+from vlret.models import create_model
+from vlret.models.coop import CONTEXT_MODES
 from vlret.models.prompt_classifier import PromptClassifier, RefinerConfig
+from vlret.models.registry import canonical_model_name
 from vlret.schema import build_dataclass, read_yaml
 from vlret.train.data import Augment
 
@@ -56,6 +58,7 @@ class PromptRun:
     batch_size: int = 32
     lr: float = 0.002
     init: str = "a photo of a"
+    context: str = "per_word"  # CoOp's one learnt vector per word of init; or per_token
     select: str = "best_val"  # or last
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized crop, area range
     # the crop's width / height range; None keeps the image's aspect ratio
@@ -74,6 +77,8 @@ class PromptRun:
                 raise ConfigError(f"{key}: expected [low, high] with 0 < low <= high, got {[lo, hi]}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, not {self.method!r}")
+        if self.context not in CONTEXT_MODES:
+            raise ConfigError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}")
         if self.select not in ("best_val", "last"):
             raise ConfigError(f"select must be best_val or last, not {self.select!r}")
         self._check_numbers()
@@ -182,8 +187,9 @@ def save_prompts(classifier: PromptClassifier, run: PromptRun, folder: Path) -> 
         state["aggregation"] = classifier.aggregation.proj.weight.detach().contiguous()
     save_file(state, folder / PROMPTS_FILE)
     meta = {
-        "model": run.model,
+        "model": canonical_model_name(run.model),
         "init": run.init,
+        "context": run.context,
         "refiner": asdict(classifier.refiner),
         "classnames": classifier.prompts.classnames,
         "method": run.method,
@@ -206,10 +212,11 @@ def load_prompts(folder: str | Path, model=None) -> PromptClassifier:
     folder = Path(folder)
     meta = prompts_meta(folder)
     classifier = PromptClassifier(
-        model if model is not None else load_model(meta["model"]),
+        model if model is not None else create_model(meta["model"]),
         meta["classnames"],
         meta["init"],
         RefinerConfig(**meta["refiner"]),
+        meta.get("context", "per_token"),  # prompts saved before the option learnt one vector per token
     )
     state = load_file(folder / PROMPTS_FILE)
     for name, tensor in state.items():
@@ -237,7 +244,9 @@ def train_prompts(
     _check_same_run(out, run)
     torch.manual_seed(run.seed)
     train_data = few_shot_data(base_new(data, run.subset), run.shots, run.seed)
-    classifier = PromptClassifier(load_model(run.model), train_data.classnames, run.init, run.refiner)
+    classifier = PromptClassifier(
+        create_model(run.model), train_data.classnames, run.init, run.refiner, run.context
+    )
     params = _trainable(classifier)
     optimizer = torch.optim.SGD(params, lr=run.lr, momentum=0.9, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(e, run.epochs, run.lr))
@@ -341,7 +350,7 @@ def _check_same_run(out: Path, run: PromptRun) -> None:
 
 def zero_shot(model: str, init: str = "a photo of a") -> PromptClassifier:
     """The frozen model with the hand-written prompt ``"<init> <class>."`` (CLIP's zero-shot baseline)."""
-    return PromptClassifier(load_model(model), ["placeholder"], init).eval()
+    return PromptClassifier(create_model(model), ["placeholder"], init).eval()
 
 
 def _as_classifier(prompts: str | Path | PromptClassifier) -> PromptClassifier:
