@@ -71,3 +71,45 @@ def test_one_caption_per_video_takes_the_unfloored_median():
         "i2t": MEDIAN_RULES["clip4clip"],
     }
     assert evaluate_scores(scores, _dataset(".png", 1))["metrics"]["t2i_medr"] == 2.0
+
+
+# ----- video->text ranks: one entry per other video (CLIP4Clip), or every wrong caption --------------------
+
+
+def _two_videos(suffix: str) -> RetrievalDataset:
+    items = [Item(f"v{n}", f"v{n}{suffix}", "test") for n in range(2)]
+    captions = [Caption(f"caption {c} of v{n}", f"v{n}") for n in range(2) for c in range(2)]
+    return RetrievalDataset(items, captions, Path("."), "hand-made", "test")
+
+
+# the issue's example: captions of videos [0, 0, 1, 1]
+ISSUE_SCORES = np.array([[0.5, 0.1], [0.4, 0.2], [0.9, 0.95], [0.8, 0.7]])
+
+
+def test_video_to_text_ranks_by_video_as_clip4clip_by_hand():
+    from vlret.evaluate.ranking import matrix_block_fn, rank_blocks
+
+    # video 0: its best caption scores .5; video 1's captions score .9 and .8 with it, best .9 >= .5: rank 1
+    #   (by captions both .9 and .8 are above .5: rank 2). video 1: own best .95; video 0's best .2: rank 0.
+    text_item = np.array([0, 0, 1, 1])
+    for chunk in (1, 3, 512):  # blocks of one row, uneven blocks, all at once
+        block_fn = matrix_block_fn(ISSUE_SCORES)
+        assert rank_blocks(block_fn, text_item, 2, chunk, item_rule="items").i2t.tolist() == [1, 0]
+        assert rank_blocks(block_fn, text_item, 2, chunk, item_rule="captions").i2t.tolist() == [2, 0]
+    # a tie with another video's best counts against the model, as every rank here does
+    tied = np.array([[0.5, 0.1], [0.4, 0.2], [0.5, 0.95], [0.1, 0.7]])
+    assert rank_blocks(matrix_block_fn(tied), text_item, 2, item_rule="items").i2t.tolist() == [1, 0]
+
+
+def test_video_results_rank_by_video_and_say_so_with_the_other_rule_on_request():
+    video = evaluate_scores(ISSUE_SCORES, _two_videos(".mp4"))
+    # ranks [1, 0] -> 1-based [2, 1]: MnR 1.5, R@1 one of two (stored as a fraction)
+    assert video["metrics"]["i2t_meanr"] == 1.5 and video["metrics"]["i2t_r1"] == 0.5
+    assert video["protocol"]["i2t_rank"].startswith("items")
+    by_captions = evaluate_scores(ISSUE_SCORES, _two_videos(".mp4"), item_rule="captions")
+    assert by_captions["metrics"]["i2t_meanr"] == 2.0  # ranks [2, 0] -> [3, 1]
+    assert by_captions["protocol"]["i2t_rank"].startswith("captions")
+    image = evaluate_scores(ISSUE_SCORES, _two_videos(".jpg"))
+    assert image["metrics"]["i2t_meanr"] == 2.0 and image["protocol"]["i2t_rank"].startswith("captions")
+    # text->video is the same under both rules
+    assert video["metrics"]["t2i_r1"] == by_captions["metrics"]["t2i_r1"]

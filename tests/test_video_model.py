@@ -231,7 +231,13 @@ def test_an_image_model_evaluates_videos_from_the_cli_with_mean_pooling(grey_cli
     ]
     assert main([*args, "--split", "test", "--video-frames", "4", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["model"]["video"] == {"frames": 4, "pooling": "mean", "layers": 2, "heads": 4}
+    assert result["model"]["video"] == {
+        "frames": 4,
+        "pooling": "mean",
+        "layers": 2,
+        "heads": 4,
+        "sampling_rule": "centres",
+    }
     assert result["data"]["media"] == "mixed"  # two clips and a still image
 
 

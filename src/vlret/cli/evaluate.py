@@ -31,7 +31,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.scores:
         scores = load_score_matrix(args.scores)
         result = evaluate_scores(
-            scores, dataset, args.protocol, args.split, args.direction, source=args.scores
+            scores, dataset, args.protocol, args.split, args.direction, args.scores, args.item_to_text
         )
     else:
         model = model_for(args.model, dataset, args.split or "test", args.video_frames)
@@ -48,6 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             score_dir=args.score_dir,
             relevance=args.relevance,
             mixed_mode=args.mixed_mode,
+            item_rule=args.item_to_text,
         )
     if args.out:
         write_json(args.out, result)
@@ -97,6 +98,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=["clean", "compat"],
         default="clean",
         help="mixed gallery: clean (one score scale, untransposed) or compat (RVLR's code)",
+    )
+    ev.add_argument(
+        "--item-to-text",
+        choices=["captions", "items"],
+        help="item->text ranks: captions (every wrong caption counts; images' default, VSE++/SCAN) or items "
+        "(one entry per other item; videos' default, CLIP4Clip's MSVD video->text)",
     )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument(

@@ -42,11 +42,19 @@ def is_video_path(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class FrameSampling:
-    """How frames are taken from a clip: ``frames`` uniformly, or ``fps`` capped at ``max_frames``."""
+    """How frames are taken from a clip: ``frames`` uniformly (the centres of equal segments), or ``fps``
+    frames a second capped at ``max_frames`` (evenly spaced picks of them).
+
+    ``pad=True`` is CLIP4Clip's rule (with ``fps=1``; :meth:`clip4clip`): the ``n`` frames at whole seconds
+    are picked by ``linspace(0, n - 1, max_frames)`` *truncated* to integers, and a clip with fewer than
+    ``max_frames`` frames keeps all of them and is padded to ``max_frames`` with masked frames
+    (:func:`stack_clip`). Without ``pad`` the picks are rounded and a short clip has fewer frames.
+    """
 
     frames: int | None = 8
     fps: float | None = None
     max_frames: int = 32
+    pad: bool = False
 
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
@@ -57,9 +65,19 @@ class FrameSampling:
             raise ConfigError(f"frame sampling: fps must be positive, not {self.fps}")
         if self.max_frames < 1:
             raise ConfigError(f"frame sampling: max_frames must be at least 1, not {self.max_frames}")
+        if self.pad and self.fps is None:
+            raise ConfigError("frame sampling: pad (CLIP4Clip's rule) goes with fps sampling")
+
+    @classmethod
+    def clip4clip(cls, max_frames: int = 12) -> FrameSampling:
+        """CLIP4Clip's sampling: one frame a second, ``max_frames`` of them picked evenly, short clips padded."""
+        return cls(frames=None, fps=1.0, max_frames=max_frames, pad=True)
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not self.pad:
+            del fields["pad"]  # keys written before the option stay valid
+        return json.dumps(fields, sort_keys=True)
 
 
 def sample_times(duration: float, sampling: FrameSampling) -> list[float]:
@@ -70,12 +88,24 @@ def sample_times(duration: float, sampling: FrameSampling) -> list[float]:
         n = sampling.frames
         return [(k + 0.5) * duration / n for k in range(n)]
     step = 1.0 / sampling.fps
-    count = max(1, math.ceil(duration / step - 1e-9))
+    count = max(1, math.ceil(duration / step - 1e-9))  # the frames at 0, step, 2 step, ... before the end
     times = [k * step for k in range(count)]
     if len(times) > sampling.max_frames:
-        picks = np.linspace(0, len(times) - 1, sampling.max_frames).round().astype(int)
+        picks = np.linspace(0, len(times) - 1, sampling.max_frames)
+        picks = picks.astype(int) if sampling.pad else picks.round().astype(int)
         times = [times[p] for p in picks]
     return times
+
+
+def stack_clip(frames: list[np.ndarray], sampling: FrameSampling | None) -> np.ndarray:
+    """A clip's transformed frames ``[F, 3, H, W]``; with ``sampling.pad``, padded to ``max_frames`` with
+    frames of NaN, which :class:`~vlret.models.video.VideoModel` masks out (no decoded frame holds NaN, so
+    the mask travels with the pixels through every batch, cache and worker unchanged)."""
+    clip = np.stack(frames)
+    if sampling is None or not sampling.pad or len(clip) >= sampling.max_frames:
+        return clip
+    padding = np.full((sampling.max_frames - len(clip), *clip.shape[1:]), np.nan, dtype=clip.dtype)
+    return np.concatenate([clip, padding])
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,19 @@ def median_rules(dataset: RetrievalDataset) -> tuple[str, str]:
     return ("clip4clip-lower" if several else "clip4clip"), "clip4clip"
 
 
+ITEM_RULE_NOTES = {
+    "captions": "captions: every wrong caption at or above the item's best own caption counts (VSE++, SCAN)",
+    "items": "items: one entry per other item, the best of its captions (CLIP4Clip's video->text)",
+}
+
+
+def item_rank_rule(dataset: RetrievalDataset) -> str:
+    """How item->text ranks are counted in the tables results on ``dataset`` are compared with (see
+    :mod:`vlret.evaluate.ranking`): by captions for images (VSE++, SCAN), by items for videos (CLIP4Clip's
+    max over each other video's captions; the same as by captions when a video has one caption)."""
+    return "items" if media_kind(dataset) == "video" else "captions"
+
+
 def fold_metrics(
     ranks: list[Ranks], direction: str, medians: tuple[str, str] = ("floor", "floor")
 ) -> tuple[dict, list[dict]]:
@@ -71,9 +84,11 @@ def package_result(
     protocol: Protocol,
     split: str,
     direction: str,
+    item_rule: str | None = None,
     **fields,
 ) -> dict:
-    """The result dict of an evaluation: metrics from ``ranks``, counts, protocol, plus ``fields``."""
+    """The result dict of an evaluation: metrics from ``ranks``, counts, protocol, plus ``fields``;
+    ``item_rule``: the item->text rule ``ranks`` were counted by (default: the data's, :func:`item_rank_rule`)."""
     medians = median_rules(selected)
     metrics, per_fold = fold_metrics(ranks, direction, medians)
     captions_per_item: dict[str, int] = {}
@@ -93,6 +108,7 @@ def package_result(
             "direction": direction,
             "captions_per_item": captions_per_item,
             "median_rank": {"t2i": MEDIAN_RULES[medians[0]], "i2t": MEDIAN_RULES[medians[1]]},
+            "i2t_rank": ITEM_RULE_NOTES[item_rule or item_rank_rule(selected)],
         },
         metrics=metrics,
         folds=per_fold if len(folds) > 1 else None,
@@ -127,8 +143,11 @@ def evaluate_embeddings(
     selected: RetrievalDataset,
     folds: list[Fold],
     chunk: int = DEFAULT_CHUNK,
+    item_rule: str | None = None,
 ) -> list[Ranks]:
-    """Ranks per fold under the dot product of normalised embeddings (in ``selected`` order)."""
+    """Ranks per fold under the dot product of normalised embeddings (in ``selected`` order); item->text by
+    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``)."""
+    item_rule = item_rule or item_rank_rule(selected)
     items, texts = torch.from_numpy(item_embeds), torch.from_numpy(text_embeds)
     cap_item = selected.caption_to_item
     out = []
@@ -138,7 +157,7 @@ def evaluate_embeddings(
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
         hint = pairwise_dot(fold_texts, fold_items, t2i)
         block_fn = dot_block_fn(fold_texts, fold_items)
-        out.append(rank_blocks(block_fn, t2i, len(fold_items), chunk, positive_hint=hint))
+        out.append(rank_blocks(block_fn, t2i, len(fold_items), chunk, hint, item_rule))
     return out
 
 
@@ -150,16 +169,21 @@ def evaluate_with_head(
     chunk: int = DEFAULT_CHUNK,
     budget: int | None = None,
     scores: ScoreMatrix | None = None,
+    item_rule: str | None = None,
 ) -> list[Ranks]:
-    """Ranks per fold under a similarity head, scored in blocks bounded over both axes.
+    """Ranks per fold under a similarity head, scored in blocks bounded over both axes; item->text by
+    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``).
 
     With ``scores`` (a stored ``[captions, items]`` matrix of ``selected``), each fold's block is read from
     it where already computed and computed into it where not; the ranks are the same either way."""
+    item_rule = item_rule or item_rank_rule(selected)
     if head.is_dot_product:
-        return evaluate_embeddings(encoded.item_embeds, encoded.text_embeds, selected, folds, chunk)
+        return evaluate_embeddings(
+            encoded.item_embeds, encoded.text_embeds, selected, folds, chunk, item_rule
+        )
     if scores is not None:
         fill_score_matrix(head, encoded, folds, scores, chunk, budget)
-        return rank_stored_scores([scores], selected, folds, chunk)
+        return rank_stored_scores([scores], selected, folds, chunk, item_rule)
     cap_item = selected.caption_to_item
     out = []
     for f in folds:
@@ -168,7 +192,7 @@ def evaluate_with_head(
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
         hint = head_positive_scores(head, texts, items, t2i)
         block_fn = head_block_fn(head, texts, items, chunk, budget)
-        out.append(rank_blocks(block_fn, t2i, len(items), chunk, positive_hint=hint))
+        out.append(rank_blocks(block_fn, t2i, len(items), chunk, hint, item_rule))
     return out
 
 
@@ -197,10 +221,15 @@ def fill_score_matrix(
 
 
 def rank_stored_scores(
-    matrices: list[ScoreMatrix], selected: RetrievalDataset, folds: list[Fold], chunk: int = DEFAULT_CHUNK
+    matrices: list[ScoreMatrix],
+    selected: RetrievalDataset,
+    folds: list[Fold],
+    chunk: int = DEFAULT_CHUNK,
+    item_rule: str | None = None,
 ) -> list[Ranks]:
     """Ranks per fold under the mean of stored ``[captions, items]`` matrices of ``selected`` (one matrix:
     its own scores; several: an ensemble, e.g. SGRAF = (SGR + SAF) / 2)."""
+    item_rule = item_rule or item_rank_rule(selected)
     cap_item = selected.caption_to_item
     out = []
     for f in folds:
@@ -214,9 +243,7 @@ def rank_stored_scores(
         rows = np.arange(f.caption_start, f.caption_stop)
         hint = np.mean([np.asarray(m.array[rows, t2i + f.item_start]) for m in matrices], axis=0)
         out.append(
-            rank_blocks(
-                block_fn, t2i, f.item_stop - f.item_start, chunk, positive_hint=torch.from_numpy(hint)
-            )
+            rank_blocks(block_fn, t2i, f.item_stop - f.item_start, chunk, torch.from_numpy(hint), item_rule)
         )
     return out
 
@@ -335,6 +362,7 @@ def evaluate_model(
     score_dir: str | Path | None = None,
     relevance: str | None = None,
     mixed_mode: str = "clean",
+    item_rule: str | None = None,
 ) -> dict:
     """Encode a split with ``model`` and run ``protocol`` on it, scoring with the model's head.
 
@@ -344,7 +372,9 @@ def evaluate_model(
     same captions or an ensemble reads it instead of scoring again. A re-ranking head (ITM) is evaluated
     on the top-``k_test`` of the model's own embeddings (:func:`vlret.rerank.head.evaluate_reranked`); the
     result records both stages. ``relevance`` (``"rouge-l"`` or a ``.npy`` file) adds single-modal and
-    mixed-gallery NDCG (:mod:`vlret.evaluate.graded`; ``mixed_mode`` clean or compat)."""
+    mixed-gallery NDCG (:mod:`vlret.evaluate.graded`; ``mixed_mode`` clean or compat). ``item_rule`` counts
+    item->text ranks by ``"captions"`` or ``"items"`` (default: the field's convention for the data,
+    :func:`item_rank_rule`)."""
     _check_direction(direction)
     if model.head.reranks:  # a cross-encoder (ITM): the embeddings' top-k_test, re-scored by the head
         from vlret.rerank.head import evaluate_reranked
@@ -377,7 +407,7 @@ def evaluate_model(
     if use_cache and not model.head.is_dot_product:
         stored = stored_scores(model, selected, token_dtype, score_dir)
     try:
-        ranks = evaluate_with_head(model.head, encoded, selected, folds, scores=stored)
+        ranks = evaluate_with_head(model.head, encoded, selected, folds, scores=stored, item_rule=item_rule)
     except NonFiniteScoreError as exc:
         raise VlretError(
             f"{model.name}: the {model.head.name} head gave a non-finite score ({exc.value}) for caption "
@@ -398,6 +428,7 @@ def evaluate_model(
         proto,
         split_name,
         direction,
+        item_rule,
         **extra,
         model=model.identity(),
         features={
@@ -421,8 +452,10 @@ def evaluate_scores(
     split: str | None = None,
     direction: str = "both",
     source: str | None = None,
+    item_rule: str | None = None,
 ) -> dict:
-    """Run ``protocol`` on a precomputed (texts x items) score matrix of one split.
+    """Run ``protocol`` on a precomputed (texts x items) score matrix of one split (item->text ranks by
+    ``item_rule``; default: the data's, :func:`item_rank_rule`).
 
     Rows are the split's captions in the order the annotations list them, columns the split's items in order
     (higher = more similar). A numpy memmap (``np.load(path, mmap_mode="r")``) is read block by block.
@@ -439,6 +472,7 @@ def evaluate_scores(
             f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} for split {split_name!r}",
         )
     selected, keep, folds = prepare(split_data, proto)
+    item_rule = item_rule or item_rank_rule(selected)
     keep_rows = np.asarray(keep)
     cap_item = selected.caption_to_item
     dtype = ranking_dtype(scores.dtype)  # rank in the input's precision
@@ -453,7 +487,11 @@ def evaluate_scores(
 
         hint = torch.from_numpy(np.asarray(scores[rows, t2i + f.item_start], dtype=dtype))
         try:
-            ranks.append(rank_blocks(block_fn, t2i, f.item_stop - f.item_start, positive_hint=hint))
+            ranks.append(
+                rank_blocks(
+                    block_fn, t2i, f.item_stop - f.item_start, positive_hint=hint, item_rule=item_rule
+                )
+            )
         except NonFiniteScoreError as exc:
             row, column = int(rows[exc.row]), f.item_start + exc.column
             raise DataError(
@@ -469,6 +507,7 @@ def evaluate_scores(
         proto,
         split_name,
         direction,
+        item_rule,
         model={"name": "precomputed scores", "scores": source},
         seconds={"score": round(done - started, 3), "total": round(done - started, 3)},
     )

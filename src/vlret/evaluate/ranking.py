@@ -11,6 +11,13 @@ against the model, so a constant scorer gets no hits; a wrong score that is lowe
 ulp, never counts. For image->text the correct score of an item is the best score among its texts, read
 from the same blocks: never from a second computation that could differ in the last bits.
 
+**Item->text ranks** follow one of two rules, which differ only when an item has several texts:
+``"captions"`` (VSE++, SCAN and the image-text field) counts every wrong text at or above the item's best own
+text; ``"items"`` (CLIP4Clip's multi-sentence video->text, e.g. MSVD) ranks one entry per other item, the
+best of its texts, so a video is not pushed down by the many captions of one near-duplicate. Example:
+scores ``[[.5, .1], [.4, .2], [.9, .95], [.8, .7]]`` (texts x items), texts of items ``[0, 0, 1, 1]``: by
+captions the ranks are ``[2, 0]``, by items ``[1, 0]``. ``"items"`` keeps an ``[items, items]`` matrix.
+
 **Non-finite scores** (NaN, +-inf) are refused with :class:`~vlret.errors.NonFiniteScoreError`, which
 names the row and column of the first one; a NaN compared with anything is false, and would otherwise
 turn into a hit.
@@ -28,6 +35,7 @@ import torch
 
 from vlret.errors import NonFiniteScoreError
 
+ITEM_RANK_RULES = ("captions", "items")
 BlockFn = Callable[[int, int], torch.Tensor]  # (row_start, row_stop) -> scores [stop - start, n_gallery]
 DEFAULT_CHUNK = 512  # rows per block: small enough that the passes after the matmul run from cache
 # Half-width, in units of the scores' precision, of the band around an estimated threshold inside which
@@ -158,13 +166,19 @@ def rank_blocks(
     n_items: int,
     chunk: int = DEFAULT_CHUNK,
     positive_hint: torch.Tensor | None = None,
+    item_rule: str = "captions",
 ) -> Ranks:
-    """Ranks in both directions from row blocks of the (texts x items) score matrix, by the tie rule above.
+    """Ranks in both directions from row blocks of the (texts x items) score matrix, by the tie rule above
+    and the item->text ``item_rule`` (``"captions"`` or ``"items"``, see the module docstring).
 
     ``positive_hint[t]`` (optional) estimates the score of text ``t`` with its own item; it only saves a
     second pass over the blocks for the image->text direction and never changes a rank. ``block_fn`` must be
     deterministic. An item without texts gets rank ``n_texts`` (it can never be a hit).
     """
+    if item_rule not in ITEM_RANK_RULES:
+        raise ValueError(f"item_rule must be one of {ITEM_RANK_RULES}, not {item_rule!r}")
+    if item_rule == "items":
+        return _rank_by_items(block_fn, text_to_item, n_items, chunk)
     text_item = torch.as_tensor(np.asarray(text_to_item), dtype=torch.long)
     n_texts = len(text_item)
     has_texts = torch.zeros(n_items, dtype=torch.bool)
@@ -189,6 +203,33 @@ def rank_blocks(
     counts = counter.finish(best, has_texts)
     if counts is None:
         counts = _count_item_ranks(block_fn, text_item, best, chunk)
+    counts[~has_texts] = n_texts
+    return Ranks(t2i_ranks.numpy(), counts.numpy())
+
+
+def _rank_by_items(block_fn: BlockFn, text_to_item: np.ndarray, n_items: int, chunk: int) -> Ranks:
+    """:func:`rank_blocks` with item->text ranks by items: one pass keeps, for every (owner item, item)
+    pair, the best score of the owner's texts; an item's rank is the number of other owners whose best
+    is at or above its own (the tie rule above)."""
+    text_item = torch.as_tensor(np.asarray(text_to_item), dtype=torch.long)
+    n_texts = len(text_item)
+    t2i_ranks = torch.empty(n_texts, dtype=torch.int64)
+    best_of_owner: torch.Tensor | None = None  # [owner items, items]
+    for start, block in iter_blocks(block_fn, n_texts, chunk):
+        rows = torch.arange(block.shape[0])
+        own_item = text_item[start : start + len(rows)]
+        own = block[rows, own_item]
+        t2i_ranks[start : start + len(rows)] = (block >= own[:, None]).sum(1, dtype=torch.int32) - 1
+        if best_of_owner is None:
+            best_of_owner = torch.full((n_items, n_items), -torch.inf, dtype=block.dtype)
+        owners = own_item[:, None].expand_as(block)
+        best_of_owner.scatter_reduce_(0, owners, block, reduce="amax")
+    if best_of_owner is None:
+        return Ranks(t2i_ranks.numpy(), np.full(n_items, n_texts, dtype=np.int64))
+    own_best = best_of_owner.diagonal()
+    counts = (best_of_owner >= own_best[None, :]).sum(0) - 1  # the item's own row counts itself
+    has_texts = torch.zeros(n_items, dtype=torch.bool)
+    has_texts[text_item] = True
     counts[~has_texts] = n_texts
     return Ranks(t2i_ranks.numpy(), counts.numpy())
 

@@ -30,7 +30,7 @@ from vlret.data._io import read_json, write_json
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
-from vlret.data.video import VIDEO_SUFFIXES, clip_frames, default_frame_cache, is_video_path
+from vlret.data.video import VIDEO_SUFFIXES, clip_frames, default_frame_cache, is_video_path, stack_clip
 from vlret.errors import ConfigError, DataError
 from vlret.evaluate.encode import (
     TOKEN_DTYPES,
@@ -92,7 +92,9 @@ class _Encoders:
         def pixels(one: Media) -> np.ndarray:
             if isinstance(one, Image.Image):
                 return model.image_transform(one)
-            return np.stack([model.image_transform(frame) for frame in one])
+            return stack_clip(
+                [model.image_transform(frame) for frame in one], getattr(model, "sampling", None)
+            )
 
         batch = torch.from_numpy(np.stack([pixels(one) for one in media])).to(model.device)
         return table_from_features(model.encode_images(batch), keep_tokens, self.token_dtype)

@@ -37,22 +37,34 @@ FRAME_MODEL_FOLDER = "frame_model"
 TEMPORAL_WEIGHTS_FILE = "temporal.safetensors"
 
 
+SAMPLINGS = ("centres", "clip4clip")
+
+
 @dataclass
 class VideoConfig:
-    frames: int = 8  # frames per clip, taken uniformly
+    frames: int = 8  # frames per clip (clip4clip: at most, the rest masked)
     pooling: str = "mean"  # "mean" (meanP) or "transformer" (seqTransf)
     layers: int = 2  # temporal transformer blocks
     heads: int = 4
+    # "centres": the centres of `frames` equal segments; "clip4clip": one frame a second, `frames` of them
+    # picked by CLIP4Clip's truncated linspace, shorter clips padded and masked
+    sampling_rule: str = "centres"
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ConfigError(f"model.video.pooling must be one of {POOLINGS}, not {self.pooling!r}")
+        if self.sampling_rule not in SAMPLINGS:
+            raise ConfigError(
+                f"model.video.sampling_rule must be one of {', '.join(SAMPLINGS)}, not {self.sampling_rule!r}"
+            )
         for name in ("frames", "layers", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.video.{name} must be at least 1, not {getattr(self, name)}")
 
     @property
     def sampling(self) -> FrameSampling:
+        if self.sampling_rule == "clip4clip":
+            return FrameSampling.clip4clip(self.frames)
         return FrameSampling(frames=self.frames)
 
 
@@ -72,13 +84,15 @@ class TemporalTransformer(nn.Module):
         nn.init.zeros_(self.out.weight)  # starts as meanP exactly
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``valid`` ``[B, F]`` marks real frames: padded ones are not attended to (CLIP4Clip's mask)."""
         count = frames.shape[1]
         if count > len(self.positions):
             raise ValueError(
                 f"{count} frames, but the temporal transformer has positions for {len(self.positions)}"
             )
-        return frames + self.out(self.blocks(frames + self.positions[:count]))
+        padding = None if valid is None else ~valid
+        return frames + self.out(self.blocks(frames + self.positions[:count], src_key_padding_mask=padding))
 
 
 class VideoModel(RetrievalModel):
@@ -138,12 +152,19 @@ class VideoModel(RetrievalModel):
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         return Features(self.frame_model.encode_texts(batch).embeds)
 
-    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised frame embeddings ``[B, F, D]`` of clips ``[B, F, 3, H, W]``, after the temporal model."""
+    def encode_frames(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised frame embeddings ``[B, F, D]`` of clips ``[B, F, 3, H, W]``, after the temporal model,
+        and which frames are real ``[B, F]`` (a padded frame is all NaN, see
+        :func:`~vlret.data.video.stack_clip`; it is encoded as zeros, as CLIP4Clip's are, then masked)."""
         batch, count = pixels.shape[:2]
+        valid = ~torch.isnan(pixels.flatten(2)).all(dim=-1)
+        pixels = torch.nan_to_num(pixels, nan=0.0)
         frames = self.frame_model.encode_images(pixels.flatten(0, 1)).embeds
         frames = F.normalize(frames.float(), dim=-1).view(batch, count, -1)
-        return frames if self.temporal is None else self.temporal(frames)
+        padded = not bool(valid.all())
+        if self.temporal is not None:
+            frames = self.temporal(frames, valid if padded else None)
+        return frames, valid
 
     def encode_images(self, pixels: torch.Tensor) -> Features:
         """Clips ``[B, F, 3, H, W]`` (or images ``[B, 3, H, W]``, one frame each) -> pooled ``[B, D]``."""
@@ -153,7 +174,9 @@ class VideoModel(RetrievalModel):
             raise ValueError(
                 f"expected clips [B, F, 3, H, W] or images [B, 3, H, W], not {list(pixels.shape)}"
             )
-        return Features(self.encode_frames(pixels).mean(dim=1))
+        frames, valid = self.encode_frames(pixels)
+        weights = valid.to(frames.dtype).unsqueeze(-1)
+        return Features((frames * weights).sum(dim=1) / weights.sum(dim=1))  # the mean of the real frames
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

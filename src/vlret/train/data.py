@@ -20,7 +20,7 @@ from vlret.data.images import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.data.regions import load_regions
 from vlret.data.transforms import ImageTransform
-from vlret.data.video import FrameSampling, clip_frames, default_frame_cache
+from vlret.data.video import FrameSampling, clip_frames, default_frame_cache, stack_clip
 from vlret.errors import ConfigError
 from vlret.train.distributed import DistInfo
 from vlret.train.recipe import DataSection
@@ -128,9 +128,10 @@ class PairSource:
         if isinstance(media, Image.Image):
             return self.transform(self.augment(media, rng) if rng is not None else media)
         if rng is None:
-            return np.stack([self.transform(frame) for frame in media])
+            return stack_clip([self.transform(frame) for frame in media], self.sampling)
         seed = int(rng.integers(2**63))  # one draw per clip: every frame gets the same crop and flip
-        return np.stack([self.transform(self.augment(f, np.random.default_rng(seed))) for f in media])
+        frames = [self.transform(self.augment(f, np.random.default_rng(seed))) for f in media]
+        return stack_clip(frames, self.sampling)
 
     def _fill_cache(self) -> None:
         if self.augment.active:

@@ -19,6 +19,8 @@ from vlret.errors import ConfigError
 from vlret.losses import LOSSES
 from vlret.schema import build_dataclass, read_yaml
 
+NO_VALIDATION = "none"  # data.val_split for data without a validation split
+
 
 @dataclass
 class ModelSection:
@@ -38,7 +40,9 @@ class DataSection:
     format: str = "auto"
     media_root: str | None = None
     train_split: str = "train"
-    val_split: str = "val"  # checkpoints are chosen here, never on test
+    # checkpoints are chosen here, never on test; "none": no validation, the latest checkpoint is kept as best
+    # (MSR-VTT's 9k / 1k-A split has no validation videos)
+    val_split: str = "val"
     cache_images: bool = True  # keep decoded training images in memory (small datasets)
     crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random-resized-crop area range
     hflip: bool = False  # off by default: captions say "left" and "right"

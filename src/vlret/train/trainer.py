@@ -43,7 +43,7 @@ from vlret.train.distributed import (
     init_from_env,
 )
 from vlret.train.logger import MetricsLogger
-from vlret.train.recipe import Recipe, check_resumable, check_writable, save_recipe
+from vlret.train.recipe import NO_VALIDATION, Recipe, check_resumable, check_writable, save_recipe
 from vlret.train.schedule import lr_multiplier
 from vlret.train.teacher import Teacher, TeacherTowers
 
@@ -312,6 +312,8 @@ class Trainer:
 
     def _check_validation_split(self) -> None:
         """The validation protocol must apply to the validation split (else it fails after a whole epoch)."""
+        if self.recipe.data.val_split == NO_VALIDATION:
+            return
         val = self._split(self.recipe.data.val_split, "data.val_split")
         try:
             prepare(val, get_protocol(self.recipe.eval.protocol))
@@ -520,7 +522,9 @@ class Trainer:
         r = self.recipe
         is_best = False
         due = (epoch + 1) % r.eval.every_epochs == 0 or self.step == self.total_steps
-        if due and self.info.is_main:
+        if self.recipe.data.val_split == NO_VALIDATION:
+            is_best = True  # nothing to choose by: the latest checkpoint is the one kept as best
+        elif due and self.info.is_main:
             metrics = self.validate()
             value = metrics[r.eval.metric]
             is_best = self.best is None or value > self.best
