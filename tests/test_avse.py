@@ -385,3 +385,34 @@ def test_avse_trains_and_evaluates_from_the_cli(synth_data, tmp_path):
     )
     records = [r for r in read_metrics(base / "metrics.jsonl") if r["kind"] == "train"]
     assert records and all("view_decorrelation" not in r for r in records)
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_compat_amp_clip_clips_the_still_scaled_gradients(synth_data, tmp_path, compat):
+    """fp16 with a gradient scale of 256 and a clip at 1e-3 (it fires either way): standard AMP hands the
+    optimiser gradients of norm 1e-3; the released AVSE order clips the scaled ones, so 1e-3 / 256."""
+    from vlret.train import Trainer, load_recipe
+
+    overrides = [
+        f"data.path={synth_data}",
+        f"output_dir={tmp_path / 'run'}",
+        "train.max_steps=1",
+        "train.batch_size=8",
+        "train.amp=fp16",
+        "optim.clip_grad_norm=1e-3",
+        f"optim.compat_amp_clip={str(compat).lower()}",
+        "model.options={width: 16, embed_dim: 16}",
+    ]
+    trainer = Trainer(load_recipe(None, overrides), progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    seen = []
+
+    def record(optimizer, args, kwargs) -> None:  # the gradients the optimiser is about to apply
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        )
+
+    trainer.optimizer.register_step_pre_hook(record)
+    trainer.fit()
+    assert seen == [pytest.approx(1e-3 / 256 if compat else 1e-3, rel=1e-4)]

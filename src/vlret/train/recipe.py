@@ -57,6 +57,9 @@ class OptimSection:
     eps: float = 1e-8
     backbone_lr_factor: float = 1.0  # pretrained towers train at lr * factor (the seeds use 0.1)
     clip_grad_norm: float | None = 2.0
+    # fp16 only: clip the still-scaled gradients, as AVSE's released code does (its true norm becomes
+    # clip / scale); off: unscale, then clip the true gradients (standard AMP)
+    compat_amp_clip: bool = False
 
 
 @dataclass

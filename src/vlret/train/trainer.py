@@ -403,7 +403,8 @@ class Trainer:
             for k, v in terms.items():
                 logged[k] = logged.get(k, 0.0) + float(v) / len(micro_batches)
         average_gradients(params, self.info)
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if not self.recipe.optim.compat_amp_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.recipe.optim.clip_grad_norm:
             logged["grad_norm"] = float(
                 torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.clip_grad_norm)
