@@ -61,12 +61,12 @@ def reference_scores(head, captions: list[torch.Tensor], regions: torch.Tensor, 
     """``[images, captions]`` scores of ``head``'s weights (dropout is not applied: use 0 or eval mode).
 
     ``captions``: raw word features, one ``[L_c, D]`` tensor per caption; ``regions`` ``[Ni, R, D]`` raw."""
-    img_emb = l2norm(regions.float(), dim=-1)
+    img_emb = l2norm(regions, dim=-1)
     n_image = img_emb.size(0)
     img_glo = visual_sa(head.visual_attention, img_emb, torch.mean(img_emb, 1), training)
     columns = []
     for words in captions:
-        cap_i = l2norm(words.float(), dim=-1).unsqueeze(0)
+        cap_i = l2norm(words, dim=-1).unsqueeze(0)
         cap_i_expand = cap_i.repeat(n_image, 1, 1)
         cap_glo_i = text_sa(head.text_attention, cap_i, torch.mean(cap_i, 1))
         context = scan_attention(cap_i_expand, img_emb, head.attn_lambda)

@@ -1,6 +1,7 @@
 """Similarity heads: values by hand, chunked evaluation against one straightforward pass, saving, training."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -77,10 +78,12 @@ def test_maxsim_matches_loops_and_pairs():
 
 
 class _Split:
-    """Just what evaluate_with_head reads of a dataset: which item each caption describes."""
+    """Just what evaluate_with_head reads of a dataset: which item each caption describes, and the items'
+    files (images here: their item->text ranks count captions)."""
 
     def __init__(self, caption_to_item):
         self.caption_to_item = np.asarray(caption_to_item)
+        self.items = [SimpleNamespace(path=f"{n}.jpg") for n in range(int(self.caption_to_item.max()) + 1)]
 
 
 def test_chunked_head_evaluation_equals_one_full_pass():

@@ -208,3 +208,51 @@ def test_a_composed_region_model_scores_with_the_head():
         texts = model.encode_texts(model.tokenize(captions[:3]))
         scores = model.head.score(texts, model.encode_images(regions))
     assert scores.shape == (3, 4) and np.isfinite(scores.numpy()).all()
+
+
+# ----- precision: autocast, half and double --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sgr", "saf"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_leaves_the_heads_in_full_precision(kind, dtype):
+    head = _head(kind)
+    texts, items = _data(pad_to=12)  # a one-word caption padded to twelve, beside longer ones
+    plain = head.score(texts, items)
+    with torch.autocast("cpu", dtype=dtype):
+        scores = head.score(texts, items)
+        pairs = head.score_pairs(texts.rows(0, 5), items)
+    assert scores.dtype == torch.float32 and torch.equal(scores, plain)
+    assert torch.equal(pairs, head.score_pairs(texts.rows(0, 5), items))
+
+
+@pytest.mark.parametrize("kind", ["sgr", "saf"])
+def test_a_half_precision_head_stays_finite_on_a_padded_short_caption(kind):
+    head = _head(kind)
+    texts, items = _data(pad_to=12)
+    expected = head.score(texts, items)
+    half = copy.deepcopy(head).half()
+    to_half = lambda f: Features(f.embeds.half(), f.tokens.half(), f.mask)  # noqa: E731
+    scores = half.score(to_half(texts), to_half(items))
+    # 1e-8 is 0 in fp16; without a representable epsilon a zero vector's norm divides 0 by 0
+    assert torch.isfinite(scores).all()
+    torch.testing.assert_close(scores.float(), expected, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["sgr", "saf"])
+def test_a_double_head_matches_the_reference_in_double(kind):
+    head = _head(kind).double()
+    texts, items = _data()
+    texts = Features(texts.embeds.double(), texts.tokens.double(), texts.mask)
+    items = Features(items.embeds.double(), items.tokens.double(), items.mask)
+    scores = head.score(texts, items)
+    assert scores.dtype == torch.float64
+    expected = reference_scores(head, _captions(texts), items.tokens).T
+    torch.testing.assert_close(scores, expected, atol=1e-12, rtol=0)
+
+
+def test_a_caption_without_words_is_refused_with_its_row():
+    head = _head("sgr")
+    texts, items = _data(lengths=[3, 0, 2])
+    with pytest.raises(ValueError, match=r"captions \[1\] of this block have none"):
+        head.score(texts, items)

@@ -13,6 +13,9 @@ features, each L2-normalised here (``l2n(x) = x / (||x|| + 1e-8)``):
    ``sigma(BN(w . x_n))``, L1-normalised over the nodes, then ``l2n(sum_n g_n x_n)``.
 5. ``score = sigmoid(w_e . h + b_e)``, in (0, 1).
 
+Scores are computed in the head's own precision (float32; float64 after ``.double()``), with autocast off
+inside the head: under fp16 / bf16 training or evaluation the features are cast up on the way in.
+
 The released code loops over captions in Python, slicing each to its length. Here a whole block of captions
 is scored against a block of images at once, with masks that make padding invisible: padded words' scores
 are zeroed before the word-wise norm, pooled over real words only, padded nodes are -inf keys in SGR's edge
@@ -28,6 +31,8 @@ token count of a patch tower to use one.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,13 +43,33 @@ from vlret.models.heads.base import SimilarityHead
 EPS = 1e-8
 
 
+def _eps(dtype: torch.dtype) -> float:
+    """SGRAF's 1e-8, or the smallest normal number of ``dtype`` where 1e-8 is not one (fp16: it would round
+    to 0, and a zero vector would divide 0 by 0)."""
+    return max(EPS, torch.finfo(dtype).tiny)
+
+
 def l2n(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``x / (||x|| + 1e-8)``: SGRAF's L2 normalisation (the epsilon outside the root)."""
-    return x / (x.pow(2).sum(dim, keepdim=True).sqrt() + EPS)
+    return x / (x.pow(2).sum(dim, keepdim=True).sqrt() + _eps(x.dtype))
 
 
 def l1n(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    return x / (x.abs().sum(dim, keepdim=True) + EPS)
+    return x / (x.abs().sum(dim, keepdim=True) + _eps(x.dtype))
+
+
+def _without_autocast(method):
+    """Run a scoring method in the head's own precision (float32, or float64 for a ``.double()`` head), also
+    inside an fp16 / bf16 autocast region: the normalisations and the softmax over lambda-scaled scores are
+    where half precision loses a caption (a short caption padded in a block scored NaN under fp16)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        device = self.score_proj.weight.device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def _xavier_linear(n_in: int, n_out: int) -> nn.Linear:
@@ -166,7 +191,7 @@ class SimilarityGraphHead(SimilarityHead):
             raise ValueError(
                 f"the {self.name} head needs {side} tokens; this model's {side} encoder returns none"
             )
-        tokens = features.tokens.float()
+        tokens = features.tokens.to(self.score_proj.weight.dtype)
         if tokens.shape[-1] != self.embed_dim:
             raise ValueError(
                 f"the {self.name} head takes {self.embed_dim}-d {side} tokens (embed_dim), got {tokens.shape[-1]}-d"
@@ -177,6 +202,12 @@ class SimilarityGraphHead(SimilarityHead):
             if mask is None
             else mask.bool()
         )
+        if side == "text" and len(mask) and not bool(mask.any(dim=1).all()):
+            empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(
+                f"the {self.name} head scores a caption by its words, and captions {empty[:5]} of this block "
+                "have none (empty after tokenization); drop them from the data"
+            )
         if side == "item" and tokens.shape[1] != self.n_regions:
             raise ValueError(
                 f"the {self.name} head's region batch norm has {self.n_regions} slots (n_regions), but items "
@@ -213,6 +244,7 @@ class SimilarityGraphHead(SimilarityHead):
         raise NotImplementedError
 
     # ----- the head interface ---------------------------------------------------------------------------
+    @_without_autocast
     def score(self, texts: Features, items: Features) -> torch.Tensor:
         words, word_mask = self._inputs(texts, "text")
         regions, region_mask = self._inputs(items, "item")
@@ -243,6 +275,7 @@ class SimilarityGraphHead(SimilarityHead):
         context = torch.bmm(beta.reshape(n_items, n_texts * length, n_regions), regions)
         return l2n(context.view(n_items, n_texts, length, dim))
 
+    @_without_autocast
     def score_pairs(self, texts: Features, items: Features, chunk: int = 256) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), chunk):
