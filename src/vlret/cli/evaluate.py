@@ -11,6 +11,7 @@ from vlret.cli.common import MODEL_HELP, add_data_options, add_video_option, loa
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlret.data._io import write_json
+    from vlret.devices import pick_device
     from vlret.evaluate import evaluate_model, evaluate_scores, results_table
     from vlret.evaluate.api import evaluate_ensemble
     from vlret.evaluate.score_files import load_score_matrix
@@ -18,6 +19,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_data(args)
     if args.ensemble:
         models = [model_for(name, dataset, args.split or "test", args.video_frames) for name in args.ensemble]
+        for model in models:
+            model.to(pick_device(args.device))
         result = evaluate_ensemble(
             models,
             dataset,
@@ -35,6 +38,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     else:
         model = model_for(args.model, dataset, args.split or "test", args.video_frames)
+        model.to(pick_device(args.device))
         result = evaluate_model(
             model,
             dataset,
@@ -104,6 +108,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=["captions", "items"],
         help="item->text ranks: captions (every wrong caption counts; images' default, VSE++/SCAN) or items "
         "(one entry per other item; videos' default, CLIP4Clip's MSVD video->text)",
+    )
+    ev.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU when one is visible"
     )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument(

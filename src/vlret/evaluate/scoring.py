@@ -39,6 +39,11 @@ def block_shape(
     return max(1, min(rows, budget // (item_chunk * cost))), item_chunk
 
 
+def head_device(head: SimilarityHead) -> torch.device:
+    """Where ``head`` computes: its parameters' device (the CPU for a head without parameters)."""
+    return next(iter(head.parameters()), torch.empty(0)).device
+
+
 @torch.no_grad()
 def score_block(
     head: SimilarityHead,
@@ -53,11 +58,12 @@ def score_block(
     ``text_chunk`` texts x ``item_chunk`` items."""
     item_stop = len(items) if item_stop is None else item_stop
     text_chunk = text_chunk or len(texts)
+    device = head_device(head)  # features go to the head's device, scores come back to the CPU's rankers
     rows = []
     for t0 in range(0, len(texts), text_chunk):
-        part = texts.rows(t0, min(t0 + text_chunk, len(texts)))
+        part = texts.rows(t0, min(t0 + text_chunk, len(texts))).to(device)
         columns = [
-            head.score(part, items.rows(start, min(start + item_chunk, item_stop)))
+            head.score(part, items.rows(start, min(start + item_chunk, item_stop)).to(device)).cpu()
             for start in range(item_start, item_stop, item_chunk)
         ]
         rows.append(torch.cat(columns, dim=1) if columns else torch.zeros((len(part), 0)))
@@ -96,7 +102,8 @@ def head_positive_scores(
             None if items.tokens is None else items.tokens[own],
             None if items.mask is None else items.mask[own],
         ).rows(0, len(own))
-        out.append(head.score_pairs(texts.rows(start, stop), item_rows))
+        device = head_device(head)
+        out.append(head.score_pairs(texts.rows(start, stop).to(device), item_rows.to(device)).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

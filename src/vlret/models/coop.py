@@ -84,6 +84,7 @@ class PromptLearner(nn.Module):
         expected = model.tokenize([init])["input_ids"][0, self.start : self.start + init_tokens]
         if not (batch["input_ids"][:, self.start : self.start + init_tokens] == expected).all():
             raise ConfigError(f"{model.name}: its tokenizer does not put {init!r} first in every prompt")
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         with torch.no_grad():
             frozen = model.text_token_embeddings(batch["input_ids"]).detach()
         self.batch_keys = sorted(batch)

@@ -36,7 +36,7 @@ from vlret.evaluate.ranking import (
     ranking_dtype,
     topk_blocks,
 )
-from vlret.evaluate.scoring import DEFAULT_BUDGET, fold_table
+from vlret.evaluate.scoring import DEFAULT_BUDGET, fold_table, head_device
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
 from vlret.rerank.first_stage import first_stage_topk, ranks_within_topk
@@ -65,8 +65,13 @@ def score_candidates(
         return np.zeros(shape, np.float32)
     cost = head.pair_cost(texts.rows(0, 1), items.rows(0, 1))
     chunk = max(1, budget // max(cost, 1))
+    device = head_device(head)
     out = [
-        head.score_pairs(texts.take(text_rows[s : s + chunk]), items.take(item_rows[s : s + chunk]), chunk)
+        head.score_pairs(
+            texts.take(text_rows[s : s + chunk]).to(device),
+            items.take(item_rows[s : s + chunk]).to(device),
+            chunk,
+        ).cpu()
         for s in range(0, len(text_rows), chunk)
     ]
     return torch.cat(out).float().numpy().reshape(shape)

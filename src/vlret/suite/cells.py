@@ -15,6 +15,7 @@ import numpy as np
 
 from vlret.data import RetrievalDataset, load_dataset
 from vlret.data._io import read_json, write_json
+from vlret.devices import pick_device
 from vlret.errors import ConfigError
 from vlret.evaluate.api import evaluate_ensemble, evaluate_model, select_split, stored_scores
 from vlret.evaluate.encode import encode_dataset
@@ -147,6 +148,7 @@ def _train_cell(row: TrainRow, seed: int, ctx: CellContext, folder: Path, budget
     summary = trainer.fit()
     train_seconds = _add_train_seconds(folder, summary["seconds"])
     model, _ = load_checkpoint(trainer.ckpt_dir, "best")
+    model.to(trainer.device)  # evaluated where it trained
     result = evaluate_model(
         model,
         trainer.data,
@@ -194,12 +196,17 @@ def _add_train_seconds(folder: Path, seconds: float) -> float:
     return round(total, 2)
 
 
+def _evaluation_model(reference: str) -> RetrievalModel:
+    """A trained cell's model, on the GPU when one is visible (as its training was, by default)."""
+    return create_model(reference).to(pick_device())
+
+
 def _ensemble_cell(row: EnsembleRow, seed: int, ctx: CellContext) -> dict:
     members = [_member(name, seed, ctx) for name in row.members]
     if len({m["data"] for m in members}) != 1:
         raise ConfigError(f"row {row.name!r}: an ensemble's members must read the same data")
     dataset = ctx.data.load(members[0]["data"])
-    models = [create_model(m["model"]) for m in members]
+    models = [_evaluation_model(m["model"]) for m in members]
     result = evaluate_ensemble(
         models,
         dataset,
@@ -233,7 +240,7 @@ def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
     head_cell = _member(row.head_from, seed, ctx)
     images = ctx.data.load("images")
     scores = first_stage_scores(row.first, seed, ctx)
-    head_model = create_model(head_cell["model"])
+    head_model = _evaluation_model(head_cell["model"])
     result = evaluate_reranked(
         head_model,
         images,
@@ -328,7 +335,7 @@ def first_stage_scores(name: str, seed: int, ctx: CellContext, k: int = 0) -> np
     record = _member(name, seed, ctx)
     if "members" in record:
         return np.mean([first_stage_scores(m, seed, ctx, k) for m in record["members"]], axis=0)
-    model = create_model(record["model"])
+    model = _evaluation_model(record["model"])
     test_name = ctx.data.test_split
     test = _test_split(ctx.data.load(record["data"]), test_name)
     if record["data"] == "precomp":  # re-rankers read the images behind the region features

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from vlret.data.classes import ClassData, base_new, few_shot_data, harmonic_mean
 from vlret.data.images import load_image
+from vlret.devices import DEVICE_CHOICES, pick_device
 from vlret.errors import ConfigError, TrainingError
 from vlret.evaluate.classification import class_retrieval_map, top1_accuracy
 from vlret.models import create_model
@@ -59,6 +60,7 @@ class PromptRun:
     lr: float = 0.002
     init: str = "a photo of a"
     context: str = "per_word"  # CoOp's one learnt vector per word of init; or per_token
+    device: str = "auto"  # auto (the GPU when one is visible), cpu or cuda
     select: str = "best_val"  # or last
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized crop, area range
     # the crop's width / height range; None keeps the image's aspect ratio
@@ -77,6 +79,8 @@ class PromptRun:
                 raise ConfigError(f"{key}: expected [low, high] with 0 < low <= high, got {[lo, hi]}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, not {self.method!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICE_CHOICES)}, not {self.device!r}")
         if self.context not in CONTEXT_MODES:
             raise ConfigError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}")
         if self.select not in ("best_val", "last"):
@@ -137,7 +141,7 @@ def _pixels(
         if augment is not None:
             picture = augment(picture, np.random.default_rng(seeds[n]))
         pixels.append(transform(picture))
-    return torch.from_numpy(np.stack(pixels))
+    return torch.from_numpy(np.stack(pixels)).to(classifier.prompts.ctx.device)
 
 
 @torch.no_grad()
@@ -149,7 +153,7 @@ def split_logits(
     classifier.eval()
     images = data.split(split)
     rows = [
-        classifier.logits(_pixels(classifier, data, images[start : start + batch_size])).numpy()
+        classifier.logits(_pixels(classifier, data, images[start : start + batch_size])).float().cpu().numpy()
         for start in range(0, len(images), batch_size)
     ]
     logits = np.concatenate(rows) if rows else np.zeros((0, len(data.classnames)), np.float32)
@@ -181,10 +185,10 @@ def _atomic_save(obj: dict, path: Path) -> None:
 def save_prompts(classifier: PromptClassifier, run: PromptRun, folder: Path) -> None:
     """The learnt prompts (context, ``W``, cache) and what rebuilds them."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"ctx": classifier.prompts.ctx.detach().contiguous()}
+    state = {"ctx": classifier.prompts.ctx.detach().cpu().contiguous()}
     if classifier.refines:
-        state["cache"] = classifier.cache.entries.detach().contiguous()
-        state["aggregation"] = classifier.aggregation.proj.weight.detach().contiguous()
+        state["cache"] = classifier.cache.entries.detach().cpu().contiguous()
+        state["aggregation"] = classifier.aggregation.proj.weight.detach().cpu().contiguous()
     save_file(state, folder / PROMPTS_FILE)
     meta = {
         "model": canonical_model_name(run.model),
@@ -246,19 +250,20 @@ def train_prompts(
     train_data = few_shot_data(base_new(data, run.subset), run.shots, run.seed)
     classifier = PromptClassifier(
         create_model(run.model), train_data.classnames, run.init, run.refiner, run.context
-    )
+    ).to(pick_device(run.device))
+    device = classifier.prompts.ctx.device
     params = _trainable(classifier)
     optimizer = torch.optim.SGD(params, lr=run.lr, momentum=0.9, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(e, run.epochs, run.lr))
     state_file, start, best = out / "checkpoint.pt", 0, None
     if state_file.is_file():  # resume after a kill
-        state = torch.load(state_file, weights_only=True)
+        state = torch.load(state_file, weights_only=True, map_location=device)
         classifier.load_state_dict(state["classifier"], strict=False)
         if classifier.refines:
             classifier.cache.entries = state["cache"]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         start, best = state["epoch"], state["best"]
     images = train_data.split("train")
     augment = Augment(tuple(run.crop_scale), run.hflip, tuple(run.aspect) if run.aspect else None)
@@ -273,7 +278,7 @@ def train_prompts(
         for step in range(steps):
             picked = order[step * run.batch_size : (step + 1) * run.batch_size]
             chunk = [images[i] for i in picked]
-            labels = torch.tensor([i.label for i in chunk])
+            labels = torch.tensor([i.label for i in chunk], device=device)
             seeds = [(run.seed, epoch, int(i)) for i in picked]
             pixels = _pixels(classifier, train_data, chunk, augment, seeds)
             terms = classifier.training_losses(pixels, labels)
@@ -354,7 +359,9 @@ def zero_shot(model: str, init: str = "a photo of a") -> PromptClassifier:
 
 
 def _as_classifier(prompts: str | Path | PromptClassifier) -> PromptClassifier:
-    return prompts if isinstance(prompts, PromptClassifier) else load_prompts(prompts)
+    if isinstance(prompts, PromptClassifier):
+        return prompts
+    return load_prompts(prompts).to(pick_device("auto"))
 
 
 def _scores(classifier: PromptClassifier, data: ClassData, split: str) -> tuple[float, float]:

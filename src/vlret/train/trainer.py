@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from vlret.data import load_dataset
 from vlret.data.prefetch import prefetch
 from vlret.data.records import RetrievalDataset
+from vlret.devices import pick_device
 from vlret.errors import ConfigError, DataError, TrainingError
 from vlret.evaluate.api import evaluate_model
 from vlret.evaluate.encode import check_head_fits
@@ -183,12 +184,6 @@ def parameter_groups(model: RetrievalModel, recipe: Recipe, loss: WeightedLoss |
         }
         for (backbone, decay), params in sorted(groups.items())
     ]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Trainer:
