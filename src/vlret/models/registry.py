@@ -98,7 +98,9 @@ def _composed(name: str, captions: Sequence[str] | None, seed: int | None, optio
         try:
             model = ComposedModel.create(captions=list(captions or []), **options)
         except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+            if name == "composed":
+                raise  # a recipe's options: its reader names the key
+            raise ConfigError(f"{name}: {exc}") from None  # towers named on the command line
     pretrained = [t.name for t in (model.image_tower, model.text_tower) if t.pretrained]
     model.origin = "pretrained:" + "+".join(pretrained) if pretrained else "initialised"
     return model
