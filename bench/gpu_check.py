@@ -25,17 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sgraf_reference import reference_scores  # noqa: E402
+from sgraf_eval import add_size_options, compare_head, sgraf_inputs  # noqa: E402
 from timing import best, interleaved, parse_args, spread  # noqa: E402
-from vlret.evaluate.encode import FeatureTable  # noqa: E402
-from vlret.evaluate.scoring import head_block_fn  # noqa: E402
-from vlret.models.heads import SAFHead, SGRHead  # noqa: E402
 
 #: dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a name fragment of torch.cuda.get_device_name
 BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
@@ -95,56 +91,12 @@ def encoding_check(args, device: torch.device) -> str:
 
 
 def sgraf_check(args, device: torch.device) -> list[str]:
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(8, 17, size=args.captions)
-    width = int(lengths.max())
-    words = rng.normal(size=(args.captions, width, args.embed_dim)).astype(np.float32)
-    mask = np.arange(width)[None] < lengths[:, None]
-    words *= mask[..., None]
-    regions = rng.normal(size=(args.images, args.regions, args.embed_dim)).astype(np.float32)
-    texts = FeatureTable(words.mean(1), words, mask)
-    items = FeatureTable(regions.mean(1), regions, np.ones(regions.shape[:2], dtype=bool))
-    per_caption = [torch.from_numpy(w[: int(n)]).to(device) for w, n in zip(words, lengths, strict=True)]
-    region_tensor = torch.from_numpy(regions).to(device)
+    inputs = sgraf_inputs(args, device)
     lines = []
-    for name, cls in (("SGR", SGRHead), ("SAF", SAFHead)):
-        torch.manual_seed(0)
-        options = {"embed_dim": args.embed_dim, "sim_dim": args.sim_dim, "n_regions": args.regions}
-        head = cls(**options).to(device).eval()
-        results: dict[str, torch.Tensor] = {}
-
-        def timed(side: str, run, results=results) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.no_grad():
-                results[side] = run().cpu()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-
-        def ours(head=head) -> torch.Tensor:
-            block = head_block_fn(head, texts, items, args.rows)
-            return torch.cat(
-                [block(s, min(s + args.rows, len(texts))) for s in range(0, len(texts), args.rows)]
-            )
-
-        times = interleaved(
-            {
-                "loop": lambda head=head: timed(
-                    "loop", lambda: reference_scores(head, per_caption, region_tensor).T
-                ),
-                "vlret": lambda: timed("vlret", ours),
-            },
-            args.repeats,
-        )
-        for side, values in times.items():
-            print(f"{name} {spread(side, values, 's')}")
-        diff = float((results["loop"] - results["vlret"]).abs().max())
+    for name in ("sgr", "saf"):
+        diff, speedup = compare_head(name, args, inputs, device)
         assert diff < 1e-5, f"{name}: the scores differ by {diff}"
-        lines.append(
-            f"{name} speed-up {best(times['loop']) / best(times['vlret']):.1f}x (max abs diff {diff:.1e})"
-        )
+        lines.append(f"{name.upper()} speed-up {speedup:.1f}x (max abs diff {diff:.1e})")
     return lines
 
 
@@ -216,12 +168,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="batches per timed repetition")
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--captions", type=int, default=5000)
-    parser.add_argument("--embed-dim", type=int, default=1024)
-    parser.add_argument("--sim-dim", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=36)
-    parser.add_argument("--rows", type=int, default=512, help="captions per row block (vlret)")
+    add_size_options(parser, rows=512)
     parser.add_argument("--repeats", type=int, default=3)
     args = parse_args(parser, SMOKE)
     if not torch.cuda.is_available():

@@ -34,7 +34,11 @@ from vlret.evaluate.scoring import head_block_fn  # noqa: E402
 from vlret.models.heads import SAFHead, SGRHead  # noqa: E402
 
 
-def _inputs(args) -> tuple[FeatureTable, FeatureTable, list[torch.Tensor]]:
+def sgraf_inputs(
+    args, device: torch.device
+) -> tuple[FeatureTable, FeatureTable, list[torch.Tensor], torch.Tensor]:
+    """Random captions (8 to 16 words) and regions: vlret's feature tables, and the per-caption tensors and
+    region tensor the loop reads (on ``device``)."""
     rng = np.random.default_rng(0)
     lengths = rng.integers(8, 17, size=args.captions)
     width = int(lengths.max())
@@ -44,8 +48,8 @@ def _inputs(args) -> tuple[FeatureTable, FeatureTable, list[torch.Tensor]]:
     regions = rng.normal(size=(args.images, args.regions, args.embed_dim)).astype(np.float32)
     texts = FeatureTable(words.mean(1), words, mask)
     items = FeatureTable(regions.mean(1), regions, np.ones(regions.shape[:2], dtype=bool))
-    per_caption = [torch.from_numpy(w[: int(n)]) for w, n in zip(words, lengths, strict=True)]
-    return texts, items, per_caption
+    per_caption = [torch.from_numpy(w[: int(n)]).to(device) for w, n in zip(words, lengths, strict=True)]
+    return texts, items, per_caption, torch.from_numpy(regions).to(device)
 
 
 def _vlret(head, texts: FeatureTable, items: FeatureTable, rows: int) -> torch.Tensor:
@@ -53,16 +57,22 @@ def _vlret(head, texts: FeatureTable, items: FeatureTable, rows: int) -> torch.T
     return torch.cat([block(s, min(s + rows, len(texts))) for s in range(0, len(texts), rows)])
 
 
-def _compare(name: str, args, texts, items, per_caption, regions) -> str:
-    """Time one head both ways (interleaved); the summary line."""
+def compare_head(name: str, args, inputs, device: torch.device) -> tuple[float, float]:
+    """Time one head both ways (interleaved) on ``device``; (max abs difference, speed-up)."""
+    texts, items, per_caption, regions = inputs
     options = {"embed_dim": args.embed_dim, "sim_dim": args.sim_dim, "n_regions": args.regions}
-    head = (SGRHead if name == "sgr" else SAFHead)(**options).eval()
+    torch.manual_seed(0)
+    head = (SGRHead if name == "sgr" else SAFHead)(**options).to(device).eval()
     results: dict[str, torch.Tensor] = {}
 
     def timed(side: str, run) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.no_grad():
-            results[side] = run()
+            results[side] = run().cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     sides = {
@@ -73,8 +83,17 @@ def _compare(name: str, args, texts, items, per_caption, regions) -> str:
     for side, values in times.items():
         print(f"{name} {spread(side, values, 's')}")
     diff = float((results["loop"] - results["vlret"]).abs().max())
-    speedup = best(times["per-caption loop"]) / best(times["vlret"])
-    return f"{name}: max abs difference {diff:.2e}; speed-up {speedup:.1f}x"
+    return diff, best(times["per-caption loop"]) / best(times["vlret"])
+
+
+def add_size_options(parser: argparse.ArgumentParser, rows: int) -> None:
+    """The sizes of the comparison; the defaults are the spec's (COCO 1K-sized)."""
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--captions", type=int, default=5000)
+    parser.add_argument("--embed-dim", type=int, default=1024)
+    parser.add_argument("--sim-dim", type=int, default=256)
+    parser.add_argument("--regions", type=int, default=36)
+    parser.add_argument("--rows", type=int, default=rows, help="captions per row block (vlret)")
 
 
 #: --smoke: sizes that run in seconds
@@ -85,23 +104,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--captions", type=int, default=5000)
-    parser.add_argument("--embed-dim", type=int, default=1024)
-    parser.add_argument("--sim-dim", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=36)
-    parser.add_argument("--rows", type=int, default=128, help="captions per row block (vlret)")
+    add_size_options(parser, rows=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heads", nargs="+", default=["sgr", "saf"], choices=["sgr", "saf"])
     args = parse_args(parser, SMOKE)
-    torch.manual_seed(0)
-    texts, items, per_caption = _inputs(args)
-    regions = torch.from_numpy(np.asarray(items.tokens))
+    inputs = sgraf_inputs(args, torch.device("cpu"))
     print(
         f"{args.images} images x {args.captions} captions, embed {args.embed_dim}, sim {args.sim_dim}, "
         f"{args.regions} regions, {torch.get_num_threads()} threads"
     )
-    lines = [_compare(name, args, texts, items, per_caption, regions) for name in args.heads]
+    lines = []
+    for name in args.heads:
+        diff, speedup = compare_head(name, args, inputs, torch.device("cpu"))
+        lines.append(f"{name}: max abs difference {diff:.2e}; speed-up {speedup:.1f}x")
     for line in lines:
         print(line)
 
