@@ -1,9 +1,10 @@
 """Video retrieval on any image model: encode sampled frames with its image tower, then pool over time.
 
 :class:`VideoModel` wraps a :class:`~vlret.models.base.RetrievalModel` (any the registry builds: tiny,
-composed, ``hf:``, ``openclip:``, a saved folder). A clip is ``frames`` frames taken uniformly (the centres of
-equal segments, see :mod:`vlret.data.video`), each encoded by the wrapped model's image tower and
-L2-normalised, then pooled:
+composed, ``hf:``, ``openclip:``, a saved folder). A clip is ``frames`` frames (``sampling_rule: centres``,
+the centres of equal segments; or ``clip4clip``, one a second picked as CLIP4Clip picks them, a short clip
+padded with masked frames; see :mod:`vlret.data.video`), each encoded by the wrapped model's image tower and
+L2-normalised, then pooled over the real frames:
 
 - ``pooling: mean``: CLIP4Clip's *meanP*, the average of the frame embeddings; it has no parameters and
   cannot tell a clip from the same clip played backwards.
