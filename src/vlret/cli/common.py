@@ -83,5 +83,20 @@ def model_for(name: str, dataset, split: str, video_frames: int | None = None):
     return model
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``--shard i/n`` as ``(i, n)``; ``(0, 1)`` when not given."""
+    from vlret.errors import ConfigError
+
+    if not text:
+        return (0, 1)
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))

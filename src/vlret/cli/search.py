@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vlret.cli.common import add_data_options, load_data, print_json
+from vlret.cli.common import add_data_options, load_data, parse_shard, print_json
 from vlret.errors import ConfigError
 
 
@@ -32,7 +32,15 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         first_stage=args.first_stage,
         shortlist=args.shortlist,
         token_dtype=args.token_dtype,
+        shard=parse_shard(args.shard) if args.shard else None,
     )
+    if path is None:
+        print(
+            f"shard {args.shard} of {args.out}: its chunks are encoded; other shards' are still missing. The last "
+            "shard to finish assembles the index; or run the same command without --shard once they are done "
+            "(it encodes only what is missing, then assembles)"
+        )
+        return 0
     meta = json.loads((path / "index.json").read_text())
     print(
         f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']} ({meta['choice']['reason']})"
@@ -103,6 +111,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         help="a trained model: a saved vlret model folder, hf:<hub id or folder> or openclip:<arch>/<tag>",
+    )
+    build.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="encode only chunks I, I+N, ... (a slurm array task); the last shard to finish assembles the index",
     )
     build_source = build.add_mutually_exclusive_group(required=True)
     build_source.add_argument("--images", help="folder of images (searched recursively)")

@@ -12,11 +12,15 @@ the new one, never a partial one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,7 @@ from vlret.evaluate.encode import (
     write_table,
 )
 from vlret.index.choice import choose_index
+from vlret.index.chunks import ChunkClaims, chunk_name, encode_claimed
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import canonical_model_name, create_model, is_model_reference
 
@@ -121,37 +126,41 @@ def _encode_chunks(
     batch_size: int,
     progress: bool,
     on_error: OnError = "raise",
-) -> tuple[list[Path], np.ndarray, list[dict]]:
-    """Encode the images chunk by chunk; returns the chunk folders, the indices (into ``paths``) of the
-    readable images and the skipped ones.
-
-    Each chunk is written to a temporary folder (its tables and ``skipped.json``) and renamed to
-    ``chunks/NNNNN`` when complete, so a build started again encodes only the chunks that are missing.
-    """
+    shard: tuple[int, int] | None = None,
+) -> list[Path]:
+    """Encode the chunks that are missing (of shard ``i/n``: chunks ``i, i + n, ...``) and return every chunk
+    folder. Each chunk is claimed first (:mod:`vlret.index.chunks`), so other builders on the same output
+    encode other chunks; without a shard, chunks they hold are waited for, so that all are done on return."""
     chunks = work / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     n_chunks = (len(paths) + chunk_size - 1) // chunk_size
-    folders = [chunks / f"{c:05d}" for c in range(n_chunks)]
-    for c in tqdm(range(n_chunks), desc="index chunks", disable=not progress, unit="chunk"):
-        if folders[c].is_dir():
-            continue  # done by an earlier, interrupted build
+    folders = [chunks / chunk_name(c) for c in range(n_chunks)]
+    mine = range(n_chunks) if shard is None else range(shard[0], n_chunks, shard[1])
+    bar = tqdm(total=len(mine), desc="index chunks", disable=not progress, unit="chunk")
+
+    def encode(c: int, tmp: Path) -> None:
         first = c * chunk_size
         tables, skipped = _encode_chunk(
             encoders, root, paths[first : first + chunk_size], batch_size, on_error
         )
-        tmp = chunks / f".{c:05d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         for side, table in tables.items():
             write_table(tmp, side, table)
         write_json(tmp / "skipped.json", [{**s, "index": first + s["index"]} for s in skipped])
-        os.replace(tmp, folders[c])
+        bar.update()
+
+    encode_claimed(ChunkClaims(chunks), mine, encode, wait_for_others=shard is None)
+    bar.close()
+    return folders
+
+
+def _kept_items(folders: list[Path], root: Path, n_paths: int) -> tuple[np.ndarray, list[dict]]:
+    """The indices of the readable items, and the skipped ones, from the chunks' records."""
     skipped = [s for folder in folders for s in read_json(folder / "skipped.json")]
     dropped = {s["index"] for s in skipped}
-    kept = np.array([i for i in range(len(paths)) if i not in dropped], dtype=np.int64)
+    kept = np.array([i for i in range(n_paths) if i not in dropped], dtype=np.int64)
     if len(kept) == 0:
-        raise DataError(root, None, f"none of the {len(paths)} images could be read")
-    return folders, kept, skipped
+        raise DataError(root, None, f"none of the {n_paths} images could be read")
+    return kept, skipped
 
 
 def _encode_chunk(
@@ -234,9 +243,16 @@ def build_index(
     token_dtype: str = "float32",
     videos: str | Path | None = None,
     video: dict | None = None,
-) -> Path:
+    shard: tuple[int, int] | None = None,
+) -> Path | None:
     """Build (or rebuild) the index at ``out`` from a folder of images, a folder of videos or a dataset's
-    items (and captions).
+    items (and captions); returns the published version.
+
+    Any number of builders may run on one ``out`` at once (on one machine or several sharing the folder):
+    each encodes chunks the others have not claimed (:mod:`vlret.index.chunks`), and one of them assembles
+    the index when all are done. ``shard=(i, n)`` encodes only chunks ``i, i + n, ...`` (a slurm array
+    task); it returns None when other shards' chunks are still missing, and the last shard to finish, or a
+    build without ``shard``, assembles the index without encoding anything twice.
 
     Videos (``videos``, or a dataset whose items are clips) are encoded by a video model: the model itself
     when it is one, else the model wrapped with ``video`` (:class:`~vlret.models.video.VideoConfig`'s
@@ -311,14 +327,84 @@ def build_index(
         "layout": 3,  # one folder per chunk
         "items": hashlib.sha256(json.dumps(paths).encode()).hexdigest(),
     }
+    plan = _Plan(
+        out,
+        work,
+        root,
+        paths,
+        ids,
+        dataset,
+        encoders,
+        model,
+        model_name,
+        first_stage,
+        shortlist,
+        memory_budget_bytes,
+        video,
+        manifest,
+        progress,
+    )
+    lock = out.with_name(f".{out.name}.build.lock")
+    with _locked(lock, exclusive=False):  # builders encode side by side; the assembler waits for them
+        _start_or_join(work, manifest)
+        folders = _encode_chunks(
+            encoders, root, paths, work, chunk_size, batch_size, progress, on_error, shard
+        )
+    if not all(folder.is_dir() for folder in folders):  # a shard's part is done; others are still at theirs
+        return None
+    with _locked(lock, exclusive=True):
+        if not (work / "manifest.json").is_file():  # another builder published it while we waited
+            return out.resolve()
+        return _assemble(plan, folders)
+
+
+@dataclass
+class _Plan:
+    """One build as :func:`build_index` resolved it: what the assembler needs besides the chunks."""
+
+    out: Path
+    work: Path
+    root: Path
+    paths: list[str]
+    ids: list[str]
+    dataset: RetrievalDataset | None
+    encoders: _Encoders
+    model: RetrievalModel
+    model_name: str
+    first_stage: str | None
+    shortlist: int
+    memory_budget_bytes: int | None
+    video: dict | None
+    manifest: dict
+    progress: bool
+
+
+def _start_or_join(work: Path, manifest: dict) -> None:
+    """Make the work folder, or join the build in it: the same build (a rerun after a kill, or another
+    builder) keeps its chunks; a different build's leftovers are cleared."""
     manifest_file = work / "manifest.json"
     if work.exists() and (not manifest_file.is_file() or json.loads(manifest_file.read_text()) != manifest):
-        shutil.rmtree(work)  # a different build was interrupted here: its chunks do not apply
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_json(manifest_file, manifest)
-    folders, kept, skipped = _encode_chunks(
-        encoders, root, paths, work, chunk_size, batch_size, progress, on_error
-    )
+
+
+@contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[None]:
+    """A blocking ``flock`` on ``path``: shared while builders encode, exclusive to assemble."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _assemble(plan: _Plan, folders: list[Path]) -> Path:
+    """Join the chunks, encode the captions, build the FAISS index and publish the version."""
+    work, paths, ids, dataset = plan.work, plan.paths, plan.ids, plan.dataset
+    two_stage = plan.encoders.head_model is not None
+    kept, skipped = _kept_items(folders, plan.root, len(paths))
     embeddings = _join_chunks(folders, "shortlist", work, "shortlist").embeds
     os.replace(work / "shortlist.embeds.npy", work / "embeddings.npy")
     if two_stage:
@@ -326,35 +412,35 @@ def build_index(
     write_json(work / "items.json", [{"id": ids[i], "path": paths[i]} for i in kept])
     n_captions = 0
     if dataset is not None and dataset.captions:
-        n_captions = _index_captions(encoders, dataset, {ids[i] for i in kept}, work, progress)
-    choice = choose_index(len(embeddings), embeddings.shape[1], memory_budget_bytes)
+        n_captions = _index_captions(plan.encoders, dataset, {ids[i] for i in kept}, work, plan.progress)
+    choice = choose_index(len(embeddings), embeddings.shape[1], plan.memory_budget_bytes)
     import faiss
 
     faiss.write_index(_faiss_index(embeddings, choice), str(work / "faiss.index"))
     meta = {
-        "model": model_name,
-        "media_root": str(root),
+        "model": plan.model_name,
+        "media_root": str(plan.root),
         "items": len(embeddings),
         "captions": n_captions,
         "dim": int(embeddings.shape[1]),
         "choice": choice.as_dict(),
-        "memory_budget_bytes": memory_budget_bytes,
-        "video": video,
+        "memory_budget_bytes": plan.memory_budget_bytes,
+        "video": plan.video,
         "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
         "vlret_version": vlret.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if two_stage:
         meta["two_stage"] = {
-            "head": model.head.describe(),
-            "first_stage": first_stage,
-            "shortlist": shortlist,
-            "token_dtype": manifest["token_dtype"],
+            "head": plan.model.head.describe(),
+            "first_stage": plan.first_stage,
+            "shortlist": plan.shortlist,
+            "token_dtype": plan.manifest["token_dtype"],
         }
     write_json(work / "index.json", meta)
     shutil.rmtree(work / "chunks")
-    manifest_file.unlink()
-    return _publish(work, out)
+    (work / "manifest.json").unlink()
+    return _publish(work, plan.out)
 
 
 def _index_captions(

@@ -1,0 +1,154 @@
+"""Several builders on one index (issue 28, section 1): chunks claimed with O_EXCL, so builders started
+together cooperate, slurm-style shards split the work, and the result equals a one-process build byte for byte."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlret.cli import main
+from vlret.index import build, build_index
+from vlret.index.chunks import ChunkClaims, encode_claimed
+from vlret.models import create_model
+
+CHUNK = 8
+
+
+@pytest.fixture(scope="module")
+def collection(synth_data, tmp_path_factory):
+    """The synthetic test images (60) and a saved tiny model."""
+    root = tmp_path_factory.mktemp("builders")
+    model = create_model("tiny-cnn", captions=["a red circle", "a blue square"])
+    model.save(root / "model")
+    return synth_data.parent / "images", root / "model"
+
+
+@pytest.fixture(scope="module")
+def reference(collection, tmp_path_factory):
+    images, model = collection
+    return build_index(
+        str(model), tmp_path_factory.mktemp("one") / "idx", images=images, chunk_size=CHUNK, progress=False
+    )
+
+
+def _same_index(a: Path, b: Path) -> None:
+    assert np.load(a / "embeddings.npy").tobytes() == np.load(b / "embeddings.npy").tobytes()
+    assert json.loads((a / "items.json").read_text()) == json.loads((b / "items.json").read_text())
+    assert (a / "faiss.index").read_bytes() == (b / "faiss.index").read_bytes()
+
+
+def test_threads_claim_each_chunk_once(tmp_path):
+    claims = ChunkClaims(tmp_path)
+    done: list[tuple[int, str]] = []
+
+    def encode(c: int, tmp: Path) -> None:
+        done.append((c, threading.current_thread().name))
+        time.sleep(0.01)  # hold the claim a moment, so the other thread meets it
+        (tmp / "x").write_text(str(c))
+
+    workers = [
+        threading.Thread(target=encode_claimed, args=(claims, range(12), encode, True), name=f"w{n}")
+        for n in range(3)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(c for c, _ in done) == list(range(12))  # every chunk, each exactly once
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{c:05d}" for c in range(12)
+    ]  # no claim, no tmp left
+
+
+def _build_in_process(model: str, images: str, out: str, shard, queue) -> None:
+    from vlret.index import build_index
+
+    try:
+        path = build_index(model, out, images=images, chunk_size=CHUNK, progress=False, shard=shard)
+        queue.put(("ok", None if path is None else str(path)))
+    except BaseException as exc:  # the parent reports it
+        queue.put(("error", repr(exc)))
+
+
+def test_two_builders_started_together_cooperate_and_match_one_process(collection, reference, tmp_path):
+    images, model = collection
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    out = tmp_path / "idx"
+    builders = [
+        ctx.Process(target=_build_in_process, args=(str(model), str(images), str(out), None, queue))
+        for _ in range(2)
+    ]
+    for b in builders:
+        b.start()
+    answers = [queue.get() for _ in builders]
+    for b in builders:
+        b.join()
+    assert [kind for kind, _ in answers] == ["ok", "ok"], answers
+    _same_index(out.resolve(), reference)
+    assert not out.with_name("idx.building").exists()
+
+
+def test_shards_split_the_work_and_the_last_assembles(collection, reference, tmp_path, capsys):
+    images, model = collection
+    out = tmp_path / "idx"
+    args = ["index", "build", "--model", str(model), "--images", str(images), "--chunk-size", str(CHUNK)]
+    assert main([*args, "--shard", "0/2", "--out", str(out)]) == 0
+    assert "other shards' are still missing" in capsys.readouterr().out
+    assert not out.exists()
+    chunks = sorted(p.name for p in (tmp_path / "idx.building" / "chunks").iterdir())
+    assert chunks == ["00000", "00002", "00004", "00006"]  # shard 0 of 2: chunks 0, 2, 4, 6 of 8
+    assert main([*args, "--shard", "1/2", "--out", str(out)]) == 0  # the last shard assembles
+    _same_index(out.resolve(), reference)
+
+
+def test_a_build_without_shard_finishes_a_sharded_one_encoding_only_what_is_missing(
+    collection, reference, tmp_path, monkeypatch
+):
+    images, model = collection
+    out = tmp_path / "idx"
+    assert build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, shard=(1, 4)) is None
+    encoded = []
+    original = build._encode_chunk
+    monkeypatch.setattr(
+        build,
+        "_encode_chunk",
+        lambda enc, root, part, *a: encoded.append(part[0]) or original(enc, root, part, *a),
+    )
+    path = build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False)
+    assert len(encoded) == 8 - 2  # shard 1 of 4 had done chunks 1 and 5
+    _same_index(path, reference)
+
+
+def test_a_claim_left_by_a_dead_builder_is_taken_over(collection, reference, tmp_path):
+    images, model = collection
+    out = tmp_path / "idx"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    chunks = tmp_path / "idx.building" / "chunks"
+    # a build was running: its manifest is in place (from a shard that did nothing yet) and chunk 3 is claimed
+    assert build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, shard=(7, 8)) is None
+    claims = ChunkClaims(chunks)
+    claim = chunks / ".00003.claim"
+    claim.write_text(json.dumps({"host": claims.host, "pid": int(dead.stdout), "since": 0}))
+    path = build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False)
+    _same_index(path, reference)
+
+
+def test_a_live_claim_is_not_taken(tmp_path):
+    claims = ChunkClaims(tmp_path)
+    (tmp_path / ".00000.claim").write_text(json.dumps({"host": claims.host, "pid": os.getpid(), "since": 0}))
+    assert not claims.try_claim(0)
+    (tmp_path / ".00001.claim").write_text(json.dumps({"host": "another-host", "pid": 1, "since": 0}))
+    assert not claims.try_claim(1)  # another host's process cannot be checked from here: wait for it
+    assert claims.try_claim(2)
