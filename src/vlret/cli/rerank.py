@@ -5,20 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlret.cli.common import add_data_options, add_video_option, load_data, model_for
+from vlret.cli.common import add_data_options, add_video_option, load_data, model_for, parse_shard
 from vlret.errors import ConfigError
-
-
-def _parse_shard(text: str | None) -> tuple[int, int]:
-    if not text:
-        return (0, 1)
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise ConfigError(f"--shard {text!r}: need 0 <= i < n")
-    return index, count
 
 
 def _split(args: argparse.Namespace):
@@ -71,25 +59,45 @@ def cmd_visa(args: argparse.Namespace) -> int:
         base_ranks,
         config,
         args.out,
-        _parse_shard(args.shard),
+        parse_shard(args.shard),
         source=source,
         query_limit=args.queries,
     )
     if result is None:
-        print(
-            f"shard {args.shard} done; when every shard is done: vlret rerank visa-merge --data {args.data} --out {args.out}"
-        )
+        print(f"shard {args.shard} done; when every shard is done: {_merge_command(args)}")
         return 0
     _print_table(result)
     print(f"result written to {Path(args.out) / 'result.json'}")
     return 0
 
 
+def _merge_command(args: argparse.Namespace) -> str:
+    """The ``visa-merge`` command for this run, with every option that chose its data."""
+    parts = ["vlret rerank visa-merge", f"--data {args.data}"]
+    for flag, value in (("--split", args.split), ("--media-root", args.media_root)):
+        if value:
+            parts.append(f"{flag} {value}")
+    if args.format != "auto":
+        parts.append(f"--format {args.format}")
+    parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
 def cmd_visa_merge(args: argparse.Namespace) -> int:
+    from vlret.data._io import read_json
     from vlret.rerank.visa.config import load_visa_config
     from vlret.rerank.visa.run import merge_visa
 
-    config = load_visa_config(args.config)
+    run_file = Path(args.out) / "run.json"
+    if not run_file.is_file():
+        raise ConfigError(f"{args.out}: not a VISA run folder (no run.json); give the --out of `vlret rerank visa`")
+    recorded = read_json(run_file)["config"]
+    config = load_visa_config(args.config) if args.config else load_visa_config(None, recorded)
+    if config.to_dict() != recorded:
+        raise ConfigError(
+            f"--config {args.config}: the shards of {args.out} ran with another VISA config; leave --config out "
+            "to merge with the one they recorded"
+        )
     _, split = _split(args)
     result = merge_visa(split, config, args.out)
     _print_table(result)
@@ -161,7 +169,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge = rerank_cmds.add_parser("visa-merge", help="join the shards of a VISA run, fuse and evaluate")
     merge.add_argument("--data", required=True)
     merge.add_argument("--split")
-    merge.add_argument("--config")
+    merge.add_argument("--config", help="default: the config the shards recorded in OUT/run.json")
     merge.add_argument("--out", required=True)
     add_data_options(merge)
     merge.set_defaults(func=cmd_visa_merge)

