@@ -89,6 +89,15 @@ def average_gradients(parameters: list[torch.nn.Parameter], info: DistInfo) -> N
         offset += g.numel()
 
 
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every process's ``obj`` (picklable), in rank order, on every process."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

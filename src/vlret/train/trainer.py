@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from vlret.train.distributed import (
     average_gradients,
     barrier,
     gather_no_grad,
+    gather_objects,
     gather_tokens_with_grad,
     gather_with_grad,
     init_from_env,
@@ -355,7 +357,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _state(self) -> dict:
+    def _rng_state(self) -> dict:
+        """This process's random generators: dropout and the like draw from them."""
+        state = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _state(self, rank_rngs: list[dict]) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -363,8 +372,8 @@ class Trainer:
             "step": self.step,
             "best": self.best,
             "losses": self.loss.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            **rank_rngs[0],  # a one-process run reads these; checkpoints before per-rank states had only them
+            "rank_rngs": rank_rngs,  # each process's own, in rank order
         }
 
     def _restore(self, state: dict) -> None:
@@ -375,9 +384,17 @@ class Trainer:
         self.best = state["best"]
         if "losses" in state:
             self.loss.load_state_dict(state["losses"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        rngs = state.get("rank_rngs") or [state]
+        if len(rngs) != self.info.world_size and self.info.rank >= len(rngs):
+            warnings.warn(
+                f"the checkpoint holds the random states of {len(rngs)} processes, this run has "
+                f"{self.info.world_size}; process {self.info.rank} continues from process 0's",
+                stacklevel=2,
+            )
+        own = rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0]
+        torch.set_rng_state(own["torch_rng"])
+        if "cuda_rng" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda_rng"], self.device)
 
     # ----- the loop -------------------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], epoch: int) -> dict[str, float]:
@@ -449,11 +466,12 @@ class Trainer:
     def _save(self, epoch: int, is_best: bool = False) -> None:
         self._check_finite_weights()  # every process holds the same weights: all stop together
         memo_store.save_new_rows(self.memo_dir, self.memos, self.step)  # each process: its own batches
+        rank_rngs = gather_objects(self._rng_state(), self.info)  # every process's dropout stream
         if self.info.is_main:
             ckpt.save_checkpoint(
                 self.ckpt_dir,
                 self.model,
-                self._state(),
+                self._state(rank_rngs),
                 self.step,
                 is_best,
                 {"epoch": epoch, "best": self.best},
