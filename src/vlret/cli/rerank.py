@@ -90,7 +90,9 @@ def cmd_visa_merge(args: argparse.Namespace) -> int:
 
     run_file = Path(args.out) / "run.json"
     if not run_file.is_file():
-        raise ConfigError(f"{args.out}: not a VISA run folder (no run.json); give the --out of `vlret rerank visa`")
+        raise ConfigError(
+            f"{args.out}: not a VISA run folder (no run.json); give the --out of `vlret rerank visa`"
+        )
     recorded = read_json(run_file)["config"]
     config = load_visa_config(args.config) if args.config else load_visa_config(None, recorded)
     if config.to_dict() != recorded:
