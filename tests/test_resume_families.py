@@ -20,6 +20,17 @@ from vlret.train.recipe import resolve_recipe
 KILL_AT = 4
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Single-threaded: with 2 threads on a loaded machine, two *uninterrupted* RVLR stage-2 runs already
+    differed (57 tensors; 0 with one thread, measured 2026-12-01 beside two busy loops), so a multi-threaded
+    comparison would test the machine's load, not what a resume restores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Killed(Exception):
     pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vlret.cli.common import print_json
 
@@ -21,6 +22,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.fit()
     if trainer.info.is_main:  # under torchrun, one summary
         print_json(summary)
+        if "stopped" in summary:
+            print(
+                f"stopped on SIGTERM after step {summary['steps']}, checkpoint saved: run the same command "
+                "with --resume to go on",
+                file=sys.stderr,
+            )
     return 0
 
 

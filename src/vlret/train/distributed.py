@@ -10,6 +10,8 @@ gives exactly the gradient of one process on the whole batch.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +38,24 @@ def init_from_env(device_type: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    die_with_launcher()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def die_with_launcher() -> None:
+    """Have the kernel kill this worker when the process that launched it dies (Linux; elsewhere nothing).
+
+    torchrun starts its workers in sessions of their own, so killing torchrun, or its process group, leaves
+    them running: they went on training and appending to ``metrics.jsonl`` beside a resumed run."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

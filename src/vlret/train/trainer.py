@@ -48,6 +48,7 @@ from vlret.train.distributed import (
 from vlret.train.logger import MetricsLogger
 from vlret.train.recipe import NO_VALIDATION, Recipe, check_resumable, check_writable, save_recipe
 from vlret.train.schedule import lr_multiplier
+from vlret.train.stopping import StopRequest
 from vlret.train.teacher import Teacher, TeacherTowers
 
 
@@ -481,56 +482,79 @@ class Trainer:
     def fit(self) -> dict:
         r = self.recipe
         started = time.perf_counter()
-        k = r.train.grad_accum_steps
-        every = r.train.checkpoint_every_steps
-        while self.step < self.total_steps:
-            epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
-            batches = EpochBatches(
-                self.source,
-                self.model.tokenize,
-                r.train.batch_size,
-                epoch,
-                r.train.seed,
-                self.info,
-                step_in_epoch * k,
-            )
-            loader = epoch_loader(batches, r.data.num_workers)
-            loader = prefetch(iter(loader)) if r.data.num_workers == 0 else iter(loader)
-            steps_left = min(self.steps_per_epoch - step_in_epoch, self.total_steps - self.step)
-            bar = tqdm(
-                total=steps_left,
-                desc=f"epoch {epoch + 1}/{r.train.epochs}",
-                disable=not (self.progress and self.info.is_main),
-            )
-            window_start, window_samples = time.perf_counter(), 0
-            for _ in range(steps_left):
-                logged = self.train_step([next(loader) for _ in range(k)], epoch)
-                window_samples += r.train.batch_size * k
-                bar.update(1)
-                if self.step % r.train.log_every_steps == 0 or self.step == self.total_steps:
-                    logged["samples_per_s"] = window_samples / max(time.perf_counter() - window_start, 1e-9)
-                    logged["lr"] = self.optimizer.param_groups[0]["lr"]
-                    logged["epoch"] = self.step / self.steps_per_epoch  # fractional
-                    self.logger.log(logged, self.step)
-                    bar.set_postfix(
-                        loss=f"{logged['loss']:.3f}",
-                        lr=f"{logged['lr']:.2e}",
-                        sps=f"{logged['samples_per_s']:.0f}",
-                    )
-                    window_start, window_samples = time.perf_counter(), 0
-                if every and self.step % every == 0 and self.step % self.steps_per_epoch:
-                    self._save(epoch)
-            bar.close()
-            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                self._end_epoch(epoch)  # also when max_steps stops mid-epoch: validate, so `best` exists
+        stop, stopped = StopRequest(), False
+        with stop.listening():
+            while self.step < self.total_steps and not stopped:
+                stopped = self._run_epoch(stop)
         self.logger.close()
-        return {
+        summary = {
             "steps": self.step,
             "best_metric": self.best,
             "metric": r.eval.metric,
             "seconds": round(time.perf_counter() - started, 2),
             "checkpoints": str(self.ckpt_dir),
         }
+        if stopped:
+            summary["stopped"] = f"SIGTERM after step {self.step}; resume with --resume"
+        return summary
+
+    def _run_epoch(self, stop: StopRequest) -> bool:
+        """The steps of the current epoch from ``self.step`` on; True when a stop request ended it early."""
+        r = self.recipe
+        k = r.train.grad_accum_steps
+        epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
+        batches = EpochBatches(
+            self.source,
+            self.model.tokenize,
+            r.train.batch_size,
+            epoch,
+            r.train.seed,
+            self.info,
+            step_in_epoch * k,
+        )
+        loader = epoch_loader(batches, r.data.num_workers)
+        loader = prefetch(iter(loader)) if r.data.num_workers == 0 else iter(loader)
+        steps_left = min(self.steps_per_epoch - step_in_epoch, self.total_steps - self.step)
+        bar = tqdm(
+            total=steps_left,
+            desc=f"epoch {epoch + 1}/{r.train.epochs}",
+            disable=not (self.progress and self.info.is_main),
+        )
+        try:
+            window = (time.perf_counter(), 0)
+            for _ in range(steps_left):
+                logged = self.train_step([next(loader) for _ in range(k)], epoch)
+                window = (window[0], window[1] + r.train.batch_size * k)
+                bar.update(1)
+                if self.step % r.train.log_every_steps == 0 or self.step == self.total_steps:
+                    self._log(logged, window, bar)
+                    window = (time.perf_counter(), 0)
+                at_epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                if stop.agreed(self.info):  # SIGTERM: checkpoint this step and return
+                    if at_epoch_end:
+                        self._end_epoch(epoch)
+                    else:
+                        self._save(epoch)
+                    return True
+                every = r.train.checkpoint_every_steps
+                if every and self.step % every == 0 and not at_epoch_end:
+                    self._save(epoch)
+        finally:
+            bar.close()
+            getattr(loader, "close", lambda: None)()  # the prefetch thread stops with it
+        self._end_epoch(epoch)  # also when max_steps stops mid-epoch: validate, so `best` exists
+        return False
+
+    def _log(self, logged: dict, window: tuple[float, int], bar) -> None:
+        """Log a step's values with the throughput since the last log line."""
+        started, samples = window
+        logged["samples_per_s"] = samples / max(time.perf_counter() - started, 1e-9)
+        logged["lr"] = self.optimizer.param_groups[0]["lr"]
+        logged["epoch"] = self.step / self.steps_per_epoch  # fractional
+        self.logger.log(logged, self.step)
+        bar.set_postfix(
+            loss=f"{logged['loss']:.3f}", lr=f"{logged['lr']:.2e}", sps=f"{logged['samples_per_s']:.0f}"
+        )
 
     def _end_epoch(self, epoch: int) -> None:
         r = self.recipe
