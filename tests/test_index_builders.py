@@ -152,3 +152,15 @@ def test_a_live_claim_is_not_taken(tmp_path):
     (tmp_path / ".00001.claim").write_text(json.dumps({"host": "another-host", "pid": 1, "since": 0}))
     assert not claims.try_claim(1)  # another host's process cannot be checked from here: wait for it
     assert claims.try_claim(2)
+
+
+def test_a_ray_build_on_a_local_cluster_equals_one_process(collection, reference, tmp_path):
+    pytest.importorskip("ray")  # in the test extra: CI has it
+    from vlret.index.ray_engine import build_with_ray
+
+    images, model = collection
+    path = build_with_ray(
+        str(model), tmp_path / "idx", workers=2, images=images, chunk_size=CHUNK, progress=False
+    )
+    _same_index(path, reference)
+    assert not (tmp_path / "idx.building").exists()

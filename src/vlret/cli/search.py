@@ -19,7 +19,18 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         if args.split:
             dataset = dataset.split(args.split)
     budget = int(args.memory_gb * 2**30) if args.memory_gb else None
-    path = build_index(
+    build = build_index
+    if args.engine == "ray":
+        from functools import partial
+
+        from vlret.index.ray_engine import build_with_ray
+
+        if args.shard:
+            raise ConfigError("--shard and --engine ray: Ray runs the shards itself; give one or the other")
+        build = partial(
+            build_with_ray, workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker
+        )
+    path = build(
         args.model,
         args.out,
         images=args.images,
@@ -32,7 +43,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         first_stage=args.first_stage,
         shortlist=args.shortlist,
         token_dtype=args.token_dtype,
-        shard=parse_shard(args.shard) if args.shard else None,
+        **({"shard": parse_shard(args.shard)} if args.shard else {}),
     )
     if path is None:
         print(
@@ -116,6 +127,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--shard",
         metavar="I/N",
         help="encode only chunks I, I+N, ... (a slurm array task); the last shard to finish assembles the index",
+    )
+    build.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: encode the chunks as tasks on a Ray cluster (the ray extra), then assemble here",
+    )
+    build.add_argument("--workers", type=int, default=2, help="--engine ray: tasks (shards) to run")
+    build.add_argument(
+        "--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); default: a local one"
+    )
+    build.add_argument(
+        "--gpus-per-worker", type=float, default=0, help="--engine ray: GPUs each task asks for"
     )
     build_source = build.add_mutually_exclusive_group(required=True)
     build_source.add_argument("--images", help="folder of images (searched recursively)")

@@ -244,6 +244,7 @@ def build_index(
     videos: str | Path | None = None,
     video: dict | None = None,
     shard: tuple[int, int] | None = None,
+    assemble: bool = True,
 ) -> Path | None:
     """Build (or rebuild) the index at ``out`` from a folder of images, a folder of videos or a dataset's
     items (and captions); returns the published version.
@@ -252,7 +253,9 @@ def build_index(
     each encodes chunks the others have not claimed (:mod:`vlret.index.chunks`), and one of them assembles
     the index when all are done. ``shard=(i, n)`` encodes only chunks ``i, i + n, ...`` (a slurm array
     task); it returns None when other shards' chunks are still missing, and the last shard to finish, or a
-    build without ``shard``, assembles the index without encoding anything twice.
+    build without ``shard``, assembles the index without encoding anything twice. ``assemble=False`` only
+    encodes (and returns None): a driver that runs the shards assembles them itself
+    (:mod:`vlret.index.ray_engine`).
 
     Videos (``videos``, or a dataset whose items are clips) are encoded by a video model: the model itself
     when it is one, else the model wrapped with ``video`` (:class:`~vlret.models.video.VideoConfig`'s
@@ -350,7 +353,7 @@ def build_index(
         folders = _encode_chunks(
             encoders, root, paths, work, chunk_size, batch_size, progress, on_error, shard
         )
-    if not all(folder.is_dir() for folder in folders):  # a shard's part is done; others are still at theirs
+    if not assemble or not all(folder.is_dir() for folder in folders):  # others are still at their chunks
         return None
     with _locked(lock, exclusive=True):
         if not (work / "manifest.json").is_file():  # another builder published it while we waited

@@ -1,0 +1,59 @@
+"""Index builds on a Ray cluster (``vlret index build --engine ray``; the ``ray`` extra).
+
+The unit of work is the same as for any builder: output chunks, claimed so that no chunk is encoded twice
+(:mod:`vlret.index.chunks`). Ray runs ``workers`` tasks, each the builder of one shard (chunks ``i, i + n,
+...``); a task whose worker dies is retried by Ray, and its half-done chunk's claim, left by a dead process
+on that host, is taken over. When every task is done the driver assembles the index from the chunks, so the
+result is byte-equal to a one-process build. Workers on other machines need the collection and the output
+folder at the same paths (a shared file system), as slurm array tasks do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlret.errors import ConfigError
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'vlret[ray]'") from None
+    return ray
+
+
+def _encode_shard(model_name: str, out: str, shard: tuple[int, int], options: dict) -> None:
+    from vlret.index.build import build_index
+
+    build_index(model_name, out, shard=shard, assemble=False, progress=False, **options)
+
+
+def build_with_ray(
+    model_name: str,
+    out: str | Path,
+    workers: int = 2,
+    address: str | None = None,
+    gpus_per_worker: float = 0,
+    max_retries: int = 3,
+    progress: bool = True,
+    **options,
+) -> Path:
+    """Encode the chunks as ``workers`` Ray tasks on a local cluster (``address`` None) or an existing one
+    (``"auto"`` or ``ray://host:10001``), then assemble the index here; ``options`` are
+    :func:`~vlret.index.build.build_index`'s."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {workers}")
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=progress)
+    try:
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_retries=max_retries)(_encode_shard)
+        ray.get([task.remote(model_name, str(out), (i, workers), options) for i in range(workers)])
+    finally:
+        if started_here:
+            ray.shutdown()
+    from vlret.index.build import build_index
+
+    return build_index(model_name, out, progress=progress, **options)  # every chunk is done: it assembles
