@@ -28,7 +28,11 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         if args.shard:
             raise ConfigError("--shard and --engine ray: Ray runs the shards itself; give one or the other")
         build = partial(
-            build_with_ray, workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker
+            build_with_ray,
+            workers=args.workers,
+            address=args.address,
+            gpus_per_worker=args.gpus_per_worker,
+            threads_per_worker=args.threads_per_worker,
         )
     path = build(
         args.model,

@@ -1,0 +1,88 @@
+"""An index build through Ray (``--engine ray``, 2 workers) against the plain one-process build, on the same
+cores and the same images, in one run.
+
+The collection is ``--images`` synthetic 64-px pictures encoded by an untrained tiny CNN (what matters is the
+engine's overhead, not the model). Each repetition builds a fresh index both ways, interleaved (plain, Ray,
+plain, ...); the Ray side includes starting and stopping its local cluster, as a user's command does. The
+two indexes must be byte-equal. Target: overhead ratio (Ray / plain) <= 1.15, printed last.
+
+    .venv/bin/python bench/shard_build.py [--images 4000] [--workers 2] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timing import best, interleaved, parse_args, spread
+from vlret.data.synth import SynthConfig, write_benchmark
+from vlret.index import build_index
+from vlret.index.ray_engine import build_with_ray
+from vlret.models import create_model
+
+SMOKE = {"images": 40, "workers": 2, "repeats": 1, "chunk_size": 8}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parse_args(parser, SMOKE)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_benchmark(tmp / "synth", SynthConfig(images=args.images, seed=0))
+        images = data.parent / "images"
+        model = create_model("tiny-cnn", captions=["a red circle", "a blue square"])
+        model.save(tmp / "model")
+        built: dict[str, Path] = {}
+        runs = {"n": 0}
+
+        def plain() -> float:
+            runs["n"] += 1
+            start = time.perf_counter()
+            built["plain"] = build_index(
+                str(tmp / "model"),
+                tmp / f"plain{runs['n']}",
+                images=images,
+                chunk_size=args.chunk_size,
+                progress=False,
+            )
+            return time.perf_counter() - start
+
+        def ray() -> float:
+            runs["n"] += 1
+            start = time.perf_counter()
+            built["ray"] = build_with_ray(
+                str(tmp / "model"),
+                tmp / f"ray{runs['n']}",
+                workers=args.workers,
+                images=images,
+                chunk_size=args.chunk_size,
+                progress=False,
+            )
+            return time.perf_counter() - start
+
+        print(
+            f"{args.images} images, chunks of {args.chunk_size}, {args.workers} Ray workers, {torch.get_num_threads()} threads"
+        )
+        times = interleaved({"plain": plain, "ray": ray}, args.repeats)
+        for side, values in times.items():
+            print(spread(side, values, "s"))
+        plain_embeds, ray_embeds = (np.load(built[side] / "embeddings.npy") for side in ("plain", "ray"))
+        diff = float(np.abs(plain_embeds - ray_embeds).max())
+        print(f"max abs difference of the embeddings: {diff:.1e} (byte-equal: {diff == 0})")
+        assert diff < 1e-5, "the Ray build differs from the one-process build beyond float noise"
+        print(f"overhead ratio (ray / plain): {best(times['ray']) / best(times['plain']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
