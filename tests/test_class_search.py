@@ -230,7 +230,7 @@ def test_serve_searches_by_class_and_classifies_uploads(bench):
     assert names == data.classnames[:12]
     answer = client.get("/api/search/class", params={"name": names[0], "k": 4}).json()
     expected = ClassSearch(Searcher(index), prompts).class_hits(names[0], 4)
-    assert [r["item"] for r in answer["results"]] == [Searcher(index).item_numbers[h.id] for h in expected]
+    assert [r["item"] for r in answer["results"]] == [Searcher(index).item_number(h.id) for h in expected]
     assert client.get("/api/search/class", params={"name": "purple cloud"}).status_code == 404
     image_file = root / "images" / "test" / "red_circle" / "0000.png"
     classes = client.post(

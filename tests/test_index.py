@@ -93,7 +93,8 @@ def test_on_error_skip_leaves_out_unreadable_images_and_their_captions(model_dir
     meta = json.loads((index / "index.json").read_text())
     assert meta["items"] == len(test.items) - 1 and meta["skipped"][0]["file"].endswith(broken.path)
     searcher = Searcher(index)
-    assert broken.id not in searcher.item_numbers
+    with pytest.raises(KeyError):
+        searcher.item_number(broken.id)
     assert meta["captions"] == len(test.captions) - len(test.item_to_captions[2])
     assert all(c["item_id"] != broken.id for c in searcher.captions)
     assert len(searcher.text_to_image("a red circle", k=100)) == len(test.items) - 1
@@ -110,14 +111,21 @@ def test_search_refuses_k_below_one(model_dir, synth_data, tmp_path, k, capsys):
     assert "k must be" in capsys.readouterr().err
 
 
+def _empty_items(folder):
+    from vlret.index.columns import write_columns
+
+    write_columns(folder, "items", {"id": [], "path": []}, sort_by="id")
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: (p / "items.json").unlink(), "items.json"),
+        (lambda p: (p / "items.path.utf8").unlink(), "items.path.utf8"),
+        (lambda p: (p / "items.id.utf8").write_bytes(b"short"), "items.id.utf8"),
         (lambda p: (p / "index.json").write_text("{not json"), "index.json"),
         (lambda p: (p / "faiss.index").write_bytes(b"garbage"), "faiss.index"),
         (lambda p: (p / "embeddings.npy").write_bytes(b"\x93NUMPY garbage"), "embeddings.npy"),
-        (lambda p: (p / "items.json").write_text("[]"), "disagree on the number of items"),
+        (lambda p: _empty_items(p), "disagree on the number of items"),
     ],
 )
 def test_damaged_index_folders_give_a_clear_error(model_dir, synth_data, tmp_path, damage, message):
@@ -217,3 +225,35 @@ def test_a_search_by_a_strip_image_is_refused_with_a_reason(model_dir, synth_dat
     )
     with pytest.raises(ConfigError, match="more elongated than 50:1"):
         Searcher(index).image_to_image(Image.new("RGB", (2000, 10)), k=2)
+
+
+def test_items_are_memory_mapped_columns_and_old_json_indexes_still_open(model_dir, synth_data, tmp_path):
+    import json
+
+    from vlret.index.columns import StringTable, write_columns
+
+    index = build_index(
+        str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
+    searcher = Searcher(index)
+    items = list(searcher.items)
+    assert isinstance(searcher.items, StringTable) and len(items) == searcher.meta["items"]
+    for n in (0, len(items) // 2, len(items) - 1):
+        assert searcher.item_number(items[n]["id"]) == n
+    with pytest.raises(KeyError):
+        searcher.item_number("no such item")
+    # an index written before the columns: items.json, read into memory, answers the same
+    folder = index.resolve()
+    (folder / "items.json").write_text(json.dumps(items))
+    for f in folder.glob("items.*.*"):
+        if f.name != "items.json":
+            f.unlink()
+    old = Searcher(index)
+    assert list(old.items) == items and old.item_number(items[3]["id"]) == 3
+    # non-ASCII, empty and duplicate-prefix strings round-trip
+    write_columns(
+        tmp_path, "t", {"id": ["b", "", "ab", "é/ü.png"], "path": ["x", "y", "z", "w"]}, sort_by="id"
+    )
+    table = StringTable.open(tmp_path, "t", ("id", "path"))
+    assert [table[n]["id"] for n in range(4)] == ["b", "", "ab", "é/ü.png"]
+    assert [table.number_of(k) for k in ("", "ab", "b", "é/ü.png")] == [1, 2, 0, 3]

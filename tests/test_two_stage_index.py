@@ -179,7 +179,7 @@ def test_a_first_stage_model_gives_the_shortlist(maxsim_dir, cosine_dir, test_sp
     hits = searcher.text_to_image(QUERY, k=3)
     assert {h.id for h in hits} == {test_split.items[b].id for b in shortlisted}
     expected = _head_scores_by_loops(searcher.model, test_split, QUERY)
-    numbers = [searcher.item_numbers[h.id] for h in hits]
+    numbers = [searcher.item_number(h.id) for h in hits]
     np.testing.assert_allclose([h.score for h in hits], expected[numbers], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose([h.first_stage_score for h in hits], cosines[numbers], rtol=1e-5, atol=1e-6)
 

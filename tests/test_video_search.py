@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from vlret.cli import main
 from vlret.data.video import FrameSampling, load_video_frames, write_video
+from vlret.index.search import Searcher
 from vlret.models import create_model, load_model
 from vlret.serve import create_app
 
@@ -47,7 +48,7 @@ def video_index(tmp_path_factory):
 def test_the_index_holds_each_clips_meanp_embedding(video_index):
     meta = json.loads((video_index / "idx" / "index.json").read_text())
     assert meta["items"] == 3 and meta["video"] == {"frames": 4}
-    items = json.loads((video_index / "idx" / "items.json").read_text())
+    items = list(Searcher(video_index / "idx").items)
     assert [i["path"] for i in items] == ["clip0.mp4", "clip1.mp4", "sub/clip2.mp4"]
     stored = np.load(video_index / "idx" / "embeddings.npy")
     image_model = load_model(video_index / "model").eval()
@@ -114,7 +115,7 @@ def test_media_never_serves_a_file_outside_the_collection(video_index, tmp_path)
     secret = tmp_path / "secret.txt"
     secret.write_text("a password")
     client = TestClient(create_app(root / "idx"))
-    items = {item["path"]: n for n, item in enumerate(json.loads((root / "idx" / "items.json").read_text()))}
+    items = {item["path"]: n for n, item in enumerate(Searcher(root / "idx").items)}
     clip0, clip1 = items["clip0.mp4"], items["clip1.mp4"]
     (root / "clips" / "clip0.mp4").unlink()
     (root / "clips" / "clip0.mp4").symlink_to(secret)

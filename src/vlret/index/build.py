@@ -1,7 +1,8 @@
 """Building an index: encode a collection in resumable chunks, build the search structure, publish atomically.
 
 Layout: ``INDEX`` is a symbolic link to ``INDEX.versions/v-<time>/``, which holds ``index.json`` (model
-reference, counts, the index choice), ``items.json``, ``embeddings.npy`` (L2-normalised float32), optionally
+reference, counts, the index choice), the items' ids and paths as memory-mapped string columns
+(``items.*``, :mod:`vlret.index.columns`), ``embeddings.npy`` (L2-normalised float32), optionally
 ``captions.json`` and ``caption_embeddings.npy``, and ``faiss.index``. A model whose head is not a dot product
 adds its head's features (``head_items.*.npy``, ``head_captions.*.npy``: embeddings, tokens, masks) and a
 ``two_stage`` entry in ``index.json``: searches take a shortlist by the embeddings, then re-score it with the
@@ -47,6 +48,7 @@ from vlret.evaluate.encode import (
 )
 from vlret.index.choice import choose_index
 from vlret.index.chunks import ChunkClaims, chunk_name, encode_claimed
+from vlret.index.columns import write_columns
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import canonical_model_name, create_model, is_model_reference
 
@@ -412,7 +414,9 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
     os.replace(work / "shortlist.embeds.npy", work / "embeddings.npy")
     if two_stage:
         _join_chunks(folders, "head", work, HEAD_ITEMS)
-    write_json(work / "items.json", [{"id": ids[i], "path": paths[i]} for i in kept])
+    write_columns(
+        work, "items", {"id": [ids[i] for i in kept], "path": [paths[i] for i in kept]}, sort_by="id"
+    )
     n_captions = 0
     if dataset is not None and dataset.captions:
         n_captions = _index_captions(plan.encoders, dataset, {ids[i] for i in kept}, work, plan.progress)

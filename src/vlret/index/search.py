@@ -21,7 +21,10 @@ from PIL import Image
 from vlret.errors import ConfigError, VlretError
 from vlret.evaluate.encode import FeatureTable, read_table
 from vlret.evaluate.ranking import stable_topk
+from vlret.index.columns import StringTable
 from vlret.models.base import Features
+
+ITEM_FIELDS = ("id", "path")  # the string columns an index keeps per item
 
 
 @dataclass
@@ -110,23 +113,22 @@ class Searcher:
             raise ConfigError(f"{index}: not a vlret index (no index.json)")
         self.path = path.resolve()  # pin this version
         self.meta = self._read("index.json", _read_json)
-        self.items = self._read("items.json", _read_json)
+        self.items = self._read_items()
         try:
             missing = [key for key in ("model", "media_root", "choice", "captions") if key not in self.meta]
             if missing:
                 raise KeyError(missing[0])
             self.media_root = Path(self.meta["media_root"])
             nprobe, refine = int(self.meta["choice"]["nprobe"]), int(self.meta["choice"]["refine"])
-            self.item_numbers = {item["id"]: n for n, item in enumerate(self.items)}
         except (KeyError, TypeError, ValueError) as exc:
-            self._damaged("index.json / items.json", f"a field is missing or malformed ({exc})")
+            self._damaged("index.json", f"a field is missing or malformed ({exc})")
         import faiss
 
         embeddings = self._read("embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
         faiss_index = self._read("faiss.index", lambda p: faiss.read_index(str(p)))
         if not (len(self.items) == len(embeddings) == faiss_index.ntotal):
             self._damaged(
-                "items.json / embeddings.npy / faiss.index",
+                "items.* / embeddings.npy / faiss.index",
                 f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {faiss_index.ntotal})",
             )
         self.images = _Vectors(embeddings, faiss_index, nprobe, refine)
@@ -166,6 +168,20 @@ class Searcher:
 
     def _damaged(self, name: str, reason: str):
         raise ConfigError(f"{self.path}: damaged index ({name}: {reason}); rebuild it with vlret index build")
+
+    def _read_items(self):
+        """The items' ids and paths: memory-mapped columns, or ``items.json`` in an index built before them."""
+        if (self.path / "items.json").is_file():
+            return self._read("items.json", lambda p: StringTable.from_json(p, ITEM_FIELDS))
+        names = [f"items.{field}.{part}" for field in ITEM_FIELDS for part in ("offsets.npy", "utf8")]
+        for name in [*names, "items.id.order.npy"]:
+            if not (self.path / name).is_file():
+                self._damaged(name, "file not found")
+        return self._read("items.id.utf8", lambda p: StringTable.open(self.path, "items", ITEM_FIELDS))
+
+    def item_number(self, item_id: str) -> int:
+        """The row of the item ``item_id`` (KeyError when the index has none)."""
+        return self.items.number_of(item_id)
 
     def _read(self, name: str, reader):
         try:

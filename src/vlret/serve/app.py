@@ -122,7 +122,7 @@ class SearchService:
 
     # ----- results --------------------------------------------------------------------------------------
     def hit_json(self, hit: Hit) -> dict:
-        number = self.searcher.item_numbers[hit.id]
+        number = self.searcher.item_number(hit.id)
         out = {**hit.as_dict(), "item": number, "thumbnail": f"/thumbnail/{number}"}
         if is_video_path(self.searcher.items[number]["path"]):
             out["video"] = f"/media/{number}"
