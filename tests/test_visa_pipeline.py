@@ -185,3 +185,40 @@ def test_compat_setting_selects_and_ranks_as_the_official_script(setup, tmp_path
     for k in (1, 5, 10):
         assert result["metrics"]["visa"][f"t2i_r{k}"] == pytest.approx(np.mean(expected < k))
     assert result["visa"]["compat"] is True
+
+
+def test_replicas_over_one_cache_see_each_others_units_live(setup, tmp_path):
+    """Two service replicas (two Visa objects opened before either computed anything) over one cache
+    folder: what one stores, the other reads on its next miss, and computes no unit twice."""
+    from vlret.rerank.visa.store import StageStore
+
+    first, second = StageStore(tmp_path, "descriptions"), StageStore(tmp_path, "descriptions")
+    first.put("a", {"text": "one"})
+    assert "a" in second and second.get("a") == {"text": "one"}
+    with (tmp_path / "descriptions.jsonl").open("ab") as fh:
+        fh.write(b'{"key": "b", "val')  # another process, mid-write
+    assert "b" not in second
+    with (tmp_path / "descriptions.jsonl").open("ab") as fh:
+        fh.write(b'ue": 2}\n')
+    assert "b" in second and second.get("b") == 2
+
+    split, _, config, (cand, top, ranks) = setup
+    replicas = [roles(), roles()]
+    visas = [Visa(config, r, tmp_path / "cache") for r in replicas]
+    rows = [
+        [
+            Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
+            for j, s in zip(cand[q], top[q], strict=True)
+        ]
+        for q in range(4)
+    ]
+    text = [c.text for c in split.captions]
+    for q in range(4):  # the same queries reach replica 0, then replica 1
+        visas[0].rerank(text[q], rows[q])
+    for q in range(4):
+        visas[1].rerank(text[q], rows[q])
+    assert replicas[0].describer.calls > 0
+    assert (
+        sum(getattr(replicas[1], r).calls for r in ("describer", "question_generator", "vqa", "reranker"))
+        == 0
+    )

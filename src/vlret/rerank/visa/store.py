@@ -5,6 +5,11 @@ at any point keeps everything that finished; a line cut off by the kill is ignor
 hash of the stage, the model's identity, the prompt version and the inputs, so a changed prompt or model
 never reuses a stale answer. Sharded runs write ``{stage}.shard-{i}-of-{n}.jsonl``; every reader sees all
 files of a stage, and :func:`merge_stage` folds the shards into ``{stage}.jsonl``.
+
+The store is live: a key it does not hold sends it back to the files for the lines other processes
+appended since it last read (service replicas, or shards, over one cache folder), so a unit another process
+finished is not computed again. A record is appended with one ``write`` on an ``O_APPEND`` descriptor, so
+lines of concurrent writers never interleave.
 """
 
 from __future__ import annotations
@@ -22,16 +27,15 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
-def _read_lines(path: Path) -> dict[str, Any]:
+def _parse_lines(data: bytes) -> dict[str, Any]:
     records: dict[str, Any] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the tail of a killed write
-            if isinstance(record, dict) and "key" in record and "value" in record:
-                records[record["key"]] = record["value"]
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # the tail of a killed write
+        if isinstance(record, dict) and "key" in record and "value" in record:
+            records[record["key"]] = record["value"]
     return records
 
 
@@ -53,8 +57,8 @@ class StageStore:
         self.path = self.folder / name
         self._lock = threading.Lock()
         self._records: dict[str, Any] = {}
-        for path in sorted(self.folder.glob(f"{stage}*.jsonl")):
-            self._records.update(_read_lines(path))
+        self._read_up_to: dict[Path, int] = {}  # per file: the bytes read, up to the last complete line
+        self._read_new_lines()
         # A write cut off by a kill (or a full disk) leaves a partial last line: end it, so that the next
         # record starts on a line of its own instead of being glued to the fragment.
         self._needs_newline = (
@@ -63,7 +67,28 @@ class StageStore:
         self.hits = 0
         self.added = 0
 
+    def _read_new_lines(self) -> None:
+        """Take in the complete lines every file of the stage gained since the last read."""
+        for path in sorted(self.folder.glob(f"{self.stage}*.jsonl")):
+            start = self._read_up_to.get(path, 0)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:  # a shard file merged away meanwhile
+                continue
+            if size <= start:
+                continue
+            with path.open("rb") as fh:
+                fh.seek(start)
+                data = fh.read(size - start)
+            complete = data.rfind(b"\n") + 1  # a line still being written is read next time
+            self._records.update(_parse_lines(data[:complete]))
+            self._read_up_to[path] = start + complete
+
     def __contains__(self, key: str) -> bool:
+        if key in self._records:
+            return True
+        with self._lock:
+            self._read_new_lines()  # another process may have stored it since
         return key in self._records
 
     def __len__(self) -> int:
@@ -74,7 +99,7 @@ class StageStore:
 
     def lookup(self, key: str) -> tuple[bool, Any]:
         """``(True, value)`` on a hit (counted), ``(False, None)`` otherwise."""
-        if key in self._records:
+        if key in self:
             self.hits += 1
             return True, self._records[key]
         return False, None
@@ -84,9 +109,15 @@ class StageStore:
         with self._lock:
             if key in self._records:
                 return
+            data = (("\n" if self._needs_newline else "") + line).encode("utf-8")
             try:
-                with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write(("\n" if self._needs_newline else "") + line)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    written = os.write(fd, data)  # one write: concurrent appenders' lines stay whole
+                finally:
+                    os.close(fd)
+                if written != len(data):
+                    raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
             except OSError:
                 self._needs_newline = True  # the line may be cut: end it before the next one
                 raise
