@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,37 +45,21 @@ def main() -> None:
         model = create_model("tiny-cnn", captions=["a red circle", "a blue square"])
         model.save(tmp / "model")
         built: dict[str, Path] = {}
-        runs = {"n": 0}
+        engines = {"plain": build_index, "ray": partial(build_with_ray, workers=args.workers)}
 
-        def plain() -> float:
-            runs["n"] += 1
+        def timed(side: str) -> float:
+            """One fresh build through ``side``'s engine; its seconds."""
             start = time.perf_counter()
-            built["plain"] = build_index(
-                str(tmp / "model"),
-                tmp / f"plain{runs['n']}",
-                images=images,
-                chunk_size=args.chunk_size,
-                progress=False,
-            )
-            return time.perf_counter() - start
-
-        def ray() -> float:
-            runs["n"] += 1
-            start = time.perf_counter()
-            built["ray"] = build_with_ray(
-                str(tmp / "model"),
-                tmp / f"ray{runs['n']}",
-                workers=args.workers,
-                images=images,
-                chunk_size=args.chunk_size,
-                progress=False,
+            out = tmp / f"{side}-{time.perf_counter_ns()}"
+            built[side] = engines[side](
+                str(tmp / "model"), out, images=images, chunk_size=args.chunk_size, progress=False
             )
             return time.perf_counter() - start
 
         print(
             f"{args.images} images, chunks of {args.chunk_size}, {args.workers} Ray workers, {torch.get_num_threads()} threads"
         )
-        times = interleaved({"plain": plain, "ray": ray}, args.repeats)
+        times = interleaved({side: partial(timed, side) for side in engines}, args.repeats)
         for side, values in times.items():
             print(spread(side, values, "s"))
         plain_embeds, ray_embeds = (np.load(built[side] / "embeddings.npy") for side in ("plain", "ray"))
