@@ -385,14 +385,14 @@ class Trainer:
         self.best = state["best"]
         if "losses" in state:
             self.loss.load_state_dict(state["losses"])
-        rngs = state.get("rank_rngs") or [state]
-        if len(rngs) != self.info.world_size and self.info.rank >= len(rngs):
+        rngs = state.get("rank_rngs") or [state]  # checkpoints before per-rank states hold one
+        own = rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0]
+        if self.info.rank >= len(rngs):
             warnings.warn(
                 f"the checkpoint holds the random states of {len(rngs)} processes, this run has "
                 f"{self.info.world_size}; process {self.info.rank} continues from process 0's",
                 stacklevel=2,
             )
-        own = rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0]
         torch.set_rng_state(own["torch_rng"])
         if "cuda_rng" in own and self.device.type == "cuda":
             torch.cuda.set_rng_state(own["cuda_rng"], self.device)
