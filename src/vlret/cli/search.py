@@ -102,17 +102,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from vlret.serve import create_app
 
-    app = create_app(
-        args.index,
-        visa_config=args.visa_config,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_k=args.max_k,
-        max_upload_pixels=int(args.max_upload_megapixels * 1e6),
-        visa_timeout=args.visa_timeout,
-        prompts=args.prompts,
+    settings = {
+        "index": args.index,
+        "visa_config": args.visa_config,
+        "max_upload_bytes": int(args.max_upload_mb * 2**20),
+        "max_k": args.max_k,
+        "max_upload_pixels": int(args.max_upload_megapixels * 1e6),
+        "visa_timeout": args.visa_timeout,
+        "prompts": args.prompts,
+    }
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    if args.workers == 1:
+        app = create_app(**settings)  # built here: a bad index or config fails before the server starts
+        print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return 0
+    import os
+
+    from vlret.serve.app import SETTINGS_VARIABLE
+
+    create_app(**settings).state.service.close()  # check the index and settings once, before the workers
+    os.environ[SETTINGS_VARIABLE] = json.dumps(settings)
+    print(f"serving {args.index} on http://{args.host}:{args.port}/ with {args.workers} worker processes")
+    uvicorn.run(
+        "vlret.serve.app:app_from_environment",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
     )
-    print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -193,6 +213,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("index")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="replica processes over the one index (each loads the model; one VISA cache, shared live)",
+    )
     serve.add_argument("--visa-config", help="VISA YAML: enables the re-ranking toggle")
     serve.add_argument(
         "--prompts",

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import mimetypes
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -190,6 +192,15 @@ def _thumbnail_png(path: Path, size: int) -> bytes:
     return buf.getvalue()
 
 
+SETTINGS_VARIABLE = "VLRET_SERVE_SETTINGS"  # create_app's arguments, as JSON, for worker processes
+
+
+def app_from_environment() -> FastAPIOffline:
+    """The app of ``vlret serve --workers N``: each worker process builds it from the settings the command
+    put in the environment (uvicorn's factory)."""
+    return create_app(**json.loads(os.environ[SETTINGS_VARIABLE]))
+
+
 def create_app(
     index: str | Path,
     visa_config: str | Path | None = None,
@@ -222,6 +233,8 @@ def create_app(
     def health() -> dict:
         return {
             "status": "ok",
+            "version": searcher.path.name,  # the index version this replica serves
+            "replica": os.getpid(),  # which process answered (vlret serve --workers N)
             "items": len(searcher.items),
             "captions": searcher.meta["captions"],
             "model": service.model_name,
