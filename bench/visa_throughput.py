@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from json_server import QuietHandler  # noqa: E402
 from timing import best, interleaved, parse_args, spread
 from vlret.data import load_dataset
 from vlret.data.synth import SynthConfig, write_benchmark
@@ -42,7 +46,7 @@ def questions_reply(prompt: str) -> str:
     )
 
 
-class SlowServer(BaseHTTPRequestHandler):
+class SlowServer(QuietHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):  # noqa: N802
@@ -51,20 +55,11 @@ class SlowServer(BaseHTTPRequestHandler):
         content = body["messages"][0]["content"]
         text = content if isinstance(content, str) else content[-1]["text"]
         answer = questions_reply(text) if "questions:" in text else "A red circle in the top left."
-        data = json.dumps(
-            {
-                "choices": [{"message": {"content": answer}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 8},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        reply = {
+            "choices": [{"message": {"content": answer}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 8},
+        }
+        self.send_json(200, reply)
 
 
 #: --smoke: sizes that run in seconds

@@ -7,13 +7,14 @@ import errno
 import json
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import write_json
+from json_server import QuietHandler
 from vlret.cli import main
 from vlret.data import load_dataset, read_karpathy
 from vlret.data.lavis import read_lavis
@@ -326,19 +327,12 @@ def test_an_empty_caption_under_skip_drops_only_that_caption(tmp_path):
 # ----- chat backends and the VISA cache ------------------------------------------------------------------
 
 
-class _OddServer(BaseHTTPRequestHandler):
+class _OddServer(QuietHandler):
     replies: list[bytes] = []
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         self.rfile.read(int(self.headers["Content-Length"]))
-        body = _OddServer.replies.pop(0)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(200, _OddServer.replies.pop(0))
 
 
 @pytest.fixture

@@ -4,11 +4,12 @@ against a local server, and the relevance models."""
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
+from json_server import QuietHandler
 from vlret.data.synth import Scene, SceneObject, SynthConfig, render
 from vlret.rerank.backends.openai_http import BackendError, OpenAIChat
 from vlret.rerank.backends.synthetic import RuleQuestionGenerator, ShapeSceneParser, SyntheticVisualQA
@@ -86,7 +87,7 @@ def test_rule_questions_parse_and_vqa_answers(tmp_path):
     )  # key-phrase gate
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     script: list[int] = []
     seen: list[dict] = []
 
@@ -103,15 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"message": {"content": "ok:" + body["model"]}}],
             "usage": {"prompt_tokens": 7, "completion_tokens": 2},
         }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, reply)
 
 
 @pytest.fixture

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
+from json_server import QuietHandler
 from vlret.errors import VlretError
 from vlret.rerank.backends.openai_http import BackendError, OpenAIChat
 from vlret.rerank.visa.config import build_describer, build_question_generator, build_vqa, load_visa_config
@@ -18,7 +19,7 @@ from vlret.rerank.visa.pipeline import Roles, Visa
 from vlret.rerank.visa.prompts import parse_questions
 
 
-class _Server(BaseHTTPRequestHandler):
+class _Server(QuietHandler):
     """Answers POST /v1/chat/completions with the next scripted reply (the last one repeats) and
     GET /v1/models with ``models``; records every request body."""
 
@@ -31,24 +32,13 @@ class _Server(BaseHTTPRequestHandler):
         _Server.requests.append(body)
         text = _Server.replies.pop(0) if len(_Server.replies) > 1 else _Server.replies[0]
         usage = {"prompt_tokens": 7, "completion_tokens": len(text.split())}
-        self._send(200, {"choices": [{"message": {"content": text}}], "usage": usage})
+        self.send_json(200, {"choices": [{"message": {"content": text}}], "usage": usage})
 
     def do_GET(self):  # noqa: N802
         if _Server.models is None:
-            self._send(404, {"error": "not found"})
+            self.send_json(404, {"error": "not found"})
         else:
-            self._send(200, _Server.models)
-
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            self.send_json(200, _Server.models)
 
 
 @pytest.fixture
