@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from timing import best, interleaved, parse_args, spread
-from vlret.index.build import _faiss_index
+from vlret.index.build import write_faiss_index
 from vlret.index.choice import choose_index
 from vlret.index.search import Searcher
 
@@ -78,9 +78,7 @@ def main() -> None:
         (folder / "items.json").write_text(
             json.dumps([{"id": str(i), "path": f"{i}.jpg"} for i in range(args.n)])
         )
-        index = _faiss_index(vectors, choice)
-        faiss.write_index(index, str(folder / "faiss.index"))
-        del index
+        write_faiss_index(vectors, choice, folder, on_disk=False)
         meta = {
             "model": "none",
             "media_root": tmp,

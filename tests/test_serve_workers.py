@@ -1,5 +1,6 @@
 """`vlret serve --workers N` (issue 28, section 3): N replica processes over one index version answer the
-same results, and /health names the version and the replica that answered."""
+same results, /health names the version and the replica that answered, and a rebuilt index is followed by
+every replica without a failed request."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +41,19 @@ def test_two_replicas_serve_one_index_version(synth_data, tmp_path):
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "vlret.cli", "serve", str(index), "--workers", "2", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "vlret.cli",
+            "serve",
+            str(index),
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--check-every",
+            "0.2",
+        ],  # fmt: skip
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -65,6 +79,39 @@ def test_two_replicas_serve_one_index_version(synth_data, tmp_path):
         assert len(answers[0]) == 3 and all(a == answers[0] for a in answers)  # any replica: the same results
         replicas = {httpx.get(f"{url}/health", timeout=5).json()["replica"] for _ in range(8)}
         assert replicas <= set(_children(server.pid))
+        _rebuilt_while_searched(url, tmp_path / "model", index, synth_data.parent / "images" / "train")
     finally:
         server.terminate()
         server.communicate(timeout=120)
+
+
+def _rebuilt_while_searched(url: str, model: Path, index: Path, other_images: Path) -> None:
+    """Rebuild the index from other images while a client searches without pause: every request is
+    answered, and the replicas move to the new version."""
+    old = index.resolve().name
+    failures, answered, stop = [], [], threading.Event()
+
+    def search_until_stopped() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                reply = client.get(f"{url}/api/search", params={"q": "a red circle", "k": 3})
+                (answered if reply.status_code == 200 else failures).append(reply)
+
+    searching = threading.Thread(target=search_until_stopped)
+    searching.start()
+    try:
+        new = build_index(str(model), index, images=other_images, progress=False).resolve().name
+        deadline = time.monotonic() + 300  # bounds a replica that never moves; it takes a second
+        in_a_row = 0
+        while in_a_row < 10:  # ten answers in a row from the new version, whichever replicas gave them
+            version = httpx.get(f"{url}/api/search", params={"q": "a blue square"}, timeout=60).json()
+            in_a_row = in_a_row + 1 if version["version"] == new else 0
+            assert time.monotonic() < deadline, "the replicas did not move to the new version"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        searching.join()
+    assert failures == [] and len(answered) > 0
+    assert {r.json()["version"] for r in answered} <= {old, new}
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    assert health["version"] == new and health["items"] == len(list(other_images.glob("*.png")))

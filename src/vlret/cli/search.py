@@ -47,6 +47,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         first_stage=args.first_stage,
         shortlist=args.shortlist,
         token_dtype=args.token_dtype,
+        on_disk=args.on_disk,
         **({"shard": parse_shard(args.shard)} if args.shard else {}),
     )
     if path is None:
@@ -57,8 +58,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         )
         return 0
     meta = json.loads((path / "index.json").read_text())
+    where = ", on disk" if meta.get("storage") == "on_disk" else ""
     print(
-        f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']} ({meta['choice']['reason']})"
+        f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']}{where} "
+        f"({meta['choice']['reason']})"
     )
     if "two_stage" in meta:
         stage = meta["two_stage"]
@@ -110,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_upload_pixels": int(args.max_upload_megapixels * 1e6),
         "visa_timeout": args.visa_timeout,
         "prompts": args.prompts,
+        "check_every": args.check_every,
     }
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
@@ -193,6 +197,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
     build.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="keep the vectors out of the searcher's memory: inverted lists merged on disk and read per "
+        "query (an exact index is searched from the memory-mapped embeddings)",
+    )
+    build.add_argument(
         "--video-frames",
         type=int,
         help="frames per clip when an image model encodes videos (default 8; a video model keeps its own)",
@@ -231,6 +241,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=50.0,
         help="largest upload in declared pixels, checked before decoding (default 50 million)",
+    )
+    serve.add_argument(
+        "--check-every",
+        type=float,
+        default=2.0,
+        help="seconds between looks at the index link: a rebuilt index is opened beside the served one "
+        "and swapped in without dropping requests (POST /api/reload does it at once; default 2)",
     )
     serve.add_argument("--max-k", type=int, default=100)
     serve.add_argument(

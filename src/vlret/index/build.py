@@ -1,9 +1,10 @@
 """Building an index: encode a collection in resumable chunks, build the search structure, publish atomically.
 
 Layout: ``INDEX`` is a symbolic link to ``INDEX.versions/v-<time>/``, which holds ``index.json`` (model
-reference, counts, the index choice), the items' ids and paths as memory-mapped string columns
-(``items.*``, :mod:`vlret.index.columns`), ``embeddings.npy`` (L2-normalised float32), optionally
-``captions.json`` and ``caption_embeddings.npy``, and ``faiss.index``. A model whose head is not a dot product
+reference, counts, the index choice and where its vectors live), the items' ids and paths as memory-mapped
+string columns (``items.*``, :mod:`vlret.index.columns`), ``embeddings.npy`` (L2-normalised float32),
+optionally the captions (``captions.*`` columns) and ``caption_embeddings.npy``, and ``faiss.index`` (with
+``faiss.ivfdata`` when its lists are on disk, :mod:`vlret.index.ondisk`). A model whose head is not a dot product
 adds its head's features (``head_items.*.npy``, ``head_captions.*.npy``: embeddings, tokens, masks) and a
 ``two_stage`` entry in ``index.json``: searches take a shortlist by the embeddings, then re-score it with the
 head. A build works in ``INDEX.building/``: each chunk is saved as it is finished, so a killed build started
@@ -46,9 +47,10 @@ from vlret.evaluate.encode import (
     table_from_features,
     write_table,
 )
-from vlret.index.choice import choose_index
+from vlret.index.choice import IndexChoice, choose_index
 from vlret.index.chunks import ChunkClaims, chunk_name, encode_claimed
 from vlret.index.columns import write_columns
+from vlret.index.ondisk import build_on_disk, train_ivf
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import canonical_model_name, create_model, is_model_reference
 
@@ -57,6 +59,8 @@ DEFAULT_SHORTLIST = 100
 #: the tables of the head's features (``{name}.embeds.npy``, ``.tokens.npy``, ``.mask.npy``) in a two-stage index
 HEAD_ITEMS, HEAD_CAPTIONS = "head_items", "head_captions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+#: rows added per shard of an on-disk index (about 512 MiB of 512-d float32 vectors at a time)
+ONDISK_SHARD_ROWS = 256 * 1024
 
 
 def images_in(folder: Path, suffixes: set[str] | tuple[str, ...] = tuple(IMAGE_SUFFIXES)) -> list[str]:
@@ -217,17 +221,21 @@ def _join_chunks(folders: list[Path], side: str, out: Path, name: str) -> Featur
     return read_table(out, name)
 
 
-def _faiss_index(embeddings: np.ndarray, choice):
+def write_faiss_index(embeddings: np.ndarray, choice: IndexChoice, folder: Path, on_disk: bool) -> str:
+    """Write ``folder/faiss.index`` for the chosen index; returns where its vectors live (``memory`` or
+    ``on_disk``). On disk, an inverted-file index is added shard by shard and merged into
+    :data:`~vlret.index.ondisk.IVF_DATA`; an exact one is not written at all: it is searched from the
+    memory-mapped ``embeddings.npy`` (a FAISS flat index would hold a second copy in memory)."""
+    if on_disk:
+        if choice.kind != "exact":
+            build_on_disk(choice.factory, embeddings, folder, ONDISK_SHARD_ROWS)
+        return "on_disk"
     import faiss
 
-    dim = embeddings.shape[1]
-    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        rng = np.random.default_rng(0)
-        sample = embeddings[rng.choice(len(embeddings), size=min(len(embeddings), 256 * 1024), replace=False)]
-        index.train(np.ascontiguousarray(sample))
+    index = train_ivf(choice.factory, embeddings)
     index.add(np.ascontiguousarray(embeddings))
-    return index
+    faiss.write_index(index, str(folder / "faiss.index"))
+    return "memory"
 
 
 def build_index(
@@ -247,6 +255,7 @@ def build_index(
     video: dict | None = None,
     shard: tuple[int, int] | None = None,
     assemble: bool = True,
+    on_disk: bool = False,
 ) -> Path | None:
     """Build (or rebuild) the index at ``out`` from a folder of images, a folder of videos or a dataset's
     items (and captions); returns the published version.
@@ -270,6 +279,10 @@ def build_index(
 
     ``on_error="skip"`` leaves out images that cannot be read (and their captions) and lists them in
     ``index.json``; by default the first one stops the build, naming the file.
+
+    ``on_disk=True`` keeps the vectors out of the searcher's memory: an inverted-file index is built shard
+    by shard and its lists merged into one file that searches read per query (:mod:`vlret.index.ondisk`);
+    an exact index is searched from the memory-mapped embeddings.
     """
     for name in (model_name, first_stage):
         if name is not None and not is_model_reference(name):
@@ -348,6 +361,7 @@ def build_index(
         video,
         manifest,
         progress,
+        on_disk,
     )
     lock = out.with_name(f".{out.name}.build.lock")
     with _locked(lock, exclusive=False):  # builders encode side by side; the assembler waits for them
@@ -382,6 +396,7 @@ class _Plan:
     video: dict | None
     manifest: dict
     progress: bool
+    on_disk: bool
 
 
 def _start_or_join(work: Path, manifest: dict) -> None:
@@ -421,9 +436,7 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
     if dataset is not None and dataset.captions:
         n_captions = _index_captions(plan.encoders, dataset, {ids[i] for i in kept}, work, plan.progress)
     choice = choose_index(len(embeddings), embeddings.shape[1], plan.memory_budget_bytes)
-    import faiss
-
-    faiss.write_index(_faiss_index(embeddings, choice), str(work / "faiss.index"))
+    storage = write_faiss_index(embeddings, choice, work, plan.on_disk)
     meta = {
         "model": plan.model_name,
         "media_root": str(plan.root),
@@ -431,6 +444,7 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
         "captions": n_captions,
         "dim": int(embeddings.shape[1]),
         "choice": choice.as_dict(),
+        "storage": storage,
         "memory_budget_bytes": plan.memory_budget_bytes,
         "video": plan.video,
         "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
@@ -468,7 +482,7 @@ def _index_captions(
             token_dtype=str(encoders.token_dtype),
         )
         write_table(work, HEAD_CAPTIONS, table)
-    write_json(work / "captions.json", [{"text": c.text, "item_id": c.item_id} for c in captions])
+    write_columns(work, "captions", {"text": texts, "item_id": [c.item_id for c in captions]})
     return len(texts)
 
 

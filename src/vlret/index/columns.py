@@ -61,7 +61,10 @@ class StringTable:
     """Rows of string fields: ``table[n]`` is a dict, ``table.number_of(id)`` the row with that id."""
 
     def __init__(
-        self, columns: dict[str, StringColumn | list[str]], order: np.ndarray | None = None, key: str = "id"
+        self,
+        columns: dict[str, StringColumn | list[str]],
+        order: np.ndarray | None = None,
+        key: str | None = "id",
     ):
         self.columns, self.order, self.key = columns, order, key
         lengths = {len(c) for c in columns.values()}
@@ -70,8 +73,10 @@ class StringTable:
         self._length = lengths.pop()
 
     @classmethod
-    def open(cls, folder: Path, name: str, fields: tuple[str, ...], key: str = "id") -> StringTable:
-        order = np.load(folder / f"{name}.{key}.order.npy", mmap_mode="r")
+    def open(cls, folder: Path, name: str, fields: tuple[str, ...], key: str | None = "id") -> StringTable:
+        """Table ``name`` in ``folder``; ``key=None`` for a table written without a sort order (no
+        :meth:`number_of`)."""
+        order = None if key is None else np.load(folder / f"{name}.{key}.order.npy", mmap_mode="r")
         return cls({f: StringColumn(folder, name, f) for f in fields}, order, key)
 
     @classmethod
@@ -96,6 +101,8 @@ class StringTable:
 
     def number_of(self, key: str) -> int:
         """The row whose ``key`` field is ``key`` (binary search over the sorted order); KeyError if none."""
+        if self.order is None:
+            raise TypeError("this table was written without a sort order")
         values = self.columns[self.key]
         low, high = 0, len(self.order)
         while low < high:

@@ -22,6 +22,7 @@ from vlret.errors import ConfigError, VlretError
 from vlret.evaluate.encode import FeatureTable, read_table
 from vlret.evaluate.ranking import stable_topk
 from vlret.index.columns import StringTable
+from vlret.index.ondisk import read_on_disk
 from vlret.models.base import Features
 
 ITEM_FIELDS = ("id", "path")  # the string columns an index keeps per item
@@ -122,19 +123,17 @@ class Searcher:
             nprobe, refine = int(self.meta["choice"]["nprobe"]), int(self.meta["choice"]["refine"])
         except (KeyError, TypeError, ValueError) as exc:
             self._damaged("index.json", f"a field is missing or malformed ({exc})")
-        import faiss
-
         embeddings = self._read("embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
-        faiss_index = self._read("faiss.index", lambda p: faiss.read_index(str(p)))
-        if not (len(self.items) == len(embeddings) == faiss_index.ntotal):
+        faiss_index = self._read_faiss_index()
+        indexed = len(embeddings) if faiss_index is None else faiss_index.ntotal
+        if not (len(self.items) == len(embeddings) == indexed):
             self._damaged(
                 "items.* / embeddings.npy / faiss.index",
-                f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {faiss_index.ntotal})",
+                f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {indexed})",
             )
         self.images = _Vectors(embeddings, faiss_index, nprobe, refine)
-        self.captions = None
-        if (self.path / "captions.json").is_file():
-            self.captions = self._read("captions.json", _read_json)
+        self.captions = self._read_captions()
+        if self.captions is not None:
             vectors = self._read("caption_embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
             if len(vectors) != len(self.captions):
                 self._damaged(
@@ -168,6 +167,31 @@ class Searcher:
 
     def _damaged(self, name: str, reason: str):
         raise ConfigError(f"{self.path}: damaged index ({name}: {reason}); rebuild it with vlret index build")
+
+    def _read_faiss_index(self):
+        """The FAISS index, its inverted lists left on disk when it was built so; None for an exact index
+        built on disk (it is searched from the memory-mapped embeddings)."""
+        import faiss  # here, not at the top: importing it costs a second for commands that never search
+
+        storage = self.meta.get("storage", "memory")
+        if storage == "memory":
+            return self._read("faiss.index", lambda p: faiss.read_index(str(p)))
+        if storage != "on_disk":
+            self._damaged("index.json", f"storage must be memory or on_disk, not {storage!r}")
+        if self.meta["choice"]["kind"] == "exact":
+            return None
+        return self._read("faiss.index", read_on_disk)
+
+    def _read_captions(self) -> StringTable | list[dict] | None:
+        """The indexed captions (text, item_id): memory-mapped columns, or ``captions.json`` in an index
+        built before them; None when the index holds none."""
+        if (self.path / "captions.json").is_file():
+            return self._read("captions.json", _read_json)
+        if not (self.path / "captions.text.utf8").is_file():
+            return None
+        return self._read(
+            "captions.text.utf8", lambda p: StringTable.open(self.path, "captions", ("text", "item_id"), None)
+        )
 
     def _read_items(self):
         """The items' ids and paths: memory-mapped columns, or ``items.json`` in an index built before them."""

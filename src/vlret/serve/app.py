@@ -26,6 +26,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -38,9 +40,11 @@ from PIL import Image
 
 from vlret.data.video import FrameSampling, is_video_path, load_video_frames
 from vlret.errors import ConfigError, DataError, VlretError
+from vlret.index.class_search import ClassSearch
 from vlret.index.search import Hit, Searcher
 from vlret.serve.batching import MicroBatcher
 from vlret.serve.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, read_upload
+from vlret.serve.versions import CHECK_EVERY, VersionFollower
 
 MAX_K = 100
 THUMBNAIL_SIZES = (64, 128, 256)
@@ -56,8 +60,31 @@ def public_model_name(reference: str, model_name: str) -> str:
     return f"{model_name.split(':')[0]} ({folder.parent.name}/{folder.name})"
 
 
+@dataclass
+class IndexVersion:
+    """One version of the index, opened: its searcher (model loaded) and its class search, if any."""
+
+    searcher: Searcher
+    classes: ClassSearch | None
+    model_name: str
+
+    @property
+    def name(self) -> str:
+        return self.searcher.path.name
+
+
+def open_version(folder: Path, prompts: str | Path | None = None) -> IndexVersion:
+    """Open an index version with its models loaded, ready to answer its first query at once."""
+    searcher = Searcher(folder)
+    model_name = public_model_name(searcher.meta["model"], searcher.model.name)
+    searcher.first_stage_model  # noqa: B018 - loaded here, not on the first query
+    classes = None if prompts is None else ClassSearch(searcher, prompts)
+    return IndexVersion(searcher, classes, model_name)
+
+
 class SearchService:
-    """The searcher, its model thread and query batchers, and the optional VISA re-ranker."""
+    """The index versions being served, the model thread and query batchers, and the optional VISA
+    re-ranker."""
 
     def __init__(
         self,
@@ -68,14 +95,13 @@ class SearchService:
         max_batch: int = 32,
         batch_window: float = 0.001,
         prompts: str | Path | None = None,
+        check_every: float = CHECK_EVERY,
     ):
-        self.searcher = Searcher(index)
-        self.classes = None
-        if prompts is not None:
-            from vlret.index.class_search import ClassSearch
-
-            self.classes = ClassSearch(self.searcher, prompts)
-        self.model_name = public_model_name(self.searcher.meta["model"], self.searcher.model.name)
+        if not (Path(index) / "index.json").is_file():
+            Searcher(index)  # names the problem
+        self.versions = VersionFollower(
+            index, partial(open_version, prompts=prompts), lambda v: v.name, check_every
+        )
         # One thread runs the model for every query, text or image: torch keeps a pool of compute threads
         # per calling thread, and two pools on two cores would only get in each other's way.
         self.queries = MicroBatcher(self._hits, max_batch, batch_window, name="vlret-model")
@@ -87,7 +113,8 @@ class SearchService:
             from vlret.rerank.visa.pipeline import Roles, Visa
 
             config = load_visa_config(visa_config)
-            cache = Path(visa_cache) if visa_cache else Path(str(self.searcher.path) + ".visa-cache")
+            first = self.versions.current.searcher.path
+            cache = Path(visa_cache) if visa_cache else Path(str(first) + ".visa-cache")
             self.visa = Visa(config, Roles.from_config(config), cache)
             self.visa_threads = ThreadPoolExecutor(4, thread_name_prefix="vlret-visa")
 
@@ -97,48 +124,45 @@ class SearchService:
         if self.visa is not None:
             self.visa_threads.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def searcher(self) -> Searcher:
+        """The current version's searcher."""
+        return self.versions.current.searcher
+
     # ----- model calls (on a batcher's thread, one group of requests at a time) -------------------------
-    def _hits(self, requests: list[tuple[str, object, int]]) -> list[list]:
-        """Answers for a group of ``(kind, query, k)`` requests, one encoder call per input kind: ``text``
-        and ``image`` give hits, ``class`` (a class name) hits by its learnt prompt, ``classify`` (an image)
-        its ``k`` likeliest classes."""
-        inputs = {"text": ("text",), "image": ("image", "classify")}
-        queries: dict[int, object] = {}
-        for kind, encode in (("text", self.searcher.text_queries), ("image", self.searcher.image_queries)):
-            members = [n for n, (of, _, _) in enumerate(requests) if of in inputs[kind]]
-            if members:
-                queries.update(zip(members, encode([requests[n][1] for n in members]), strict=True))
-        answers = []
-        for n, (kind, query, k) in enumerate(requests):
-            if kind == "class":
-                answers.append(self.classes.class_hits(query, k))
-            elif kind == "classify":
-                answers.append(self.classes.classify_features(queries[n].vector[None], k)[0])
-            else:
-                answers.append(self.searcher.image_hits(queries[n], k))
-        return answers
+    def _hits(self, requests: list[tuple[IndexVersion, str, object, int]]) -> list[list]:
+        """Answers for a group of ``(version, kind, query, k)`` requests: each version's share is answered
+        by that version (a group may straddle a swap)."""
+        answers: dict[int, list] = {}
+        for version in {id(r[0]): r[0] for r in requests}.values():
+            members = [n for n, r in enumerate(requests) if r[0] is version]
+            share = _answers(version, [requests[n][1:] for n in members])
+            answers.update(zip(members, share, strict=True))
+        return [answers[n] for n in range(len(requests))]
 
     def decode(self, upload: UploadFile, max_bytes: int, max_pixels: int) -> Image.Image:
         with self.decode_slots:
             return read_upload(upload, max_bytes, max_pixels)
 
     # ----- results --------------------------------------------------------------------------------------
-    def hit_json(self, hit: Hit) -> dict:
-        number = self.searcher.item_number(hit.id)
-        out = {**hit.as_dict(), "item": number, "thumbnail": f"/thumbnail/{number}"}
-        if is_video_path(self.searcher.items[number]["path"]):
-            out["video"] = f"/media/{number}"
+    def hit_json(self, hit: Hit, version: IndexVersion) -> dict:
+        """A hit as the API answers it, its links naming the version that found it."""
+        number = version.searcher.item_number(hit.id)
+        tag = f"?version={version.name}"
+        out = {**hit.as_dict(), "item": number, "thumbnail": f"/thumbnail/{number}{tag}"}
+        if is_video_path(version.searcher.items[number]["path"]):
+            out["video"] = f"/media/{number}{tag}"
         return out
 
-    def _rerank(self, text: str, hits: list[Hit]) -> list[dict]:
+    def _rerank(self, text: str, hits: list[Hit], version: IndexVersion) -> list[dict]:
         from vlret.rerank.visa.pipeline import Candidate
 
-        candidates = [Candidate(h.id, self.searcher.media_path(h.path), h.score) for h in hits]
+        candidates = [Candidate(h.id, version.searcher.media_path(h.path), h.score) for h in hits]
         out = self.visa.rerank(text, candidates)
         by_id = {h.id: h for h in hits}
         return [
             {
-                **self.hit_json(Hit(r, fused, by_id[i].id, path=by_id[i].path)),
+                **self.hit_json(Hit(r, fused, by_id[i].id, path=by_id[i].path), version),
                 "base_score": base,
                 "text_score": txt,
             }
@@ -147,9 +171,11 @@ class SearchService:
             )
         ]
 
-    async def rerank(self, text: str, hits: list[Hit]) -> tuple[list[dict] | None, str | None]:
+    async def rerank(
+        self, text: str, hits: list[Hit], version: IndexVersion
+    ) -> tuple[list[dict] | None, str | None]:
         """``(re-ranked results, None)``, or ``(None, warning)`` when VISA failed or ran out of time."""
-        job = asyncio.get_running_loop().run_in_executor(self.visa_threads, self._rerank, text, hits)
+        job = asyncio.get_running_loop().run_in_executor(self.visa_threads, self._rerank, text, hits, version)
         # A job that outlives its request still finishes (and fills the VISA cache); its error is logged.
         job.add_done_callback(_log_late_failure)
         try:
@@ -164,6 +190,28 @@ class SearchService:
         except Exception as exc:  # noqa: BLE001 - a backend's own bug must not become a 500
             log.exception("VISA re-ranking failed")
             return None, f"VISA re-ranking failed ({type(exc).__name__}); showing the base ranking"
+
+
+def _answers(version: IndexVersion, requests: list[tuple[str, object, int]]) -> list[list]:
+    """Answers of one version for ``(kind, query, k)`` requests, one encoder call per input kind: ``text``
+    and ``image`` give hits, ``class`` (a class name) hits by its learnt prompt, ``classify`` (an image) its
+    ``k`` likeliest classes."""
+    searcher = version.searcher
+    inputs = {"text": ("text",), "image": ("image", "classify")}
+    queries: dict[int, object] = {}
+    for kind, encode in (("text", searcher.text_queries), ("image", searcher.image_queries)):
+        members = [n for n, (of, _, _) in enumerate(requests) if of in inputs[kind]]
+        if members:
+            queries.update(zip(members, encode([requests[n][1] for n in members]), strict=True))
+    answers = []
+    for n, (kind, query, k) in enumerate(requests):
+        if kind == "class":
+            answers.append(version.classes.class_hits(query, k))
+        elif kind == "classify":
+            answers.append(version.classes.classify_features(queries[n].vector[None], k)[0])
+        else:
+            answers.append(searcher.image_hits(queries[n], k))
+    return answers
 
 
 def _log_late_failure(job: asyncio.Future) -> None:
@@ -210,11 +258,15 @@ def create_app(
     max_upload_pixels: int = MAX_UPLOAD_PIXELS,
     visa_timeout: float = VISA_TIMEOUT,
     prompts: str | Path | None = None,
+    check_every: float = CHECK_EVERY,
 ) -> FastAPIOffline:
     """The app for one index; ``visa_config`` (a VISA YAML) enables the re-ranking toggle, ``prompts`` (a
-    ``RUN/prompts`` folder of ``vlret prompts train``) search by class and image classification."""
-    service = SearchService(index, visa_config, visa_cache, visa_timeout, prompts=prompts)
-    searcher = service.searcher
+    ``RUN/prompts`` folder of ``vlret prompts train``) search by class and image classification. The app
+    moves to a newer version of the index within ``check_every`` seconds of its publication
+    (:mod:`vlret.serve.versions`)."""
+    service = SearchService(
+        index, visa_config, visa_cache, visa_timeout, prompts=prompts, check_every=check_every
+    )
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -229,26 +281,47 @@ def create_app(
     )
     app.state.service = service
 
+    def version_info(version: IndexVersion) -> dict:
+        searcher = version.searcher
+        return {
+            "version": version.name,  # the index version this replica serves
+            "items": len(searcher.items),
+            "captions": searcher.meta["captions"],
+            "model": version.model_name,
+            "index": searcher.meta["choice"]["kind"],
+            "storage": searcher.meta.get("storage", "memory"),
+            # two-stage indexes: which head re-scores how many shortlisted candidates
+            "head": None if searcher.two_stage is None else searcher.two_stage["head"]["name"],
+            "shortlist": None if searcher.two_stage is None else searcher.shortlist,
+            "classes": None if version.classes is None else len(version.classes.classnames),
+        }
+
     @app.get("/health")
     def health() -> dict:
         return {
             "status": "ok",
-            "version": searcher.path.name,  # the index version this replica serves
+            **version_info(service.versions.snapshot()),
             "replica": os.getpid(),  # which process answered (vlret serve --workers N)
-            "items": len(searcher.items),
-            "captions": searcher.meta["captions"],
-            "model": service.model_name,
-            "index": searcher.meta["choice"]["kind"],
-            # two-stage indexes: which head re-scores how many shortlisted candidates
-            "head": None if searcher.two_stage is None else searcher.two_stage["head"]["name"],
-            "shortlist": None if searcher.two_stage is None else searcher.shortlist,
+            "reload_error": service.versions.last_error,  # a newer version that could not be opened
             "visa": service.visa is not None,
             "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
-            "classes": None if service.classes is None else len(service.classes.classnames),
             "max_k": max_k,
             "max_upload_bytes": max_upload_bytes,
             "max_upload_pixels": max_upload_pixels,
         }
+
+    @app.post("/api/reload")
+    async def reload() -> dict:
+        """Move this replica to the index link's current version now (opening it first), instead of at the
+        next periodic check; requests keep being answered meanwhile."""
+        version = await run_in_threadpool(service.versions.reload)
+        return {"version": version.name, "reload_error": service.versions.last_error}
+
+    def answer(query: str | None, k: int, results: list[dict], started: float, **extra) -> JSONResponse:
+        elapsed = round(asyncio.get_running_loop().time() - started, 4)
+        body = {"query": query, "k": k, "visa": False, **extra, "results": results, "seconds": elapsed}
+        # Already plain JSON types: answered as is, without FastAPI's generic (and slower) re-encoding.
+        return JSONResponse(body)
 
     @app.get("/api/search")
     async def search_text(
@@ -263,19 +336,18 @@ def create_app(
                 400, "VISA re-ranking is not enabled on this server (start it with --visa-config)"
             )
         started = asyncio.get_running_loop().time()
+        version = service.versions.snapshot()
         fetch = max(k, service.visa.config.k) if visa else k
-        hits = await _model_call(service.queries, ("text", q, fetch))
-        body = {"query": q, "k": k, "visa": False}
-        results = [service.hit_json(h) for h in hits[:k]]
+        hits = await _model_call(service.queries, (version, "text", q, fetch))
+        extra = {"version": version.name}
+        results = [service.hit_json(h, version) for h in hits[:k]]
         if visa:
-            reranked, warning = await service.rerank(q, hits)
+            reranked, warning = await service.rerank(q, hits, version)
             if reranked is None:
-                body["warning"] = warning
+                extra["warning"] = warning
             else:
-                body["visa"], results = True, reranked[:k]
-        elapsed = asyncio.get_running_loop().time() - started
-        # Already plain JSON types: answered as is, without FastAPI's generic (and slower) re-encoding.
-        return JSONResponse({**body, "results": results, "seconds": round(elapsed, 4)})
+                extra["visa"], results = True, reranked[:k]
+        return answer(q, k, results, started, **extra)
 
     @app.post("/api/search/image")
     async def search_image(
@@ -283,73 +355,69 @@ def create_app(
     ) -> JSONResponse:
         image = await run_in_threadpool(service.decode, file, max_upload_bytes, max_upload_pixels)
         started = asyncio.get_running_loop().time()
-        hits = await _model_call(service.queries, ("image", image, k))
-        return JSONResponse(
-            {
-                "query": file.filename,
-                "k": k,
-                "visa": False,
-                "results": [service.hit_json(h) for h in hits],
-                "seconds": round(asyncio.get_running_loop().time() - started, 4),
-            }
-        )
+        version = service.versions.snapshot()
+        hits = await _model_call(service.queries, (version, "image", image, k))
+        results = [service.hit_json(h, version) for h in hits]
+        return answer(file.filename, k, results, started, version=version.name)
 
-    def class_search() -> object:
-        if service.classes is None:
+    def with_classes() -> IndexVersion:
+        version = service.versions.snapshot()
+        if version.classes is None:
             raise HTTPException(404, "no learnt prompts on this server (start it with --prompts RUN/prompts)")
-        return service.classes
+        return version
 
     @app.get("/api/classes")
     def classes() -> dict:
-        return {"classes": class_search().classnames}
+        return {"classes": with_classes().classes.classnames}
 
     @app.get("/api/search/class")
     async def search_class(
         name: str = Query(..., min_length=1, max_length=200), k: int = Query(10, ge=1, le=max_k)
     ) -> JSONResponse:
-        if name not in class_search().classnames:
+        version = with_classes()
+        if name not in version.classes.classnames:
             raise HTTPException(404, f"no class {name!r}; GET /api/classes lists them")
         started = asyncio.get_running_loop().time()
-        hits = await _model_call(service.queries, ("class", name, k))
-        return JSONResponse(
-            {
-                "query": name,
-                "k": k,
-                "visa": False,
-                "results": [service.hit_json(h) for h in hits],
-                "seconds": round(asyncio.get_running_loop().time() - started, 4),
-            }
-        )
+        hits = await _model_call(service.queries, (version, "class", name, k))
+        results = [service.hit_json(h, version) for h in hits]
+        return answer(name, k, results, started, version=version.name)
 
     @app.post("/api/classify")
     async def classify(file: Annotated[UploadFile, File()], k: int = Query(5, ge=1, le=max_k)) -> dict:
-        class_search()
+        version = with_classes()
         image = await run_in_threadpool(service.decode, file, max_upload_bytes, max_upload_pixels)
-        top = await _model_call(service.queries, ("classify", image, k))
+        top = await _model_call(service.queries, (version, "classify", image, k))
         return {"query": file.filename, "classes": [{"name": n, "probability": p} for n, p in top]}
 
+    def item_file(item: int, version_name: str | None) -> Path:
+        """The media file of item ``item`` of the named version (the current one by default)."""
+        version = service.versions.find(version_name)
+        if version is None:
+            raise HTTPException(
+                410, f"index version {version_name!r} is no longer served; search again for current links"
+            )
+        items = version.searcher.items
+        if not 0 <= item < len(items):
+            raise HTTPException(404, f"no item {item}; the index has {len(items)}")
+        try:
+            return version.searcher.media_path(items[item]["path"])
+        except ConfigError:
+            raise HTTPException(404, "the item's file lies outside the indexed collection") from None
+
     @app.get("/thumbnail/{item}")
-    def thumbnail(item: int, size: int = Query(128)) -> Response:
+    def thumbnail(item: int, size: int = Query(128), version: str | None = None) -> Response:
         if size not in THUMBNAIL_SIZES:
             raise HTTPException(422, f"size must be one of {THUMBNAIL_SIZES}")
-        if not 0 <= item < len(searcher.items):
-            raise HTTPException(404, f"no item {item}; the index has {len(searcher.items)}")
+        path = item_file(item, version)
         try:
-            png = _thumbnail_png(searcher.media_path(searcher.items[item]["path"]), size)
-        except (OSError, ValueError, Image.DecompressionBombError, ConfigError):
-            raise HTTPException(
-                404, "the item's file is missing, unreadable or outside the collection"
-            ) from None
+            png = _thumbnail_png(path, size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            raise HTTPException(404, "the item's file is missing or unreadable") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/media/{item}")
-    def media(item: int) -> Response:
-        if not 0 <= item < len(searcher.items):
-            raise HTTPException(404, f"no item {item}; the index has {len(searcher.items)}")
-        try:
-            path = searcher.media_path(searcher.items[item]["path"])
-        except ConfigError:
-            raise HTTPException(404, "the item's file lies outside the indexed collection") from None
+    def media(item: int, version: str | None = None) -> Response:
+        path = item_file(item, version)
         if not path.is_file():
             raise HTTPException(404, "the item's file is missing")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -1,0 +1,102 @@
+"""A server follows its index link to newer versions without dropping a request.
+
+``vlret index build`` publishes a version by replacing the link ``INDEX`` (see :mod:`vlret.index.build`).
+Each replica checks the link at most every ``check_every`` seconds as requests arrive (or at once, on
+``POST /api/reload``); a new target is opened on a thread of its own, model included, while the current
+version keeps answering, and is swapped in when it is ready. A request takes the current version once, at
+its start, and uses it to the end (a snapshot), so the hits it returns name items of the version that found
+them. The version before is kept, so that thumbnails and media of results shown just before a swap still
+resolve: each result's links name their version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+log = logging.getLogger("vlret.serve")
+
+#: seconds between two looks at the index link (one ``stat`` of a symbolic link)
+CHECK_EVERY = 2.0
+
+Version = TypeVar("Version")
+
+
+class VersionFollower(Generic[Version]):
+    """The version of ``link`` being served, opened by ``open_version(folder)``; ``name_of(version)`` is the
+    name results carry (the version folder's name)."""
+
+    def __init__(
+        self,
+        link: str | Path,
+        open_version: Callable[[Path], Version],
+        name_of: Callable[[Version], str],
+        check_every: float = CHECK_EVERY,
+    ):
+        self.link = Path(link)
+        self.open_version, self.name_of, self.check_every = open_version, name_of, check_every
+        self.current: Version = open_version(self.link.resolve())
+        self.previous: Version | None = None
+        self.last_error: str | None = None  # why the newest version could not be opened, if it could not
+        self._failed: str | None = None  # that version's name: not tried again until the link moves on
+        self._lock = threading.Lock()
+        self._loading: threading.Thread | None = None
+        self._checked = time.monotonic()
+
+    def snapshot(self) -> Version:
+        """The version a request should use; starts opening a newer one when the link has moved."""
+        now = time.monotonic()
+        if now - self._checked >= self.check_every:
+            self._checked = now
+            self._start_loading_if_moved()
+        return self.current
+
+    def find(self, name: str | None) -> Version | None:
+        """The current version (``name`` None or its name) or the one before it; None for any other name."""
+        if name is None or name == self.name_of(self.current):
+            return self.current
+        if self.previous is not None and name == self.name_of(self.previous):
+            return self.previous
+        return None
+
+    def reload(self) -> Version:
+        """Open the link's version now, if it moved, and wait for it; returns the version served."""
+        self._start_loading_if_moved()
+        loading = self._loading
+        if loading is not None:
+            loading.join()
+        return self.current
+
+    def _target(self) -> Path | None:
+        try:
+            return self.link.resolve(strict=True)
+        except OSError:  # between a rebuild's steps, or removed: keep serving what is open
+            return None
+
+    def _start_loading_if_moved(self) -> None:
+        target = self._target()
+        if target is None or target.name in (self.name_of(self.current), self._failed):
+            return
+        with self._lock:
+            if self._loading is not None and self._loading.is_alive():
+                return
+            self._loading = threading.Thread(
+                target=self._load, args=(target,), name="vlret-index-version", daemon=True
+            )
+            self._loading.start()
+
+    def _load(self, folder: Path) -> None:
+        try:
+            version = self.open_version(folder)
+        except Exception as exc:  # noqa: BLE001 - a bad new version must not stop the one being served
+            self.last_error, self._failed = f"{folder.name}: {exc}", folder.name
+            log.warning("index version %s could not be opened; still serving %s: %s", folder.name,
+                        self.name_of(self.current), exc)  # fmt: skip
+            return
+        self.previous, self.current = self.current, version
+        self.last_error = None
+        log.info("now serving index version %s", folder.name)
