@@ -141,14 +141,16 @@ def test_a_claim_left_by_a_dead_builder_is_taken_over(collection, reference, tmp
     assert build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, shard=(7, 8)) is None
     claims = ChunkClaims(chunks)
     claim = chunks / ".00003.claim"
-    claim.write_text(json.dumps({"host": claims.host, "pid": int(dead.stdout), "since": 0}))
+    claim.write_text(json.dumps({"host": claims.claims.host, "pid": int(dead.stdout), "since": 0}))
     path = build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False)
     _same_index(path, reference)
 
 
 def test_a_live_claim_is_not_taken(tmp_path):
     claims = ChunkClaims(tmp_path)
-    (tmp_path / ".00000.claim").write_text(json.dumps({"host": claims.host, "pid": os.getpid(), "since": 0}))
+    (tmp_path / ".00000.claim").write_text(
+        json.dumps({"host": claims.claims.host, "pid": os.getpid(), "since": 0})
+    )
     assert not claims.try_claim(0)
     (tmp_path / ".00001.claim").write_text(json.dumps({"host": "another-host", "pid": 1, "since": 0}))
     assert not claims.try_claim(1)  # another host's process cannot be checked from here: wait for it

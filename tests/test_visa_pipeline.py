@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from vlret.data import load_dataset
 from vlret.errors import VlretError
 from vlret.rerank.visa.config import VisaConfig
 from vlret.rerank.visa.pipeline import Candidate, Roles, Visa
+from vlret.rerank.visa.prompts import PROMPT_VERSION
 from vlret.rerank.visa.run import base_from_scores, merge_visa, run_visa
 
 
@@ -222,3 +224,80 @@ def test_replicas_over_one_cache_see_each_others_units_live(setup, tmp_path):
         sum(getattr(replicas[1], r).calls for r in ("describer", "question_generator", "vqa", "reranker"))
         == 0
     )
+
+
+class Slow:
+    """Wraps a role: every call takes a while, so that concurrent replicas meet on the same units."""
+
+    def __init__(self, inner, seconds=0.05):
+        self.inner, self.seconds, self.id = inner, seconds, inner.id
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            time.sleep(self.seconds)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_replicas_asked_the_same_queries_at_once_compute_each_unit_once(setup, tmp_path):
+    """Two replicas (two Visa objects over one cache) re-rank the same queries at the same moment: each
+    unit is claimed by one of them and waited for by the other, so every role's calls in total equal the
+    distinct units (without claims both would compute most units)."""
+    split, _, config, (cand, top, ranks) = setup
+    counted = [roles(), roles()]
+    replicas = [
+        Roles(*(Slow(getattr(r, name)) for name in ("describer", "question_generator", "vqa", "reranker")))
+        for r in counted
+    ]
+    visas = [Visa(config, r, tmp_path / "cache") for r in replicas]
+    rows = [
+        [
+            Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
+            for j, s in zip(cand[q], top[q], strict=True)
+        ]
+        for q in range(4)
+    ]
+    text = [c.text for c in split.captions]
+    start = threading.Barrier(2)
+    results = [None, None]
+
+    def serve(n):
+        start.wait()
+        results[n] = [visas[n].rerank(text[q], rows[q]).item_ids for q in range(4)]
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == results[1]
+    alone = roles()
+    single = Visa(config, alone, tmp_path / "alone")
+    assert [single.rerank(text[q], rows[q]).item_ids for q in range(4)] == results[0]
+    for role in ("describer", "question_generator", "vqa", "reranker"):
+        together = sum(getattr(r, role).calls for r in counted)
+        assert together == getattr(alone, role).calls > 0, role
+    assert not list((tmp_path / "cache" / "claims").iterdir())  # every claim released
+
+
+def test_a_unit_claimed_by_a_dead_process_is_taken_over(setup, tmp_path):
+    import subprocess
+    import sys
+
+    from vlret.rerank.visa.store import content_key
+
+    split, _, config, _ = setup
+    counted = roles()
+    visa = Visa(config, counted, tmp_path / "cache")
+    media = split.media_path(split.items[0])
+    key = content_key("describe", counted.describer.id, PROMPT_VERSION, visa._media_key(media))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    holder = {"host": visa.claims.host, "pid": int(dead.stdout), "since": 0}
+    visa.claims.claim_file(f"descriptions.{key}").write_text(json.dumps(holder))
+    assert visa.descriptions([media])[media]  # not waited for forever: the dead holder's claim is taken
+    assert counted.describer.calls == 1

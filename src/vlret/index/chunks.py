@@ -1,25 +1,21 @@
 """The chunks of an index build, claimed so that any number of builders on one output cooperate.
 
 A build's unit of work is one output chunk, ``INDEX.building/chunks/NNNNN/``, written to a temporary
-folder of its own and renamed into place when complete. Before encoding a chunk a builder claims it by
-creating ``.NNNNN.claim`` with ``O_EXCL``, which exactly one process can do (also across machines that share
-the folder over NFS v3+), and removes the claim when the chunk is in place. So builders started together,
-slurm array tasks (``--shard I/N``) or a rerun after a kill never encode a chunk twice and never trip over
-each other's temporary files.
-
-A claim left by a builder that died is stale. On the same host it is recognised (its process is gone) and
-taken over; a claim from another host is waited for, since its process cannot be checked from here.
+folder of its own and renamed into place when complete. Before encoding a chunk a builder claims it
+(``.NNNNN.claim``, :mod:`vlret.claims`) and removes the claim when the chunk is in place. So builders
+started together, slurm array tasks (``--shard I/N``) or a rerun after a kill never encode a chunk twice and
+never trip over each other's temporary files; a dead builder's chunk is taken over.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from vlret.claims import Claims
 
 #: seconds between looks at chunks that other builders are encoding
 POLL_SECONDS = 0.5
@@ -30,55 +26,22 @@ def chunk_name(c: int) -> str:
 
 
 class ChunkClaims:
-    """Claims on the chunks of ``folder`` (``INDEX.building/chunks``)."""
+    """Claims on the chunks of ``folder`` (``INDEX.building/chunks``); a chunk is done when its folder is
+    in place."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.host = socket.gethostname()
+        self.claims = Claims(folder)
 
     def done(self, c: int) -> bool:
         return (self.folder / chunk_name(c)).is_dir()
 
-    def _claim_file(self, c: int) -> Path:
-        return self.folder / f".{chunk_name(c)}.claim"
-
     def try_claim(self, c: int) -> bool:
         """Claim chunk ``c``; False when another live builder holds it (or it is done)."""
-        for _ in range(2):  # a second try after removing a stale claim
-            if self.done(c):
-                return False
-            try:
-                fd = os.open(self._claim_file(c), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if not self._stale(c):
-                    return False
-                self._claim_file(c).unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": self.host, "pid": os.getpid(), "since": time.time()}, f)
-            if self.done(c):  # finished by another builder between the check and the claim
-                self.release(c)
-                return False
-            return True
-        return False
-
-    def _stale(self, c: int) -> bool:
-        try:
-            holder = json.loads(self._claim_file(c).read_text())
-        except (OSError, ValueError):
-            return False  # being written right now, or gone: not ours to judge
-        if holder.get("host") != self.host:
-            return False
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, KeyError, ValueError, TypeError):
-            return False
-        return False
+        return self.claims.try_claim(chunk_name(c), lambda: self.done(c))
 
     def release(self, c: int) -> None:
-        self._claim_file(c).unlink(missing_ok=True)
+        self.claims.release(chunk_name(c))
 
     def publish(self, c: int, tmp: Path) -> None:
         """Move a finished chunk's temporary folder into place and drop the claim."""
@@ -87,7 +50,7 @@ class ChunkClaims:
 
     def temporary(self, c: int) -> Path:
         """A temporary folder no other builder uses (its name carries this process)."""
-        return self.folder / f".{chunk_name(c)}.{self.host}.{os.getpid()}.tmp"
+        return self.folder / f".{chunk_name(c)}.{self.claims.host}.{os.getpid()}.tmp"
 
 
 def encode_claimed(

@@ -3,7 +3,8 @@
 Work is split into units (a description per gallery item, questions per query, an answer per (item,
 question, key phrases), a relevance score per (query, passage)); each unit's output is stored under a
 content key as soon as it is computed, with up to ``concurrency`` backend calls in flight. A run killed at any
-point and started again computes only the units that are missing. ``shard=(i, n)`` restricts stages 1-3 to
+point and started again computes only the units that are missing. Processes that share a cache folder
+(service replicas, shards) claim each unit before computing it, so a unit is computed once in total. ``shard=(i, n)`` restricts stages 1-3 to
 the queries with ``index % n == i`` (stage 0 to the items of those queries' candidates), so n processes can
 share the work and :func:`vlret.rerank.visa.store.merge_stage` joins their files.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlret.claims import Claims
 from vlret.data._io import file_digest
 from vlret.errors import VlretError
 from vlret.rerank.visa.config import (
@@ -32,6 +34,8 @@ from vlret.rerank.visa.prompts import PROMPT_VERSION, ParsedQuestions, assemble_
 from vlret.rerank.visa.store import StageStore, content_key
 
 STAGES = ("descriptions", "questions", "answers", "text_scores")
+#: seconds between looks at the store for a unit another process is computing
+CLAIM_POLL_SECONDS = 0.05
 
 
 @dataclass
@@ -108,6 +112,8 @@ class Visa:
         self.cache_dir = Path(self.cache_dir)
         self.stores = {stage: StageStore(self.cache_dir, stage, self.shard) for stage in STAGES}
         self.stats = {stage: StageStats() for stage in STAGES}
+        self.claims = Claims(self.cache_dir / "claims")
+        self.claims.folder.mkdir(exist_ok=True)
         self._hashes: dict[Path, str] = {}
 
     # ----- generic stage machinery ----------------------------------------------------------------------
@@ -126,11 +132,12 @@ class Visa:
         if todo:
             # Each unit is stored the moment it finishes; a failing unit does not stop the others.
             with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-                futures = {pool.submit(fn): key for key, fn in todo.items()}
+                futures = [pool.submit(self._compute_once, stage, key, fn) for key, fn in todo.items()]
                 for future in as_completed(futures):
                     try:
-                        store.put(futures[future], future.result())
-                        stats.computed += 1
+                        computed_here = future.result()
+                        stats.computed += computed_here
+                        stats.cache_hits += not computed_here
                     except Exception as exc:  # noqa: BLE001 - collected and re-raised below
                         failures.append(exc)
         if failures:
@@ -140,6 +147,22 @@ class Visa:
             ) from failures[0]
         stats.seconds += time.perf_counter() - started
         return {key: store.get(key) for key in units}
+
+    def _compute_once(self, stage: str, key: str, compute: Callable[[], object]) -> bool:
+        """Store unit ``key``'s value, computing it only if no other process sharing the cache is: the unit
+        is claimed first (:mod:`vlret.claims`), and a unit another process holds is waited for in the store.
+        Returns whether this process computed it."""
+        store, name = self.stores[stage], f"{stage}.{key}"
+        while True:
+            if key in store:  # re-reads the lines other processes appended
+                return False
+            if self.claims.try_claim(name, lambda: key in store):
+                try:
+                    store.put(key, compute())
+                    return True
+                finally:
+                    self.claims.release(name)  # also on failure: a waiting process then tries itself
+            time.sleep(CLAIM_POLL_SECONDS)
 
     def _media_key(self, media: Path) -> str:
         return _file_hash(Path(media), self._hashes)
