@@ -11,6 +11,12 @@ timing.py). Zero failed requests are expected. Target: ratio >= 0.6 with 8 or mo
 printed last.
 
     .venv/bin/python bench/serve_load.py [--requests 500] [--clients 8] [--repeats 3]
+
+``--replicas N`` measures replicas instead: ``vlret serve --workers N`` against ``vlret serve`` (one
+replica), both as processes of their own over the same index, loaded in interleaved rounds by the same
+client; it prints both request rates and their ratio last (N replicas / 1).
+
+    .venv/bin/python bench/serve_load.py --replicas 2
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -91,7 +98,7 @@ end
 def wrk_run(url: str, clients: int, seconds: float, script: Path) -> tuple[float, list[float], int]:
     """(seconds per request, [p50, p99] latencies, failures) from one ``wrk`` run."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -111,6 +118,72 @@ def wrk_run(url: str, clients: int, seconds: float, script: Path) -> tuple[float
     return 1 / rate, [percentile("50"), percentile("99")], failed
 
 
+def serve_process(index: Path, workers: int) -> tuple[subprocess.Popen, str]:
+    """``vlret serve INDEX --workers N`` on a free port, answering; returns the process and its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = ["serve", str(index), "--workers", str(workers), "--port", str(port)]
+    server = subprocess.Popen([sys.executable, "-m", "vlret.cli", *command], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"vlret serve --workers {workers} exited with {server.returncode}")
+        try:
+            httpx.get(f"{url}/health", timeout=5)
+            return server, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def load_round(url: str, args, script: Path, runs: list) -> float:
+    """One round of load on ``url``: requests per second (wrk when installed, else a client process)."""
+    if shutil.which("wrk"):
+        seconds_per_request, latencies, failed = wrk_run(url, args.clients, args.seconds, script)
+        runs.append((seconds_per_request * args.requests, latencies, failed))
+        return 1 / seconds_per_request
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    proc = context.Process(target=client_process, args=(url, args.requests, args.clients, send))
+    proc.start()
+    runs.append(receive.recv())
+    proc.join()
+    return args.requests / runs[-1][0]
+
+
+def compare_replicas(args, index: Path, script: Path) -> None:
+    """N replicas against one, as separate servers over the same index, in interleaved rounds."""
+    servers = {
+        "1 replica": serve_process(index, 1),
+        f"{args.replicas} replicas": serve_process(index, args.replicas),
+    }
+    runs: dict[str, list] = {name: [] for name in servers}
+    try:
+        for _, url in servers.values():  # warm-up: every replica's first queries
+            for n in range(8 * args.replicas):
+                httpx.get(f"{url}/api/search", params={"q": QUERIES[n % 4], "k": 10}, timeout=60)
+        rates = interleaved(
+            {
+                name: (lambda url=url, name=name: load_round(url, args, script, runs[name]))
+                for name, (_, url) in servers.items()
+            },
+            args.repeats,
+        )
+    finally:
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(timeout=60)
+    client = "wrk" if shutil.which("wrk") else "httpx (client-bound: install wrk to measure the server)"
+    failed = sum(r[2] for name in runs for r in runs[name])
+    print(f"client={client} clients={args.clients} failed={failed}")
+    for name in servers:
+        print(spread(name, rates[name], "requests/s", higher_is_better=True))
+    one, many = rates["1 replica"], rates[f"{args.replicas} replicas"]
+    print(
+        f"ratio ({args.replicas} replicas / 1 replica, requests/s): {best(many, True) / best(one, True):.2f}"
+    )
+
+
 #: --smoke: sizes that run in seconds
 SMOKE = {"images": 40, "requests": 20, "clients": 2, "repeats": 1, "seconds": 0.5}
 
@@ -124,6 +197,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="N > 1: N replica processes against one, instead"
+    )
     args = parse_args(parser, SMOKE)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -133,6 +209,11 @@ def main() -> None:
             root / "model"
         )
         index = build_index(str(root / "model"), root / "idx", dataset=dataset.split("test"), progress=False)
+        script = root / "queries.lua"
+        script.write_text(WRK_SCRIPT)
+        if args.replicas > 1:
+            compare_replicas(args, index, script)
+            return
         searcher = Searcher(index)
 
         with socket.socket() as s:
@@ -145,7 +226,6 @@ def main() -> None:
         thread.start()
         while not server.started:
             time.sleep(0.05)
-        context = multiprocessing.get_context("spawn")
         http_runs: list[tuple[float, list[float], int]] = []
 
         def in_process() -> float:
@@ -154,25 +234,8 @@ def main() -> None:
                 searcher.text_to_image(QUERIES[n % len(QUERIES)], 10)
             return args.requests / (time.perf_counter() - start)
 
-        use_wrk = shutil.which("wrk") is not None
-        script = root / "queries.lua"
-        script.write_text(WRK_SCRIPT)
-
         def over_http() -> float:
-            if use_wrk:
-                seconds_per_request, latencies, failed = wrk_run(
-                    f"http://127.0.0.1:{port}", args.clients, args.seconds, script
-                )
-                http_runs.append((seconds_per_request * args.requests, latencies, failed))
-                return 1 / seconds_per_request
-            receive, send = context.Pipe(duplex=False)
-            proc = context.Process(
-                target=client_process, args=(f"http://127.0.0.1:{port}", args.requests, args.clients, send)
-            )
-            proc.start()
-            http_runs.append(receive.recv())
-            proc.join()
-            return args.requests / http_runs[-1][0]
+            return load_round(f"http://127.0.0.1:{port}", args, script, http_runs)
 
         in_process()  # warm-up
         rates = interleaved({"in-process": in_process, "http": over_http}, args.repeats)

@@ -115,3 +115,33 @@ def _rebuilt_while_searched(url: str, model: Path, index: Path, other_images: Pa
     assert {r.json()["version"] for r in answered} <= {old, new}
     health = httpx.get(f"{url}/health", timeout=5).json()
     assert health["version"] == new and health["items"] == len(list(other_images.glob("*.png")))
+
+
+def test_replicas_listen_on_a_socket_whose_connections_send_at_once():
+    """The replicas' listener is a TCP socket that says so, so asyncio turns Nagle's algorithm off on each
+    accepted connection (uvicorn's own multi-worker socket leaves it on: 44 ms per keep-alive request)."""
+    import asyncio
+    import socket as sockets
+
+    from vlret.serve.replicas import tcp_listener
+
+    listener = tcp_listener("127.0.0.1", 0)
+    assert listener.proto == sockets.IPPROTO_TCP
+    seen = []
+
+    class Record(asyncio.Protocol):
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one():
+        server = await asyncio.get_running_loop().create_server(Record, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        while not seen:
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(accept_one())
+    assert seen == [1]

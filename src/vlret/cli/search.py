@@ -122,21 +122,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
-    import os
-
-    from vlret.serve.app import SETTINGS_VARIABLE
+    from vlret.serve.replicas import run_replicas
 
     create_app(**settings).state.service.close()  # check the index and settings once, before the workers
-    os.environ[SETTINGS_VARIABLE] = json.dumps(settings)
     print(f"serving {args.index} on http://{args.host}:{args.port}/ with {args.workers} worker processes")
-    uvicorn.run(
-        "vlret.serve.app:app_from_environment",
-        factory=True,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-    )
+    run_replicas(settings, args.workers, args.host, args.port)
     return 0
 
 

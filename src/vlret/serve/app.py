@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import mimetypes
 import os
@@ -238,15 +237,6 @@ def _thumbnail_png(path: Path, size: int) -> bytes:
         buf = io.BytesIO()
         img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-SETTINGS_VARIABLE = "VLRET_SERVE_SETTINGS"  # create_app's arguments, as JSON, for worker processes
-
-
-def app_from_environment() -> FastAPIOffline:
-    """The app of ``vlret serve --workers N``: each worker process builds it from the settings the command
-    put in the environment (uvicorn's factory)."""
-    return create_app(**json.loads(os.environ[SETTINGS_VARIABLE]))
 
 
 def create_app(
