@@ -131,3 +131,71 @@ def test_an_unreachable_server_fails_on_the_key_too():
     chat = OpenAIChat("m", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2.0)
     with pytest.raises(BackendError, match="models: gave up after 1 attempts"):
         _ = chat.id
+
+
+def _counting_server(models: dict | None = None, status: int = 200):
+    """A server that answers every chat with its own name, and counts the chats it got."""
+
+    class Counted(QuietHandler):
+        chats = 0
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            Counted.chats += 1
+            if status != 200:
+                self.send_json(status, {"error": "busy"})
+                return
+            name = f"server {self.server.server_address[1]}"
+            self.send_json(200, {"choices": [{"message": {"content": name}}]})
+
+        def do_GET(self):  # noqa: N802
+            self.send_json(200, models or {"data": [{"id": "m", "root": "/models/m"}]})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Counted)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, Counted, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
+def test_several_servers_share_the_requests_and_a_failing_one_is_passed_over(tmp_path):
+    servers = [_counting_server(), _counting_server()]
+    try:
+        urls = [url for _, _, url in servers]
+        chat = OpenAIChat("m", base_url=urls, max_retries=1, backoff=0.01)
+        for _ in range(10):  # one after another: ties taken in turn
+            chat.chat("describe")
+        assert [handler.chats for _, handler, _ in servers] == [5, 5]
+        # the cache identity names the pool and the model, not the addresses: a third server keeps it
+        third = _counting_server()
+        assert chat.id == OpenAIChat("m", base_url=[*urls, third[2]]).id
+        assert "127.0.0.1" not in chat.id and chat.id.startswith("openai:m@pool")
+        third[0].shutdown()
+        # a config names them as a list, validated
+        config = _config(tmp_path, urls)
+        assert build_describer(config).chat_model.base_urls == urls
+        with pytest.raises(VlretError, match="base_url"):
+            _config(tmp_path, [urls[0], "ftp://x"])
+    finally:
+        for httpd, _, _ in servers:
+            httpd.shutdown()
+    busy = _counting_server(status=503)
+    good = _counting_server()
+    try:
+        chat = OpenAIChat("m", base_url=[busy[2], good[2]], max_retries=1, backoff=0.01)
+        replies = {chat.chat("describe") for _ in range(4)}
+        assert replies == {f"server {good[0].server_address[1]}"}  # every request answered by the good one
+        assert busy[1].chats <= 4 and good[1].chats == 4
+    finally:
+        busy[0].shutdown()
+        good[0].shutdown()
+
+
+def test_servers_that_describe_different_models_are_refused():
+    first = _counting_server({"data": [{"id": "m", "root": "/models/a"}]})
+    second = _counting_server({"data": [{"id": "m", "root": "/models/b"}]})
+    try:
+        chat = OpenAIChat("m", base_url=[first[2], second[2]], max_retries=0)
+        with pytest.raises(BackendError, match="describe different models"):
+            chat.id  # noqa: B018
+    finally:
+        first[0].shutdown()
+        second[0].shutdown()

@@ -108,6 +108,50 @@ def test_shards_merge_to_the_unsharded_result(setup, tmp_path):
     assert not list(out.glob("*.shard-*.jsonl"))
 
 
+ROLES = ("describer", "question_generator", "vqa", "reranker")
+
+
+def test_shards_split_by_unit_call_each_model_once_per_unit(setup, tmp_path):
+    """Two shards then a merge make, role by role, the calls one process makes: every distinct candidate
+    item is described by one shard (by queries, each shard described the items of its own queries, 80
+    calls against 40 in the issue's run); the shard that ends last scores the queries the first left."""
+    split, _, config, (cand, top, ranks) = setup
+    alone = roles()
+    whole = run_visa(split, cand, top, ranks, config, tmp_path / "whole", roles=alone)
+    out = tmp_path / "sharded"
+    shards = [roles(), roles()]
+    for i in range(2):
+        assert run_visa(split, cand, top, ranks, config, out, shard=(i, 2), roles=shards[i]) is None
+    merging = roles()
+    merged = merge_visa(split, config, out, roles=merging)
+    for role in ROLES:
+        assert sum(getattr(r, role).calls for r in shards) == getattr(alone, role).calls > 0, role
+        assert getattr(merging, role).calls == 0, role
+    distinct = len({int(j) for row in cand for j in row})
+    assert alone.describer.calls == distinct
+    assert shards[0].describer.calls == (distinct + 1) // 2  # every other distinct item
+    assert shards[0].question_generator.calls == (len(cand) + 1) // 2
+    assert merged["metrics"] == whole["metrics"]
+
+
+def test_a_merge_scores_what_no_shard_could(setup, tmp_path):
+    """Shards that end before the descriptions of their queries' candidates are in (they ran at once, or
+    were stopped after their answers) leave those queries unscored: the merge scores them, calling the
+    reranker alone, and the result is the same."""
+    split, _, config, (cand, top, ranks) = setup
+    whole = run_visa(split, cand, top, ranks, config, tmp_path / "whole", roles=roles())
+    out = tmp_path / "sharded"
+    for i in range(2):
+        run_visa(split, cand, top, ranks, config, out, shard=(i, 2), roles=roles())
+    for scores in out.glob("text_scores*.jsonl"):
+        scores.unlink()
+    merging = roles()
+    merged = merge_visa(split, config, out, roles=merging)
+    assert merging.reranker.calls == merged["stages"]["text_scores"]["computed"] > 0
+    assert merging.describer.calls == merging.vqa.calls == merging.question_generator.calls == 0
+    assert merged["metrics"] == whole["metrics"]
+
+
 def test_rerank_one_query_python_api(setup, tmp_path):
     split = setup[0]
     visa = Visa(VisaConfig(k=3), Roles.from_config(VisaConfig()), tmp_path)

@@ -161,7 +161,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     visa.add_argument("--split", help="split to re-rank (default test)")
     visa.add_argument("--config", help="VISA YAML (default: offline synthetic backends)")
     visa.add_argument("--out", required=True, help="run folder: caches, arrays, result.json")
-    visa.add_argument("--shard", help="i/n: this process's share of the queries")
+    visa.add_argument(
+        "--shard",
+        help="i/n: this process's share of the work, split by unit: every n-th distinct candidate item "
+        "described, every n-th query asked and answered",
+    )
     visa.add_argument("--queries", type=int, help="only the first N queries (smoke runs)")
     visa.add_argument("--batch-size", type=int, default=64)
     add_data_options(visa)

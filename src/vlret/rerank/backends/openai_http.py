@@ -1,9 +1,12 @@
 """A chat client for OpenAI-compatible servers: vLLM, SGLang, Ollama (``/v1``), LM Studio, hosted APIs.
 
 Images (and a clip's sampled frames, in order) travel as base64 data URLs before the text, in one user
-message. Transient failures (connection
-errors, timeouts, HTTP 429 and 5xx) are retried with exponential backoff; other HTTP errors raise at once
-with the server's message. Calls and token counts are added up in ``usage`` (thread-safe: the VISA pipeline
+message. Transient failures (connection errors, timeouts, HTTP 429 and 5xx) are retried with exponential
+backoff; other HTTP errors raise at once with the server's message.
+
+Several servers of one model (``base_url`` a list) share the requests: each goes to the server with the
+fewest requests in flight (ties taken in turn), and a retry goes to another server than the one that failed,
+so the servers' own batching sees an even load and a server that is down costs a retry, not the run. Calls and token counts are added up in ``usage`` (thread-safe: the VISA pipeline
 calls it from several threads, which is how its concurrency limit works).
 """
 
@@ -46,7 +49,7 @@ class OpenAIChat:
     def __init__(
         self,
         model: str,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | list[str] = "http://127.0.0.1:8000/v1",
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 120.0,
         max_retries: int = 4,
@@ -54,7 +57,12 @@ class OpenAIChat:
         revision: str | None = None,
     ):
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in ([base_url] if isinstance(base_url, str) else base_url)]
+        if not self.base_urls:
+            raise ValueError("base_url: give at least one server")
+        self.base_url = self.base_urls[0]
+        self._in_flight = [0] * len(self.base_urls)
+        self._next = 0  # where the search for the least busy server starts: ties are taken in turn
         self.revision = revision
         self._id: str | None = None
         key = os.environ.get(api_key_env, "")
@@ -71,14 +79,51 @@ class OpenAIChat:
         description of it (``GET /models``, less its volatile ``created`` time) and the config's
         ``revision``. Every cache key holds it, so a server that loads another model file under the same
         name misses the old replies, where it says so; one that reports nothing is told apart only by
-        ``revision``. Read once, on first use."""
+        ``revision``. Read once, on first use.
+
+        Several servers are named as a pool, not by address, so that adding a server keeps the cache;
+        the servers that answer must describe the model alike."""
         if self._id is None:
             revision = f"#{self.revision}" if self.revision else ""
-            self._id = f"openai:{self.model}@{self.base_url}{revision}{self._model_fingerprint()}"
+            if len(self.base_urls) == 1:
+                self._id = (
+                    f"openai:{self.model}@{self.base_url}{revision}{self._model_fingerprint(self.base_url)}"
+                )
+            else:
+                self._id = f"openai:{self.model}@pool{revision}{self._pool_fingerprint()}"
         return self._id
 
-    def _model_fingerprint(self) -> str:
-        url = f"{self.base_url}/models"
+    def _pool_fingerprint(self) -> str:
+        answers: dict[str, str] = {}
+        problems = []
+        for base in self.base_urls:
+            try:
+                answers[base] = self._model_fingerprint(base)
+            except BackendError as exc:
+                problems.append(str(exc))
+        if not answers:
+            raise BackendError(f"none of the {len(self.base_urls)} servers answered: {problems[0]}")
+        if len(set(answers.values())) > 1:
+            described = ", ".join(f"{base} {fp or '(no description)'}" for base, fp in answers.items())
+            raise BackendError(f"the servers of {self.model!r} describe different models: {described}")
+        return next(iter(answers.values()))
+
+    def _acquire(self, avoid: set[int]) -> int:
+        """The server for the next request: the least busy one not in ``avoid`` (all, if every one is)."""
+        with self._lock:
+            order = [(self._next + n) % len(self.base_urls) for n in range(len(self.base_urls))]
+            allowed = [i for i in order if i not in avoid] or order
+            chosen = min(allowed, key=lambda i: self._in_flight[i])
+            self._in_flight[chosen] += 1
+            self._next = (chosen + 1) % len(self.base_urls)
+            return chosen
+
+    def _release(self, server: int) -> None:
+        with self._lock:
+            self._in_flight[server] -= 1
+
+    def _model_fingerprint(self, base_url: str) -> str:
+        url = f"{base_url}/models"
         for attempt in range(self.max_retries + 1):
             try:
                 response = self.client.get(url)
@@ -115,8 +160,10 @@ class OpenAIChat:
         temperature: float = 0.0,
     ) -> str:
         payload = self._payload(prompt, list(images), max_tokens, temperature)
-        url = f"{self.base_url}/chat/completions"
+        failed: set[int] = set()  # servers that failed this request: the retry goes elsewhere
         for attempt in range(self.max_retries + 1):
+            server = self._acquire(failed)
+            url = f"{self.base_urls[server]}/chat/completions"
             try:
                 response = self.client.post(url, json=payload)
             except httpx.TransportError as exc:
@@ -130,8 +177,12 @@ class OpenAIChat:
                     problem = f"HTTP {response.status_code}: {response.text[:300]}"
                     if response.status_code not in RETRY_STATUS:
                         raise BackendError(f"{url}: {problem}")
-            if attempt < self.max_retries:
-                time.sleep(min(self.backoff * 2**attempt, 8.0))
+            finally:
+                self._release(server)
+            failed.add(server)
+            if attempt < self.max_retries and len(failed) >= len(self.base_urls):
+                time.sleep(min(self.backoff * 2**attempt, 8.0))  # every server failed: wait, then again
+                failed.clear()
         raise BackendError(f"{url}: gave up after {self.max_retries + 1} attempts ({problem})")
 
     def _read(self, response: httpx.Response) -> tuple[str | None, str]:

@@ -15,7 +15,7 @@ vqa:                {backend: synthetic}
 reranker:           {backend: lexical}
 ```
 
-Backends: ``openai`` (``model``, ``base_url``, ``api_key_env``, ``timeout``, ``max_retries``; vLLM, SGLang,
+Backends: ``openai`` (``model``, ``base_url``: one server or a list of servers of the model, ``api_key_env``, ``timeout``, ``max_retries``; vLLM, SGLang,
 Ollama, hosted APIs), ``hf`` (``model``: a transformers image-text-to-text or causal LM id or folder),
 ``synthetic`` / ``rule`` (offline, for the synthetic benchmark), and for the reranker ``cross-encoder``
 (``model``), ``bi-encoder`` (``model``, default all-MiniLM-L6-v2) or ``lexical``.
@@ -104,8 +104,11 @@ def _check_role(role: str, spec) -> None:
     checks = {
         "model": (lambda v: isinstance(v, str) and v, "a model name"),
         "base_url": (
-            lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
-            "an http(s) URL",
+            lambda v: all(
+                isinstance(u, str) and u.startswith(("http://", "https://"))
+                for u in ([v] if isinstance(v, str) else v if isinstance(v, list) and v else [None])
+            ),
+            "an http(s) URL, or a list of them (servers of one model, sharing the requests)",
         ),
         "api_key_env": (lambda v: isinstance(v, str) and v, "an environment variable name"),
         "device": (lambda v: isinstance(v, str) and v, "a device name such as cpu or cuda"),

@@ -4,9 +4,13 @@ Work is split into units (a description per gallery item, questions per query, a
 question, key phrases), a relevance score per (query, passage)); each unit's output is stored under a
 content key as soon as it is computed, with up to ``concurrency`` backend calls in flight. A run killed at any
 point and started again computes only the units that are missing. Processes that share a cache folder
-(service replicas, shards) claim each unit before computing it, so a unit is computed once in total. ``shard=(i, n)`` restricts stages 1-3 to
-the queries with ``index % n == i`` (stage 0 to the items of those queries' candidates), so n processes can
-share the work and :func:`vlret.rerank.visa.store.merge_stage` joins their files.
+(service replicas, shards) claim each unit before computing it, so a unit is computed once in total.
+
+A run of ``n`` shards is split by unit, not by query (:meth:`Visa.work_shard`): shard ``i`` describes every
+``n``-th distinct candidate item and asks and answers for every ``n``-th query, so no item is described by
+two shards; a query's relevance scores need its candidates' descriptions, which other shards may make, so
+each shard scores whatever is complete when it ends and :func:`vlret.rerank.visa.run.merge_visa` scores the
+rest. :func:`vlret.rerank.visa.store.merge_stage` joins the shards' files.
 """
 
 from __future__ import annotations
@@ -91,6 +95,18 @@ class Roles:
         )
 
 
+def _answer_jobs(
+    parsed: list[ParsedQuestions], candidates: list[list[Candidate]]
+) -> list[tuple[Path, str, str]]:
+    """The stage-2 jobs of queries, in order: each candidate, each of its query's questions."""
+    return [
+        (c.media, question, pq.key_phrases)
+        for pq, row in zip(parsed, candidates, strict=True)
+        for c in row
+        for question in pq.questions
+    ]
+
+
 def _file_hash(path: Path, cache: dict[Path, str]) -> str:
     if path not in cache:
         cache[path] = file_digest(path)[:24]
@@ -105,7 +121,7 @@ class Visa:
     roles: Roles
     cache_dir: Path
     shard: tuple[int, int] = (0, 1)
-    cached_only: bool = False  # merging: every unit must already be stored, no model may be called
+    frozen: tuple[str, ...] = ()  # stages whose units must all be stored already (merging): no model call
     stats: dict[str, StageStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,14 +133,19 @@ class Visa:
         self._hashes: dict[Path, str] = {}
 
     # ----- generic stage machinery ----------------------------------------------------------------------
-    def _run_units(self, stage: str, units: dict[str, Callable[[], object]]) -> dict[str, object]:
-        """Compute the units that are not stored yet (concurrently); return every unit's value."""
+    def _run_units(
+        self, stage: str, units: dict[str, Callable[[], object]], compute: bool = True
+    ) -> dict[str, object]:
+        """Compute the units that are not stored yet (concurrently); return every unit's value. With
+        ``compute=False`` nothing is computed or counted: the values of the units already stored."""
         store, stats = self.stores[stage], self.stats[stage]
+        if not compute:
+            return {key: store.get(key) for key in units if key in store}
         started = time.perf_counter()
         stats.units += len(units)
         todo = {key: fn for key, fn in units.items() if key not in store}
         stats.cache_hits += len(units) - len(todo)
-        if todo and self.cached_only:
+        if todo and stage in self.frozen:
             raise VlretError(
                 f"{stage}: {len(todo)} of {len(units)} units are not in {self.cache_dir}; run every shard to completion first"
             )
@@ -168,27 +189,30 @@ class Visa:
         return _file_hash(Path(media), self._hashes)
 
     # ----- stages ---------------------------------------------------------------------------------------
-    def descriptions(self, media: Iterable[Path]) -> dict[Path, str]:
-        """Stage 0: a description per distinct media file."""
+    def descriptions(self, media: Iterable[Path], compute: bool = True) -> dict[Path, str]:
+        """Stage 0: a description per distinct media file (``compute=False``: those already stored)."""
         role = self.roles.describer
         paths = list(dict.fromkeys(Path(m) for m in media))
         keys = {p: content_key("describe", role.id, PROMPT_VERSION, self._media_key(p)) for p in paths}
-        values = self._run_units("descriptions", {keys[p]: (lambda p=p: role.describe(p)) for p in paths})
-        return {p: values[keys[p]] for p in paths}
+        units = {keys[p]: (lambda p=p: role.describe(p)) for p in paths}
+        values = self._run_units("descriptions", units, compute)
+        return {p: values[keys[p]] for p in paths if keys[p] in values}
 
-    def questions(self, queries: list[str]) -> list[ParsedQuestions]:
-        """Stage 1: the raw LLM reply per query is stored; parsing is re-done (it is cheap and versioned)."""
+    def questions(self, queries: list[str], compute: bool = True) -> list[ParsedQuestions | None]:
+        """Stage 1: the raw LLM reply per query is stored; parsing is re-done (it is cheap and versioned).
+        With ``compute=False`` a query whose reply is not stored yet gets None."""
         role, n = self.roles.question_generator, self.config.questions
         keys = [content_key("questions", role.id, PROMPT_VERSION, q, n) for q in queries]
-        values = self._run_units(
-            "questions", {k: (lambda q=q: role.generate(q, n)) for k, q in zip(keys, queries, strict=True)}
-        )
+        units = {k: (lambda q=q: role.generate(q, n)) for k, q in zip(keys, queries, strict=True)}
+        values = self._run_units("questions", units, compute)
         return [
-            parse_questions(values[k], q, n, self.config.media) for k, q in zip(keys, queries, strict=True)
+            parse_questions(values[k], q, n, self.config.media) if k in values else None
+            for k, q in zip(keys, queries, strict=True)
         ]
 
-    def answers(self, jobs: list[tuple[Path, str, str]]) -> list[str]:
-        """Stage 2: an answer per (media, question, key phrases); identical jobs are computed once."""
+    def answers(self, jobs: list[tuple[Path, str, str]], compute: bool = True) -> list[str | None]:
+        """Stage 2: an answer per (media, question, key phrases); identical jobs are computed once. With
+        ``compute=False`` a job whose answer is not stored yet gets None."""
         role = self.roles.vqa
         keys = [
             content_key("answer", role.id, PROMPT_VERSION, self._media_key(m), q, kp) for m, q, kp in jobs
@@ -197,8 +221,8 @@ class Visa:
             k: (lambda m=m, q=q, kp=kp: role.answer(m, q, kp))
             for k, (m, q, kp) in zip(keys, jobs, strict=True)
         }
-        values = self._run_units("answers", units)
-        return [values[k] for k in keys]
+        values = self._run_units("answers", units, compute)
+        return [values.get(k) for k in keys]
 
     def text_scores(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Stage 3: reranker relevance per (query, passage)."""
@@ -218,26 +242,62 @@ class Visa:
         """Text scores ``[n_queries, K]`` for each query's candidates (stages 0-3)."""
         parsed = self.questions(queries)
         descriptions = self.descriptions(c.media for row in candidates for c in row)
-        jobs = [
-            (c.media, question, pq.key_phrases)
-            for pq, row in zip(parsed, candidates, strict=True)
-            for c in row
-            for question in pq.questions
-        ]
-        answers = iter(self.answers(jobs))
+        answers = self.answers(_answer_jobs(parsed, candidates))
+        scores = self._scores(queries, parsed, candidates, descriptions, answers)
+        return scores, parsed
+
+    def work_shard(self, queries: list[str], candidates: list[list[Candidate]]) -> list[ParsedQuestions]:
+        """This shard's share of a run over all ``queries``, split by unit: descriptions of every
+        ``n``-th distinct candidate item (so each item is described once in all), questions and answers of
+        every ``n``-th query; then the relevance scores of every query whose inputs are all stored by now,
+        whichever shard made them (the last shard to finish scores what the others left). Returns the
+        parsed questions of this shard's queries."""
+        index, count = self.shard
+        media = list(dict.fromkeys(Path(c.media) for row in candidates for c in row))
+        self.descriptions(media[index::count])
+        mine = range(index, len(queries), count)
+        parsed = self.questions([queries[q] for q in mine])
+        self.answers(_answer_jobs(parsed, [candidates[q] for q in mine]))
+        self.score_ready(queries, candidates)
+        return parsed
+
+    def score_ready(self, queries: list[str], candidates: list[list[Candidate]]) -> int:
+        """Stage 3 for the queries whose questions, answers and candidate descriptions are all stored;
+        returns how many queries were ready."""
+        parsed = self.questions(queries, compute=False)
+        descriptions = self.descriptions((c.media for row in candidates for c in row), compute=False)
+        complete, answers = [], []
+        for q, pq in enumerate(parsed):
+            if pq is None or any(Path(c.media) not in descriptions for c in candidates[q]):
+                continue
+            block = self.answers(_answer_jobs([pq], [candidates[q]]), compute=False)
+            if None not in block:
+                complete.append(q)
+                answers += block
+        if complete:
+            rows, done = [candidates[q] for q in complete], [parsed[q] for q in complete]
+            self._scores([queries[q] for q in complete], done, rows, descriptions, answers)
+        return len(complete)
+
+    def _scores(
+        self,
+        queries: list[str],
+        parsed: list[ParsedQuestions],
+        candidates: list[list[Candidate]],
+        descriptions: dict[Path, str],
+        answers: list[str],
+    ) -> np.ndarray:
+        """Stage 3: the passages of each query's candidates (answers in job order), scored."""
+        answers = iter(answers)
         pairs = []
         for query, pq, row in zip(queries, parsed, candidates, strict=True):
             usable = pq.status != "fallback"
             for c in row:
                 answer_block = [next(answers) for _ in pq.questions]
-                pairs.append(
-                    (
-                        query,
-                        assemble_passage(
-                            answer_block, descriptions[Path(c.media)], usable, self.config.compat
-                        ),
-                    )
+                passage = assemble_passage(
+                    answer_block, descriptions[Path(c.media)], usable, self.config.compat
                 )
+                pairs.append((query, passage))
         scores = np.asarray(self.text_scores(pairs), dtype=np.float64)
         scores = scores.reshape(len(queries), -1) if queries else scores.reshape(0, 0)
         if not np.isfinite(scores).all():
@@ -246,7 +306,7 @@ class Visa:
                 f"reranker {self.roles.reranker.id}: non-finite relevance score {scores[q, c]} "
                 f"for query {queries[q]!r} and item {candidates[q][c].item_id!r}"
             )
-        return scores, parsed
+        return scores
 
     def rerank(self, query: str, candidates: list[Candidate]) -> Reranked:
         """Re-rank one query's candidates (the Python API search uses)."""

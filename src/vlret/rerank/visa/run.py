@@ -44,10 +44,11 @@ def run_visa(
     roles: Roles | None = None,
     source: dict | None = None,
     query_limit: int | None = None,
-    cached_only: bool = False,
+    frozen: tuple[str, ...] = (),
     cache_dir: str | Path | None = None,
 ) -> dict | None:
-    """Run the stages for this shard's queries; with one shard (or after a merge), fuse and evaluate.
+    """Run the stages (this shard's share of the units); with one shard (or after a merge), fuse and
+    evaluate. ``frozen`` names stages whose units must all be stored already (a merge's).
 
     The stage stores live in ``out``, or in ``cache_dir`` when given: they are keyed by content, so runs
     over the same data (several first stages, say) can share one and call each model once per input.
@@ -62,17 +63,20 @@ def run_visa(
     np.save(out / "base_ranks.npy", base_ranks.astype(np.int64))
     write_json(out / "run.json", {"config": config.to_dict(), "source": source or {}, "queries": n})
     started = time.perf_counter()
-    visa = Visa(config, roles or Roles.from_config(config), Path(cache_dir or out), shard, cached_only)
-    texts = [c.text for c in split.captions]
-    mine = _queries_of_shard(n, shard)
+    visa = Visa(config, roles or Roles.from_config(config), Path(cache_dir or out), shard, frozen)
+    texts = [c.text for c in split.captions][:n]
     rows = [
         [
             Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
             for j, s in zip(candidates[q], base_topk[q], strict=True)
         ]
-        for q in mine
+        for q in range(n)
     ]
-    text_scores, parsed = visa.score_candidates([texts[q] for q in mine], rows)
+    mine = _queries_of_shard(n, shard)
+    if shard[1] > 1:
+        parsed = visa.work_shard(texts, rows)
+    else:
+        text_scores, parsed = visa.score_candidates(texts, rows)
     status = {s: sum(p.status == s for p in parsed) for s in ("ok", "partial", "fallback")}
     issues = [
         {"query_index": int(q), "query": texts[q], "status": p.status, "reply": p.raw}
@@ -157,7 +161,9 @@ def _fuse_and_evaluate(
 def merge_visa(
     split: RetrievalDataset, config: VisaConfig, out: str | Path, roles: Roles | None = None
 ) -> dict:
-    """Join the shard caches, then fuse and evaluate (every unit must be cached: no model is called)."""
+    """Join the shard caches, score the queries no shard could (their candidates' descriptions were made by
+    shards that finished later: the reranker is called for those alone), then fuse and evaluate. Every
+    description, question and answer must be stored: no other model is called."""
     out = Path(out)
     for stage in ("descriptions", "questions", "answers", "text_scores"):
         merge_stage(out, stage)
@@ -174,5 +180,5 @@ def merge_visa(
         (0, 1),
         roles or Roles.from_config(config),
         run["source"],
-        cached_only=True,
+        frozen=("descriptions", "questions", "answers"),
     )
