@@ -167,3 +167,39 @@ def test_a_ray_build_on_a_local_cluster_equals_one_process(collection, reference
     )
     _same_index(path, reference)
     assert not (tmp_path / "idx.building").exists()
+
+
+def test_a_ray_worker_killed_in_a_chunk_is_retried_and_the_index_is_the_same(collection, reference, tmp_path):
+    """A Ray worker dies (SIGKILL) while it holds a chunk's claim: Ray runs the task again in a new worker,
+    which takes over the dead worker's claim (every chunk is encoded by a Ray worker, none is left to the
+    driver's assembly), and the index is byte-equal to a one-process build."""
+    ray = pytest.importorskip("ray")
+    from vlret.index.ray_engine import build_with_ray
+
+    images, model = collection
+    marker = tmp_path / "killed"
+    tests = str(Path(__file__).parent)
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "worker_process_setup_hook": "ray_worker_hooks.die_in_the_first_chunk",
+            "env_vars": {
+                "VLRET_TEST_KILL_MARKER": str(marker),
+                "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+            },
+        },
+    )
+    try:
+        path = build_with_ray(
+            str(model), tmp_path / "idx", workers=2, images=images, chunk_size=CHUNK, progress=False
+        )
+    finally:
+        ray.shutdown()
+    killed = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed, 0)  # that worker is gone
+    encoded_by_workers = marker.with_suffix(".log").read_text().split()
+    assert len(encoded_by_workers) == -(-len(list(images.rglob("*.png"))) // CHUNK)  # every chunk
+    assert str(killed) not in encoded_by_workers
+    _same_index(path, reference)
