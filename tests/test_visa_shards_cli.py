@@ -53,3 +53,20 @@ def test_merging_with_another_config_is_refused(synth_data, tmp_path):
     assert main(merge) == 2
     with pytest.raises(SystemExit):
         main(["rerank", "visa-merge", "--data", str(synth_data)])  # --out is required
+
+
+def test_visa_on_a_local_ray_cluster_equals_one_process(synth_data, tmp_path, capsys):
+    """`--engine ray --workers 2`: the shards run as Ray tasks and are merged; the result and every
+    stage's unit count equal one process's, and no description is made twice."""
+    pytest.importorskip("ray")  # in the test extra: CI has it
+    args = ["rerank", "visa", "--model", "tiny-cnn", "--data", str(synth_data), "--queries", "8"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    ray = json.loads((tmp_path / "ray" / "result.json").read_text())
+    assert ray["metrics"] == one["metrics"]
+    shards = [json.loads((tmp_path / "ray" / f"shard-{i}-of-2.json").read_text()) for i in range(2)]
+    for stage in ("descriptions", "questions", "answers"):
+        assert sum(s["stages"][stage]["computed"] for s in shards) == one["stages"][stage]["computed"] > 0
+    assert main([*args, "--out", str(tmp_path / "x"), "--engine", "ray", "--shard", "0/2"]) == 2
+    assert "give one or the other" in capsys.readouterr().err

@@ -12,22 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlret.errors import ConfigError
+import torch
 
-
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--engine ray needs Ray: pip install 'vlret[ray]'") from None
-    return ray
+from vlret.index.build import build_index
+from vlret.ray_cluster import check_workers, connected
 
 
 def _encode_shard(model_name: str, out: str, shard: tuple[int, int], threads: int, options: dict) -> None:
-    import torch
-
-    from vlret.index.build import build_index
-
     torch.set_num_threads(threads)
     build_index(model_name, out, shard=shard, assemble=False, progress=False, **options)
 
@@ -50,21 +41,12 @@ def build_with_ray(
     Each task asks Ray for ``threads_per_worker`` CPUs and runs torch on as many threads. The index is
     byte-equal to a one-process build on that many threads: CPU kernels reduce in an order that depends on
     the thread count (2 threads against 1 moved the tiny CNN's embeddings by up to 2.3e-7)."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, not {workers}")
-    ray = _ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress)
-    try:
+    check_workers(workers)
+    with connected(address, log_to_driver=progress) as ray:
         task = ray.remote(num_cpus=threads_per_worker, num_gpus=gpus_per_worker, max_retries=max_retries)(
             _encode_shard
         )
         shards = [(i, workers) for i in range(workers)]
         ray.get([task.remote(model_name, str(out), shard, threads_per_worker, options) for shard in shards])
-    finally:
-        if started_here:
-            ray.shutdown()
-    from vlret.index.build import build_index
 
     return build_index(model_name, out, progress=progress, **options)  # every chunk is done: it assembles
