@@ -18,13 +18,16 @@ from vlret.data.msvd import msvd_splits, read_msvd
 from vlret.data.precomp import precomp_splits, read_precomp
 from vlret.data.records import RetrievalDataset
 from vlret.data.vse import read_vse, vse_splits
+from vlret.data.webdataset import is_webdataset, read_webdataset
 from vlret.errors import DataError
 
-FORMATS = ("karpathy", "lavis", "csv", "vse", "precomp", "msrvtt", "didemo", "msvd", "lsmdc")
+FORMATS = ("karpathy", "lavis", "csv", "vse", "precomp", "msrvtt", "didemo", "msvd", "lsmdc", "webdataset")
 
 
 def detect_format(path: str | Path) -> str:
     """Guess the annotation format of a file or folder; raises :class:`DataError` when it cannot tell."""
+    if is_webdataset(path) and not Path(path).is_dir():  # a brace pattern names several files: not a path
+        return "webdataset"
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "no such file or folder")
@@ -43,11 +46,13 @@ def detect_format(path: str | Path) -> str:
             return "vse"
         if any(split_from_filename(p) for p in path.glob("*.json")):
             return "lavis"
+        if is_webdataset(path):
+            return "webdataset"
         raise DataError(
             path,
             None,
             "folder has none of: {split}_caps.txt, *_{train,val,test}.json, MSRVTT_data.json, "
-            "{split}_data.json (DiDeMo), {split}_list.txt (MSVD), LSMDC16_*.csv",
+            "{split}_data.json (DiDeMo), {split}_list.txt (MSVD), LSMDC16_*.csv, *.tar (webdataset)",
         )
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
@@ -73,7 +78,8 @@ def load_dataset(
 
     ``options`` go to the format's reader (for CSV: ``path_column``, ``caption_column``, ``split_column``,
     ``default_split``; for LAVIS: ``split``; for VSE, precomp, DiDeMo, MSVD and LSMDC: ``splits``; for
-    MSR-VTT: ``split_lists``; for DiDeMo: ``paragraph``; for DiDeMo, MSVD and LSMDC: ``suffix``).
+    MSR-VTT: ``split_lists``; for DiDeMo: ``paragraph``; for DiDeMo, MSVD and LSMDC: ``suffix``; for
+    webdataset shards: ``split``).
     """
     fmt = detect_format(path) if format == "auto" else format
     readers = {
@@ -86,6 +92,7 @@ def load_dataset(
         "didemo": read_didemo,
         "msvd": read_msvd,
         "lsmdc": read_lsmdc,
+        "webdataset": read_webdataset,
     }
     if fmt not in readers:
         raise DataError(path, None, f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.records import RetrievalDataset
 from vlret.data.regions import is_region_path, load_regions
+from vlret.data.tar_members import read_member, tar_member
 from vlret.data.video import FrameCache, check_video, clip_frames, default_frame_cache, is_video_path
 from vlret.errors import DataError
 
@@ -39,14 +41,19 @@ def size_problem(width: int, height: int) -> str | None:
 
 def load_image(path: str | Path, record: str | None = None) -> Image.Image:
     """Open an image fully decoded, in RGB; a missing, corrupt, oversized or extremely elongated file
-    raises :class:`DataError` (checked from the header, before anything is decoded)."""
+    raises :class:`DataError` (checked from the header, before anything is decoded). A path inside a tar
+    file (``SHARD.tar/MEMBER``) reads that member."""
     path = Path(path)
+    source: Path | io.BytesIO = path
     if not path.is_file():
-        raise DataError(path, record, "image file not found")
+        inside = tar_member(path)
+        if inside is None:
+            raise DataError(path, record, "image file not found")
+        source = io.BytesIO(read_member(*inside))
     try:
         with warnings.catch_warnings():  # Pillow warns above its own limit; ours is checked below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 problem = size_problem(*img.size)
                 if problem:
                     raise DataError(path, record, f"refused: {problem}")

@@ -37,6 +37,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
+from vlret.data.images import load_image
+from vlret.data.tar_members import read_member, tar_member
 from vlret.data.video import FrameSampling, is_video_path, load_video_frames
 from vlret.errors import ConfigError, DataError, VlretError
 from vlret.index.class_search import ClassSearch
@@ -226,8 +228,18 @@ def _poster(path: Path) -> Image.Image:
         raise OSError(exc.problem) from None
 
 
+def _still(path: Path) -> Image.Image:
+    """An image file, or an image inside a tar shard."""
+    if path.is_file():
+        return Image.open(path)
+    try:
+        return load_image(path)
+    except DataError as exc:
+        raise OSError(exc.problem) from None
+
+
 def _thumbnail_png(path: Path, size: int) -> bytes:
-    with _poster(path) if is_video_path(path) else Image.open(path) as img:
+    with _poster(path) if is_video_path(path) else _still(path) as img:
         img = img.convert("RGB")
         small = max(img.size) < size
         img.thumbnail((size, size), Image.Resampling.NEAREST if small else Image.Resampling.BICUBIC)
@@ -408,10 +420,17 @@ def create_app(
     @app.get("/media/{item}")
     def media(item: int, version: str | None = None) -> Response:
         path = item_file(item, version)
-        if not path.is_file():
-            raise HTTPException(404, "the item's file is missing")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=3600"})
+        headers = {"Cache-Control": "max-age=3600"}
+        if path.is_file():
+            return FileResponse(path, media_type=kind, headers=headers)
+        inside = tar_member(path)
+        if inside is None:
+            raise HTTPException(404, "the item's file is missing")
+        try:
+            return Response(read_member(*inside), media_type=kind, headers=headers)
+        except DataError:
+            raise HTTPException(404, "the item's file is missing from its shard") from None
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

@@ -1,0 +1,140 @@
+"""Webdataset shards (issue 28, section 1): tars of samples read as a dataset, their images read in place,
+indexed and served like files."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from vlret.cli import main
+from vlret.data import load_dataset
+from vlret.data.images import load_image
+from vlret.errors import DataError
+from vlret.index import Searcher, build_index
+from vlret.models import create_model
+from vlret.serve import create_app
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def shards(synth_data, tmp_path_factory):
+    """Two shards of the synthetic test images: captions as .txt (shard 0) and .json (shard 1); one sample
+    without a caption. Returns the shards' folder, the images in shard order and their captions."""
+    data = load_dataset(synth_data).split("test")
+    folder = tmp_path_factory.mktemp("wds") / "shards"
+    folder.mkdir()
+    images, captions = [], []
+    for s in range(2):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as archive:
+            for n, item in enumerate(data.items[s * 3 : s * 3 + 3]):
+                key = f"{s:05d}{n:04d}"
+                path = data.media_path(item)
+                _add(archive, f"{key}.png", path.read_bytes())
+                text = next(c.text for c in data.captions if c.item_id == item.id)
+                if (s, n) == (1, 2):
+                    text = None  # a sample without a caption
+                elif s == 0:
+                    _add(archive, f"{key}.txt", text.encode())
+                else:
+                    _add(archive, f"{key}.json", json.dumps({"caption": text, "url": "x"}).encode())
+                images.append(path)
+                captions.append(text)
+    return folder, images, captions
+
+
+def test_shards_read_as_samples_grouped_by_key(shards):
+    folder, images, captions = shards
+    data = load_dataset(f"{folder}/{{00000..00001}}.tar")
+    assert data.format == "webdataset"
+    assert [it.id for it in data.items] == ["00000/000000000", "00000/000000001", "00000/000000002",
+                                            "00001/000010000", "00001/000010001", "00001/000010002"]  # fmt: skip
+    assert [it.path for it in data.items][:2] == ["00000.tar/000000000.png", "00000.tar/000000001.png"]
+    assert {it.split for it in data.items} == {"train"}
+    assert [c.text for c in data.captions] == [c for c in captions if c]
+    assert data.captions[-1].item_id == "00001/000010001"  # the last sample has none
+    # the folder of shards and one shard name the same samples
+    assert [it.id for it in load_dataset(folder).items] == [it.id for it in data.items]
+    one = load_dataset(folder / "00000.tar", split="test")
+    assert [it.id for it in one.items] == ["000000000", "000000001", "000000002"]
+    assert {it.split for it in one.items} == {"test"}
+
+
+def test_an_image_is_read_from_its_shard_as_from_its_file(shards):
+    folder, images, _ = shards
+    data = load_dataset(folder)
+    for item, original in zip(data.items, images, strict=True):
+        inside = np.asarray(load_image(data.media_path(item)))
+        assert (inside == np.asarray(load_image(original))).all()
+    with pytest.raises(DataError, match="no member"):
+        load_image(folder / "00000.tar" / "missing.png")
+
+
+def test_bad_shards_are_named(shards, tmp_path):
+    folder, _, _ = shards
+    with pytest.raises(DataError, match="shard not found"):
+        load_dataset(f"{folder}/{{00000..00002}}.tar")
+    compressed = tmp_path / "c.tar"
+    with tarfile.open(compressed, "w:gz") as archive:
+        _add(archive, "a.png", b"x")
+    with pytest.raises(DataError, match="not a readable uncompressed tar"):
+        load_dataset(compressed, format="webdataset")
+    no_image = tmp_path / "n.tar"
+    with tarfile.open(no_image, "w") as archive:
+        _add(archive, "a.txt", b"a caption")
+        _add(archive, "b.png", _png())
+    with pytest.raises(DataError, match="has no image"):
+        load_dataset(no_image)
+    skipped = load_dataset(no_image, on_error="skip")
+    assert [it.id for it in skipped.items] == ["b"] and skipped.skipped[0].record == "a"
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_shards_are_indexed_and_served_like_files(shards, synth_data, tmp_path):
+    folder, images, _ = shards
+    model = tmp_path / "model"
+    create_model("tiny-cnn", captions=["a red circle", "a blue square"]).save(model)
+    pattern = f"{folder}/{{00000..00001}}.tar"
+    assert (
+        main(["index", "build", "--model", str(model), "--data", pattern, "--out", str(tmp_path / "wds")])
+        == 0
+    )
+    files = tmp_path / "files"
+    files.mkdir()
+    for n, path in enumerate(images):
+        (files / f"{n}.png").write_bytes(path.read_bytes())
+    plain = build_index(str(model), tmp_path / "plain", images=files, progress=False)
+    from_shards = (tmp_path / "wds").resolve()
+    assert (
+        np.load(from_shards / "embeddings.npy").tobytes()
+        == np.load(plain.resolve() / "embeddings.npy").tobytes()
+    )
+    searcher = Searcher(tmp_path / "wds")
+    assert searcher.meta["captions"] == 5
+    hits = searcher.text_to_image("a red circle", 6)
+    assert {h.path for h in hits} == {it.path for it in load_dataset(pattern).items}
+    client = TestClient(create_app(tmp_path / "wds"))
+    number = searcher.item_number(hits[0].id)
+    thumbnail = client.get(f"/thumbnail/{number}")
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/png"
+    media = client.get(f"/media/{number}")
+    original = images[[it.path for it in load_dataset(pattern).items].index(hits[0].path)]
+    assert media.status_code == 200 and media.content == original.read_bytes()
+    assert Path(searcher.media_path(hits[0].path)).parent.name.endswith(".tar")
