@@ -13,6 +13,8 @@ from vlret.errors import ConfigError
 def cmd_index_build(args: argparse.Namespace) -> int:
     from vlret.index import build_index
 
+    if args.embeddings:
+        return _index_from_embeddings(args)
     dataset = None
     if args.data:
         dataset = load_data(args)
@@ -70,6 +72,28 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         )
     for s in meta["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    return 0
+
+
+def _index_from_embeddings(args: argparse.Namespace) -> int:
+    from vlret.index.clip_retrieval import import_embeddings
+
+    budget = int(args.memory_gb * 2**30) if args.memory_gb else None
+    path = import_embeddings(
+        args.model, args.embeddings, args.out, args.media_root, args.on_disk, memory_budget_bytes=budget
+    )
+    meta = json.loads((path / "index.json").read_text())
+    print(f"index {path}: {meta['items']} items from {args.embeddings}, {meta['choice']['kind']}")
+    return 0
+
+
+def cmd_index_export(args: argparse.Namespace) -> int:
+    from vlret.index.clip_retrieval import export_embeddings
+
+    parts = export_embeddings(args.index, args.out, args.dtype)
+    print(
+        f"{args.out}: {len(parts)} part(s) of embeddings (img_emb/) and metadata (metadata/), clip-retrieval's layout"
+    )
     return 0
 
 
@@ -165,6 +189,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--videos", help="folder of videos (searched recursively; an image model pools its frames, meanP)"
     )
     build_source.add_argument("--data", help="annotation file or folder (captions are indexed too)")
+    build_source.add_argument(
+        "--embeddings",
+        help="a clip-retrieval embeddings folder (img_emb/, metadata/): indexed without encoding; "
+        "--model must be the model that made them",
+    )
     build.add_argument("--split", help="with --data: only this split")
     build.add_argument("--out", required=True, help="index path (a link to the current version)")
     build.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
@@ -199,6 +228,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_data_options(build)
     build.set_defaults(func=cmd_index_build)
+
+    export = index_cmds.add_parser(
+        "export",
+        help="write an index's embeddings and metadata in clip-retrieval's layout (autofaiss reads it)",
+    )
+    export.add_argument("index")
+    export.add_argument("--out", required=True, help="folder for img_emb/ and metadata/")
+    export.add_argument(
+        "--format", choices=["clip-retrieval"], default="clip-retrieval", help="the layout (clip-retrieval)"
+    )
+    export.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="embedding type (clip-retrieval: float16)",
+    )
+    export.set_defaults(func=cmd_index_export)
 
     search = commands.add_parser("search", help="search an index by text or by image")
     search.add_argument("index")

@@ -21,7 +21,19 @@ from vlret.data.vse import read_vse, vse_splits
 from vlret.data.webdataset import is_webdataset, read_webdataset
 from vlret.errors import DataError
 
-FORMATS = ("karpathy", "lavis", "csv", "vse", "precomp", "msrvtt", "didemo", "msvd", "lsmdc", "webdataset")
+FORMATS = (
+    "karpathy",
+    "lavis",
+    "csv",
+    "vse",
+    "precomp",
+    "msrvtt",
+    "didemo",
+    "msvd",
+    "lsmdc",
+    "webdataset",
+    "parquet",
+)
 
 
 def detect_format(path: str | Path) -> str:
@@ -57,6 +69,8 @@ def detect_format(path: str | Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
+    if suffix == ".parquet":
+        return "parquet"
     if suffix == ".json":
         with path.open("rb") as fh:
             head = fh.read(4096).lstrip()
@@ -76,7 +90,7 @@ def load_dataset(
 ) -> RetrievalDataset:
     """Read annotations in any supported format into a :class:`RetrievalDataset`.
 
-    ``options`` go to the format's reader (for CSV: ``path_column``, ``caption_column``, ``split_column``,
+    ``options`` go to the format's reader (for CSV and Parquet: ``path_column``, ``caption_column``, ``split_column``,
     ``default_split``; for LAVIS: ``split``; for VSE, precomp, DiDeMo, MSVD and LSMDC: ``splits``; for
     MSR-VTT: ``split_lists``; for DiDeMo: ``paragraph``; for DiDeMo, MSVD and LSMDC: ``suffix``; for
     webdataset shards: ``split``).
@@ -93,6 +107,7 @@ def load_dataset(
         "msvd": read_msvd,
         "lsmdc": read_lsmdc,
         "webdataset": read_webdataset,
+        "parquet": read_csv,  # the same table columns as CSV
     }
     if fmt not in readers:
         raise DataError(path, None, f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")

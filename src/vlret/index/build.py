@@ -437,20 +437,11 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
         n_captions = _index_captions(plan.encoders, dataset, {ids[i] for i in kept}, work, plan.progress)
     choice = choose_index(len(embeddings), embeddings.shape[1], plan.memory_budget_bytes)
     storage = write_faiss_index(embeddings, choice, work, plan.on_disk)
-    meta = {
-        "model": plan.model_name,
-        "media_root": str(plan.root),
-        "items": len(embeddings),
-        "captions": n_captions,
-        "dim": int(embeddings.shape[1]),
-        "choice": choice.as_dict(),
-        "storage": storage,
-        "memory_budget_bytes": plan.memory_budget_bytes,
-        "video": plan.video,
-        "skipped": [{"file": s["file"], "reason": s["reason"]} for s in skipped],
-        "vlret_version": vlret.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    meta = _index_meta(
+        plan.model_name, plan.root, embeddings, n_captions, choice, storage, plan.memory_budget_bytes
+    )
+    meta["video"] = plan.video
+    meta["skipped"] = [{"file": s["file"], "reason": s["reason"]} for s in skipped]
     if two_stage:
         meta["two_stage"] = {
             "head": plan.model.head.describe(),
@@ -462,6 +453,81 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
     shutil.rmtree(work / "chunks")
     (work / "manifest.json").unlink()
     return _publish(work, plan.out)
+
+
+def _index_meta(
+    model_name: str,
+    root: Path,
+    embeddings: np.ndarray,
+    n_captions: int,
+    choice: IndexChoice,
+    storage: str,
+    memory_budget_bytes: int | None,
+) -> dict:
+    """``index.json``'s common fields."""
+    return {
+        "model": model_name,
+        "media_root": str(root),
+        "items": len(embeddings),
+        "captions": n_captions,
+        "dim": int(embeddings.shape[1]),
+        "choice": choice.as_dict(),
+        "storage": storage,
+        "memory_budget_bytes": memory_budget_bytes,
+        "video": None,
+        "skipped": [],
+        "vlret_version": vlret.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def index_embeddings(
+    model_name: str,
+    out: str | Path,
+    embeddings: np.ndarray,
+    ids: list[str],
+    paths: list[str],
+    media_root: str | Path,
+    on_disk: bool = False,
+    memory_budget_bytes: int | None = None,
+    source: str | None = None,
+) -> Path:
+    """Publish an index over embeddings computed elsewhere (clip-retrieval's, say) for items ``ids`` at
+    ``paths`` (relative to ``media_root``); queries are encoded by ``model_name``, which must be the
+    model that made the embeddings. Rows are L2-normalised here (those of unit length already are kept as
+    they are); ``source`` is recorded."""
+    out = Path(out)
+    if out.exists() and not out.is_symlink():
+        raise ConfigError(f"{out} exists and is not a vlret index link; choose another path")
+    if not (len(embeddings) == len(ids) == len(paths)) or len(ids) == 0:
+        raise ConfigError(
+            f"{len(embeddings)} embeddings for {len(ids)} ids and {len(paths)} paths: give one row per item"
+        )
+    model_name = canonical_model_name(model_name)
+    work = out.with_name(out.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    vectors = open_memmap(work / "embeddings.npy", "w+", np.float32, tuple(embeddings.shape))
+    for start in range(0, len(embeddings), 65536):  # a part at a time: the input may be memory-mapped
+        part = np.asarray(embeddings[start : start + 65536], dtype=np.float32)
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        bad = np.flatnonzero(~np.isfinite(part).all(axis=1) | (norms[:, 0] == 0))
+        if len(bad):
+            raise DataError(
+                source or "embeddings", f"row {start + int(bad[0])}", "a zero or non-finite embedding"
+            )
+        # rows already of unit length are kept bit for bit (an exported index comes back unchanged)
+        vectors[start : start + len(part)] = part / np.where(np.abs(norms - 1) <= 1e-6, 1, norms)
+    vectors.flush()
+    write_columns(work, "items", {"id": list(ids), "path": list(paths)}, sort_by="id")
+    choice = choose_index(len(vectors), vectors.shape[1], memory_budget_bytes)
+    storage = write_faiss_index(vectors, choice, work, on_disk)
+    meta = _index_meta(
+        model_name, Path(media_root).resolve(), vectors, 0, choice, storage, memory_budget_bytes
+    )
+    meta["imported_from"] = source
+    write_json(work / "index.json", meta)
+    return _publish(work, out)
 
 
 def _index_captions(

@@ -1,0 +1,154 @@
+"""The embeddings folder layout of clip-retrieval, out of an index and back into one.
+
+clip-retrieval's ``inference`` writes ``img_emb/img_emb_{n}.npy`` (L2-normalised embeddings, float16) and
+``metadata/metadata_{n}.parquet`` (one row per embedding, in the same order: ``image_path``, and
+``caption`` when captions were read), part by part; autofaiss builds its indexes from ``img_emb`` and
+clip-retrieval's ``back`` serves them with the metadata. :func:`export_embeddings` writes a vlret index so
+(with vlret's item ``id`` as a further column); :func:`import_embeddings` publishes a vlret index from such
+a folder, without encoding anything, for the model that made the embeddings. Parquet needs pyarrow (the
+``parquet`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlret.errors import ConfigError, DataError
+from vlret.index.build import index_embeddings
+from vlret.index.search import Searcher
+from vlret.models.registry import create_model
+
+#: rows per part, as clip-retrieval's output partitions hold
+PART_ROWS = 1_000_000
+
+
+def _parquet():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("the clip-retrieval layout is Parquet: pip install 'vlret[parquet]'") from None
+    return pa, pq
+
+
+def export_embeddings(
+    index: str | Path, out: str | Path, dtype: str = "float16", part_rows: int = PART_ROWS
+) -> list[Path]:
+    """Write the index's item embeddings and metadata in clip-retrieval's layout; returns the parts'
+    embedding files. ``image_path`` is each item's absolute path; ``caption`` the item's first indexed
+    caption (empty without one)."""
+    pa, pq = _parquet()
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"dtype must be float16 (clip-retrieval's) or float32, not {dtype!r}")
+    searcher = Searcher(index)
+    out = Path(out)
+    (out / "img_emb").mkdir(parents=True, exist_ok=True)
+    (out / "metadata").mkdir(exist_ok=True)
+    first_caption: dict[str, str] = {}
+    for caption in searcher.captions or []:
+        first_caption.setdefault(caption["item_id"], caption["text"])
+    embeddings = searcher.images.embeddings
+    written = []
+    for part, start in enumerate(range(0, len(embeddings), part_rows)):
+        stop = min(start + part_rows, len(embeddings))
+        target = out / "img_emb" / f"img_emb_{part}.npy"
+        np.save(target, np.asarray(embeddings[start:stop], dtype=dtype))
+        rows = [searcher.items[n] for n in range(start, stop)]
+        table = pa.table(
+            {
+                "image_path": [str(searcher.media_root / r["path"]) for r in rows],
+                "caption": [first_caption.get(r["id"], "") for r in rows],
+                "id": [r["id"] for r in rows],
+            }
+        )
+        pq.write_table(table, out / "metadata" / f"metadata_{part}.parquet")
+        written.append(target)
+    return written
+
+
+def _parts(folder: Path) -> list[tuple[Path, Path]]:
+    embeddings = sorted(
+        (folder / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
+    )
+    if not embeddings:
+        raise DataError(folder, None, "no img_emb/img_emb_*.npy: not a clip-retrieval embeddings folder")
+    pairs = []
+    for path in embeddings:
+        meta = folder / "metadata" / f"metadata_{path.stem.rsplit('_', 1)[1]}.parquet"
+        if not meta.is_file():
+            raise DataError(meta, None, f"the metadata of {path.name} is missing")
+        pairs.append((path, meta))
+    return pairs
+
+
+def import_embeddings(
+    model_name: str,
+    folder: str | Path,
+    out: str | Path,
+    media_root: str | Path | None = None,
+    on_disk: bool = False,
+    memory_budget_bytes: int | None = None,
+) -> Path:
+    """Publish a vlret index from a clip-retrieval embeddings folder. Item paths come from
+    ``image_path`` (relative to ``media_root``, by default the folder all of them share), ids from an
+    ``id`` column when there is one, else the paths. The model must be the one that made the embeddings:
+    its dimension is checked."""
+    _, pq = _parquet()
+    folder = Path(folder)
+    arrays, image_paths, ids = [], [], []
+    for embeddings_file, meta_file in _parts(folder):
+        vectors = np.load(embeddings_file, mmap_mode="r")
+        table = pq.read_table(meta_file)
+        if "image_path" not in table.column_names:
+            raise DataError(meta_file, "schema", f"no column 'image_path'; it has {table.column_names}")
+        if table.num_rows != len(vectors):
+            raise DataError(
+                meta_file,
+                None,
+                f"{table.num_rows} rows for the {len(vectors)} embeddings of {embeddings_file.name}",
+            )
+        paths = [str(p) for p in table.column("image_path").to_pylist()]
+        image_paths += paths
+        ids += [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else paths
+        arrays.append(vectors)
+    embeddings = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    root = Path(media_root) if media_root else _common_folder(image_paths)
+    relative = [_relative(p, root) for p in image_paths]
+    _check_dimension(model_name, embeddings.shape[1], folder)
+    return index_embeddings(
+        model_name, out, embeddings, ids, relative, root, on_disk, memory_budget_bytes, source=str(folder)
+    )
+
+
+def _common_folder(paths: list[str]) -> Path:
+    absolute = [p for p in paths if os.path.isabs(p)]
+    if len(absolute) != len(paths):
+        raise ConfigError(
+            "image_path holds relative paths: give --media-root, the folder they are relative to"
+        )
+    return Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+
+
+def _relative(path: str, root: Path) -> str:
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        return candidate.as_posix()
+    try:
+        return candidate.relative_to(root).as_posix()
+    except ValueError:
+        raise ConfigError(f"{path} lies outside the media root {root}") from None
+
+
+def _check_dimension(model_name: str, dim: int, folder: Path) -> None:
+    model = create_model(model_name).eval()
+    with torch.no_grad():
+        model_dim = model.encode_texts(model.tokenize(["a photo"])).embeds.shape[1]
+    if model_dim != dim:
+        raise ConfigError(
+            f"{folder}: its embeddings have {dim} dimensions and {model_name}'s {model_dim}: give the model "
+            "that made them"
+        )

@@ -1,0 +1,148 @@
+"""Embeddings out of an index in clip-retrieval's layout and back (issue 28, section 1), and Parquet tables
+of paths and captions as a data format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vlret.cli import main
+from vlret.data import load_dataset
+from vlret.errors import ConfigError, DataError
+from vlret.index import Searcher, build_index
+from vlret.index.clip_retrieval import export_embeddings, import_embeddings
+from vlret.models import create_model
+
+
+@pytest.fixture(scope="module")
+def built(synth_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip-retrieval")
+    model = root / "model"
+    create_model("tiny-cnn", captions=["a red circle", "a blue square"]).save(model)
+    data = load_dataset(synth_data).split("test")
+    return model, data, build_index(str(model), root / "idx", dataset=data, progress=False)
+
+
+def test_export_writes_the_layout_clip_retrieval_and_autofaiss_read(built, tmp_path):
+    model, data, index = built
+    searcher = Searcher(index)
+    assert main(["index", "export", str(index), "--out", str(tmp_path / "emb")]) == 0
+    vectors = np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy")
+    assert vectors.dtype == np.float16 and vectors.shape == searcher.images.embeddings.shape
+    np.testing.assert_allclose(vectors, searcher.images.embeddings, atol=1e-3)
+    table = pq.read_table(tmp_path / "emb" / "metadata" / "metadata_0.parquet").to_pylist()
+    assert len(table) == len(vectors)
+    for n, row in enumerate(table):
+        item = searcher.items[n]
+        assert row["id"] == item["id"]
+        assert row["image_path"] == str(data.media_root.resolve() / item["path"])
+        assert row["caption"] == next(c.text for c in data.captions if c.item_id == item["id"])
+    parts = export_embeddings(index, tmp_path / "parts", dtype="float32", part_rows=4)
+    assert [p.name for p in parts] == ["img_emb_0.npy", "img_emb_1.npy"]
+    assert np.load(parts[1]).shape[0] == len(vectors) - 4
+
+
+def test_an_export_imported_back_searches_as_the_index(built, tmp_path):
+    model, data, index = built
+    export_embeddings(index, tmp_path / "emb", dtype="float32", part_rows=4)
+    original = Searcher(index)
+    args = ["index", "build", "--model", str(model), "--embeddings", str(tmp_path / "emb")]
+    args += ["--media-root", str(original.media_root)]
+    assert main([*args, "--out", str(tmp_path / "back")]) == 0
+    back = Searcher(tmp_path / "back")
+    assert back.images.embeddings.tobytes() == original.images.embeddings.tobytes()
+    assert list(back.items) == list(original.items) and back.media_root == original.media_root
+    # without a media root: the folder the files share, the same files
+    shared = Searcher(import_embeddings(str(model), tmp_path / "emb", tmp_path / "shared"))
+    assert [shared.media_path(r["path"]) for r in shared.items] == [
+        original.media_path(r["path"]) for r in original.items
+    ]
+    for text in [c.text for c in data.captions[:4]]:
+        assert [(h.id, h.path) for h in back.text_to_image(text, 6)] == [
+            (h.id, h.path) for h in original.text_to_image(text, 6)
+        ]
+    assert back.meta["imported_from"] == str(tmp_path / "emb")
+
+
+def _foreign(folder, parts, dim=8, with_ids=False):
+    """A clip-retrieval folder as its inference writes one: parts of embeddings and paths, no vlret ids."""
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    rng = np.random.default_rng(0)
+    rows, n = [], 0
+    for part, size in enumerate(parts):
+        vectors = rng.standard_normal((size, dim)).astype(np.float32)
+        np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors)
+        paths = [f"/data/photos/{'a' if k % 2 else 'b'}/{n + k}.jpg" for k in range(size)]
+        columns = {"image_path": paths, "caption": ["x"] * size, "url": ["http://e/"] * size}
+        if with_ids:
+            columns["id"] = [f"i{n + k}" for k in range(size)]
+        pq.write_table(pa.table(columns), folder / "metadata" / f"metadata_{part}.parquet")
+        rows.append(vectors)
+        n += size
+    return np.concatenate(rows)
+
+
+def test_a_folder_clip_retrieval_wrote_is_indexed_in_part_order(tmp_path, monkeypatch):
+    import vlret.index.clip_retrieval as module
+
+    monkeypatch.setattr(module, "_check_dimension", lambda *a: None)  # any model: the vectors are random
+    raw = _foreign(tmp_path / "emb", [3, 12, 2])  # part 10 sorts after 2 by number, not by text
+    (tmp_path / "emb" / "img_emb" / "img_emb_1.npy").rename(tmp_path / "emb" / "img_emb" / "img_emb_10.npy")
+    (tmp_path / "emb" / "metadata" / "metadata_1.parquet").rename(
+        tmp_path / "emb" / "metadata" / "metadata_10.parquet"
+    )
+    order = np.concatenate([raw[:3], raw[15:], raw[3:15]])  # parts 0, 2, 10
+    index = import_embeddings("tiny-cnn", tmp_path / "emb", tmp_path / "idx")
+    searcher = Searcher(index)
+    np.testing.assert_allclose(
+        searcher.images.embeddings, order / np.linalg.norm(order, axis=1, keepdims=True), rtol=1e-6
+    )
+    assert str(searcher.media_root) == "/data/photos"
+    assert searcher.items[0] == {"id": "/data/photos/b/0.jpg", "path": "b/0.jpg"}  # no id column: the path
+    assert searcher.items[3]["path"] == "b/15.jpg"  # part 2 comes before part 10
+
+
+def test_bad_embedding_folders_are_named(built, tmp_path):
+    model, _, _ = built
+    _foreign(tmp_path / "dims", [3], dim=8)
+    with pytest.raises(ConfigError, match="8 dimensions"):
+        import_embeddings(str(model), tmp_path / "dims", tmp_path / "a")
+    _foreign(tmp_path / "lost", [3, 2])
+    (tmp_path / "lost" / "metadata" / "metadata_1.parquet").unlink()
+    with pytest.raises(DataError, match="metadata_1.parquet"):
+        import_embeddings(str(model), tmp_path / "lost", tmp_path / "b")
+    with pytest.raises(DataError, match="not a clip-retrieval embeddings folder"):
+        import_embeddings(str(model), tmp_path, tmp_path / "c")
+    _foreign(tmp_path / "short", [3])
+    pq.write_table(
+        pa.table({"image_path": ["/x/1.jpg"]}), tmp_path / "short" / "metadata" / "metadata_0.parquet"
+    )
+    with pytest.raises(DataError, match="1 rows for the 3 embeddings"):
+        import_embeddings(str(model), tmp_path / "short", tmp_path / "d")
+
+
+def test_a_parquet_table_reads_as_the_same_csv(tmp_path):
+    rows = [
+        ("a.jpg", "a red circle", "test"),
+        ("a.jpg", "a round red thing", "test"),
+        ("b.jpg", "a square", "train"),
+    ]
+    (tmp_path / "t.csv").write_text("image,caption,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in rows))
+    pq.write_table(
+        pa.table(
+            {"image": [r[0] for r in rows], "caption": [r[1] for r in rows], "split": [r[2] for r in rows]}
+        ),
+        tmp_path / "t.parquet",
+    )
+    from_csv, from_parquet = load_dataset(tmp_path / "t.csv"), load_dataset(tmp_path / "t.parquet")
+    assert from_parquet.format == "parquet"
+    assert from_parquet.items == from_csv.items and from_parquet.captions == from_csv.captions
+    pq.write_table(pa.table({"image": ["c.jpg"], "caption": [None]}), tmp_path / "null.parquet")
+    with pytest.raises(DataError, match="row 1: empty 'caption'"):
+        load_dataset(tmp_path / "null.parquet")
+    pq.write_table(pa.table({"path": ["c.jpg"]}), tmp_path / "cols.parquet")
+    with pytest.raises(DataError, match="no column 'image'"):
+        load_dataset(tmp_path / "cols.parquet")
