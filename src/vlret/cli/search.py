@@ -88,8 +88,21 @@ def _index_from_embeddings(args: argparse.Namespace) -> int:
 
 
 def cmd_index_export(args: argparse.Namespace) -> int:
+    if args.format == "qdrant":
+        from vlret.index.qdrant import export_to_qdrant
+
+        if not args.qdrant:
+            raise ConfigError("--format qdrant: give --qdrant URL (a server) or FOLDER (embedded local mode)")
+        collection, points = export_to_qdrant(args.index, args.qdrant, args.collection)
+        print(f"{args.qdrant}: collection {collection!r} holds {points} points")
+        print(
+            f"search through it: vlret search {args.index} --qdrant {args.qdrant} --collection {collection} TEXT"
+        )
+        return 0
     from vlret.index.clip_retrieval import export_embeddings
 
+    if not args.out:
+        raise ConfigError("--format clip-retrieval: give --out FOLDER")
     parts = export_embeddings(args.index, args.out, args.dtype)
     print(
         f"{args.out}: {len(parts)} part(s) of embeddings (img_emb/) and metadata (metadata/), clip-retrieval's layout"
@@ -97,10 +110,28 @@ def cmd_index_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_qdrant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--qdrant", help="a Qdrant server URL (http://host:6333) or a folder (its embedded local mode)"
+    )
+    parser.add_argument("--collection", help="the Qdrant collection (default: the index's name)")
+
+
+def item_vectors(args: argparse.Namespace):
+    """What ``Searcher(item_vectors=...)`` takes for ``--qdrant``, or None."""
+    if not args.qdrant:
+        return None
+    from functools import partial
+
+    from vlret.index.qdrant import QdrantVectors, default_collection
+
+    return partial(QdrantVectors, args.qdrant, args.collection or default_collection(args.index))
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from vlret.index import Searcher
 
-    searcher = Searcher(args.index)
+    searcher = Searcher(args.index, item_vectors=item_vectors(args))
     if (args.query is None) == (args.image is None):
         raise ConfigError("give a query text or --image PATH (one of them)")
     if args.image:
@@ -138,6 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "visa_timeout": args.visa_timeout,
         "prompts": args.prompts,
         "check_every": args.check_every,
+        "qdrant": args.qdrant,
+        "qdrant_collection": args.collection,
     }
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
@@ -234,10 +267,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="write an index's embeddings and metadata in clip-retrieval's layout (autofaiss reads it)",
     )
     export.add_argument("index")
-    export.add_argument("--out", required=True, help="folder for img_emb/ and metadata/")
+    export.add_argument("--out", help="clip-retrieval: folder for img_emb/ and metadata/")
     export.add_argument(
-        "--format", choices=["clip-retrieval"], default="clip-retrieval", help="the layout (clip-retrieval)"
+        "--format",
+        choices=["clip-retrieval", "qdrant"],
+        default="clip-retrieval",
+        help="clip-retrieval's folder layout, or a Qdrant collection (the qdrant extra)",
     )
+    add_qdrant_options(export)
     export.add_argument(
         "--dtype",
         choices=["float16", "float32"],
@@ -253,6 +290,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--target", choices=["images", "captions"], default="images", help="what to return")
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--json", action="store_true")
+    add_qdrant_options(search)
     search.set_defaults(func=cmd_search)
 
     serve = commands.add_parser("serve", help="serve an index over HTTP with a web page")
@@ -266,6 +304,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="replica processes over the one index (each loads the model; one VISA cache, shared live)",
     )
     serve.add_argument("--visa-config", help="VISA YAML: enables the re-ranking toggle")
+    add_qdrant_options(serve)
     serve.add_argument(
         "--prompts",
         help="a prompts folder of `vlret prompts train` (RUN/prompts) learnt on the index's model: "

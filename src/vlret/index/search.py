@@ -11,6 +11,7 @@ compare two items or two texts, which a text-to-item head cannot score: they ran
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,16 @@ class _Vectors:
 class Searcher:
     """Open an index folder (or link) built by :func:`vlret.index.build_index`."""
 
-    def __init__(self, index: str | Path, model=None, first_stage_model=None, shortlist: int | None = None):
+    def __init__(
+        self,
+        index: str | Path,
+        model=None,
+        first_stage_model=None,
+        shortlist: int | None = None,
+        item_vectors: Callable[[np.ndarray], object] | None = None,
+    ):
+        """``item_vectors``, given the index's embeddings, returns what searches the items instead of the
+        index's FAISS index (a database: :class:`vlret.index.qdrant.QdrantVectors`)."""
         path = Path(index)
         if not (path / "index.json").is_file():
             raise ConfigError(f"{index}: not a vlret index (no index.json)")
@@ -124,14 +134,12 @@ class Searcher:
         except (KeyError, TypeError, ValueError) as exc:
             self._damaged("index.json", f"a field is missing or malformed ({exc})")
         embeddings = self._read("embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
-        faiss_index = self._read_faiss_index()
-        indexed = len(embeddings) if faiss_index is None else faiss_index.ntotal
-        if not (len(self.items) == len(embeddings) == indexed):
-            self._damaged(
-                "items.* / embeddings.npy / faiss.index",
-                f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {indexed})",
-            )
-        self.images = _Vectors(embeddings, faiss_index, nprobe, refine)
+        if item_vectors is not None:
+            if len(self.items) != len(embeddings):
+                self._damaged("items.* / embeddings.npy", "they disagree on the number of items")
+            self.images = item_vectors(embeddings)
+        else:
+            self.images = self._open_vectors(embeddings, nprobe, refine)
         self.captions = self._read_captions()
         if self.captions is not None:
             vectors = self._read("caption_embeddings.npy", lambda p: np.load(p, mmap_mode="r"))
@@ -167,6 +175,16 @@ class Searcher:
 
     def _damaged(self, name: str, reason: str):
         raise ConfigError(f"{self.path}: damaged index ({name}: {reason}); rebuild it with vlret index build")
+
+    def _open_vectors(self, embeddings: np.ndarray, nprobe: int, refine: int) -> _Vectors:
+        faiss_index = self._read_faiss_index()
+        indexed = len(embeddings) if faiss_index is None else faiss_index.ntotal
+        if not (len(self.items) == len(embeddings) == indexed):
+            self._damaged(
+                "items.* / embeddings.npy / faiss.index",
+                f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {indexed})",
+            )
+        return _Vectors(embeddings, faiss_index, nprobe, refine)
 
     def _read_faiss_index(self):
         """The FAISS index, its inverted lists left on disk when it was built so; None for an exact index

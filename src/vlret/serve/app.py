@@ -23,6 +23,7 @@ import logging
 import mimetypes
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from vlret.data.tar_members import read_member, tar_member
 from vlret.data.video import FrameSampling, is_video_path, load_video_frames
 from vlret.errors import ConfigError, DataError, VlretError
 from vlret.index.class_search import ClassSearch
+from vlret.index.qdrant import QdrantVectors, default_collection
 from vlret.index.search import Hit, Searcher
 from vlret.serve.batching import MicroBatcher
 from vlret.serve.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, read_upload
@@ -74,9 +76,12 @@ class IndexVersion:
         return self.searcher.path.name
 
 
-def open_version(folder: Path, prompts: str | Path | None = None) -> IndexVersion:
-    """Open an index version with its models loaded, ready to answer its first query at once."""
-    searcher = Searcher(folder)
+def open_version(
+    folder: Path, prompts: str | Path | None = None, item_vectors: Callable | None = None
+) -> IndexVersion:
+    """Open an index version with its models loaded, ready to answer its first query at once;
+    ``item_vectors`` as :class:`~vlret.index.search.Searcher` takes it."""
+    searcher = Searcher(folder, item_vectors=item_vectors)
     model_name = public_model_name(searcher.meta["model"], searcher.model.name)
     searcher.first_stage_model  # noqa: B018 - loaded here, not on the first query
     classes = None if prompts is None else ClassSearch(searcher, prompts)
@@ -97,12 +102,12 @@ class SearchService:
         batch_window: float = 0.001,
         prompts: str | Path | None = None,
         check_every: float = CHECK_EVERY,
+        item_vectors: Callable | None = None,
     ):
         if not (Path(index) / "index.json").is_file():
             Searcher(index)  # names the problem
-        self.versions = VersionFollower(
-            index, partial(open_version, prompts=prompts), lambda v: v.name, check_every
-        )
+        opener = partial(open_version, prompts=prompts, item_vectors=item_vectors)
+        self.versions = VersionFollower(index, opener, lambda v: v.name, check_every)
         # One thread runs the model for every query, text or image: torch keeps a pool of compute threads
         # per calling thread, and two pools on two cores would only get in each other's way.
         self.queries = MicroBatcher(self._hits, max_batch, batch_window, name="vlret-model")
@@ -261,13 +266,26 @@ def create_app(
     visa_timeout: float = VISA_TIMEOUT,
     prompts: str | Path | None = None,
     check_every: float = CHECK_EVERY,
+    qdrant: str | None = None,
+    qdrant_collection: str | None = None,
 ) -> FastAPIOffline:
     """The app for one index; ``visa_config`` (a VISA YAML) enables the re-ranking toggle, ``prompts`` (a
     ``RUN/prompts`` folder of ``vlret prompts train``) search by class and image classification. The app
     moves to a newer version of the index within ``check_every`` seconds of its publication
-    (:mod:`vlret.serve.versions`)."""
+    (:mod:`vlret.serve.versions`). ``qdrant`` (a server URL or a local folder) searches the items in that
+    Qdrant collection (``qdrant_collection``, by default the index's name) instead of the index's FAISS
+    vectors."""
+    vectors = None
+    if qdrant is not None:
+        vectors = partial(QdrantVectors, qdrant, qdrant_collection or default_collection(index))
     service = SearchService(
-        index, visa_config, visa_cache, visa_timeout, prompts=prompts, check_every=check_every
+        index,
+        visa_config,
+        visa_cache,
+        visa_timeout,
+        prompts=prompts,
+        check_every=check_every,
+        item_vectors=vectors,
     )
 
     @asynccontextmanager

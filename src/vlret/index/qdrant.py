@@ -1,0 +1,121 @@
+"""An index's vectors in Qdrant, for collections that need a database (the ``qdrant`` extra).
+
+:func:`export_to_qdrant` writes the item embeddings of a vlret index into a Qdrant collection: one point
+per item, its id the item's row in the index, its payload the item's ``id`` and ``path``, cosine distance.
+It uploads in batches, each acknowledged before the next, so an export that was stopped resumes at the
+points already there. :class:`QdrantVectors` searches that collection in place of the index's FAISS
+vectors (``Searcher(index, vectors=...)``, ``vlret search --qdrant``, ``vlret serve --qdrant``): the model,
+the items and the results are the index's, so the answers have the same form as without Qdrant.
+
+``target`` is a server URL (``http://host:6333``, for production) or a folder, opened with Qdrant's
+embedded local mode (one process at a time; for tests and small collections).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vlret.errors import ConfigError
+from vlret.index.search import Searcher
+
+#: points per upload request
+BATCH = 1024
+
+
+def _qdrant():
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError:
+        raise ConfigError("Qdrant needs its client: pip install 'vlret[qdrant]'") from None
+    return QdrantClient, models
+
+
+def connect(target: str | Path):
+    """A Qdrant client for a server URL or an embedded local folder."""
+    client_class, _ = _qdrant()
+    text = str(target)
+    if text.startswith(("http://", "https://")):
+        return client_class(url=text)
+    return client_class(path=text)
+
+
+def default_collection(index: str | Path) -> str:
+    """The collection an index is exported to unless one is named: the index link's name."""
+    return Path(index).name.replace(".", "_")
+
+
+def export_to_qdrant(
+    index: str | Path, target: str | Path, collection: str | None = None, progress: bool = True
+) -> tuple[str, int]:
+    """Upload the index's item embeddings to ``collection`` at ``target``; returns the collection and
+    its number of points. A collection of another dimension or distance is refused, not overwritten."""
+    _, models = _qdrant()
+    searcher = Searcher(index)
+    collection = collection or default_collection(index)
+    embeddings = searcher.images.embeddings
+    client = connect(target)
+    try:
+        if client.collection_exists(collection):
+            params = client.get_collection(collection).config.params.vectors
+            if params.size != embeddings.shape[1] or params.distance != models.Distance.COSINE:
+                raise ConfigError(
+                    f"{target}: collection {collection!r} holds {params.size}-d {params.distance} vectors, and "
+                    f"the index {embeddings.shape[1]}-d cosine ones; name another with --collection"
+                )
+            done = client.count(collection, exact=True).count // BATCH * BATCH  # whole batches are in
+        else:
+            client.create_collection(
+                collection,
+                vectors_config=models.VectorParams(size=embeddings.shape[1], distance=models.Distance.COSINE),
+            )
+            done = 0
+        starts = range(done, len(embeddings), BATCH)
+        for start in tqdm(starts, desc="qdrant upload", unit="batch", disable=not progress):
+            stop = min(start + BATCH, len(embeddings))
+            rows = [searcher.items[n] for n in range(start, stop)]
+            batch = models.Batch(
+                ids=list(range(start, stop)),
+                vectors=np.asarray(embeddings[start:stop], dtype=np.float32).tolist(),
+                payloads=[{"id": r["id"], "path": r["path"]} for r in rows],
+            )
+            client.upsert(collection, points=batch, wait=True)
+        return collection, client.count(collection, exact=True).count
+    finally:
+        client.close()
+
+
+class QdrantVectors:
+    """A Qdrant collection searched as an index's item vectors: ``search(vector, k)`` gives the scores
+    and row numbers, best first, as the index's own vectors do."""
+
+    def __init__(self, target: str | Path, collection: str, embeddings: np.ndarray):
+        self.client = connect(target)
+        self.collection = collection
+        self.embeddings = embeddings  # the index's, for the count and for callers that read rows
+        if not self.client.collection_exists(collection):
+            raise ConfigError(
+                f"{target}: no collection {collection!r}; export the index to it with vlret index export "
+                "--format qdrant"
+            )
+        points = self.client.count(collection, exact=True).count
+        if points != len(embeddings):
+            raise ConfigError(
+                f"{target}: collection {collection!r} holds {points} points and the index {len(embeddings)} "
+                "items; finish the export (run it again) or name the collection of this index"
+            )
+        self.faiss_index = None
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self.client.query_points(
+            self.collection, query=np.asarray(query, dtype=np.float32).ravel().tolist(), limit=k
+        ).points
+        return (
+            np.array([p.score for p in found], dtype=np.float32),
+            np.array([int(p.id) for p in found], dtype=np.int64),
+        )
+
+    def close(self) -> None:
+        self.client.close()
