@@ -138,3 +138,55 @@ def test_shards_are_indexed_and_served_like_files(shards, synth_data, tmp_path):
     original = images[[it.path for it in load_dataset(pattern).items].index(hits[0].path)]
     assert media.status_code == 200 and media.content == original.read_bytes()
     assert Path(searcher.media_path(hits[0].path)).parent.name.endswith(".tar")
+
+
+class _Pairs:
+    """Just the length of a pair source: what the sampling order reads."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def test_resampled_epochs_draw_pairs_with_replacement_uniformly():
+    from scipy.stats import chisquare
+
+    from vlret.train.data import EpochBatches
+    from vlret.train.distributed import DistInfo
+
+    def order(n, epoch, sampling, seed=0):
+        return EpochBatches(_Pairs(n), None, 10, epoch, seed, DistInfo(), sampling=sampling).order
+
+    assert sorted(order(50, 0, "epoch")) == list(range(50))  # a permutation: each pair once
+    drawn = order(10_000, 0, "resampled")
+    # with replacement: the share of pairs drawn at least once is 1 - (1 - 1/n)^n, about 1 - 1/e
+    assert abs(len(set(drawn.tolist())) / 10_000 - (1 - (1 - 1 / 10_000) ** 10_000)) < 0.015
+    counts = np.bincount(np.concatenate([order(50, e, "resampled") for e in range(400)]), minlength=50)
+    assert chisquare(counts).pvalue > 1e-3  # uniform over the pairs (400 draws each on average)
+    assert (order(50, 3, "resampled") == order(50, 3, "resampled")).all()  # a resumed epoch draws the same
+    assert (order(50, 3, "resampled") != order(50, 4, "resampled")).any()
+    with pytest.raises(ValueError, match="sampling"):
+        order(50, 0, "shuffled")
+
+
+def test_a_model_trains_on_shards_with_resampled_epochs(shards, tmp_path):
+    folder, _, _ = shards
+    args = [
+        "train",
+        "--recipe",
+        "demo_tiny",
+        f"data.path={folder}/{{00000..00001}}.tar",
+        "data.val_split=none",
+    ]
+    args += [
+        "data.sampling=resampled",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    assert main(args) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics)
+    assert main([*args[:-1], f"output_dir={tmp_path / 'bad'}", "data.sampling=sometimes"]) == 2

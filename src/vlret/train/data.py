@@ -167,14 +167,24 @@ class EpochBatches(Dataset):
         seed: int,
         info: DistInfo,
         start_batch: int = 0,
+        sampling: str = "epoch",
     ):
+        """``sampling``: ``epoch`` visits every pair once per epoch in a shuffled order; ``resampled`` draws
+        an epoch's pairs with replacement (open_clip's ``--dataset-resampled``, for streams of shards where
+        an epoch is only a unit of measure), so a pair may come twice or not at all."""
         if batch_size % info.world_size:
             raise ValueError(
                 f"batch size {batch_size} does not split evenly over {info.world_size} processes"
             )
         self.source, self.tokenize = source, tokenize
         self.batch_size, self.epoch, self.seed, self.info = batch_size, epoch, seed, info
-        self.order = np.random.default_rng([seed, epoch]).permutation(len(source))
+        rng = np.random.default_rng([seed, epoch])
+        if sampling == "resampled":
+            self.order = rng.integers(0, len(source), size=len(source))
+        elif sampling == "epoch":
+            self.order = rng.permutation(len(source))
+        else:
+            raise ValueError(f"sampling must be epoch or resampled, not {sampling!r}")
         self.n_batches = len(source) // batch_size
         self.start_batch = start_batch
 

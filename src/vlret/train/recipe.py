@@ -47,6 +47,9 @@ class DataSection:
     crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random-resized-crop area range
     hflip: bool = False  # off by default: captions say "left" and "right"
     num_workers: int = 0
+    # epoch: every pair once per epoch, shuffled; resampled: an epoch's pairs drawn with replacement
+    # (open_clip's --dataset-resampled, for webdataset shards too large to go through evenly)
+    sampling: str = "epoch"
 
 
 @dataclass
@@ -249,6 +252,7 @@ def _check_data(data: DataSection) -> None:
         lo_hi,
     )
     _require(data.num_workers >= 0, "data.num_workers", "an integer >= 0", data.num_workers)
+    _require(data.sampling in ("epoch", "resampled"), "data.sampling", "epoch or resampled", data.sampling)
     for key in ("train_split", "val_split"):
         _require(bool(getattr(data, key)), f"data.{key}", "a split name", getattr(data, key))
     if data.val_split == "test":

@@ -511,6 +511,7 @@ class Trainer:
             r.train.seed,
             self.info,
             step_in_epoch * k,
+            r.data.sampling,
         )
         loader = epoch_loader(batches, r.data.num_workers)
         loader = prefetch(iter(loader)) if r.data.num_workers == 0 else iter(loader)
