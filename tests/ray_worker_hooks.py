@@ -29,3 +29,28 @@ def die_in_the_first_chunk() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     build._encode_chunk = encode_or_die
+
+
+def die_in_a_visa_unit() -> None:
+    """The first worker to compute its third VISA unit is killed while it holds that unit's claim; the
+    units it stored before stay stored. Later workers compute normally."""
+    from vlret.rerank.visa import pipeline
+
+    marker = Path(os.environ["VLRET_TEST_KILL_MARKER"])
+    compute_once = pipeline.Visa._compute_once
+    calls = []
+
+    def compute_or_die(self, stage, key, compute):
+        calls.append(key)
+        if len(calls) == 3:
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                return compute_once(self, stage, key, compute)
+            os.write(fd, f"{os.getpid()} {stage}.{key}".encode())
+            os.close(fd)
+            self.claims.try_claim(f"{stage}.{key}")  # hold the unit, as a worker computing it does
+            os.kill(os.getpid(), signal.SIGKILL)
+        return compute_once(self, stage, key, compute)
+
+    pipeline.Visa._compute_once = compute_or_die

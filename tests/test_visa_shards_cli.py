@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 
+import numpy as np
 import pytest
 
 from vlret.cli import main
@@ -70,3 +71,45 @@ def test_visa_on_a_local_ray_cluster_equals_one_process(synth_data, tmp_path, ca
         assert sum(s["stages"][stage]["computed"] for s in shards) == one["stages"][stage]["computed"] > 0
     assert main([*args, "--out", str(tmp_path / "x"), "--engine", "ray", "--shard", "0/2"]) == 2
     assert "give one or the other" in capsys.readouterr().err
+
+
+def test_a_visa_shard_whose_ray_worker_is_killed_is_retried(synth_data, tmp_path):
+    """A Ray worker dies (SIGKILL) holding the claim of a VISA unit: Ray runs the shard again, the units
+    stored before the kill are kept, the dead worker's claim is taken over, and the result equals one
+    process's."""
+    import os
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray")
+    from vlret.data import load_dataset
+    from vlret.rerank.visa.config import VisaConfig
+    from vlret.rerank.visa.ray_engine import run_visa_with_ray
+    from vlret.rerank.visa.run import base_from_scores, run_visa
+
+    split = load_dataset(synth_data).split("test")
+    scores = np.random.default_rng(0).normal(size=(len(split.captions), len(split.items))).astype(np.float32)
+    config = VisaConfig(k=4, concurrency=1)
+    base = base_from_scores(scores, split, config.k)
+    one = run_visa(split, *base, config, tmp_path / "one")
+    marker = tmp_path / "killed"
+    tests = str(Path(__file__).parent)
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "worker_process_setup_hook": "ray_worker_hooks.die_in_a_visa_unit",
+            "env_vars": {
+                "VLRET_TEST_KILL_MARKER": str(marker),
+                "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+            },
+        },
+    )
+    try:
+        merged = run_visa_with_ray(split, *base, config, tmp_path / "ray", workers=2)
+    finally:
+        ray.shutdown()
+    pid, unit = marker.read_text().split()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)
+    assert not (tmp_path / "ray" / "claims" / f".{unit}.claim").exists()  # taken over and released
+    assert merged["metrics"] == one["metrics"]
