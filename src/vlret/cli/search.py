@@ -16,6 +16,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.embeddings:
         return _index_from_embeddings(args)
     dataset = None
+    if args.webdataset:  # the data option, with the format said
+        args.data, args.format = args.webdataset, "webdataset"
     if args.data:
         dataset = load_data(args)
         if args.split:
@@ -222,6 +224,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--videos", help="folder of videos (searched recursively; an image model pools its frames, meanP)"
     )
     build_source.add_argument("--data", help="annotation file or folder (captions are indexed too)")
+    build_source.add_argument(
+        "--webdataset",
+        metavar="SHARDS",
+        help="webdataset shards: 'shards/{00000..00099}.tar' (quoted), a .tar or a folder of them; the same "
+        "as --data SHARDS",
+    )
     build_source.add_argument(
         "--embeddings",
         help="a clip-retrieval embeddings folder (img_emb/, metadata/): indexed without encoding; "
