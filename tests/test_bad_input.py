@@ -134,7 +134,7 @@ def test_non_finite_weights_are_never_saved(synth_data, tmp_path):
         ("data.crop_scale=[0.5, 1.5]", "data.crop_scale: expected [low, high] with 0 < low <= high <= 1"),
         ("data.crop_scale=[0.9, 0.5]", "data.crop_scale"),
         ("data.num_workers=-1", "data.num_workers: expected an integer >= 0"),
-        ("data.format=parquet", "data.format: expected auto or one of karpathy"),
+        ("data.format=xml", "data.format: expected auto or one of karpathy"),
         ("train.device=tpu", "train.device: expected auto, cpu, cuda or cuda:N"),
         ("train.batch_size=0", "train.batch_size: expected an integer >= 1"),
         ("train.max_steps=0", "train.max_steps: expected null or an integer >= 1"),
