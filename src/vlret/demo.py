@@ -6,7 +6,9 @@
 3. evaluate the best checkpoint, and the same architecture untrained, on the test split;
 4. re-rank the trained model's text->image top 20 with VISA on offline backends that read the pixels;
 5. print the tables and write the result JSONs and an HTML report (curves and sample queries);
-6. index the test images (and captions) with the trained model, ready for ``vlret serve``.
+6. index the test images (and captions) with the trained model, ready for ``vlret serve``;
+7. index a few real photos that installed packages ship with ``conse``, the training-free real-photo model,
+   and search them by text (:func:`search_real_photos`).
 
 ``vlret demo --video`` runs the same steps on the synthetic video benchmark instead (:func:`run_video_demo`):
 the tiny CNN with the temporal transformer, meanP (the untrained-pooling baseline is the same frame tower
@@ -125,7 +127,32 @@ def run_demo(
         dataset=trainer.data.split("test"),
         progress=False,
     )
-    return {"table": table, "results": paths, "report": str(report), "train": summary, "index": str(index)}
+    photos = search_real_photos(out / "photos", out / "photos_index")
+    return {
+        "table": table,
+        "results": paths,
+        "report": str(report),
+        "train": summary,
+        "index": str(index),
+        "photos": photos,
+    }
+
+
+#: what the demo asks of the real photos
+PHOTO_QUERIES = ("a cat", "a cup of coffee", "a flower")
+
+
+def search_real_photos(folder: Path, index_path: Path, queries=PHOTO_QUERIES, k: int = 3) -> dict:
+    """Index the sample photos with ``conse`` and search them: ``{"index", "photos", "queries": {query:
+    [(file, score), ...]}}``."""
+    from vlret.data.sample_photos import write_sample_photos
+    from vlret.index import Searcher
+
+    photos = write_sample_photos(folder)
+    index = build_index("conse", index_path, images=folder, progress=False)
+    searcher = Searcher(index)
+    found = {q: [(h.path, h.score) for h in searcher.text_to_image(q, k)] for q in queries}
+    return {"index": str(index), "photos": len(photos), "queries": found}
 
 
 #: the video demo's training budget: the temporal recipe, shortened to fit a few minutes on 2 cores

@@ -16,6 +16,7 @@ def cmd_backbone_predict(args: argparse.Namespace) -> int:
 
     from vlret.data.images import load_image
     from vlret.models.backbones.efficientnet_lite import TRANSFORM, load_pretrained
+    from vlret.models.conse import imagenet_classes
 
     if args.backbone not in CLASSIFIERS:
         raise ConfigError(f"backbone {args.backbone!r} has no classifier; expected one of {CLASSIFIERS}")
@@ -26,9 +27,10 @@ def cmd_backbone_predict(args: argparse.Namespace) -> int:
     with torch.no_grad():
         probabilities = net(pixels).softmax(-1)[0]
     values, indices = probabilities.topk(min(args.top, len(probabilities)))
-    print("rank  ImageNet class  probability")
+    names = imagenet_classes()
+    print("rank  class  name                           probability")
     for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), start=1):
-        print(f"{rank:>4}  {i:>14}  {p:.4f}")
+        print(f"{rank:>4}  {i:>5}  {names[i]:<30} {p:.4f}")
     return 0
 
 

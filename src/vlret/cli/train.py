@@ -49,6 +49,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"index of the test images: {outcome['index']}")
     print(f"search it in a browser:   vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
     print(f'or from the shell:        vlret search {outcome["index"]} "a large red circle"')
+    photos = outcome["photos"]
+    print()
+    print(
+        f"Real photos, searched by text with conse (training-free; {photos['photos']} photos, {photos['index']}):"
+    )
+    for query, hits in photos["queries"].items():
+        print(f"  {query!r:20} " + "   ".join(f"{path} {score:.2f}" for path, score in hits))
     return 0
 
 

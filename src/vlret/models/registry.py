@@ -29,6 +29,8 @@ def create_model(
       vocabulary; ``options`` override :class:`~vlret.models.tiny.TinyConfig` fields; ``seed`` fixes the init.
     - ``composed`` (towers from ``options``) or ``composed:IMAGE+TEXT``: pretrained or fresh towers joined by
       new projections (:mod:`vlret.models.composed`).
+    - ``conse``: a training-free model for real photos from the pretrained towers (ConSE,
+      :mod:`vlret.models.conse`); ``options`` are :class:`~vlret.models.conse.ConSEConfig`'s.
     - ``hf:<hub id or folder>``: a transformers CLIP or SigLIP checkpoint; a bare folder written by
       ``save_pretrained`` is read the same way.
     - ``openclip:<arch>/<pretrained tag>``: open_clip's model zoo (the ``openclip`` extra).
@@ -64,6 +66,13 @@ def _build(name: str, captions: Sequence[str] | None, seed: int | None, options:
             return TinyDualEncoder.from_captions(name, list(captions or []), **options)
     if name == "composed" or name.startswith("composed:"):
         return _composed(name, captions, seed, options)
+    if name == "conse":
+        from vlret.models.conse import ConSEModel
+
+        try:
+            return ConSEModel.create(**options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"conse: {exc}") from None
     if name.startswith("hf:"):
         return _from_hf(name[3:])
     if name.startswith("openclip:"):
@@ -135,7 +144,9 @@ def _from_hf(source: str) -> RetrievalModel:
 def _what_was_tried(name: str) -> str:
     """The one error for a name no resolver took: every reading of it and why each failed."""
     folder = Path(name)
-    tried = [f"a built-in name ({', '.join(TINY_ARCHS)}, composed, composed:IMAGE+TEXT): it is none of them"]
+    tried = [
+        f"a built-in name ({', '.join(TINY_ARCHS)}, conse, composed, composed:IMAGE+TEXT): it is none of them"
+    ]
     if folder.is_dir():
         tried.append(f"a saved vlret model: {folder} has no {MODEL_CONFIG_FILE}")
         model_type = _hf_model_type(folder)
@@ -191,10 +202,14 @@ def load_model(folder: str | Path) -> RetrievalModel:
         from vlret.models.video import VideoModel
 
         model = VideoModel.load(folder, meta)
+    elif meta.get("kind") == "conse":
+        from vlret.models.conse import ConSEModel
+
+        model = ConSEModel.load(folder, meta)
     else:
         raise ConfigError(
             f"{config_file}: unknown model kind {meta.get('kind')!r}; "
-            "expected 'tiny', 'hf', 'composed', 'openclip' or 'video'"
+            "expected 'tiny', 'hf', 'composed', 'openclip', 'video' or 'conse'"
         )
     model.origin = f"folder:{folder.resolve()}"
     return model
@@ -203,7 +218,7 @@ def load_model(folder: str | Path) -> RetrievalModel:
 def is_model_reference(name: str) -> bool:
     """True when ``name`` names a model :func:`create_model` can build without training captions."""
     return (
-        name == "composed"
+        name in ("composed", "conse")
         or name.startswith(("hf:", "openclip:", "composed:"))
         or (Path(name) / MODEL_CONFIG_FILE).is_file()
         or _hf_model_type(Path(name)) is not None

@@ -1,0 +1,129 @@
+"""ConSE (Norouzi et al., ICLR 2014): a training-free text-image model from an ImageNet classifier and a
+sentence encoder.
+
+An image's embedding is the convex combination of the text embeddings of its ``top`` likeliest ImageNet
+classes, weighted by the classifier's probabilities renormalised over those classes:
+``e(x) = sum_t p(y_t | x) s(y_t) / sum_t p(y_t | x)``; a query's embedding is its sentence embedding ``s(q)``.
+Both live in the sentence encoder's space, so a cosine compares them. Here the classifier is
+EfficientNet-Lite0 and the sentence encoder all-MiniLM-L6-v2, the pretrained towers vlret installs with real
+weights (the ``towers`` extra), so ``conse`` searches real photos by text offline. A class's text is
+``template`` filled with its name (``a photo of a {}``): MiniLM compares sentences better than bare words.
+
+It knows what ImageNet knows: a photo of something outside its 1,000 classes is embedded by the nearest
+classes the classifier sees in it (the rocket on its launch tower of scikit-image's samples is mostly a
+"drilling platform"). Saved, it keeps its settings and its class embeddings; the towers come from their
+packages again on loading.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from vlret.errors import ConfigError
+from vlret.models.backbones.efficientnet_lite import TRANSFORM, load_pretrained
+from vlret.models.backbones.minilm import SentenceTower
+from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+
+CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
+
+
+def imagenet_classes() -> list[str]:
+    """The 1,000 ImageNet-1k class names, in the classifier's output order (WordNet's first lemma of each
+    synset, underscores as spaces)."""
+    text = resources.files("vlret.data").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != 1000:
+        raise ConfigError(f"imagenet_classes.txt holds {len(names)} names; expected 1000")
+    return names
+
+
+@dataclass
+class ConSEConfig:
+    top: int = 10  # classes per image (the paper's T)
+    template: str = "a photo of a {}"  # a class's text
+    max_text_length: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top <= 1000:
+            raise ValueError(f"top must be between 1 and 1000 classes, not {self.top}")
+        if self.template.count("{}") != 1:
+            raise ValueError(f"template must hold one {{}} for the class name, not {self.template!r}")
+
+
+class ConSEModel(RetrievalModel):
+    """See the module docstring. Nothing in it is trained; ``encode_images`` and ``encode_texts`` return
+    embeddings of the sentence encoder's width (384)."""
+
+    name = "conse"
+    image_transform = TRANSFORM
+    origin = "pretrained:efficientnet-lite0+minilm"
+
+    def __init__(self, config: ConSEConfig, class_embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.classifier = load_pretrained()
+        self.text_tower = SentenceTower(max_length=config.max_text_length)
+        self.classnames = imagenet_classes()
+        if class_embeddings is None:
+            class_embeddings = self._embed_classes()
+        self.register_buffer("class_embeddings", class_embeddings.float())
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def create(cls, **options) -> ConSEModel:
+        return cls(ConSEConfig(**options))
+
+    @torch.no_grad()
+    def _embed_classes(self, batch_size: int = 256) -> torch.Tensor:
+        texts = [self.config.template.format(name) for name in self.classnames]
+        parts = [
+            self.text_tower(self.text_tower.tokenize(texts[start : start + batch_size])).embeds
+            for start in range(0, len(texts), batch_size)
+        ]
+        return F.normalize(torch.cat(parts), dim=-1)
+
+    def train(self, mode: bool = True) -> ConSEModel:
+        return super().train(False)  # no dropout or batch statistics ever: the towers are used as shipped
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.text_tower.tokenize(texts)
+
+    def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
+        return Features(F.normalize(self.text_tower(batch).embeds, dim=-1), None, None)
+
+    def class_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The classifier's ImageNet probabilities ``[B, 1000]``."""
+        return self.classifier(pixels).softmax(dim=-1)
+
+    def encode_images(self, pixels: torch.Tensor) -> Features:
+        probabilities = self.class_probabilities(pixels)
+        top = probabilities.topk(self.config.top, dim=-1)
+        weights = top.values / top.values.sum(dim=-1, keepdim=True)
+        mixed = (weights.unsqueeze(-1) * self.class_embeddings[top.indices]).sum(dim=1)
+        return Features(F.normalize(mixed, dim=-1), None, None)
+
+    def identity(self) -> dict:
+        return {**super().identity(), "conse": asdict(self.config)}
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"class_embeddings": self.class_embeddings.contiguous()}, folder / CLASS_EMBEDDINGS_FILE)
+        meta = {"kind": "conse", "config": asdict(self.config), "head": self.save_head(folder)}
+        (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict) -> ConSEModel:
+        folder = Path(folder)
+        stored = load_file(folder / CLASS_EMBEDDINGS_FILE)["class_embeddings"]
+        model = cls(ConSEConfig(**meta["config"]), stored)
+        model.load_head(folder, meta)
+        return model
