@@ -74,6 +74,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         )
     for s in meta["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    for warning in meta.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -148,6 +150,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             if args.target == "captions"
             else searcher.text_to_image(args.query, args.k)
         )
+    if args.query is not None:
+        unknown = searcher.unknown_words(args.query)
+        if unknown:
+            print(
+                f"note: the model does not know {', '.join(unknown)} (each is read as one unknown word)",
+                file=sys.stderr,
+            )
+    for warning in searcher.meta.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print_json([h.as_dict() for h in hits])
         return 0
@@ -178,6 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.workers == 1:
         app = create_app(**settings)  # built here: a bad index or config fails before the server starts
+        for warning in app.state.service.searcher.meta.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"serving {args.index} on http://{args.host}:{args.port}/  (API docs: /docs)")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0

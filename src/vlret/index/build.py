@@ -52,7 +52,7 @@ from vlret.index.chunks import ChunkClaims, chunk_name, encode_claimed
 from vlret.index.columns import write_columns
 from vlret.index.ondisk import build_on_disk, train_ivf
 from vlret.models.base import RetrievalModel
-from vlret.models.registry import canonical_model_name, create_model, is_model_reference
+from vlret.models.registry import canonical_model_name, create_model, is_model_reference, untrained_warning
 
 #: candidates a two-stage index re-scores with the model's head, per query, unless the build says otherwise
 DEFAULT_SHORTLIST = 100
@@ -442,6 +442,7 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
     )
     meta["video"] = plan.video
     meta["skipped"] = [{"file": s["file"], "reason": s["reason"]} for s in skipped]
+    meta["warnings"] = [w for w in (untrained_warning(plan.model_name),) if w]
     if two_stage:
         meta["two_stage"] = {
             "head": plan.model.head.describe(),
@@ -476,6 +477,7 @@ def _index_meta(
         "memory_budget_bytes": memory_budget_bytes,
         "video": None,
         "skipped": [],
+        "warnings": [],
         "vlret_version": vlret.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -375,6 +375,12 @@ class Searcher:
         first = None if first is None else float(first)
         return Hit(rank, float(score), caption["item_id"], text=caption["text"], first_stage_score=first)
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of a query text that the index's model (or its first stage) does not know: a
+        word-level model reads each as one unknown token, so a query of them finds nothing in particular."""
+        models = [self.first_stage_model] + ([self.model] if self.two_stage is not None else [])
+        return list(dict.fromkeys(w for m in models for w in m.unknown_query_words(text)))
+
     def text_to_image(self, text: str, k: int = 10) -> list[Hit]:
         _check_k(k)
         return self.image_hits(self.text_queries([text])[0], k)

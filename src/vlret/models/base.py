@@ -103,6 +103,11 @@ class RetrievalModel(nn.Module, ABC):
 
         self.head = CosineHead()
 
+    def unknown_query_words(self, text: str) -> list[str]:
+        """The words of a query this model's vocabulary lacks (a word-level text tower reads them all as one
+        unknown token); empty for subword tokenizers, which spell any word."""
+        return []
+
     def set_head(self, head: nn.Module) -> None:
         """Score with ``head`` from now on (its parameters become the model's, prefixed ``head.``)."""
         self.head = head

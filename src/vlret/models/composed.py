@@ -40,6 +40,7 @@ from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower,
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
 from vlret.models.pooling import GPO
 from vlret.models.word_augment import augment_words
+from vlret.models.word_tokenizer import words_outside
 
 PROJECTIONS = ("linear", "mlp", "mlp_bn", "none")
 TEXT_NORMS = ("none", "layernorm")
@@ -309,6 +310,12 @@ class ComposedModel(RetrievalModel):
         """(words, words read as ``<unk>``) for a word-vocabulary text tower; None for subword towers."""
         counter = getattr(self.text_tower, "unknown_words", None)
         return None if counter is None else counter(texts)
+
+    def unknown_query_words(self, text: str) -> list[str]:
+        tokenizer = getattr(self.text_tower, "tokenizer", None)
+        if getattr(self.text_tower, "unknown_words", None) is None or tokenizer is None:
+            return []  # a subword tower
+        return words_outside(tokenizer, text)
 
     def _tower(
         self, tower: nn.Module, frozen: bool, memo: _Memo | None, key_rows: torch.Tensor, inputs, length=None

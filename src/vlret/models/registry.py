@@ -215,6 +215,17 @@ def load_model(folder: str | Path) -> RetrievalModel:
     return model
 
 
+def untrained_warning(name: str) -> str | None:
+    """Why searches with the model ``name`` builds would mean little, or None: a ``composed`` model made
+    by name joins its towers with new, random projections."""
+    if name == "composed" or name.startswith("composed:"):
+        return (
+            f"{name}: its projections between the towers were never trained (random), so its text search "
+            "ranks at random; train it first (vlret train), or index real photos with conse"
+        )
+    return None
+
+
 def is_model_reference(name: str) -> bool:
     """True when ``name`` names a model :func:`create_model` can build without training captions."""
     return (

@@ -21,7 +21,7 @@ from torch import nn
 
 from vlret.data.transforms import ImageTransform
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
-from vlret.models.word_tokenizer import configure, train_word_tokenizer
+from vlret.models.word_tokenizer import configure, train_word_tokenizer, words_outside
 
 TINY_ARCHS = ("tiny-cnn", "tiny-vit")
 
@@ -218,6 +218,9 @@ class TinyDualEncoder(RetrievalModel):
             "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
             "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
         }
+
+    def unknown_query_words(self, text: str) -> list[str]:
+        return words_outside(self.tokenizer, text)
 
     def encode_images(self, pixels: torch.Tensor) -> Features:
         return self.image_encoder(pixels)

@@ -150,6 +150,9 @@ class VideoModel(RetrievalModel):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.frame_model.tokenize(texts)
 
+    def unknown_query_words(self, text: str) -> list[str]:
+        return self.frame_model.unknown_query_words(text)
+
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         return Features(self.frame_model.encode_texts(batch).embeds)
 

@@ -36,3 +36,13 @@ def configure(tokenizer: Tokenizer, max_length: int) -> None:
     )
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=PAD)
+
+
+def words_outside(tokenizer: Tokenizer, text: str) -> list[str]:
+    """The words of ``text`` (as the tokenizer normalises and splits them) that its vocabulary lacks, in
+    order, each once: what a word-level model reads as its unknown token. Punctuation is not reported."""
+    normalised = tokenizer.normalizer.normalize_str(text) if tokenizer.normalizer else text
+    pieces = tokenizer.pre_tokenizer.pre_tokenize_str(normalised) if tokenizer.pre_tokenizer else []
+    words = [word for word, _ in pieces] if pieces else normalised.split()
+    unknown = (w for w in words if tokenizer.token_to_id(w) is None and any(c.isalnum() for c in w))
+    return list(dict.fromkeys(unknown))

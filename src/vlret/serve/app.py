@@ -75,6 +75,11 @@ class IndexVersion:
     def name(self) -> str:
         return self.searcher.path.name
 
+    @property
+    def model_warning(self) -> str | None:
+        """What the index build said about its model (untrained projections), if anything."""
+        return "; ".join(self.searcher.meta.get("warnings", [])) or None
+
 
 def open_version(
     folder: Path, prompts: str | Path | None = None, item_vectors: Callable | None = None
@@ -323,6 +328,7 @@ def create_app(
             **version_info(service.versions.snapshot()),
             "replica": os.getpid(),  # which process answered (vlret serve --workers N)
             "reload_error": service.versions.last_error,  # a newer version that could not be opened
+            "warnings": service.versions.current.searcher.meta.get("warnings", []),
             "visa": service.visa is not None,
             "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
             "max_k": max_k,
@@ -360,6 +366,11 @@ def create_app(
         fetch = max(k, service.visa.config.k) if visa else k
         hits = await _model_call(service.queries, (version, "text", q, fetch))
         extra = {"version": version.name}
+        unknown = version.searcher.unknown_words(q)
+        if unknown:
+            extra["unknown_words"] = unknown
+        if version.model_warning:
+            extra["model_warning"] = version.model_warning
         results = [service.hit_json(h, version) for h in hits[:k]]
         if visa:
             reranked, warning = await service.rerank(q, hits, version)
