@@ -10,19 +10,30 @@ A model turns preprocessed pixels and tokenized texts into features in one joint
 
 Models are saved as one folder (``vlret_model.json``, ``model.safetensors`` or a Hugging Face folder, and the
 tokenizer) and loaded back with :func:`vlret.models.load_model`; nothing is ever unpickled.
+
+For plain use every model also has ``encode_text(texts)`` and ``encode_image(images)``, which take strings
+and PIL images or files and return numpy arrays (batched, normalised, the model's own preprocessing), and
+:func:`similarity` compares them, as sentence-transformers and open_clip users expect.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from vlret.data.images import load_image
 from vlret.data.transforms import ImageTransform
+from vlret.errors import ConfigError
 
 MODEL_CONFIG_FILE = "vlret_model.json"
 HF_MODEL_TYPES = ("clip", "siglip")  # the transformers model types vlret reads as dual encoders
@@ -103,6 +114,78 @@ class RetrievalModel(nn.Module, ABC):
 
         self.head = CosineHead()
 
+    # ----- plain use: strings and pictures in, arrays out -------------------------------------------------
+    def encode_text(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 64,
+        normalize: bool = True,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embeddings ``[N, D]`` of ``texts`` (one text: ``[D]``), L2-normalised unless ``normalize`` is
+        False; a progress bar shows for long inputs (``progress=None``: from 1,000 texts on)."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+
+        def encode(part: list[str]) -> torch.Tensor:
+            batch = {k: v.to(self.device) for k, v in self.tokenize(part).items()}
+            return self.encode_texts(batch).embeds
+
+        return self._encode(items, encode, batch_size, normalize, progress, single, "encode text")
+
+    def encode_image(
+        self,
+        images: Image.Image | str | Path | Sequence[Image.Image | str | Path],
+        batch_size: int = 32,
+        normalize: bool = True,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embeddings ``[N, D]`` of PIL images or image files (one image: ``[D]``), preprocessed as the
+        model expects, L2-normalised unless ``normalize`` is False."""
+        if self.input_kind != "pixels":
+            raise ConfigError(
+                f"{self.name} reads {self.input_kind}, not images: encode its inputs with encode_images"
+            )
+        single = isinstance(images, (Image.Image, str, Path))
+        items = [images] if single else list(images)
+
+        def encode(part: list) -> torch.Tensor:
+            pictures = [im if isinstance(im, Image.Image) else load_image(im) for im in part]
+            pixels = np.stack([self.image_transform(im.convert("RGB")) for im in pictures])
+            return self.encode_images(torch.from_numpy(pixels).to(self.device)).embeds
+
+        return self._encode(items, encode, batch_size, normalize, progress, single, "encode images")
+
+    @torch.no_grad()
+    def _encode(
+        self,
+        items: list,
+        encode: Callable[[list], torch.Tensor],
+        batch_size: int,
+        normalize: bool,
+        progress: bool | None,
+        single: bool,
+        label: str,
+    ) -> np.ndarray:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
+        show = len(items) >= 1000 if progress is None else progress
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [
+                encode(items[start : start + batch_size]).float().cpu()
+                for start in tqdm(range(0, len(items), batch_size), desc=label, disable=not show)
+            ]
+        finally:
+            self.train(was_training)
+        if not parts:
+            raise ConfigError("nothing to encode: give at least one input")
+        out = torch.cat(parts)
+        if normalize:
+            out = F.normalize(out, dim=-1)
+        return out.numpy()[0] if single else out.numpy()
+
     def unknown_query_words(self, text: str) -> list[str]:
         """The words of a query this model's vocabulary lacks (a word-level text tower reads them all as one
         unknown token); empty for subword tokenizers, which spell any word."""
@@ -146,3 +229,24 @@ class RetrievalModel(nn.Module, ABC):
         if not self.head.is_dot_product:  # cosine models keep the identity (and cache keys) they had
             identity["head"] = self.head.describe()
         return identity
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarities of embeddings ``a`` ``[N, D]`` (or ``[D]``) and ``b`` ``[M, D]`` (or ``[D]``):
+    ``[N, M]``, with the one-embedding axes dropped."""
+    left, right = (
+        np.atleast_2d(np.asarray(a, dtype=np.float32)),
+        np.atleast_2d(np.asarray(b, dtype=np.float32)),
+    )
+    if left.shape[1] != right.shape[1]:
+        raise ConfigError(f"embeddings of {left.shape[1]} and {right.shape[1]} dimensions cannot be compared")
+    left = left / np.maximum(np.linalg.norm(left, axis=1, keepdims=True), 1e-12)
+    right = right / np.maximum(np.linalg.norm(right, axis=1, keepdims=True), 1e-12)
+    scores = left @ right.T
+    if np.ndim(a) == 1 and np.ndim(b) == 1:
+        return scores[0, 0]
+    if np.ndim(a) == 1:
+        return scores[0]
+    if np.ndim(b) == 1:
+        return scores[:, 0]
+    return scores

@@ -1,0 +1,78 @@
+"""The short Python API (issue 29, section 3b): strings and pictures in, arrays out, on every model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlret.data.images import load_image
+from vlret.data.sample_photos import write_sample_photos
+from vlret.errors import ConfigError
+from vlret.models import create_model, similarity
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_model("tiny-cnn", captions=["a red circle", "two blue squares"])
+
+
+def test_encode_text_equals_the_model_calls_it_stands_for(tiny):
+    texts = ["a red circle", "two blue squares", "a red square"]
+    with torch.no_grad():
+        direct = F.normalize(tiny.encode_texts(tiny.tokenize(texts)).embeds, dim=-1).numpy()
+    got = tiny.encode_text(texts, batch_size=2)  # batches of 2 and 1
+    assert isinstance(got, np.ndarray) and got.shape == direct.shape
+    np.testing.assert_allclose(got, direct, atol=1e-6)
+    np.testing.assert_allclose(tiny.encode_text("a red circle"), direct[0], atol=1e-6)  # one text: [D]
+    raw = tiny.encode_text(texts, normalize=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
+
+
+def test_encode_image_takes_pictures_and_files(tiny, synth_data):
+    files = sorted((synth_data.parent / "images" / "test").glob("*.png"))[:3]
+    pictures = [load_image(f) for f in files]
+    pixels = torch.from_numpy(np.stack([tiny.image_transform(p) for p in pictures]))
+    with torch.no_grad():
+        direct = F.normalize(tiny.encode_images(pixels).embeds, dim=-1).numpy()
+    np.testing.assert_allclose(tiny.encode_image(files), direct, atol=1e-6)
+    np.testing.assert_allclose(tiny.encode_image(pictures, batch_size=1), direct, atol=1e-6)
+    np.testing.assert_allclose(tiny.encode_image(str(files[0])), direct[0], atol=1e-6)
+    grey = Image.open(files[0]).convert("L")  # any mode: converted as the model needs
+    assert tiny.encode_image(grey).shape == direct[0].shape
+
+
+def test_training_mode_is_kept_and_eval_is_used(tiny):
+    tiny.train()
+    first = tiny.encode_text(["a red circle"])
+    assert tiny.training
+    np.testing.assert_allclose(first, tiny.encode_text(["a red circle"]))  # no dropout noise
+    tiny.eval()
+
+
+def test_similarity_is_the_cosine_with_single_axes_dropped():
+    a = np.array([[3.0, 4.0], [1.0, 0.0]])
+    b = np.array([[0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])
+    expected = np.array([[0.8, 7 / (5 * np.sqrt(2)), -0.6], [0.0, 1 / np.sqrt(2), -1.0]])
+    np.testing.assert_allclose(similarity(a, b), expected, rtol=1e-6)
+    assert similarity(a[0], b).shape == (3,) and similarity(a, b[0]).shape == (2,)
+    assert np.isclose(similarity(a[0], b[0]), 0.8)
+    with pytest.raises(ConfigError, match="2 and 3 dimensions"):
+        similarity(a, np.ones((1, 3)))
+
+
+def test_bad_inputs_are_named(tiny):
+    with pytest.raises(ConfigError, match="at least one input"):
+        tiny.encode_text([])
+    with pytest.raises(ConfigError, match="batch_size"):
+        tiny.encode_text(["x"], batch_size=0)
+
+
+def test_the_five_line_example_of_the_readme_finds_the_cat(tmp_path):
+    photos = write_sample_photos(tmp_path)
+    model = create_model("conse")
+    images = model.encode_image(photos)
+    query = model.encode_text("a cat")
+    assert photos[int(similarity(query, images).argmax())].name == "cat.png"
