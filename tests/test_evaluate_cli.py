@@ -68,7 +68,7 @@ def test_bad_input_exits_2_with_location(tmp_path, capsys):
     assert main(["data", "stats", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"error: {bad}: images[0] (a.png) sentences[0]" in err
-    assert main(["data", "stats", str(bad), "--on-error", "skip"]) == 0
+    assert main(["data", "stats", str(bad), "--on-error", "skip", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["skipped"] == 2  # the empty caption, then the image it leaves without captions
     assert [s["record"] for s in stats["skipped_records"]] == [

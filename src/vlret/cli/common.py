@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
+from pathlib import Path
 
 #: how every --model option reads its value (one resolver: vlret.models.create_model)
 MODEL_HELP = (
@@ -100,3 +104,16 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def vlret_command() -> str:
+    """How to run vlret again from this shell: ``vlret`` when that name finds this program, else the path
+    of the program that is running (``.venv/bin/vlret`` when the environment is not activated)."""
+    program = Path(sys.argv[0])
+    if program.name != "vlret":  # python -m vlret.cli, or a test
+        return "vlret"
+    found = shutil.which("vlret")
+    if found and Path(found).resolve() == program.resolve():
+        return "vlret"
+    relative = os.path.relpath(program.resolve())
+    return relative if not relative.startswith("..") else str(program.resolve())

@@ -16,8 +16,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
         dataset = check_media(dataset, args.on_error)
     stats = dataset.stats()
     stats["skipped_records"] = [s.as_dict() for s in dataset.skipped]
-    print_json(stats)
+    if args.json:
+        print_json(stats)
+        return 0
+    print(stats_table(stats))
+    for s in dataset.skipped:
+        print(f"skipped {s.file} {s.record}: {s.reason}", file=sys.stderr)
     return 0
+
+
+def stats_table(stats: dict) -> str:
+    """``vlret data stats`` as a reader sees it: the source, then one row per split."""
+    lines = [f"{stats['source']} ({stats['format']})", ""]
+    lines.append("| split | items | captions | captions per item | words per caption |")
+    lines.append("|---|---:|---:|---|---:|")
+    for name, split in stats["splits"].items():
+        spread = ", ".join(f"{n}: {count}" for n, count in split["captions_per_item"].items())
+        lines.append(
+            f"| {name} | {split['items']:,} | {split['captions']:,} | {spread} | {split['mean_caption_words']} |"
+        )
+    if stats["skipped"]:
+        lines += ["", f"{stats['skipped']} records skipped (listed below; --json lists them too)"]
+    return "\n".join(lines)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -66,6 +86,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     stats.add_argument(
         "--check-media", action="store_true", help="open every media file and report unreadable ones"
     )
+    stats.add_argument("--json", action="store_true", help="the counts as JSON, for scripts")
     add_data_options(stats)
     stats.set_defaults(func=cmd_stats)
 

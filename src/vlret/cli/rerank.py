@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlret.cli.common import add_data_options, add_video_option, load_data, model_for, parse_shard
+from vlret.cli.common import (
+    add_data_options,
+    add_video_option,
+    load_data,
+    model_for,
+    parse_shard,
+    vlret_command,
+)
 from vlret.errors import ConfigError
 
 
@@ -91,7 +98,7 @@ def cmd_visa(args: argparse.Namespace) -> int:
 
 def _merge_command(args: argparse.Namespace) -> str:
     """The ``visa-merge`` command for this run, with every option that chose its data."""
-    parts = ["vlret rerank visa-merge", f"--data {args.data}"]
+    parts = [f"{vlret_command()} rerank visa-merge", f"--data {args.data}"]
     for flag, value in (("--split", args.split), ("--media-root", args.media_root)):
         if value:
             parts.append(f"{flag} {value}")

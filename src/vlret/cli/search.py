@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vlret.cli.common import add_data_options, load_data, parse_shard, print_json
+from vlret.cli.common import add_data_options, load_data, parse_shard, print_json, vlret_command
 from vlret.errors import ConfigError
 
 
@@ -100,7 +100,7 @@ def cmd_index_export(args: argparse.Namespace) -> int:
         collection, points = export_to_qdrant(args.index, args.qdrant, args.collection)
         print(f"{args.qdrant}: collection {collection!r} holds {points} points")
         print(
-            f"search through it: vlret search {args.index} --qdrant {args.qdrant} --collection {collection} TEXT"
+            f"search through it: {vlret_command()} search {args.index} --qdrant {args.qdrant} --collection {collection} TEXT"
         )
         return 0
     from vlret.index.clip_retrieval import export_embeddings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlret.cli.common import print_json
+from vlret.cli.common import print_json, vlret_command
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,8 +47,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"result ({name}): {path}")
     print(f"report: {outcome['report']}")
     print(f"index of the test images: {outcome['index']}")
-    print(f"search it in a browser:   vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
-    print(f'or from the shell:        vlret search {outcome["index"]} "a large red circle"')
+    vlret = vlret_command()
+    print(f"search it in a browser:   {vlret} serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
+    print(f'or from the shell:        {vlret} search {outcome["index"]} "a large red circle"')
     photos = outcome["photos"]
     print()
     print(
@@ -73,7 +74,9 @@ def _video_demo(args: argparse.Namespace) -> int:
     for name, path in outcome["results"].items():
         print(f"result ({name}): {path}")
     print(f"index of the test clips: {outcome['index']}")
-    print(f"play them in a browser:  vlret serve {outcome['index']}   (then open http://127.0.0.1:8000/)")
+    print(
+        f"play them in a browser:  {vlret_command()} serve {outcome['index']}   (then open http://127.0.0.1:8000/)"
+    )
     return 0
 
 

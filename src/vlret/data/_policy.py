@@ -22,7 +22,9 @@ class ErrorPolicy:
     def bad(self, file: str, record: str | int, problem: str) -> None:
         """Report one bad record: raises, or records it and returns so the caller can skip it."""
         if self.on_error == "raise":
-            raise DataError(file, record, problem)
+            raise DataError(
+                file, record, f"{problem} (--on-error skip leaves such records out and lists them)"
+            )
         self.skipped.append(Skipped(str(file), str(record), problem))
 
 

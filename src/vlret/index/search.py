@@ -121,7 +121,10 @@ class Searcher:
         index's FAISS index (a database: :class:`vlret.index.qdrant.QdrantVectors`)."""
         path = Path(index)
         if not (path / "index.json").is_file():
-            raise ConfigError(f"{index}: not a vlret index (no index.json)")
+            raise ConfigError(
+                f"{index}: not a vlret index (no index.json); build one with "
+                "vlret index build --model MODEL --images FOLDER --out INDEX"
+            )
         self.path = path.resolve()  # pin this version
         self.meta = self._read("index.json", _read_json)
         self.items = self._read_items()

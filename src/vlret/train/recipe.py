@@ -7,6 +7,7 @@ wrong type names the key and the type expected. Overrides use dotted paths (``tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -489,6 +490,25 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             raise ConfigError(
                 f"{path} is a prompt-learning recipe: run it with `vlret prompts train --recipe {path.stem}`"
             )
+    source = str(path or "recipe")
+    file_alone = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
-    return recipe_from_dict(data, str(path or "recipe"))
+    try:
+        return recipe_from_dict(data, source)
+    except ConfigError as exc:
+        raise ConfigError(_blame(str(exc), source, file_alone, overrides)) from None
+
+
+def _blame(message: str, source: str, file_alone: dict, overrides: list[str]) -> str:
+    """The error of a recipe with overrides, naming where the bad value came from: the file, when the file
+    alone fails the same way, else the command line's overrides."""
+    if not overrides:
+        return message
+    problem = message.removeprefix(f"{source}: ")
+    try:
+        recipe_from_dict(copy.deepcopy(file_alone), source)
+    except ConfigError as alone:
+        if str(alone).removeprefix(f"{source}: ") == problem:
+            return message
+    return f"the command line ({' '.join(overrides)}): {problem}"
