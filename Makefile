@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-integration demo lint format clean
+.PHONY: test test-integration demo docs lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests bench
-	HF_HUB_OFFLINE=1 $(BIN)/ruff format --check src tests bench
+	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests bench docs
+	HF_HUB_OFFLINE=1 $(BIN)/ruff format --check src tests bench docs
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
 
 # VISA's chat roles against a real OpenAI-compatible server nobody here wrote: llama.cpp's, through
@@ -32,13 +32,17 @@ test-integration: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/vlret demo
 
+# the documentation site on http://127.0.0.1:8000/, rebuilt as pages change
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 HF_HUB_OFFLINE=1 $(BIN)/mkdocs serve
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench docs
+	$(BIN)/ruff check --fix src tests bench docs
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache runs/demo data/synth
+	rm -rf $(VENV) site build *.egg-info src/*.egg-info .pytest_cache runs/demo data/synth

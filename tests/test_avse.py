@@ -365,7 +365,7 @@ def test_avse_trains_and_evaluates_from_the_cli(synth_data, tmp_path):
     )
     result = json.loads(result_file.read_text())
     assert 0 <= result["metrics"]["rsum"] <= 600
-    # the one-view cosine baseline of the README table; a weight-0 term is not computed at all
+    # the one-view cosine baseline of the documentation's AVSE table; a weight-0 term is not computed at all
     base = tmp_path / "base"
     baseline = ["model.options.views.count=1", "model.head=null", "losses.view_decorrelation.weight=0"]
     assert (

@@ -9,6 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from vlret.data.formats import FORMATS
+
 #: how every --model option reads its value (one resolver: vlret.models.create_model)
 MODEL_HELP = (
     "a saved vlret model folder, hf:<hub id or folder> (CLIP, SigLIP; a bare transformers folder too), "
@@ -21,7 +23,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default="auto",
-        help="karpathy, lavis, csv, vse, precomp, msrvtt, didemo, msvd, lsmdc, or auto (default)",
+        help=f"{', '.join(FORMATS)}, or auto: detected (the default)",
     )
     p.add_argument(
         "--media-root", help="folder the media paths are relative to (default: beside the annotations)"

@@ -99,7 +99,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     demo = commands.add_parser(
-        "demo", help="synthesise, train the tiny model, evaluate, report (about 5 min)"
+        "demo",
+        help="synthesise, train the tiny model, evaluate, re-rank, report, then search real photos (about 5 min "
+        "on 2 cores; a cached benchmark and a finished run are reused)",
     )
     demo.add_argument("--out", help="run folder (default runs/demo, runs/demo_video with --video)")
     demo.add_argument(

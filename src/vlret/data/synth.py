@@ -70,7 +70,7 @@ class SynthConfig:
     """Generator settings; written next to the data so a later run can tell whether the cache matches."""
 
     # Defaults calibrated so that the demo's tiny dual encoder (about 5 minutes on 2 cores) lands at
-    # text->image R@1 between 20% and 60% on the 500-image test split (see the README's demo section).
+    # text->image R@1 between 20% and 60% on the 500-image test split (see the demo in docs/getting-started.md).
     images: int = 5000
     seed: int = 0
     size: int = 64
