@@ -7,6 +7,26 @@ import signal
 from pathlib import Path
 
 
+def start_ray_with(hook: str, marker: Path):
+    """A local Ray cluster whose every worker runs ``hook`` (a function of this module) at start, with the
+    kill marker file ``marker``; returns the ``ray`` module (shut it down after)."""
+    import ray
+
+    tests = str(Path(__file__).parent)
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "worker_process_setup_hook": f"ray_worker_hooks.{hook}",
+            "env_vars": {
+                "VLRET_TEST_KILL_MARKER": str(marker),
+                "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+            },
+        },
+    )
+    return ray
+
+
 def die_in_the_first_chunk() -> None:
     """The first worker to encode a chunk is killed in the middle of it (SIGKILL: no clean-up runs);
     workers started after that, such as the one Ray retries the task on, encode normally, and each chunk

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ray_worker_hooks import start_ray_with
 from vlret.cli import main
 from vlret.index import build, build_index
 from vlret.index.chunks import ChunkClaims, encode_claimed
@@ -173,23 +174,12 @@ def test_a_ray_worker_killed_in_a_chunk_is_retried_and_the_index_is_the_same(col
     """A Ray worker dies (SIGKILL) while it holds a chunk's claim: Ray runs the task again in a new worker,
     which takes over the dead worker's claim (every chunk is encoded by a Ray worker, none is left to the
     driver's assembly), and the index is byte-equal to a one-process build."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from vlret.index.ray_engine import build_with_ray
 
     images, model = collection
     marker = tmp_path / "killed"
-    tests = str(Path(__file__).parent)
-    ray.init(
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "worker_process_setup_hook": "ray_worker_hooks.die_in_the_first_chunk",
-            "env_vars": {
-                "VLRET_TEST_KILL_MARKER": str(marker),
-                "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
-            },
-        },
-    )
+    ray = start_ray_with("die_in_the_first_chunk", marker)
     try:
         path = build_with_ray(
             str(model), tmp_path / "idx", workers=2, images=images, chunk_size=CHUNK, progress=False

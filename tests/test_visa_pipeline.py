@@ -36,6 +36,17 @@ class Counting:
         return call
 
 
+def _candidate_rows(split, cand, top, n):
+    """The first ``n`` queries' candidates as the pipeline takes them."""
+    return [
+        [
+            Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
+            for j, s in zip(cand[q], top[q], strict=True)
+        ]
+        for q in range(n)
+    ]
+
+
 def roles(fail_vqa_from=None):
     base = Roles.from_config(VisaConfig())
     return Roles(
@@ -251,13 +262,7 @@ def test_replicas_over_one_cache_see_each_others_units_live(setup, tmp_path):
     split, _, config, (cand, top, ranks) = setup
     replicas = [roles(), roles()]
     visas = [Visa(config, r, tmp_path / "cache") for r in replicas]
-    rows = [
-        [
-            Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
-            for j, s in zip(cand[q], top[q], strict=True)
-        ]
-        for q in range(4)
-    ]
+    rows = _candidate_rows(split, cand, top, 4)
     text = [c.text for c in split.captions]
     for q in range(4):  # the same queries reach replica 0, then replica 1
         visas[0].rerank(text[q], rows[q])
@@ -297,13 +302,7 @@ def test_replicas_asked_the_same_queries_at_once_compute_each_unit_once(setup, t
         for r in counted
     ]
     visas = [Visa(config, r, tmp_path / "cache") for r in replicas]
-    rows = [
-        [
-            Candidate(split.items[j].id, split.media_path(split.items[j]), float(s))
-            for j, s in zip(cand[q], top[q], strict=True)
-        ]
-        for q in range(4)
-    ]
+    rows = _candidate_rows(split, cand, top, 4)
     text = [c.text for c in split.captions]
     start = threading.Barrier(2)
     results = [None, None]

@@ -9,6 +9,7 @@ import shlex
 import numpy as np
 import pytest
 
+from ray_worker_hooks import start_ray_with
 from vlret.cli import main
 
 
@@ -78,9 +79,8 @@ def test_a_visa_shard_whose_ray_worker_is_killed_is_retried(synth_data, tmp_path
     stored before the kill are kept, the dead worker's claim is taken over, and the result equals one
     process's."""
     import os
-    from pathlib import Path
 
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from vlret.data import load_dataset
     from vlret.rerank.visa.config import VisaConfig
     from vlret.rerank.visa.ray_engine import run_visa_with_ray
@@ -92,18 +92,7 @@ def test_a_visa_shard_whose_ray_worker_is_killed_is_retried(synth_data, tmp_path
     base = base_from_scores(scores, split, config.k)
     one = run_visa(split, *base, config, tmp_path / "one")
     marker = tmp_path / "killed"
-    tests = str(Path(__file__).parent)
-    ray.init(
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "worker_process_setup_hook": "ray_worker_hooks.die_in_a_visa_unit",
-            "env_vars": {
-                "VLRET_TEST_KILL_MARKER": str(marker),
-                "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
-            },
-        },
-    )
+    ray = start_ray_with("die_in_a_visa_unit", marker)
     try:
         merged = run_visa_with_ray(split, *base, config, tmp_path / "ray", workers=2)
     finally:

@@ -119,3 +119,26 @@ def vlret_command() -> str:
         return "vlret"
     relative = os.path.relpath(program.resolve())
     return relative if not relative.startswith("..") else str(program.resolve())
+
+
+def add_engine_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--engine local|ray``, ``--workers`` and ``--address`` of a command whose shards Ray can run;
+    ``what`` says what the driver does once they are done."""
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help=f"ray: run the shards as tasks on a Ray cluster (the ray extra), then {what} here",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="--engine ray: shards (tasks) to run")
+    parser.add_argument(
+        "--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); default: a local one"
+    )
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """``--shard`` and ``--engine ray`` exclude each other."""
+    if args.engine == "ray" and args.shard:
+        from vlret.errors import ConfigError
+
+        raise ConfigError("--shard and --engine ray: Ray runs the shards itself; give one or the other")

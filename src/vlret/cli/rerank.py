@@ -7,7 +7,9 @@ from pathlib import Path
 
 from vlret.cli.common import (
     add_data_options,
+    add_engine_options,
     add_video_option,
+    check_engine,
     load_data,
     model_for,
     parse_shard,
@@ -59,35 +61,15 @@ def cmd_visa(args: argparse.Namespace) -> int:
             encoded.text_embeds, encoded.item_embeds, split, config.k, config.compat
         )
         source = {"model": model.identity()}
+    check_engine(args)
+    base = (split, candidates, base_topk, base_ranks, config, args.out)
+    options = {"source": source, "query_limit": args.queries}
     if args.engine == "ray":
         from vlret.rerank.visa.ray_engine import run_visa_with_ray
 
-        if args.shard:
-            raise ConfigError("--shard and --engine ray: Ray runs the shards itself; give one or the other")
-        result = run_visa_with_ray(
-            split,
-            candidates,
-            base_topk,
-            base_ranks,
-            config,
-            args.out,
-            workers=args.workers,
-            address=args.address,
-            source=source,
-            query_limit=args.queries,
-        )
+        result = run_visa_with_ray(*base, workers=args.workers, address=args.address, **options)
     else:
-        result = run_visa(
-            split,
-            candidates,
-            base_topk,
-            base_ranks,
-            config,
-            args.out,
-            parse_shard(args.shard),
-            source=source,
-            query_limit=args.queries,
-        )
+        result = run_visa(*base, parse_shard(args.shard), **options)
     if result is None:
         print(f"shard {args.shard} done; when every shard is done: {_merge_command(args)}")
         return 0
@@ -191,16 +173,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="i/n: this process's share of the work, split by unit: every n-th distinct candidate item "
         "described, every n-th query asked and answered",
     )
-    visa.add_argument(
-        "--engine",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: run the shards as tasks on a Ray cluster (the ray extra), then merge here",
-    )
-    visa.add_argument("--workers", type=int, default=2, help="--engine ray: shards (tasks) to run")
-    visa.add_argument(
-        "--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); default: a local one"
-    )
+    add_engine_options(visa, "merge them")
     visa.add_argument("--queries", type=int, help="only the first N queries (smoke runs)")
     visa.add_argument("--batch-size", type=int, default=64)
     add_data_options(visa)

@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from vlret.cli.common import add_data_options, load_data, parse_shard, print_json, vlret_command
+from vlret.cli.common import (
+    add_data_options,
+    add_engine_options,
+    check_engine,
+    load_data,
+    parse_shard,
+    print_json,
+    vlret_command,
+)
 from vlret.errors import ConfigError
 
 
@@ -24,13 +32,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             dataset = dataset.split(args.split)
     budget = int(args.memory_gb * 2**30) if args.memory_gb else None
     build = build_index
+    check_engine(args)
     if args.engine == "ray":
         from functools import partial
 
         from vlret.index.ray_engine import build_with_ray
 
-        if args.shard:
-            raise ConfigError("--shard and --engine ray: Ray runs the shards itself; give one or the other")
         build = partial(
             build_with_ray,
             workers=args.workers,
@@ -218,16 +225,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="I/N",
         help="encode only chunks I, I+N, ... (a slurm array task); the last shard to finish assembles the index",
     )
-    build.add_argument(
-        "--engine",
-        choices=["local", "ray"],
-        default="local",
-        help="ray: encode the chunks as tasks on a Ray cluster (the ray extra), then assemble here",
-    )
-    build.add_argument("--workers", type=int, default=2, help="--engine ray: tasks (shards) to run")
-    build.add_argument(
-        "--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); default: a local one"
-    )
+    add_engine_options(build, "assemble the index")
     build.add_argument(
         "--gpus-per-worker", type=float, default=0, help="--engine ray: GPUs each task asks for"
     )
