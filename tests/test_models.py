@@ -56,7 +56,7 @@ def test_seed_fixes_init_and_differs_across_seeds():
 
 
 def test_unknown_name():
-    with pytest.raises(ConfigError, match="tiny-cnn, tiny-vit, composed.*hf:"):
+    with pytest.raises(ConfigError, match="tiny-cnn, tiny-vit, conse, composed.*hf:"):
         create_model("resnet-9000")
     with pytest.raises(ValueError, match="vocabulary"):
         create_model("tiny-cnn")
