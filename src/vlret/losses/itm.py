@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vlret.losses.base import same_item_mask
-from vlret.models.base import Features
+from vlret.models.features import Features
 
 NEGATIVE_FLOOR = 1e-5  # added to the softmax before masking, as the released code does
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,44 +33,12 @@ from tqdm.auto import tqdm
 from vlret.data.images import load_image
 from vlret.data.transforms import ImageTransform
 from vlret.errors import ConfigError
+from vlret.models.features import Features
+from vlret.models.heads import CosineHead, build_head
 
 MODEL_CONFIG_FILE = "vlret_model.json"
 HF_MODEL_TYPES = ("clip", "siglip")  # the transformers model types vlret reads as dual encoders
 HEAD_WEIGHTS_FILE = "head.safetensors"
-
-
-@dataclass
-class Features:
-    """Outputs of one encoder call."""
-
-    embeds: torch.Tensor  # [B, D] global embedding
-    tokens: torch.Tensor | None = None  # [B, T, D_t] patch or word features
-    mask: torch.Tensor | None = None  # [B, T] bool, True where ``tokens`` holds a real token
-
-    def __len__(self) -> int:
-        return len(self.embeds)
-
-    def rows(self, start: int, stop: int) -> Features:
-        """Rows ``start:stop`` of every field."""
-        return self.select(slice(start, stop))
-
-    def select(self, index: slice | torch.Tensor) -> Features:
-        """The rows ``index`` picks (a slice or an index tensor) of every field."""
-        return Features(
-            self.embeds[index],
-            None if self.tokens is None else self.tokens[index],
-            None if self.mask is None else self.mask[index],
-        )
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Features:
-        """On ``device``; floating fields cast to ``dtype`` when given."""
-
-        def move(x: torch.Tensor | None, cast: bool) -> torch.Tensor | None:
-            if x is None:
-                return None
-            return x.to(device, dtype) if cast and dtype is not None else x.to(device)
-
-        return Features(move(self.embeds, True), move(self.tokens, True), move(self.mask, False))
 
 
 class RetrievalModel(nn.Module, ABC):
@@ -110,8 +77,6 @@ class RetrievalModel(nn.Module, ABC):
 
     def __init__(self) -> None:
         super().__init__()
-        from vlret.models.heads import CosineHead  # heads import Features from this module
-
         self.head = CosineHead()
 
     # ----- plain use: strings and pictures in, arrays out -------------------------------------------------
@@ -204,8 +169,6 @@ class RetrievalModel(nn.Module, ABC):
 
     def load_head(self, folder: Path, meta: dict) -> None:
         """Rebuild the head a saved model's ``meta`` describes, with its weights."""
-        from vlret.models.heads import build_head
-
         self.set_head(build_head(meta.get("head")))
         if (folder / HEAD_WEIGHTS_FILE).is_file():
             self.head.load_state_dict(load_file(folder / HEAD_WEIGHTS_FILE))

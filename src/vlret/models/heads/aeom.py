@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vlret.models.base import Features
+from vlret.models.features import Features
 from vlret.models.heads.base import SimilarityHead
 
 MATCHINGS = ("max", "sinkhorn")

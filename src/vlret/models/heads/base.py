@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vlret.models.base import Features
+from vlret.models.features import Features
 
 
 class SimilarityHead(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlret.models.base import Features
+from vlret.models.features import Features
 from vlret.models.heads.base import SimilarityHead
 
 

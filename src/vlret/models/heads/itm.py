@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vlret.models.base import Features
+from vlret.models.features import Features
 from vlret.models.heads.base import SimilarityHead
 
 

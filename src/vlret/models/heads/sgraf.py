@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlret.models.base import Features
+from vlret.models.features import Features
 from vlret.models.heads.base import SimilarityHead
 
 EPS = 1e-8
