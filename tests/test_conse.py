@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vlret.cli import main
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.sample_photos import write_sample_photos
 from vlret.index import Searcher
 from vlret.models import create_model

@@ -8,7 +8,7 @@ import torch
 
 from vlret.cli import main
 from vlret.data import load_dataset
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.errors import VlretError
 from vlret.evaluate import evaluate_model
 from vlret.models import create_model

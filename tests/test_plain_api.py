@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.sample_photos import write_sample_photos
 from vlret.errors import ConfigError
 from vlret.models import create_model, similarity

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from vlret.cli import main
 from vlret.data import load_dataset
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.errors import DataError
 from vlret.index import Searcher, build_index
 from vlret.models import create_model

@@ -14,7 +14,7 @@ CLASSIFIERS = ("efficientnet-lite0",)
 def cmd_backbone_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from vlret.data.images import load_image
+    from vlret.data.image_files import load_image
     from vlret.models.backbones.efficientnet_lite import TRANSFORM, load_pretrained
     from vlret.models.conse import imagenet_classes
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from vlret.data._io import read_json, write_json
 from vlret.data.formats import dataset_fingerprint
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.data.transforms import ImageTransform
 from vlret.errors import ConfigError, DataError

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from vlret.data._io import file_digest
+from vlret.data.image_files import load_image
 from vlret.errors import ConfigError, DataError
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg")
@@ -354,8 +355,6 @@ def clip_frames(
     """The sampled frames of a video (through ``cache`` when given); an image file is a still clip, its one
     picture repeated so that every clip of a uniform sampling has the same number of frames."""
     if not is_video_path(path):
-        from vlret.data.images import load_image
-
         return [load_image(path, record)] * (sampling.frames or 1)
     if cache is not None:
         return cache.frames(path, sampling, record)

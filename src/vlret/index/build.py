@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 import vlret
 from vlret.data._io import read_json, write_json
 from vlret.data._policy import ErrorPolicy, OnError
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.data.video import VIDEO_SUFFIXES, clip_frames, default_frame_cache, is_video_path, stack_clip
 from vlret.errors import ConfigError, DataError

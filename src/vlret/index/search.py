@@ -303,7 +303,7 @@ class Searcher:
 
     @torch.no_grad()
     def _encode_images(self, model, images: list[Image.Image | str | Path]) -> Features:
-        from vlret.data.images import load_image, size_problem
+        from vlret.data.image_files import load_image, size_problem
 
         loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         for im in loaded:

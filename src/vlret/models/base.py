@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.transforms import ImageTransform
 from vlret.errors import ConfigError
 from vlret.models.features import Features

@@ -38,7 +38,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.tar_members import read_member, tar_member
 from vlret.data.video import FrameSampling, is_video_path, load_video_frames
 from vlret.errors import ConfigError, DataError, VlretError

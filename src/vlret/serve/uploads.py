@@ -15,7 +15,7 @@ import warnings
 from fastapi import HTTPException, UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from vlret.data.images import MAX_IMAGE_PIXELS, size_problem
+from vlret.data.image_files import MAX_IMAGE_PIXELS, size_problem
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 MAX_UPLOAD_BYTES = 10 * 2**20

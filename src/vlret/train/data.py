@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.data.regions import load_regions
 from vlret.data.transforms import ImageTransform

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlret.data.classes import ClassData, base_new, few_shot_data, harmonic_mean
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.devices import DEVICE_CHOICES, pick_device
 from vlret.errors import ConfigError, TrainingError
 from vlret.evaluate.classification import class_retrieval_map, top1_accuracy

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vlret.data.images import load_image
+from vlret.data.image_files import load_image
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError
 from vlret.models.backbones import build_image_tower, build_text_tower
