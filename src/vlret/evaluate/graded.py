@@ -19,10 +19,11 @@ import torch
 
 from vlret.data.records import RetrievalDataset
 from vlret.errors import DataError
-from vlret.evaluate.encode import EncodedDataset
+from vlret.evaluate.encode import EncodedDataset, default_cache_dir
 from vlret.evaluate.ndcg import NDCG_KS, mixed_ndcg, single_modal_ndcg
 from vlret.evaluate.relevance import relevance_matrix
-from vlret.evaluate.scoring import block_shape, score_block
+from vlret.evaluate.scoring import block_shape, score_block, score_candidates
+from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
 
 OUTSIDE_TOP_K = -100.0  # RVLR's score for a candidate the re-ranker did not score
@@ -58,8 +59,6 @@ def _reranked_rows(
 ) -> np.ndarray:
     """``[Q, gallery]`` scores of caption (``t2i``) or item queries: the head's inside each query's top-``k``
     by the embeddings, -100 outside."""
-    from vlret.rerank.head import score_candidates
-
     own, other = (
         (encoded.text_embeds, encoded.item_embeds) if t2i else (encoded.item_embeds, encoded.text_embeds)
     )
@@ -111,4 +110,20 @@ def graded_metrics(
 
     out["mixed"] = mixed_ndcg(images, texts, i2t, t2i, relevance, cap_item, mode)
     out["ndcg"] = {"ks": list(NDCG_KS), "mixed_mode": mode, "gain": "linear", "relevance_rows": "captions"}
+    return out
+
+
+def graded_results(
+    model: RetrievalModel,
+    encoded: EncodedDataset,
+    selected: RetrievalDataset,
+    relevance: str,
+    mixed_mode: str,
+    cache_dir: str | Path | None,
+) -> dict:
+    """Single-modal and mixed NDCG of an encoded split, and where its relevance came from."""
+    folder = Path(cache_dir).parent if cache_dir else default_cache_dir().parent
+    matrix = load_relevance(relevance, selected, folder)
+    out = graded_metrics(model.head, encoded, selected, matrix, mixed_mode)
+    out["ndcg"]["relevance"] = relevance
     return out

@@ -114,3 +114,35 @@ def fold_table(table: FeatureTable, start: int, stop: int) -> FeatureTable:
         None if table.tokens is None else table.tokens[start:stop],
         None if table.mask is None else table.mask[start:stop],
     )
+
+
+@torch.no_grad()
+def score_candidates(
+    head: SimilarityHead,
+    texts: FeatureTable,
+    items: FeatureTable,
+    text_rows: np.ndarray,
+    item_rows: np.ndarray,
+    budget: int = DEFAULT_BUDGET,
+) -> np.ndarray:
+    """The head's score of each pair ``(texts[text_rows[q, j]], items[item_rows[q, j]])``: ``[Q, k]``.
+
+    Pairs are scored in chunks whose intermediate tensors stay under ``budget`` elements.
+    """
+    head.eval()
+    shape = text_rows.shape
+    text_rows, item_rows = text_rows.reshape(-1), item_rows.reshape(-1)
+    if len(text_rows) == 0:
+        return np.zeros(shape, np.float32)
+    cost = head.pair_cost(texts.rows(0, 1), items.rows(0, 1))
+    chunk = max(1, budget // max(cost, 1))
+    device = head_device(head)
+    out = [
+        head.score_pairs(
+            texts.take(text_rows[s : s + chunk]).to(device),
+            items.take(item_rows[s : s + chunk]).to(device),
+            chunk,
+        ).cpu()
+        for s in range(0, len(text_rows), chunk)
+    ]
+    return torch.cat(out).float().numpy().reshape(shape)

@@ -12,6 +12,7 @@ from vlret.errors import ConfigError
 from vlret.models.base import HF_MODEL_TYPES, MODEL_CONFIG_FILE, RetrievalModel
 from vlret.models.heads import build_head
 from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
+from vlret.models.video import FRAME_MODEL_FOLDER, VideoModel, as_video_model
 
 
 def create_model(
@@ -44,8 +45,6 @@ def create_model(
     """
     model = _build(name, captions, seed, options)
     if video is not None:
-        from vlret.models.video import as_video_model
-
         with torch.random.fork_rng(devices=[]):  # the temporal transformer's initialisation
             if seed is not None:
                 torch.manual_seed(seed)
@@ -199,9 +198,7 @@ def load_model(folder: str | Path) -> RetrievalModel:
 
         model = OpenCLIPModel.load(folder, meta)
     elif meta.get("kind") == "video":
-        from vlret.models.video import VideoModel
-
-        model = VideoModel.load(folder, meta)
+        model = VideoModel.load(folder, meta, load_model(folder / FRAME_MODEL_FOLDER))
     elif meta.get("kind") == "conse":
         from vlret.models.conse import ConSEModel
 

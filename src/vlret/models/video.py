@@ -193,11 +193,11 @@ class VideoModel(RetrievalModel):
             save_file(state, folder / TEMPORAL_WEIGHTS_FILE)
 
     @classmethod
-    def load(cls, folder: str | Path, meta: dict) -> VideoModel:
-        from vlret.models.registry import load_model
-
+    def load(cls, folder: str | Path, meta: dict, frame_model: RetrievalModel) -> VideoModel:
+        """The clip model saved in ``folder`` around ``frame_model``, the model saved in its
+        ``FRAME_MODEL_FOLDER`` (which the registry loads, whatever its kind)."""
         folder = Path(folder)
-        model = cls(load_model(folder / FRAME_MODEL_FOLDER), VideoConfig(**meta["config"]))
+        model = cls(frame_model, VideoConfig(**meta["config"]))
         model.load_head(folder, meta)
         if model.temporal is not None:
             model.temporal.load_state_dict(load_file(folder / TEMPORAL_WEIGHTS_FILE))

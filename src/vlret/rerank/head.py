@@ -18,15 +18,15 @@ import torch
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, NonFiniteScoreError
-from vlret.evaluate.api import (
+from vlret.evaluate.encode import FeatureTable, encode_dataset
+from vlret.evaluate.graded import graded_results
+from vlret.evaluate.packaging import (
     check_finite_features,
     fold_metrics,
-    graded_results,
     median_rules,
     package_result,
     select_split,
 )
-from vlret.evaluate.encode import FeatureTable, encode_dataset
 from vlret.evaluate.protocols import DIRECTIONS, Fold, get_protocol, prepare
 from vlret.evaluate.ranking import (
     BlockFn,
@@ -36,45 +36,13 @@ from vlret.evaluate.ranking import (
     ranking_dtype,
     topk_blocks,
 )
-from vlret.evaluate.scoring import DEFAULT_BUDGET, fold_table, head_device
+from vlret.evaluate.scoring import fold_table, score_candidates
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
 from vlret.rerank.first_stage import first_stage_topk, ranks_within_topk
 
 #: candidates per query the head re-scores unless told otherwise (RVLR's Flickr30K k_test is 128)
 DEFAULT_K = 128
-
-
-@torch.no_grad()
-def score_candidates(
-    head: SimilarityHead,
-    texts: FeatureTable,
-    items: FeatureTable,
-    text_rows: np.ndarray,
-    item_rows: np.ndarray,
-    budget: int = DEFAULT_BUDGET,
-) -> np.ndarray:
-    """The head's score of each pair ``(texts[text_rows[q, j]], items[item_rows[q, j]])``: ``[Q, k]``.
-
-    Pairs are scored in chunks whose intermediate tensors stay under ``budget`` elements.
-    """
-    head.eval()
-    shape = text_rows.shape
-    text_rows, item_rows = text_rows.reshape(-1), item_rows.reshape(-1)
-    if len(text_rows) == 0:
-        return np.zeros(shape, np.float32)
-    cost = head.pair_cost(texts.rows(0, 1), items.rows(0, 1))
-    chunk = max(1, budget // max(cost, 1))
-    device = head_device(head)
-    out = [
-        head.score_pairs(
-            texts.take(text_rows[s : s + chunk]).to(device),
-            items.take(item_rows[s : s + chunk]).to(device),
-            chunk,
-        ).cpu()
-        for s in range(0, len(text_rows), chunk)
-    ]
-    return torch.cat(out).float().numpy().reshape(shape)
 
 
 def rerank_fold(

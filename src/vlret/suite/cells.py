@@ -17,8 +17,9 @@ from vlret.data import RetrievalDataset, load_dataset
 from vlret.data._io import read_json, write_json
 from vlret.devices import pick_device
 from vlret.errors import ConfigError
-from vlret.evaluate.api import evaluate_ensemble, evaluate_model, select_split, stored_scores
+from vlret.evaluate.api import evaluate_ensemble, evaluate_model, stored_scores
 from vlret.evaluate.encode import encode_dataset
+from vlret.evaluate.packaging import select_split
 from vlret.evaluate.protocols import get_protocol, prepare
 from vlret.models import RetrievalModel, create_model
 from vlret.suite.dataset import DataSource, RecipeEdits
@@ -356,8 +357,8 @@ def _reranked_scores(model: RetrievalModel, test: RetrievalDataset, ctx: CellCon
     import torch
 
     from vlret.evaluate.ranking import dot_block_fn
+    from vlret.evaluate.scoring import score_candidates
     from vlret.rerank.first_stage import first_stage_topk
-    from vlret.rerank.head import score_candidates
 
     encoded = encode_dataset(model, test, cache_dir=ctx.features, progress=False)
     texts, items = torch.from_numpy(encoded.text_embeds), torch.from_numpy(encoded.item_embeds)

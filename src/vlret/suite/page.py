@@ -125,11 +125,21 @@ def _train_seconds(entry: dict):
     return None if t is None else (t["mean"], t["std"])
 
 
+def table_title(table: str, settings: dict) -> str:
+    """A results table's heading: what it measures, on which split of which data."""
+    if settings["suite"] != "synthetic":
+        split = settings.get("test_split", "test")
+        return f"Text–image retrieval ({split} split of {Path(settings['suite']).name})"
+    return {
+        "retrieval": "Text–image retrieval (test split of the synthetic benchmark)",
+        "video": "Text–video retrieval (test split of the synthetic video benchmark)",
+        "prompts": "Prompt learning, base-to-new (test split of the synthetic class benchmark)",
+    }[table]
+
+
 def write_page(summary: dict, tables: dict[str, str], path: Path) -> Path:
     """Write ``index.html`` for ``summary`` (its rows and settings) with its markdown ``tables`` (by name:
     ``retrieval``, ``video``, ``prompts``); the figures plot the text-image retrieval rows."""
-    from vlret.suite.summary import table_title
-
     entries = [e for e in summary["rows"] if e.get("table", "retrieval") == "retrieval"]
     settings = summary["settings"]
     title = f"vlret bench: {settings['suite']} suite"

@@ -11,6 +11,7 @@ import torch
 
 from vlret.data._io import write_json
 from vlret.suite.cells import CellContext
+from vlret.suite.page import table_title, write_page
 from vlret.suite.rows import Row
 
 
@@ -37,18 +38,6 @@ TABLE_METRICS = {
         ("new_map", "new mAP", 1),
     ),
 }
-
-
-def table_title(table: str, settings: dict) -> str:
-    """A results table's heading: what it measures, on which split of which data."""
-    if settings["suite"] != "synthetic":
-        split = settings.get("test_split", "test")
-        return f"Text–image retrieval ({split} split of {Path(settings['suite']).name})"
-    return {
-        "retrieval": "Text–image retrieval (test split of the synthetic benchmark)",
-        "video": "Text–video retrieval (test split of the synthetic video benchmark)",
-        "prompts": "Prompt learning, base-to-new (test split of the synthetic class benchmark)",
-    }[table]
 
 
 #: the cost columns: (cost key, header)
@@ -160,8 +149,6 @@ def tables(summary: dict) -> dict[str, str]:
 
 def write_outputs(summary: dict, out: Path) -> None:
     """``summary.json``, ``table.md`` and ``index.html`` in ``out``."""
-    from vlret.suite.page import write_page
-
     write_json(out / "summary.json", summary)
     by_table = tables(summary)
     titled = [f"{table_title(t, summary['settings'])}:\n\n{md}" for t, md in by_table.items()]

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import vlret.train.checkpoint as ckpt
+import vlret.train.memo_store as memo_store
 from vlret.data import load_dataset
 from vlret.data.prefetch import prefetch
 from vlret.data.records import RetrievalDataset
@@ -32,8 +34,6 @@ from vlret.losses import LOSSES
 from vlret.losses.base import LossContext
 from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
-from vlret.train import checkpoint as ckpt
-from vlret.train import memo_store
 from vlret.train.data import EpochBatches, PairSource, epoch_loader
 from vlret.train.distributed import (
     DistInfo,

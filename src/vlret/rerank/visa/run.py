@@ -16,8 +16,8 @@ import numpy as np
 
 from vlret.data._io import read_json, write_json
 from vlret.data.records import RetrievalDataset
-from vlret.evaluate.api import media_kind, median_rules
 from vlret.evaluate.metrics import MEDIAN_RULES, direction_metrics
+from vlret.evaluate.packaging import media_kind, median_rules
 from vlret.evaluate.results import make_result
 from vlret.rerank.first_stage import base_from_embeddings, base_from_scores, final_ranks
 from vlret.rerank.visa.config import VisaConfig
