@@ -117,9 +117,19 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
 
         query_image = tmp_path / "q.png"
         Image.open(next((synth_data.parent / "images" / "test").iterdir())).save(query_image)
+        expect(page.locator("#query-image")).to_be_hidden()
         page.set_input_files("#upload", str(query_image))
         expect(page.locator("#status")).not_to_contain_text("VISA")
         expect(page.locator("figure.hit")).to_have_count(5)
+        expect(page.locator("#query-image")).to_be_visible()  # the query image stays in view
+        page.wait_for_function(  # the preview decoded (no clock: it waits for the image, however slow)
+            "() => { const i = document.querySelector('#query-image'); return i.complete && i.naturalWidth > 0; }"
+        )
+        assert page.locator("link[rel=icon]").count() == 1
+
+        page.fill("#query", "a red circle")
+        page.click("#search")
+        expect(page.locator("#query-image")).to_be_hidden()  # a text query replaces it
 
         page.fill("#query", "   ")
         page.click("#search")
