@@ -76,3 +76,29 @@ def test_the_five_line_example_of_the_readme_finds_the_cat(tmp_path):
     images = model.encode_image(photos)
     query = model.encode_text("a cat")
     assert photos[int(similarity(query, images).argmax())].name == "cat.png"
+
+
+def test_on_a_transformers_clip_it_equals_transformers_own_features(tmp_path, synth_data):
+    """The plain API on an architecture-true stand-in (a tiny CLIP saved as a hub download): texts through
+    transformers' own tokenizer and get_text_features, images through get_image_features of the pixels."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    from hf_tiny import make_clip
+
+    folder = make_clip(tmp_path / "clip")
+    model = create_model(f"hf:{folder}")
+    reference = CLIPModel.from_pretrained(str(folder)).eval()
+    texts = ["a red circle", "two blue squares on the left"]  # different lengths: padding in the batch
+    batch = AutoTokenizer.from_pretrained(str(folder))(texts, padding=True, return_tensors="pt")
+    files = sorted((synth_data.parent / "images" / "test").glob("*.png"))[:2]
+    pixels = torch.from_numpy(np.stack([model.image_transform(load_image(f)) for f in files]))
+
+    def vectors(out):  # transformers 5 answers an output object whose pooler_output is the projection
+        return F.normalize(out if torch.is_tensor(out) else out.pooler_output, dim=-1).numpy()
+
+    with torch.no_grad():
+        text_direct = vectors(reference.get_text_features(**batch))
+        image_direct = vectors(reference.get_image_features(pixel_values=pixels))
+    np.testing.assert_allclose(model.encode_text(texts, batch_size=1), text_direct, atol=1e-5)
+    np.testing.assert_allclose(model.encode_image(files), image_direct, atol=1e-5)
+    assert similarity(model.encode_text(texts[0]), model.encode_image(files)).shape == (2,)
