@@ -81,6 +81,30 @@ def _build_in_process(model: str, images: str, out: str, shard, queue) -> None:
         queue.put(("error", repr(exc)))
 
 
+def test_builders_starting_together_never_remove_each_others_work_folder(tmp_path):
+    """Six builders reach the start at once, 50 times over. A builder that saw the work folder of another
+    still being started (no manifest yet) used to remove it: 888 errors in 200 rounds (FileNotFoundError,
+    'Directory not empty'), and a Ray build failed in CI the same way."""
+    errors = []
+
+    def start(work: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            build._start_or_join(work, {"model": "m"}, tmp_path / ".start.lock")
+        except OSError as error:
+            errors.append(error)
+
+    for round_ in range(50):
+        work, barrier = tmp_path / f"idx{round_}.building", threading.Barrier(6)
+        threads = [threading.Thread(target=start, args=(work, barrier)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert json.loads((work / "manifest.json").read_text()) == {"model": "m"}
+    assert errors == []
+
+
 def test_two_builders_started_together_cooperate_and_match_one_process(collection, reference, tmp_path):
     images, model = collection
     ctx = multiprocessing.get_context("spawn")

@@ -365,7 +365,7 @@ def build_index(
     )
     lock = out.with_name(f".{out.name}.build.lock")
     with _locked(lock, exclusive=False):  # builders encode side by side; the assembler waits for them
-        _start_or_join(work, manifest)
+        _start_or_join(work, manifest, out.with_name(f".{out.name}.start.lock"))
         folders = _encode_chunks(
             encoders, root, paths, work, chunk_size, batch_size, progress, on_error, shard
         )
@@ -399,14 +399,20 @@ class _Plan:
     on_disk: bool
 
 
-def _start_or_join(work: Path, manifest: dict) -> None:
+def _start_or_join(work: Path, manifest: dict, lock: Path) -> None:
     """Make the work folder, or join the build in it: the same build (a rerun after a kill, or another
-    builder) keeps its chunks; a different build's leftovers are cleared."""
+    builder) keeps its chunks; a different build's leftovers are cleared.
+
+    One builder at a time, under ``lock``: a builder that found the folder of another still starting (no
+    manifest yet) took it for a leftover and removed it under its feet (seen with two Ray workers)."""
     manifest_file = work / "manifest.json"
-    if work.exists() and (not manifest_file.is_file() or json.loads(manifest_file.read_text()) != manifest):
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(manifest_file, manifest)
+    with _locked(lock, exclusive=True):
+        if work.exists() and (
+            not manifest_file.is_file() or json.loads(manifest_file.read_text()) != manifest
+        ):
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(manifest_file, manifest)
 
 
 @contextmanager
