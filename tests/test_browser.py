@@ -95,6 +95,7 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
         page.goto(base_url)
         expect(page.locator("#status")).to_contain_text("6 items indexed")
         expect(page.locator("#visa-label")).to_be_visible()
+        expect(page.locator("#target-label")).to_be_hidden()  # no captions indexed: nothing to choose
 
         page.select_option("#k", "5")
         page.fill("#query", "a red circle")
@@ -135,6 +136,37 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
         page.click("#search")
         expect(page.locator("#status")).to_have_class("error")
         page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def captions_url(synth_data, tmp_path_factory):
+    """A service over an index built from the test split: it holds captions."""
+    root = tmp_path_factory.mktemp("browser_captions")
+    data = load_dataset(synth_data)
+    create_model("tiny-cnn", captions=[c.text for c in data.captions], seed=0).save(root / "model")
+    index = build_index(str(root / "model"), root / "idx", dataset=data.split("test"), progress=False)
+    yield from _serve(create_app(index))
+
+
+def test_an_uploaded_image_finds_captions_in_the_page(captions_url, synth_data, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    query_image = tmp_path / "q.png"
+    Image.open(next((synth_data.parent / "images" / "test").iterdir())).save(query_image)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(captions_url)
+        expect(page.locator("#target-label")).to_be_visible()  # the index holds captions
+        page.select_option("#k", "5")
+        page.set_input_files("#upload", str(query_image))
+        expect(page.locator("figure.hit")).to_have_count(5)
+        expect(page.locator("figure.caption-hit")).to_have_count(0)  # images first, by default
+        page.select_option("#target", "captions")  # the same upload, searched again for captions
+        expect(page.locator("figure.caption-hit")).to_have_count(5)
+        expect(page.locator("figure.caption-hit q").first).not_to_be_empty()
+        expect(page.locator("#query-image")).to_be_visible()
         browser.close()
 
 
@@ -242,4 +274,7 @@ def test_bench_page_shows_the_table_the_pareto_plot_and_the_charts(tmp_path):
             image = page.locator(f"#{ident}")
             expect(image).to_be_visible()
             assert page.evaluate(f"document.getElementById('{ident}').naturalWidth") > 300
+        expect(page.locator("#pareto-points tbody tr")).to_have_count(3)  # the plot's key: every point
+        expect(page.locator("#smoke")).to_have_count(0)  # no --steps, no cut budget, the full benchmark
+        expect(page.locator("#settings")).to_contain_text("seeds")
         browser.close()

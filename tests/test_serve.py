@@ -329,3 +329,45 @@ def test_api_docs_work_offline_and_health_shows_no_absolute_paths(client, index)
     assert client.get("/redoc").status_code == 200
     health = client.get("/health").text
     assert str(index.parent) not in health and str(index.resolve().parent) not in health
+
+
+@pytest.fixture(scope="module")
+def captioned(synth_data, tmp_path_factory):
+    """A service over an index built from the test split, so its captions are indexed too."""
+    root = tmp_path_factory.mktemp("serve_captions")
+    data = load_dataset(synth_data)
+    create_model("tiny-cnn", captions=[c.text for c in data.captions], seed=0).save(root / "model")
+    index = build_index(str(root / "model"), root / "idx", dataset=data.split("test"), progress=False)
+    return TestClient(create_app(index)), root / "model", data.split("test")
+
+
+def test_an_image_finds_the_captions_that_describe_it(captioned):
+    """Image -> caption: the same top 3 as the plain API's embeddings ranked by hand."""
+    import numpy as np
+
+    from vlret.models import load_model
+
+    client, model_folder, test = captioned
+    query = test.media_path(test.items[2])
+    response = client.post(
+        "/api/search/image",
+        params={"k": 3, "target": "captions"},
+        files={"file": ("q.png", query.read_bytes(), "image/png")},
+    )
+    body = response.json()
+    assert response.status_code == 200 and body["target"] == "captions"
+    model = load_model(model_folder)
+    texts = [c.text for c in test.captions]
+    scores = model.encode_text(texts) @ model.encode_image(query)  # one image: one embedding [D]
+    best = np.argsort(-scores, kind="stable")[:3]
+    assert [r["text"] for r in body["results"]] == [texts[i] for i in best]
+    assert [r["id"] for r in body["results"]] == [test.captions[i].item_id for i in best]
+    np.testing.assert_allclose([r["score"] for r in body["results"]], scores[best], atol=1e-5)
+    assert all(r["thumbnail"].startswith("/thumbnail/") for r in body["results"])  # the caption's image
+
+
+def test_searching_captions_of_an_index_without_captions_says_how_to_get_them(client):
+    response = client.post(
+        "/api/search/image", params={"target": "captions"}, files={"file": ("q.png", _png(), "image/png")}
+    )
+    assert response.status_code == 400 and "build it from a dataset" in response.json()["detail"]

@@ -10,7 +10,7 @@ import pytest
 
 from vlret.cli import main
 from vlret.suite.budget import EVAL_RESERVE, Probe, plan_training, share_budget
-from vlret.suite.page import pareto_front
+from vlret.suite.page import pareto_front, pareto_points, points_table, smoke_reasons
 from vlret.suite.rows import (
     FAMILIES,
     RVLR_STAGE1,
@@ -80,6 +80,37 @@ def test_budget_gives_whole_epochs_then_part_of_one():
     assert shares["a"]["epochs"] == 2  # floor(17.5 / 7)
 
 
+def test_the_bench_page_says_when_a_run_is_a_smoke_run_and_numbers_every_point():
+    def entry(name, r1, seconds, training=None):
+        costs = {"eval_seconds": {"mean": seconds, "std": None}, "queries": {"mean": 10.0, "std": None}}
+        return {
+            "row": name,
+            "metrics": {"t2i_r1": {"mean": r1, "std": None}},
+            "costs": costs,
+            "training": training,
+        }
+
+    full = {"settings": {"suite": "synthetic", "steps": None, "images": None}, "rows": [entry("a", 0.2, 1.0)]}
+    assert smoke_reasons(full) == []
+    cut = {
+        "settings": {"suite": "synthetic", "steps": None, "images": 999, "budget_minutes": 1.0},
+        "rows": [entry("a", 0.2, 1.0, {"epochs": 1, "max_steps": 7}), entry("b", 0.1, 1.0, {"epochs": 3})],
+    }
+    assert smoke_reasons(cut) == [
+        "the budget (1.0 min) left 1 row(s) less than one epoch: a",
+        "--images 999: the calibrated benchmark has 5,000 images",
+    ]
+    points = pareto_points([entry("a", 0.2, 1.0), entry("b", 0.1, 2.0), entry("c", 0.5, 4.0)])
+    assert [(p["n"], p["row"], p["front"]) for p in points] == [
+        (1, "a", True),
+        (2, "b", False),
+        (3, "c", True),
+    ]
+    assert [round(p["cost"], 3) for p in points] == [0.1, 0.2, 0.4]  # eval seconds / queries
+    table = points_table(points)
+    assert table.count("<tr><td>") == 3 and "<td>2</td><td>b</td><td>200</td><td>10.0</td><td></td>" in table
+
+
 def test_pareto_front_keeps_what_nothing_cheaper_beats():
     points = [(1.0, 10.0), (2.0, 5.0), (3.0, 20.0), (0.5, 8.0), (3.0, 20.0), (4.0, 19.0)]
     assert pareto_front(points) == [3, 0, 2]
@@ -130,8 +161,18 @@ def test_the_whole_suite_runs_and_its_rows_agree(tiny_suite):
     assert len(names) == 14 + 14 + 11 + 2 + 2 + 1 + 3
     page = (out / "index.html").read_text()
     assert all(
-        f"id='{i}'" in page for i in ("results-retrieval", "results-video", "results-prompts", "pareto")
+        f"id='{i}'" in page
+        for i in (
+            "results-retrieval",
+            "results-video",
+            "results-prompts",
+            "pareto",
+            "pareto-points",
+            "settings",
+        )
     )
+    assert "<strong>A smoke run:</strong>" in page
+    assert "--steps 1: every training cell stopped after 1 steps" in page and "--images 120" in page
     table = (out / "table.md").read_text()
     assert table.count("\n| ") == len(names) + 3  # every row, and each of the 3 tables' header line
 

@@ -1,6 +1,7 @@
 """A self-contained HTML report of a run: results table, training curves, and sample queries with their
-top-5 retrieved images (the correct one outlined in green). Pictures are embedded as base64, so the file can be
-mailed or opened anywhere."""
+top-5 retrieved images (the paired image outlined in green, other images the query is also true of in amber),
+and how the run was made (machine, time, command). Pictures are embedded as base64, so the file can be mailed
+or opened anywhere."""
 
 from __future__ import annotations
 
@@ -17,15 +18,31 @@ from vlret.evaluate.results import results_table
 
 @dataclass
 class RetrievedImage:
+    """One result of a sample query. ``correct``: the image the caption was written for; ``fits``: another
+    image the caption is true of as well (the benchmark's recall counts only the paired one)."""
+
     path: Path
     score: float
     correct: bool
+    fits: bool = False
 
 
 @dataclass
 class SampleQuery:
     text: str
     results: list[RetrievedImage]
+
+    def explanation(self) -> str | None:
+        """Why a query whose paired image is not shown is not simply a miss, when that is so."""
+        if any(hit.correct for hit in self.results) or not self.results or not self.results[0].fits:
+            return None
+        n = sum(hit.fits for hit in self.results)
+        return (
+            f"The paired image is not in the top {len(self.results)}, but the caption is true of "
+            f"{'all' if n == len(self.results) else n} of these {len(self.results)}, the first among them: "
+            "these are right answers that the benchmark's recall does not count (it scores only the image "
+            "the caption was written for)."
+        )
 
 
 def _png_data_url(image: Image.Image) -> str:
@@ -81,7 +98,11 @@ td:first-child, th:first-child { text-align: left; }
 .query { margin: 1.2rem 0; } .query p { margin: 0 0 0.4rem; font-weight: 600; }
 .hits { display: flex; gap: 8px; } figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { border: 4px solid #ddd; image-rendering: pixelated; }
-figure.correct img { border-color: #2e9d3a; }
+figure.correct img { border-color: #2e9d3a; } figure.fits img { border-color: #e0a020; }
+.why { font-weight: normal; color: #555; font-size: 14px; margin: 0 0 0.4rem; }
+.caveat { background: #fff6e0; border-left: 4px solid #e0a020; padding: 6px 10px; }
+dl.run { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; } dl.run dt { font-weight: 600; }
+dl.run dd { margin: 0; font-family: ui-monospace, monospace; }
 """
 
 
@@ -101,28 +122,56 @@ def write_report(
     records: list[dict],
     samples: list[SampleQuery],
     notes: list[str] = (),
+    more_samples: list[tuple[str, list[SampleQuery]]] = (),
+    caveat: str | None = None,
+    about: dict[str, str] | None = None,
 ) -> Path:
-    """Write the HTML report; returns its path."""
+    """Write the HTML report; returns its path.
+
+    ``more_samples``: further (heading, queries) sections after the sample queries (the demo shows VISA's
+    re-ranking there); ``caveat``: a highlighted paragraph under the table; ``about``: how the run was made
+    (machine, run time, the command that reproduces it), listed last."""
     path = Path(path)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
     parts.append(f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
     parts.append("<h2>Results (test split)</h2>" + markdown_table_to_html(results_table(results, names)))
+    if caveat:
+        parts.append(f"<p class='caveat'>{html.escape(caveat)}</p>")
     parts.extend(f"<p>{html.escape(n)}</p>" for n in notes)
     curves = training_curves(records)
     if curves:
         parts.append(f"<h2>Training</h2><img alt='training curves' src='{curves}'>")
-    if samples:
-        parts.append("<h2>Sample queries: top 5 (green = the correct image)</h2>")
-    for sample in samples:
-        parts.append(f"<div class='query'><p>“{html.escape(sample.text)}”</p><div class='hits'>")
-        for rank, hit in enumerate(sample.results, 1):
-            cls = " class='correct'" if hit.correct else ""
+    sections = [("Sample queries: top 5", samples), *more_samples]
+    for heading, queries in sections:
+        if queries:
+            parts.append(f"<h2>{html.escape(heading)}</h2>")
             parts.append(
-                f"<figure{cls}><img alt='rank {rank}' src='{_thumbnail(hit.path)}'>"
-                f"<figcaption>#{rank} · {hit.score:.3f}</figcaption></figure>"
+                "<p class='why'>Green: the image the caption was written for. Amber: another image the "
+                "caption is true of.</p>"
             )
-        parts.append("</div></div>")
+            parts.extend(_sample_html(sample) for sample in queries)
+    if about:
+        rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in about.items())
+        parts.append(f"<h2>This run</h2><dl class='run'>{rows}</dl>")
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _sample_html(sample: SampleQuery) -> str:
+    parts = [f"<div class='query'><p>“{html.escape(sample.text)}”</p>"]
+    why = sample.explanation()
+    if why:
+        parts.append(f"<p class='why'>{html.escape(why)}</p>")
+    parts.append("<div class='hits'>")
+    for rank, hit in enumerate(sample.results, 1):
+        kind = "correct" if hit.correct else "fits" if hit.fits else None
+        cls = f" class='{kind}'" if kind else ""
+        label = {"correct": " · paired", "fits": " · fits"}.get(kind, "")
+        parts.append(
+            f"<figure{cls}><img alt='rank {rank}' src='{_thumbnail(hit.path)}'>"
+            f"<figcaption>#{rank} · {hit.score:.3f}{label}</figcaption></figure>"
+        )
+    parts.append("</div></div>")
+    return "".join(parts)

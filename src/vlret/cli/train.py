@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from vlret.cli.common import print_json, vlret_command
@@ -38,7 +39,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out, data_dir = args.out or "runs/demo", args.data_dir or "data/synth"
     outcome = run_demo(
-        out, data_dir, args.overrides, progress=not args.quiet, images=args.images, overwrite=args.overwrite
+        out,
+        data_dir,
+        args.overrides,
+        progress=not args.quiet,
+        images=args.images,
+        overwrite=args.overwrite,
+        command=_demo_command(args),
     )
     print()
     print(outcome["table"])
@@ -58,6 +65,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for query, hits in photos["queries"].items():
         print(f"  {query!r:20} " + "   ".join(f"{path} {score:.2f}" for path, score in hits))
     return 0
+
+
+def _demo_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this demo (for the report)."""
+    words = [vlret_command(), "demo"]
+    for flag, value in (("--out", args.out), ("--data-dir", args.data_dir), ("--images", args.images)):
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join([*words, *args.overrides])
 
 
 def _video_demo(args: argparse.Namespace) -> int:

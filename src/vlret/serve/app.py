@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -205,10 +205,10 @@ class SearchService:
 
 def _answers(version: IndexVersion, requests: list[tuple[str, object, int]]) -> list[list]:
     """Answers of one version for ``(kind, query, k)`` requests, one encoder call per input kind: ``text``
-    and ``image`` give hits, ``class`` (a class name) hits by its learnt prompt, ``classify`` (an image) its
-    ``k`` likeliest classes."""
+    and ``image`` give hits, ``captions`` (an image) the indexed captions that match it, ``class`` (a class
+    name) hits by its learnt prompt, ``classify`` (an image) its ``k`` likeliest classes."""
     searcher = version.searcher
-    inputs = {"text": ("text",), "image": ("image", "classify")}
+    inputs = {"text": ("text",), "image": ("image", "captions", "classify")}
     queries: dict[int, object] = {}
     for kind, encode in (("text", searcher.text_queries), ("image", searcher.image_queries)):
         members = [n for n, (of, _, _) in enumerate(requests) if of in inputs[kind]]
@@ -220,6 +220,8 @@ def _answers(version: IndexVersion, requests: list[tuple[str, object, int]]) -> 
             answers.append(version.classes.class_hits(query, k))
         elif kind == "classify":
             answers.append(version.classes.classify_features(queries[n].vector[None], k)[0])
+        elif kind == "captions":
+            answers.append(searcher.caption_hits(queries[n], k))
         else:
             answers.append(searcher.image_hits(queries[n], k))
     return answers
@@ -382,14 +384,23 @@ def create_app(
 
     @app.post("/api/search/image")
     async def search_image(
-        file: Annotated[UploadFile, File()], k: int = Query(10, ge=1, le=max_k)
+        file: Annotated[UploadFile, File()],
+        k: int = Query(10, ge=1, le=max_k),
+        target: Literal["images", "captions"] = "images",
     ) -> JSONResponse:
+        """Images like the uploaded one, or (``target=captions``, an index built from a dataset) the
+        indexed captions that describe it, each with its image's thumbnail."""
+        if target == "captions" and service.versions.snapshot().searcher.captions is None:
+            raise HTTPException(
+                400, "this index holds no captions (build it from a dataset, --data, to search captions)"
+            )
         image = await run_in_threadpool(service.decode, file, max_upload_bytes, max_upload_pixels)
         started = asyncio.get_running_loop().time()
         version = service.versions.snapshot()
-        hits = await _model_call(service.queries, (version, "image", image, k))
+        kind = "image" if target == "images" else "captions"
+        hits = await _model_call(service.queries, (version, kind, image, k))
         results = [service.hit_json(h, version) for h in hits]
-        return answer(file.filename, k, results, started, version=version.name)
+        return answer(file.filename, k, results, started, version=version.name, target=target)
 
     def with_classes() -> IndexVersion:
         version = service.versions.snapshot()

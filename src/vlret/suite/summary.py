@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from vlret.data._io import write_json
+from vlret.devices import describe_machine
 from vlret.suite.cells import CellContext
 from vlret.suite.page import table_title, write_page
 from vlret.suite.rows import Row
@@ -85,20 +83,9 @@ def summarise(rows: list[Row], seeds: list[int], ctx: CellContext, settings, pla
         )
     return {
         "settings": asdict(settings),
-        "machine": machine(),
+        "machine": describe_machine(),
         "rows": entries,
     }
-
-
-def machine() -> str:
-    """The machine in words: CPU count, GPU if any, torch version."""
-    import os
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), {gpu}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
 
 
 def _metric(value: dict | None, scale: float) -> str:
