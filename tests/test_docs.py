@@ -54,3 +54,24 @@ def test_the_readme_is_short_and_names_nothing_outside_the_repository():
         assert "DESIGN.md" not in text and "shared/specs" not in text, page
     for target in re.findall(r"\]\(((?:docs/)[^)#]+)", readme):  # its links to the docs exist
         assert (ROOT / target).is_file(), target
+
+
+def test_every_method_page_has_the_same_sections_with_a_fidelity_table():
+    """One page per method, each in the same order: what the paper does, how to run it here, its recipes,
+    the fidelity table against the released code, and its results on the synthetic benchmark."""
+    wanted = [
+        "## What the paper",
+        "## How to run it",
+        "## Recipes",
+        "## Fidelity to the released code",
+        "## Results on the synthetic benchmark",
+    ]
+    pages = sorted((ROOT / "docs" / "methods").glob("*.md"))
+    assert len(pages) == 5
+    for page in pages:
+        headings = [line for line in page.read_text().splitlines() if line.startswith("## ")]
+        found = [next((h for h in headings if h.startswith(w)), None) for w in wanted]
+        assert None not in found, (page.name, headings)
+        assert [headings.index(h) for h in found] == sorted(headings.index(h) for h in found), page.name
+        fidelity = page.read_text().split("## Fidelity to the released code", 1)[1]
+        assert "| point | paper / intent | released code | vlret default |" in fidelity, page.name
