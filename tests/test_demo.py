@@ -24,7 +24,7 @@ def test_demo_smoke(tmp_path, capsys):
     assert html.count("class='correct'") <= 8 + 2 * 4  # at most one correct image per query
     assert "alt='training curves' src='data:image/png;base64," in html
     assert "<td>tiny-cnn trained + VISA</td>" in html and "class='caveat'" in html
-    assert "VISA re-ranking: the first result changed for" in html and "(after VISA)" in html
+    assert "VISA changed the first result of" in html and "<span class='label'>(after VISA)</span>" in html
     assert f"<dt>command</dt><dd>vlret demo --out {out} --data-dir {data} --images 80" in html
     assert "<dt>machine</dt>" in html and "<dt>run time</dt>" in html
     # a second run reuses the finished training instead of training again
@@ -117,9 +117,10 @@ def test_visa_samples_count_moves_of_the_paired_image(tmp_path):
     np.save(tmp_path / "reranked.npy", np.array([[2, 0, 1], [1, 0, 2], [2, 1, 3]]))
     np.save(tmp_path / "fused.npy", np.array([[0.1, 0.2, 0.9], [0.3, 0.8, 0.1], [0.2, 0.7, 0.1]]))
     np.save(tmp_path / "base_topk.npy", np.array([[0.9, 0.8, 0.7]] * 3))
-    heading, samples = visa_samples(test, tmp_path, k=3)
-    assert "changed for 3 of 3 queries" in heading and "up for 1 and down for 1" in heading
-    assert [s.text for s in samples[:2]] == ["a (base)", "a (after VISA)"]
+    section = visa_samples(test, tmp_path, k=3)
+    samples = section.queries
+    assert "first result of 3 of 3 queries" in section.intro and "up for 1 and down for 1" in section.intro
+    assert [(s.text, s.label) for s in samples[:2]] == [("a", "base"), ("a", "after VISA")]
     assert [h.score for h in samples[1].results] == [0.9, 0.1, 0.2]  # fused, following the new order
     assert [h.correct for h in samples[1].results] == [True, False, False]
 

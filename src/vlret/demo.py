@@ -18,6 +18,7 @@ averaged) beside it, VISA reading the clips' frames, and an index of the test cl
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from vlret.evaluate.ranking import dot_block_fn, topk_blocks
 from vlret.evaluate.results import results_table
 from vlret.index import build_index
 from vlret.models import RetrievalModel, create_model
-from vlret.report import RetrievedImage, SampleQuery, write_report
+from vlret.report import RetrievedImage, SampleQuery, SampleSection, write_report
 from vlret.rerank.visa.config import VisaConfig
 from vlret.rerank.visa.run import base_from_embeddings, run_visa
 from vlret.train import Trainer, load_recipe
@@ -87,9 +88,9 @@ def _sample(test, caption: int, items: list[int], scores: list[float], scenes) -
     )
 
 
-def visa_samples(test, visa_dir: Path, scenes=None, n_queries: int = 4, k: int = 5) -> tuple[str, list]:
-    """Queries whose first result VISA changed, spread over the split, each shown before and after: a
-    heading that counts the moves, and the samples."""
+def visa_samples(test, visa_dir: Path, scenes=None, n_queries: int = 4, k: int = 5) -> SampleSection:
+    """Queries whose first result VISA changed, spread over the split, each shown before and after, under
+    a paragraph that counts how the paired images moved."""
     candidates = np.load(visa_dir / "candidates.npy")
     reranked = np.load(visa_dir / "reranked.npy")
     fused = np.load(visa_dir / "fused.npy")  # per candidate, in the candidates' order
@@ -99,18 +100,18 @@ def visa_samples(test, visa_dir: Path, scenes=None, n_queries: int = 4, k: int =
     after = _answer_positions(reranked, answers)
     changed = np.flatnonzero(candidates[:, 0] != reranked[:, 0])
     up, down = int((after < before).sum()), int((after > before).sum())
-    heading = (
-        f"VISA re-ranking: the first result changed for {len(changed)} of {len(answers)} queries; the paired "
-        f"image moved up for {up} and down for {down}. Samples, base top {k} then after VISA"
+    intro = (
+        f"VISA changed the first result of {len(changed)} of {len(answers)} queries; the paired image moved "
+        f"up for {up} and down for {down}. A few of the changed queries, the base top {k} then VISA's."
     )
     samples = []
     for q in changed[np.linspace(0, len(changed) - 1, min(n_queries, len(changed))).round().astype(int)]:
         fused_of = dict(zip(candidates[q].tolist(), fused[q].tolist(), strict=True))
         base = _sample(test, q, candidates[q, :k].tolist(), base_scores[q, :k].tolist(), scenes)
         visa = _sample(test, q, reranked[q, :k].tolist(), [fused_of[j] for j in reranked[q, :k]], scenes)
-        base.text, visa.text = f"{base.text} (base)", f"{visa.text} (after VISA)"
+        base.label, visa.label = "base", "after VISA"
         samples += [base, visa]
-    return heading, samples
+    return SampleSection("VISA re-ranking", samples, intro)
 
 
 def _answer_positions(rankings: np.ndarray, answers: np.ndarray) -> np.ndarray:
@@ -127,15 +128,16 @@ def load_scenes(data_dir: Path) -> dict[str, list[SceneObject]] | None:
     return {s["path"]: [SceneObject(**o) for o in s["objects"]] for s in read_json(file)}
 
 
-#: each stage of ``make demo`` and about how long it takes on a 2-core CPU (2026-12-01, a fresh clone)
+#: each stage of ``make demo`` and about how long it takes on a 2-core CPU (2026-12-01; with the set-up
+#: of a fresh clone, about 3 minutes, the demo's estimate of about 9 minutes in the README and ``--help``)
 DEMO_STAGES = (
-    ("write the synthetic benchmark", 45.0),
-    ("train the tiny dual encoder", 180.0),
-    ("evaluate it and the untrained model", 20.0),
-    ("re-rank with VISA (offline backends)", 60.0),
-    ("write the report", 10.0),
-    ("index the test images", 10.0),
-    ("index and search real photos with conse", 25.0),
+    ("write the synthetic benchmark", 20.0),
+    ("train the tiny dual encoder", 270.0),
+    ("evaluate it and the untrained model", 5.0),
+    ("re-rank with VISA (offline backends)", 80.0),
+    ("write the report", 2.0),
+    ("index the test images", 3.0),
+    ("index and search real photos with conse", 10.0),
 )
 
 
@@ -211,7 +213,7 @@ def run_demo(
     name = recipe.model.name
     rows = [*results.values(), visa_row(visa)]
     names = [f"{name} untrained", f"{name} trained", f"{name} trained + VISA"]
-    table = results_table(rows, names) + "\n\n" + VISA_CAVEAT
+    table = results_table(rows, names) + "\n\n" + textwrap.fill(VISA_CAVEAT, 110, break_on_hyphens=False)
     n_test = results["trained"]["counts"]["gallery_items"]
     notes = [
         f"Synthetic benchmark {benchmark.images} images, difficulty {benchmark.difficulty}; "
@@ -345,7 +347,11 @@ def run_video_demo(
         results[name] = result
     visa = run_visa_on_test(temporal, trainer.data.split("test"), out / "visa", features, media="video")
     names = ["tiny-cnn frames, meanP", "tiny-cnn frames, temporal transformer", "temporal transformer + VISA"]
-    table = results_table([*results.values(), visa_row(visa)], names) + "\n\n" + VISA_CAVEAT
+    table = (
+        results_table([*results.values(), visa_row(visa)], names)
+        + "\n\n"
+        + textwrap.fill(VISA_CAVEAT, 110, break_on_hyphens=False)
+    )
     index = build_index(
         str(trainer.ckpt_dir / "best" / "model"),
         out / "index",

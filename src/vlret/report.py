@@ -17,6 +17,15 @@ from vlret.evaluate.results import results_table
 
 
 @dataclass
+class SampleSection:
+    """More sample queries under a heading of their own, with a paragraph that introduces them."""
+
+    heading: str
+    queries: list[SampleQuery]
+    intro: str = ""
+
+
+@dataclass
 class RetrievedImage:
     """One result of a sample query. ``correct``: the image the caption was written for; ``fits``: another
     image the caption is true of as well (the benchmark's recall counts only the paired one)."""
@@ -29,8 +38,11 @@ class RetrievedImage:
 
 @dataclass
 class SampleQuery:
+    """A query and its top results; ``label`` says which ranking they come from ("after VISA")."""
+
     text: str
     results: list[RetrievedImage]
+    label: str = ""
 
     def explanation(self) -> str | None:
         """Why a query whose paired image is not shown is not simply a miss, when that is so."""
@@ -99,7 +111,8 @@ td:first-child, th:first-child { text-align: left; }
 .hits { display: flex; gap: 8px; } figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { border: 4px solid #ddd; image-rendering: pixelated; }
 figure.correct img { border-color: #2e9d3a; } figure.fits img { border-color: #e0a020; }
-.why { font-weight: normal; color: #555; font-size: 14px; margin: 0 0 0.4rem; }
+.query p.why, p.why { font-weight: normal; color: #555; font-size: 14px; margin: 0 0 0.4rem; }
+.query .label { font-weight: normal; color: #555; }
 .caveat { background: #fff6e0; border-left: 4px solid #e0a020; padding: 6px 10px; }
 dl.run { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; } dl.run dt { font-weight: 600; }
 dl.run dd { margin: 0; font-family: ui-monospace, monospace; }
@@ -122,14 +135,13 @@ def write_report(
     records: list[dict],
     samples: list[SampleQuery],
     notes: list[str] = (),
-    more_samples: list[tuple[str, list[SampleQuery]]] = (),
+    more_samples: list[SampleSection] = (),
     caveat: str | None = None,
     about: dict[str, str] | None = None,
 ) -> Path:
     """Write the HTML report; returns its path.
 
-    ``more_samples``: further (heading, queries) sections after the sample queries (the demo shows VISA's
-    re-ranking there); ``caveat``: a highlighted paragraph under the table; ``about``: how the run was made
+    ``more_samples``: further sections after the sample queries (the demo shows VISA's re-ranking there); ``caveat``: a highlighted paragraph under the table; ``about``: how the run was made
     (machine, run time, the command that reproduces it), listed last."""
     path = Path(path)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
@@ -141,15 +153,15 @@ def write_report(
     curves = training_curves(records)
     if curves:
         parts.append(f"<h2>Training</h2><img alt='training curves' src='{curves}'>")
-    sections = [("Sample queries: top 5", samples), *more_samples]
-    for heading, queries in sections:
-        if queries:
-            parts.append(f"<h2>{html.escape(heading)}</h2>")
+    for section in [SampleSection("Sample queries: top 5", samples), *more_samples]:
+        if section.queries:
+            parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+            intro = f"{section.intro} " if section.intro else ""
             parts.append(
-                "<p class='why'>Green: the image the caption was written for. Amber: another image the "
-                "caption is true of.</p>"
+                f"<p class='why'>{html.escape(intro)}Green: the image the caption was written for. Amber: "
+                "another image the caption is true of.</p>"
             )
-            parts.extend(_sample_html(sample) for sample in queries)
+            parts.extend(_sample_html(sample) for sample in section.queries)
     if about:
         rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in about.items())
         parts.append(f"<h2>This run</h2><dl class='run'>{rows}</dl>")
@@ -160,7 +172,8 @@ def write_report(
 
 
 def _sample_html(sample: SampleQuery) -> str:
-    parts = [f"<div class='query'><p>“{html.escape(sample.text)}”</p>"]
+    label = f" <span class='label'>({html.escape(sample.label)})</span>" if sample.label else ""
+    parts = [f"<div class='query'><p>“{html.escape(sample.text)}”{label}</p>"]
     why = sample.explanation()
     if why:
         parts.append(f"<p class='why'>{html.escape(why)}</p>")
