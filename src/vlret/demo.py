@@ -129,7 +129,7 @@ def load_scenes(data_dir: Path) -> dict[str, list[SceneObject]] | None:
 
 
 #: each stage of ``make demo`` and about how long it takes on a 2-core CPU (2026-12-01; with the set-up
-#: of a fresh clone, about 3 minutes, the demo's estimate of about 9 minutes in the README and ``--help``)
+#: of a fresh clone, 2 to 3 minutes, the demo's estimate of about 10 minutes in the README and ``--help``)
 DEMO_STAGES = (
     ("write the synthetic benchmark", 20.0),
     ("train the tiny dual encoder", 270.0),
