@@ -25,6 +25,10 @@ if CHROMIUM is None:
         "chromium is not installed here (apt-get install chromium); CI installs it", allow_module_level=True
     )
 
+# Expectations wait for the page however long a loaded machine needs: 30 s is a bound for a broken page,
+# not a speed requirement (Playwright's default of 5 s is).
+pytest.importorskip("playwright.sync_api").expect.set_options(timeout=30_000)
+
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
