@@ -266,11 +266,17 @@ class Visa:
         returns how many queries were ready."""
         parsed = self.questions(queries, compute=False)
         descriptions = self.descriptions((c.media for row in candidates for c in row), compute=False)
+        ready = [
+            q
+            for q, pq in enumerate(parsed)
+            if pq is not None and all(Path(c.media) in descriptions for c in candidates[q])
+        ]
+        jobs = [_answer_jobs([parsed[q]], [candidates[q]]) for q in ready]
+        # One look-up for every ready query: a miss re-reads the store's new lines, so once, not per query.
+        found = iter(self.answers([job for block in jobs for job in block], compute=False))
         complete, answers = [], []
-        for q, pq in enumerate(parsed):
-            if pq is None or any(Path(c.media) not in descriptions for c in candidates[q]):
-                continue
-            block = self.answers(_answer_jobs([pq], [candidates[q]]), compute=False)
+        for q, block_jobs in zip(ready, jobs, strict=True):
+            block = [next(found) for _ in block_jobs]
             if None not in block:
                 complete.append(q)
                 answers += block
