@@ -26,6 +26,21 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def captioned_index(synth_data, tmp_path_factory):
+    """An index built from the synthetic test split, so its captions are indexed too: ``(index path, the
+    saved tiny-cnn's folder, the test split)``."""
+    from vlret.data import load_dataset
+    from vlret.index import build_index
+    from vlret.models import create_model
+
+    root = tmp_path_factory.mktemp("captioned_index")
+    data = load_dataset(synth_data)
+    create_model("tiny-cnn", captions=[c.text for c in data.captions], seed=0).save(root / "model")
+    index = build_index(str(root / "model"), root / "idx", dataset=data.split("test"), progress=False)
+    return index, root / "model", data.split("test")
+
+
+@pytest.fixture(scope="session")
 def class_bench(tmp_path_factory):
     """A small synthetic class benchmark (24 classes; 4 / 2 / 2 images each) and an untrained tiny-vit dual
     encoder saved as its frozen "CLIP": ``(class data, model folder)``."""

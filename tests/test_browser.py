@@ -144,13 +144,9 @@ def test_search_upload_and_visa_toggle_in_the_page(base_url, synth_data, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def captions_url(synth_data, tmp_path_factory):
-    """A service over an index built from the test split: it holds captions."""
-    root = tmp_path_factory.mktemp("browser_captions")
-    data = load_dataset(synth_data)
-    create_model("tiny-cnn", captions=[c.text for c in data.captions], seed=0).save(root / "model")
-    index = build_index(str(root / "model"), root / "idx", dataset=data.split("test"), progress=False)
-    yield from _serve(create_app(index))
+def captions_url(captioned_index):
+    """A service over an index that holds captions (the shared ``captioned_index``)."""
+    yield from _serve(create_app(captioned_index[0]))
 
 
 def test_an_uploaded_image_finds_captions_in_the_page(captions_url, synth_data, tmp_path):

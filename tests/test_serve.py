@@ -332,13 +332,10 @@ def test_api_docs_work_offline_and_health_shows_no_absolute_paths(client, index)
 
 
 @pytest.fixture(scope="module")
-def captioned(synth_data, tmp_path_factory):
-    """A service over an index built from the test split, so its captions are indexed too."""
-    root = tmp_path_factory.mktemp("serve_captions")
-    data = load_dataset(synth_data)
-    create_model("tiny-cnn", captions=[c.text for c in data.captions], seed=0).save(root / "model")
-    index = build_index(str(root / "model"), root / "idx", dataset=data.split("test"), progress=False)
-    return TestClient(create_app(index)), root / "model", data.split("test")
+def captioned(captioned_index):
+    """A service over an index that holds captions (the shared ``captioned_index``)."""
+    index, model_folder, test = captioned_index
+    return TestClient(create_app(index)), model_folder, test
 
 
 def test_an_image_finds_the_captions_that_describe_it(captioned):
