@@ -368,3 +368,49 @@ def test_searching_captions_of_an_index_without_captions_says_how_to_get_them(cl
         "/api/search/image", params={"target": "captions"}, files={"file": ("q.png", _png(), "image/png")}
     )
     assert response.status_code == 400 and "build it from a dataset" in response.json()["detail"]
+
+
+def test_image_to_caption_search_on_a_transformers_clip_ranks_as_transformers_features_do(
+    synth_data, tmp_path
+):
+    """The real path: an index of the test split built with an architecture-true CLIP stand-in (saved like
+    a hub download). The service's captions for an uploaded image are those that transformers' own
+    get_image_features / get_text_features rank first by cosine."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer, CLIPModel
+
+    from hf_tiny import make_clip
+    from vlret.data.image_files import load_image
+
+    folder = make_clip(tmp_path / "clip")
+    test = load_dataset(synth_data).split("test")
+    index = build_index(f"hf:{folder}", tmp_path / "idx", dataset=test, progress=False)
+    client = TestClient(create_app(index))
+    query = test.media_path(test.items[1])
+    body = client.post(
+        "/api/search/image",
+        params={"k": 3, "target": "captions"},
+        files={"file": ("q.png", query.read_bytes(), "image/png")},
+    ).json()
+
+    reference = CLIPModel.from_pretrained(str(folder)).eval()
+    texts = [c.text for c in test.captions]
+    batch = AutoTokenizer.from_pretrained(str(folder))(
+        texts, padding=True, truncation=True, return_tensors="pt"
+    )
+    pixels = torch.from_numpy(create_model(f"hf:{folder}").image_transform(load_image(query)))[None]
+
+    def vectors(out):  # transformers 5 answers an output object whose pooler_output is the projection
+        return F.normalize(out if torch.is_tensor(out) else out.pooler_output, dim=-1).numpy()
+
+    with torch.no_grad():
+        scores = (
+            vectors(reference.get_text_features(**batch))
+            @ vectors(reference.get_image_features(pixel_values=pixels))[0]
+        )
+    best = np.argsort(-scores, kind="stable")[:3]
+    assert scores.max() - scores.min() > 1e-3  # the captions are told apart: the ranking means something
+    assert [r["text"] for r in body["results"]] == [texts[i] for i in best]
+    np.testing.assert_allclose([r["score"] for r in body["results"]], scores[best], atol=1e-5)
