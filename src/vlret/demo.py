@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlret.data._io import read_json, write_json
-from vlret.data.synth import SceneObject, SynthConfig, write_benchmark
+from vlret.data._io import write_json
+from vlret.data.synth import SceneObject, SynthConfig, read_scenes, write_benchmark
 from vlret.data.synth_truth import caption_fits
 from vlret.devices import describe_machine
 from vlret.evaluate.api import evaluate_model
@@ -125,7 +125,7 @@ def load_scenes(data_dir: Path) -> dict[str, list[SceneObject]] | None:
     file = data_dir / "scenes.json"
     if not file.is_file():
         return None
-    return {s["path"]: [SceneObject(**o) for o in s["objects"]] for s in read_json(file)}
+    return {path: [SceneObject(**o) for o in s["objects"]] for path, s in read_scenes(file).items()}
 
 
 #: each stage of ``make demo`` and about how long it takes on a 2-core CPU (2026-12-01; with the set-up

@@ -32,13 +32,13 @@ from vlret.data._io import read_json, write_json
 from vlret.data.formats import dataset_fingerprint
 from vlret.data.image_files import load_image
 from vlret.data.records import RetrievalDataset
+from vlret.data.synth import SCENE_GRID, read_scenes
 from vlret.data.transforms import ImageTransform
 from vlret.errors import ConfigError, DataError
 
 BOX_KINDS = ("grid", "scene")
 BACKBONES = ("efficientnet-lite0",)
 CAPTIONS_PER_IMAGE = 5
-SCENE_GRID = 3  # the synthetic generator places objects in a 3 x 3 grid of cells
 
 
 @dataclass(frozen=True)
@@ -110,27 +110,6 @@ class CropEncoder:
             )
             out.append(self.tower(pixels).embeds.float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.width), np.float32)
-
-
-def _scenes_by_path(scenes_file: Path) -> dict[str, dict]:
-    scenes = read_json(scenes_file)
-    if not isinstance(scenes, list) or not all(
-        isinstance(s, dict) and "path" in s and "objects" in s for s in scenes
-    ):
-        raise DataError(
-            scenes_file, None, 'expected a list of {"path": ..., "objects": [{"row", "col", ...}]}'
-        )
-    for n, scene in enumerate(scenes):
-        for k, obj in enumerate(scene["objects"]):
-            cell = [obj.get(key) if isinstance(obj, dict) else None for key in ("row", "col")]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SCENE_GRID for v in cell):
-                raise DataError(
-                    scenes_file,
-                    f"[{n}] ({scene['path']}) objects[{k}]",
-                    f"row and col must be whole numbers in 0..{SCENE_GRID - 1} (the scene's grid cells), "
-                    f"got row={cell[0]!r}, col={cell[1]!r}",
-                )
-    return {s["path"]: s for s in scenes}
 
 
 def _count(settings: RegionSettings, scenes: dict[str, dict] | None) -> int:
@@ -206,7 +185,7 @@ def write_region_features(
             raise ConfigError(
                 "boxes: scene needs the scene file (--scenes, e.g. the synthetic benchmark's scenes.json)"
             )
-        scenes = _scenes_by_path(Path(scenes_file))
+        scenes = read_scenes(Path(scenes_file))
     count = _count(settings, scenes)
     names = splits or dataset.splits
     encoder = None

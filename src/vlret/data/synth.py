@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlret.data._io import write_json, written_with
+from vlret.data._io import read_json, write_json, written_with
 from vlret.data.karpathy import write_karpathy
 from vlret.data.records import Caption, Item, RetrievalDataset
-from vlret.errors import ConfigError
+from vlret.errors import ConfigError, DataError
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
@@ -38,6 +38,7 @@ TEXTURES = ("plain", "striped", "dotted")
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+SCENE_GRID = 3  # objects are placed in a 3 x 3 grid of cells
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
@@ -340,3 +341,25 @@ def write_benchmark(out: str | Path, cfg: SynthConfig, force: bool = False) -> P
     write_karpathy(dataset, dataset_file, name="vlret-synthetic")
     write_json(settings_file, settings)  # last: its presence marks a complete benchmark
     return dataset_file
+
+
+def read_scenes(scenes_file: Path) -> dict[str, dict]:
+    """``scenes.json`` by item path, each scene checked to be a path and objects whose cells lie in the grid."""
+    scenes = read_json(scenes_file)
+    if not isinstance(scenes, list) or not all(
+        isinstance(s, dict) and "path" in s and "objects" in s for s in scenes
+    ):
+        raise DataError(
+            scenes_file, None, 'expected a list of {"path": ..., "objects": [{"row", "col", ...}]}'
+        )
+    for n, scene in enumerate(scenes):
+        for k, obj in enumerate(scene["objects"]):
+            cell = [obj.get(key) if isinstance(obj, dict) else None for key in ("row", "col")]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SCENE_GRID for v in cell):
+                raise DataError(
+                    scenes_file,
+                    f"[{n}] ({scene['path']}) objects[{k}]",
+                    f"row and col must be whole numbers in 0..{SCENE_GRID - 1} (the scene's grid cells), "
+                    f"got row={cell[0]!r}, col={cell[1]!r}",
+                )
+    return {s["path"]: s for s in scenes}
