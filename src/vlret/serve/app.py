@@ -390,13 +390,13 @@ def create_app(
     ) -> JSONResponse:
         """Images like the uploaded one, or (``target=captions``, an index built from a dataset) the
         indexed captions that describe it, each with its image's thumbnail."""
-        if target == "captions" and service.versions.snapshot().searcher.captions is None:
+        version = service.versions.snapshot()
+        if target == "captions" and version.searcher.captions is None:
             raise HTTPException(
                 400, "this index holds no captions (build it from a dataset, --data, to search captions)"
             )
         image = await run_in_threadpool(service.decode, file, max_upload_bytes, max_upload_pixels)
         started = asyncio.get_running_loop().time()
-        version = service.versions.snapshot()
         kind = "image" if target == "images" else "captions"
         hits = await _model_call(service.queries, (version, kind, image, k))
         results = [service.hit_json(h, version) for h in hits]
