@@ -4,9 +4,10 @@ cores and the same images, in one run.
 The collection is ``--images`` synthetic 64-px pictures encoded by an untrained tiny CNN (what matters is the
 engine's overhead, not the model). Each repetition builds a fresh index both ways, interleaved (plain, Ray,
 plain, ...); the Ray side includes starting and stopping its local cluster, as a user's command does. The
-two indexes must agree to float noise: Ray's workers run torch on one thread each and the plain build on
-all cores, and CPU kernels reduce in a thread-dependent order (at equal thread counts they are byte-equal,
-which the tests check). Target: overhead ratio (Ray / plain) <= 1.15, printed last.
+timed indexes must agree to float noise: Ray's workers run torch on one thread each and the plain build on
+all cores, and CPU kernels reduce in a thread-dependent order. After the clock, one more plain build on one
+thread (the workers' count) must be byte-equal to the Ray build. Target: overhead ratio (Ray / plain) <= 1.15,
+printed last.
 
 ``--existing-cluster`` connects to a local cluster started before the clock (as ``ray start --head`` leaves
 one running for ``--address auto``), so the Ray side pays for its tasks, not for starting Ray: the
@@ -81,6 +82,17 @@ def main() -> None:
         diff = float(np.abs(plain_embeds - ray_embeds).max())
         print(f"max abs difference of the embeddings: {diff:.1e} (byte-equal: {diff == 0})")
         assert diff < 1e-5, "the Ray build differs from the one-process build beyond float noise"
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the Ray workers' count (build_with_ray's threads_per_worker)
+        try:
+            timed("plain")
+        finally:
+            torch.set_num_threads(threads)
+        same = (built["plain"] / "embeddings.npy").read_bytes() == (
+            built["ray"] / "embeddings.npy"
+        ).read_bytes()
+        print(f"byte-equal to a one-process build on 1 thread: {same}")
+        assert same, "the Ray build differs from a one-process build at the workers' thread count"
         print(f"overhead ratio (ray / plain): {best(times['ray']) / best(times['plain']):.2f}")
 
 
