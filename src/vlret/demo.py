@@ -207,13 +207,17 @@ def run_demo(
     best, _ = load_checkpoint(trainer.ckpt_dir, "best")
     test = trainer.data.split("test")
     with clock.stage("evaluate it and the untrained model"):
-        results = _evaluate_trained_and_untrained(recipe, trainer, best, out)
+        captions = [c.text for c in trainer.train_split.captions]
+        untrained = create_model(
+            recipe.model.name, captions=captions, seed=recipe.train.seed, **recipe.model.options
+        )
+        results = _evaluate_runs({"untrained": untrained, "trained": best}, trainer.data, out)
     with clock.stage("re-rank with VISA (offline backends)"):
         visa = run_visa_on_test(best, test, out / "visa", out / "features")
     name = recipe.model.name
     rows = [*results.values(), visa_row(visa)]
     names = [f"{name} untrained", f"{name} trained", f"{name} trained + VISA"]
-    table = results_table(rows, names) + "\n\n" + textwrap.fill(VISA_CAVEAT, 110, break_on_hyphens=False)
+    table = _table_with_caveat(rows, names)
     n_test = results["trained"]["counts"]["gallery_items"]
     notes = [
         f"Synthetic benchmark {benchmark.images} images, difficulty {benchmark.difficulty}; "
@@ -261,10 +265,10 @@ def run_demo(
 #: what the demo's table and report say about its VISA row
 VISA_CAVEAT = (
     "The VISA row re-ranks the trained model's text→image top 20 with offline stand-in backends (a describer "
-    "and a question answerer that segment and name the shapes in each image or frame, a pattern question generator, a "
-    "lexical reranker), not the paper's VLMs and LLM: it shows the pipeline working on this benchmark's "
-    "vocabulary, not what VISA gains on real data. It re-ranks text→image only, so its image→text cells are "
-    "empty."
+    "and a question answerer that segment and name the shapes in each image or frame, a pattern question "
+    "generator, a lexical reranker), not the paper's VLMs and LLM: it shows the pipeline working on this "
+    "benchmark's vocabulary, not what VISA gains on real data. It re-ranks text→image only, so its image→text "
+    "cells are empty."
 )
 
 
@@ -273,20 +277,21 @@ def visa_row(visa: dict) -> dict:
     return {"metrics": visa["metrics"]["visa"], "protocol": {"name": "generic"}, "data": visa["data"]}
 
 
-def _evaluate_trained_and_untrained(recipe, trainer: Trainer, best: RetrievalModel, out: Path) -> dict:
-    """Evaluate the best checkpoint and the same architecture untrained on the test split."""
-    captions = [c.text for c in trainer.train_split.captions]
-    untrained = create_model(
-        recipe.model.name, captions=captions, seed=recipe.train.seed, **recipe.model.options
-    )
+def _evaluate_runs(models: dict[str, RetrievalModel], data, out: Path) -> dict[str, dict]:
+    """Evaluate each named model on the test split; each result is written to ``out/result_NAME.json``."""
     results = {}
-    for name, model in (("untrained", untrained), ("trained", best)):
-        # One feature cache per demo run: the trained model's test features also serve the samples and VISA.
-        result = evaluate_model(model, trainer.data, split="test", cache_dir=out / "features", progress=False)
+    for name, model in models.items():
+        # One feature cache per demo run: a model's test features also serve the samples and VISA.
+        result = evaluate_model(model, data, split="test", cache_dir=out / "features", progress=False)
         result["model"]["run"] = name
         write_json(out / f"result_{name}.json", result)
         results[name] = result
     return results
+
+
+def _table_with_caveat(rows: list[dict], names: list[str]) -> str:
+    """The results table (the last row VISA's) and what the VISA row is, for the terminal."""
+    return results_table(rows, names) + "\n\n" + textwrap.fill(VISA_CAVEAT, 110, break_on_hyphens=False)
 
 
 #: what the demo asks of the real photos
@@ -339,19 +344,10 @@ def run_video_demo(
     temporal, _ = load_checkpoint(trainer.ckpt_dir, "best")
     mean_pooled = VideoModel(temporal.frame_model, replace(temporal.config, pooling="mean"))
     features = out / "features"
-    results = {}
-    for name, model in (("meanP", mean_pooled), ("temporal", temporal)):
-        result = evaluate_model(model, trainer.data, split="test", cache_dir=features, progress=False)
-        result["model"]["run"] = name
-        write_json(out / f"result_{name}.json", result)
-        results[name] = result
+    results = _evaluate_runs({"meanP": mean_pooled, "temporal": temporal}, trainer.data, out)
     visa = run_visa_on_test(temporal, trainer.data.split("test"), out / "visa", features, media="video")
     names = ["tiny-cnn frames, meanP", "tiny-cnn frames, temporal transformer", "temporal transformer + VISA"]
-    table = (
-        results_table([*results.values(), visa_row(visa)], names)
-        + "\n\n"
-        + textwrap.fill(VISA_CAVEAT, 110, break_on_hyphens=False)
-    )
+    table = _table_with_caveat([*results.values(), visa_row(visa)], names)
     index = build_index(
         str(trainer.ckpt_dir / "best" / "model"),
         out / "index",

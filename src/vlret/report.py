@@ -141,8 +141,9 @@ def write_report(
 ) -> Path:
     """Write the HTML report; returns its path.
 
-    ``more_samples``: further sections after the sample queries (the demo shows VISA's re-ranking there); ``caveat``: a highlighted paragraph under the table; ``about``: how the run was made
-    (machine, run time, the command that reproduces it), listed last."""
+    ``more_samples``: further sections after the sample queries (the demo shows VISA's re-ranking there);
+    ``caveat``: a highlighted paragraph under the table; ``about``: how the run was made (machine, run time,
+    the command that reproduces it), listed last."""
     path = Path(path)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
     parts.append(f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>")

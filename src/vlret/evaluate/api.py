@@ -340,7 +340,8 @@ def evaluate_scores(
         raise DataError(
             source or "scores",
             None,
-            f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} for split {split_name!r}",
+            f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} "
+            f"for split {split_name!r}",
         )
     selected, keep, folds = prepare(split_data, proto)
     item_rule = item_rule or item_rank_rule(selected)
