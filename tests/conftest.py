@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -7,8 +8,16 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
-# Feature and frame caches of the tests go to a folder of their own, never the user's ~/.cache/vlret.
-os.environ.setdefault("VLRET_CACHE", tempfile.mkdtemp(prefix="vlret-test-cache-"))
+# Feature and frame caches of the tests go to a folder of their own, never the user's ~/.cache/vlret; a
+# folder made here is removed when the session ends (one given in $VLRET_CACHE is the caller's to keep).
+_OWN_CACHE = None if "VLRET_CACHE" in os.environ else tempfile.mkdtemp(prefix="vlret-test-cache-")
+if _OWN_CACHE:
+    os.environ["VLRET_CACHE"] = _OWN_CACHE
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def write_json(path: Path, obj) -> Path:

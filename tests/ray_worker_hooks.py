@@ -74,3 +74,20 @@ def die_in_a_visa_unit() -> None:
         return compute_once(self, stage, key, compute)
 
     pipeline.Visa._compute_once = compute_or_die
+
+
+def record_threads() -> None:
+    """Each chunk a worker encodes logs torch's thread count at that moment (a line in ``MARKER.log``)."""
+    import torch
+
+    import vlret.index.build as build
+
+    log = Path(os.environ["VLRET_TEST_KILL_MARKER"]).with_suffix(".log")
+    encode = build._encode_chunk
+
+    def encode_and_log(*args, **kwargs):
+        with log.open("a") as out:
+            out.write(f"{torch.get_num_threads()}\n")
+        return encode(*args, **kwargs)
+
+    build._encode_chunk = encode_and_log

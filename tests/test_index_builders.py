@@ -182,15 +182,25 @@ def test_a_live_claim_is_not_taken(tmp_path):
     assert claims.try_claim(2)
 
 
-def test_a_ray_build_on_a_local_cluster_equals_one_process(collection, reference, tmp_path):
+def test_a_ray_build_from_the_command_line_equals_one_process(collection, reference, tmp_path, capsys):
+    """The documented command, `index build ... --engine ray --workers 2 --threads-per-worker 2`: every chunk
+    is encoded by a Ray worker running torch on 2 threads (the reference's count), and the index is byte-equal
+    to the one-process build."""
     pytest.importorskip("ray")  # in the test extra: CI has it
-    from vlret.index.ray_engine import build_with_ray
-
     images, model = collection
-    path = build_with_ray(
-        str(model), tmp_path / "idx", workers=2, images=images, chunk_size=CHUNK, progress=False
-    )
-    _same_index(path, reference)
+    marker = tmp_path / "threads"
+    args = ["index", "build", "--model", str(model), "--images", str(images), "--chunk-size", str(CHUNK)]
+    args += ["--engine", "ray", "--workers", "2"]
+    ray = start_ray_with("record_threads", marker)  # the command uses this connection and keeps it
+    try:
+        assert main([*args, "--out", str(tmp_path / "idx"), "--threads-per-worker", "2"]) == 0
+        assert main([*args, "--out", str(tmp_path / "x"), "--threads-per-worker", "0"]) == 2
+    finally:
+        ray.shutdown()
+    assert "--threads-per-worker 0: expected 1 or more" in capsys.readouterr().err
+    threads = marker.with_suffix(".log").read_text().split()
+    assert threads == ["2"] * -(-len(list(images.rglob("*.png"))) // CHUNK)  # every chunk, on 2 threads
+    _same_index(tmp_path / "idx", reference)
     assert not (tmp_path / "idx.building").exists()
 
 

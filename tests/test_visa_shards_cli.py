@@ -63,7 +63,8 @@ def test_visa_on_a_local_ray_cluster_equals_one_process(synth_data, tmp_path, ca
     pytest.importorskip("ray")  # in the test extra: CI has it
     args = ["rerank", "visa", "--model", "tiny-cnn", "--data", str(synth_data), "--queries", "8"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    ray_args = ["--engine", "ray", "--workers", "2", "--threads-per-worker", "1"]
+    assert main([*args, "--out", str(tmp_path / "ray"), *ray_args]) == 0
     one = json.loads((tmp_path / "one" / "result.json").read_text())
     ray = json.loads((tmp_path / "ray" / "result.json").read_text())
     assert ray["metrics"] == one["metrics"]

@@ -134,11 +134,20 @@ def add_engine_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--address", help="--engine ray: an existing cluster (auto, ray://HOST:10001); default: a local one"
     )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="--engine ray: CPUs each task asks Ray for, and torch's threads in it (results equal a "
+        "one-process run on as many threads)",
+    )
 
 
 def check_engine(args: argparse.Namespace) -> None:
-    """``--shard`` and ``--engine ray`` exclude each other."""
-    if args.engine == "ray" and args.shard:
-        from vlret.errors import ConfigError
+    """``--shard`` and ``--engine ray`` exclude each other; a Ray run needs at least one thread per task."""
+    from vlret.errors import ConfigError
 
+    if args.engine == "ray" and args.shard:
         raise ConfigError("--shard and --engine ray: Ray runs the shards itself; give one or the other")
+    if args.threads_per_worker < 1:
+        raise ConfigError(f"--threads-per-worker {args.threads_per_worker}: expected 1 or more")

@@ -67,7 +67,13 @@ def cmd_visa(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from vlret.rerank.visa.ray_engine import run_visa_with_ray
 
-        result = run_visa_with_ray(*base, workers=args.workers, address=args.address, **options)
+        result = run_visa_with_ray(
+            *base,
+            workers=args.workers,
+            address=args.address,
+            threads_per_worker=args.threads_per_worker,
+            **options,
+        )
     else:
         result = run_visa(*base, parse_shard(args.shard), **options)
     if result is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vlret.data.records import RetrievalDataset
 from vlret.ray_cluster import check_workers, connected
@@ -20,7 +21,10 @@ from vlret.rerank.visa.config import VisaConfig
 from vlret.rerank.visa.run import merge_visa, run_visa
 
 
-def _run_shard(split, candidates, base_topk, base_ranks, config, out, shard, source, query_limit) -> None:
+def _run_shard(
+    split, candidates, base_topk, base_ranks, config, out, shard, source, query_limit, threads
+) -> None:
+    torch.set_num_threads(threads)  # local role models run on as many threads as the task asked Ray for
     run_visa(
         split, candidates, base_topk, base_ranks, config, out, shard, source=source, query_limit=query_limit
     )
@@ -37,18 +41,19 @@ def run_visa_with_ray(
     address: str | None = None,
     source: dict | None = None,
     query_limit: int | None = None,
-    cpus_per_worker: float = 1,
+    threads_per_worker: int = 1,
     max_retries: int = 3,
 ) -> dict:
     """Run ``workers`` shards of a VISA run as Ray tasks on a local cluster (``address`` None) or an
-    existing one, then merge them here; returns the result, as :func:`~vlret.rerank.visa.run.run_visa`."""
+    existing one, then merge them here; returns the result, as :func:`~vlret.rerank.visa.run.run_visa`.
+    Each task asks Ray for ``threads_per_worker`` CPUs and runs torch on as many threads."""
     check_workers(workers)
     with connected(address) as ray:
-        task = ray.remote(num_cpus=cpus_per_worker, max_retries=max_retries)(_run_shard)
+        task = ray.remote(num_cpus=threads_per_worker, max_retries=max_retries)(_run_shard)
         shared = [ray.put(x) for x in (split, candidates, base_topk, base_ranks)]
         ray.get(
             [
-                task.remote(*shared, config, str(out), (i, workers), source, query_limit)
+                task.remote(*shared, config, str(out), (i, workers), source, query_limit, threads_per_worker)
                 for i in range(workers)
             ]
         )
