@@ -1,13 +1,18 @@
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+import vlret.cli
+
+# Two threads unless OMP_NUM_THREADS says otherwise (`make test-matrix` runs the suite on one thread too).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 # Feature and frame caches of the tests go to a folder of their own, never the user's ~/.cache/vlret; a
 # folder made here is removed when the session ends (one given in $VLRET_CACHE is the caller's to keep).
 _OWN_CACHE = None if "VLRET_CACHE" in os.environ else tempfile.mkdtemp(prefix="vlret-test-cache-")
@@ -18,6 +23,39 @@ if _OWN_CACHE:
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# Every command line a test runs, `main([...])` or a `vlret` process, for the option-coverage test
+# (tests/test_zz_cli_options.py): the argument lists, in the order they ran.
+CLI_CALLS: list[list[str]] = []
+_main = vlret.cli.main
+
+
+def _recording_main(argv: list[str] | None = None) -> int:
+    CLI_CALLS.append([str(word) for word in argv or []])
+    return _main(argv)
+
+
+vlret.cli.main = _recording_main  # test modules import main after this file: they get the recording one
+_popen_init = subprocess.Popen.__init__
+
+
+def _recording_popen_init(self, args, *rest, **options):
+    words = [str(w) for w in args] if isinstance(args, (list, tuple)) else shlex.split(str(args))
+    if "vlret.cli" in words:
+        CLI_CALLS.append(words[words.index("vlret.cli") + 1 :])
+    elif words and Path(words[0]).name == "vlret":
+        CLI_CALLS.append(words[1:])
+    _popen_init(self, args, *rest, **options)
+
+
+subprocess.Popen.__init__ = _recording_popen_init
+
+
+@pytest.fixture(scope="session")
+def cli_calls() -> list[list[str]]:
+    """The argument lists of every `vlret` command the session's tests have run so far."""
+    return CLI_CALLS
 
 
 def write_json(path: Path, obj) -> Path:

@@ -257,3 +257,12 @@ def test_items_are_memory_mapped_columns_and_old_json_indexes_still_open(model_d
     table = StringTable.open(tmp_path, "t", ("id", "path"))
     assert [table[n]["id"] for n in range(4)] == ["b", "", "ab", "é/ü.png"]
     assert [table.number_of(k) for k in ("", "ab", "b", "é/ü.png")] == [1, 2, 0, 3]
+
+
+def test_an_index_goes_into_folders_not_made_yet(model_dir, synth_data, tmp_path, monkeypatch):
+    """`--out shared/photos.vlret` with no `shared/` yet (the docs' slurm command, found by the docs test:
+    the lock beside the index could not be created)."""
+    monkeypatch.chdir(tmp_path)
+    images = str(synth_data.parent / "images")
+    assert main(["index", "build", "--model", str(model_dir), "--images", images, "--out", "a/b/idx"]) == 0
+    assert (tmp_path / "a" / "b" / "idx" / "index.json").is_file()

@@ -50,12 +50,21 @@ def read_text(path: str | Path, encoding: str = "utf-8", advice: str = "") -> st
 _DIGESTS: dict[tuple, str] = {}
 
 
-def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's whole content (hex). Remembered for the process by path, size, inode and
-    modification time, so a cache lookup hashes each file once; any edit changes one of them."""
+def file_identity(path: str | Path) -> tuple:
+    """What tells, without reading a file, that it is the one seen before: its real path, size, inode, and
+    the times of its last content change (mtime) and of its last change of any kind (ctime). A write moves
+    the ctime even when the mtime is put back (``touch -d``, ``os.utime``, an rsync that keeps times), and
+    nothing but the clock sets it, so a file rewritten in place, even at the same size and mtime, is a new
+    one. Keys of in-process caches of what a file holds."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns)
+    return (str(path.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's whole content (hex), remembered for the process by its
+    :func:`file_identity`, so a cache lookup hashes each file once and an edited file again."""
+    key = file_identity(path)
     if key not in _DIGESTS:
         with open(path, "rb") as fh:
             _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()

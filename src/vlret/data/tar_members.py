@@ -13,6 +13,7 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+from vlret.data._io import file_identity
 from vlret.errors import DataError
 
 TAR_SUFFIX = ".tar"
@@ -28,8 +29,8 @@ def tar_member(path: str | Path) -> tuple[Path, str] | None:
 
 
 @lru_cache(maxsize=64)
-def _members(tar: Path, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    """Each regular member's ``(data offset, size)``; keyed by the file's time so a rewritten tar is
+def _members(tar: Path, identity: tuple) -> dict[str, tuple[int, int]]:
+    """Each regular member's ``(data offset, size)``; keyed by the file's identity so a rewritten tar is
     read again."""
     try:
         with tarfile.open(tar, mode="r:") as archive:
@@ -45,7 +46,7 @@ def member_table(tar: str | Path) -> dict[str, tuple[int, int]]:
     """The members of a tar (name -> (offset, size)), in the tar's order."""
     tar = Path(tar).resolve()
     with _lock:
-        return _members(tar, tar.stat().st_mtime_ns)
+        return _members(tar, file_identity(tar))
 
 
 def read_member(tar: str | Path, name: str) -> bytes:

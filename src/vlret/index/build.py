@@ -363,6 +363,7 @@ def build_index(
         progress,
         on_disk,
     )
+    out.parent.mkdir(parents=True, exist_ok=True)  # --out in a folder not made yet: the locks live beside it
     lock = out.with_name(f".{out.name}.build.lock")
     with _locked(lock, exclusive=False):  # builders encode side by side; the assembler waits for them
         _start_or_join(work, manifest, out.with_name(f".{out.name}.start.lock"))

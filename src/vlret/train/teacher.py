@@ -9,8 +9,8 @@ towers' raw global vectors (no normalisation) of the un-augmented image and capt
 Two sources, one interface (:class:`Teacher`):
 
 - a **cache** folder with the two arrays, read memory-mapped: written by ``vlret features teacher`` (in
-  resumable chunks, with ``teacher.json`` recording the towers and a fingerprint of the captions, checked
-  when training reads it) or the released files (whose row count is checked);
+  resumable chunks, with ``teacher.json`` recording the towers and fingerprints of the captions and of the
+  image files' content, checked when training reads it) or the released files (whose row count is checked);
 - **towers** run on the fly: each pair's features are computed the first time a batch needs them and kept.
 """
 
@@ -42,6 +42,22 @@ def captions_fingerprint(data: RetrievalDataset) -> str:
     """A hash of the split's (item id, caption) pairs in order: rows of teacher features follow it."""
     pairs = [[c.item_id, c.text] for c in data.captions]
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:24]
+
+
+def images_fingerprint(data: RetrievalDataset) -> str:
+    """A hash of the content of the files the split's items are read from (an image file, the tar of a
+    webdataset member, the array of region features), so features of an image since rewritten, even in
+    place under its old name, are not read as its features."""
+    from vlret.data._io import file_digest
+    from vlret.data.tar_members import tar_member
+
+    files = []
+    for item in data.items:
+        path = Path(str(data.media_path(item)).split("#", 1)[0])  # region rows: FILE.npy#ROW
+        inside = None if path.is_file() else tar_member(path)
+        files.append(str(inside[0] if inside else path))
+    digests = {f: file_digest(f) for f in dict.fromkeys(files)}
+    return hashlib.sha256(json.dumps([[f, digests[f]] for f in files]).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -134,6 +150,15 @@ class Teacher:
                 "captions",
                 "written for other captions (or another order) than this training split's",
             )
+        if "images" in meta and meta["images"] != images_fingerprint(
+            data
+        ):  # caches written before it was recorded
+            raise DataError(
+                manifest,
+                "images",
+                "written for other image content than this training split's (an image file changed since); "
+                f"run vlret features teacher again into another --out than {folder}",
+            )
         return cls(image, text, str(folder))
 
     @classmethod
@@ -216,6 +241,7 @@ def write_teacher_features(
         "split": split,
         "pairs": pairs,
         "captions": fingerprint,
+        "images": images_fingerprint(data),
         "towers": towers.describe(),
         "dims": list(towers.dims),
         "rows_done": 0,
@@ -223,12 +249,12 @@ def write_teacher_features(
     }
     if manifest_path.is_file():
         saved = json.loads(manifest_path.read_text())
-        same = {k: saved.get(k) for k in ("split", "captions", "towers")} == {
-            k: meta[k] for k in ("split", "captions", "towers")
+        same = {k: saved.get(k) for k in ("split", "captions", "images", "towers")} == {
+            k: meta[k] for k in ("split", "captions", "images", "towers")
         }
         if not same:
             raise ConfigError(
-                f"{out}: holds teacher features of other captions or towers ({manifest_path}); "
+                f"{out}: holds teacher features of other captions, images or towers ({manifest_path}); "
                 "use another --out"
             )
         meta["rows_done"] = int(saved.get("rows_done", 0))

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from vlret.data._io import file_identity
 from vlret.data.synth import COLOURS, SHAPES, position_phrase
 from vlret.data.video import VLMFrames, is_video_path
 
@@ -119,16 +120,15 @@ class ShapeSceneParser:
 
 
 @lru_cache(maxsize=4096)
-def _parse_file(path: str, stamp: tuple[int, int], min_pixels: int) -> tuple[Detected, ...]:
-    # Keyed by the file's size and mtime too: an edited file is parsed again.
+def _parse_file(path: str, identity: tuple, min_pixels: int) -> tuple[Detected, ...]:
+    # Keyed by the file's identity too: an edited file is parsed again.
     with Image.open(path) as img:
         return tuple(ShapeSceneParser(min_pixels).parse(img.convert("RGB")))
 
 
 def parse_media(media: Path, parser: ShapeSceneParser) -> tuple[Detected, ...]:
     """The shapes in an image file, parsed once per file (the K x Q questions about one item reuse it)."""
-    st = Path(media).stat()
-    return _parse_file(str(media), (st.st_size, st.st_mtime_ns), parser.min_pixels)
+    return _parse_file(str(media), file_identity(media), parser.min_pixels)
 
 
 MOVE_THRESHOLD = 0.2  # of the side: less is standing still
@@ -205,17 +205,14 @@ def track_clip(frames: list[tuple[Detected, ...]]) -> list[ClipEvent]:
 
 
 @lru_cache(maxsize=1024)
-def _clip_events(
-    path: str, stamp: tuple[int, int], frames: VLMFrames, min_pixels: int
-) -> tuple[ClipEvent, ...]:
+def _clip_events(path: str, identity: tuple, frames: VLMFrames, min_pixels: int) -> tuple[ClipEvent, ...]:
     parser = ShapeSceneParser(min_pixels)
     return tuple(track_clip([tuple(parser.parse(f)) for f in frames.frames(path)]))
 
 
 def clip_events(media: Path, parser: ShapeSceneParser, frames: VLMFrames) -> tuple[ClipEvent, ...]:
     """The events in a video file, read once per file and sampling."""
-    st = Path(media).stat()
-    return _clip_events(str(media), (st.st_size, st.st_mtime_ns), frames, parser.min_pixels)
+    return _clip_events(str(media), file_identity(media), frames, parser.min_pixels)
 
 
 def _story(events: tuple[ClipEvent, ...]) -> str:

@@ -107,12 +107,6 @@ def _answer_jobs(
     ]
 
 
-def _file_hash(path: Path, cache: dict[Path, str]) -> str:
-    if path not in cache:
-        cache[path] = file_digest(path)[:24]
-    return cache[path]
-
-
 @dataclass
 class Visa:
     """VISA over a cache folder; see the module docstring."""
@@ -130,7 +124,6 @@ class Visa:
         self.stats = {stage: StageStats() for stage in STAGES}
         self.claims = Claims(self.cache_dir / "claims")
         self.claims.folder.mkdir(exist_ok=True)
-        self._hashes: dict[Path, str] = {}
 
     # ----- generic stage machinery ----------------------------------------------------------------------
     def _run_units(
@@ -186,7 +179,8 @@ class Visa:
             time.sleep(CLAIM_POLL_SECONDS)
 
     def _media_key(self, media: Path) -> str:
-        return _file_hash(Path(media), self._hashes)
+        # file_digest remembers each file by its identity: a file rewritten in place gets its new content's key
+        return file_digest(media)[:24]
 
     # ----- stages ---------------------------------------------------------------------------------------
     def descriptions(self, media: Iterable[Path], compute: bool = True) -> dict[Path, str]:
