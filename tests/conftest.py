@@ -52,6 +52,11 @@ def _recording_popen_init(self, args, *rest, **options):
 subprocess.Popen.__init__ = _recording_popen_init
 
 
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("VLRET_CLI_CALLS"):  # where to write the recorded runs (for a look at them)
+        Path(os.environ["VLRET_CLI_CALLS"]).write_text("\n".join(shlex.join(c) for c in CLI_CALLS) + "\n")
+
+
 @pytest.fixture(scope="session")
 def cli_calls() -> list[list[str]]:
     """The argument lists of every `vlret` command the session's tests have run so far."""

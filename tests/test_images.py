@@ -47,3 +47,35 @@ def test_skip_drops_items_and_their_captions(broken_copy):
     assert any("not found" in r for r in reasons.values()) and any(
         "cannot decode" in r for r in reasons.values()
     )
+
+
+@pytest.mark.parametrize(
+    "width, height, refused",
+    [
+        (500, 10, False),  # 50:1, the documented limit, is read
+        (501, 10, True),
+        (10, 500, False),
+        (10, 501, True),
+        (5000, 10000, False),  # exactly 50 million pixels
+        (5000, 10001, True),
+        (1, 1, False),
+        (0, 10, True),
+    ],
+)
+def test_the_size_limits_are_inclusive_on_both_axes(width, height, refused, tmp_path):
+    """Both sides of each limit of the header check (pixels, aspect ratio, empty), and the same verdict
+    through the file reader (a PNG that declares the size: its header is read, never its pixels)."""
+    from PIL import Image
+
+    from vlret.data.image_files import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, size_problem
+
+    assert (MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS) == (50, 50_000_000)
+    assert (size_problem(width, height) is not None) == refused
+    if width * height and width * height <= 5_000:  # small enough to write for real
+        path = tmp_path / "x.png"
+        Image.new("RGB", (width, height)).save(path)
+        if refused:
+            with pytest.raises(DataError, match="elongated"):
+                load_image(path)
+        else:
+            assert load_image(path).size == (width, height)

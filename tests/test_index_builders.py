@@ -155,6 +155,29 @@ def test_a_build_without_shard_finishes_a_sharded_one_encoding_only_what_is_miss
     _same_index(path, reference)
 
 
+def test_a_builder_told_not_to_assemble_leaves_every_chunk_for_the_one_that_does(
+    collection, reference, tmp_path, monkeypatch
+):
+    """``assemble=False`` (what each Ray task runs): all 8 chunks encoded, nothing published; the driver's
+    plain build then encodes none and assembles."""
+    images, model = collection
+    out = tmp_path / "idx"
+    assert (
+        build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, assemble=False) is None
+    )
+    assert not out.exists() and len(list((tmp_path / "idx.building" / "chunks").iterdir())) == 8
+    encoded = []
+    original = build._encode_chunk
+    monkeypatch.setattr(
+        build,
+        "_encode_chunk",
+        lambda enc, root, part, *a: encoded.append(part[0]) or original(enc, root, part, *a),
+    )
+    path = build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False)
+    assert encoded == []
+    _same_index(path, reference)
+
+
 def test_a_claim_left_by_a_dead_builder_is_taken_over(collection, reference, tmp_path):
     images, model = collection
     out = tmp_path / "idx"
@@ -177,8 +200,14 @@ def test_a_live_claim_is_not_taken(tmp_path):
         json.dumps({"host": claims.claims.host, "pid": os.getpid(), "since": 0})
     )
     assert not claims.try_claim(0)
-    (tmp_path / ".00001.claim").write_text(json.dumps({"host": "another-host", "pid": 1, "since": 0}))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)  # a process that has ended here: only the host tells this claim is not stale
+    (tmp_path / ".00001.claim").write_text(json.dumps({"host": "another-host", "pid": pid, "since": 0}))
     assert not claims.try_claim(1)  # another host's process cannot be checked from here: wait for it
+    (tmp_path / ".00003.claim").write_text(json.dumps({"host": claims.claims.host, "pid": pid, "since": 0}))
+    assert claims.try_claim(3)  # the same pid on this host: dead, taken over
     assert claims.try_claim(2)
 
 

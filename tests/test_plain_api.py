@@ -45,11 +45,19 @@ def test_encode_image_takes_pictures_and_files(tiny, synth_data):
 
 
 def test_training_mode_is_kept_and_eval_is_used(tiny):
+    from PIL import Image
+
+    grey = Image.new("RGB", (40, 30), (128, 128, 128))
     tiny.train()
     first = tiny.encode_text(["a red circle"])
-    assert tiny.training
+    assert tiny.training and all(m.training for m in tiny.modules())
     np.testing.assert_allclose(first, tiny.encode_text(["a red circle"]))  # no dropout noise
-    tiny.eval()
+    tiny.encode_image(grey)
+    assert all(m.training for m in tiny.modules())
+    tiny.eval()  # a model that was in eval mode stays there, every module of it
+    tiny.encode_text(["a red circle"])
+    tiny.encode_image(grey)
+    assert not any(m.training for m in tiny.modules())
 
 
 def test_similarity_is_the_cosine_with_single_axes_dropped():

@@ -286,3 +286,16 @@ def test_topk_equals_a_stable_argsort_on_heavily_tied_rows():
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :20]
     np.testing.assert_array_equal(indices, expected)
     np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
+
+
+@pytest.mark.parametrize("item_rule", ["captions", "items"])
+@pytest.mark.parametrize("chunk", [1, 512])
+def test_an_item_without_texts_ranks_last_under_both_item_rules(item_rule, chunk):
+    """Texts of items [0, 0, 1]; item 2 has none. Worked by hand: text->item ranks [1, 1, 0]; item 0's
+    best own text scores .5 and only text 2 (owner item 1, .9) is above it; item 1's .95 is beaten by
+    nothing; item 2 gets n_texts = 3 (never a hit). Under the items rule owner rows are [.5, .2, .9] and
+    [.9, .95, .3]: the same ranks here."""
+    scores = torch.tensor([[0.5, 0.1, 0.9], [0.4, 0.2, 0.8], [0.9, 0.95, 0.3]])
+    ranks = rank_blocks(lambda a, b: scores[a:b], np.array([0, 0, 1]), 3, chunk=chunk, item_rule=item_rule)
+    np.testing.assert_array_equal(ranks.t2i, [1, 1, 0])
+    np.testing.assert_array_equal(ranks.i2t, [1, 0, 3])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from test_bad_input import _overrides
-from vlret.cli import build_parser
+from vlret.cli import build_parser, main
 from vlret.errors import ConfigError
 from vlret.train import Trainer, load_recipe
 from vlret.train.logger import read_metrics
@@ -60,10 +60,14 @@ def test_overwrite_starts_afresh_without_the_old_runs_logs(synth_data, finished_
     out = _copy(finished_run, tmp_path / "run")
     old_records = read_metrics(out / "metrics.jsonl")
     assert max(r["step"] for r in old_records) == 4
-    shorter = load_recipe(
-        None, _overrides(synth_data, out, "train.max_steps=2", "train.log_every_steps=1", "optim.lr=1e-4")
-    )
-    Trainer(shorter, overwrite=True, progress=False).fit()
+    # what else a run leaves: a frozen tower's memo shards and the event files (the old run's, planted)
+    for leftover in (out / "memo" / "image-rank0.pt", out / "tensorboard" / "events.old"):
+        leftover.parent.mkdir(exist_ok=True)
+        leftover.write_bytes(b"old run")
+    overrides = _overrides(synth_data, out, "train.max_steps=2", "train.log_every_steps=1", "optim.lr=1e-4")
+    assert main(["train", "--overwrite", "--quiet", *overrides]) == 0
+    assert not (out / "memo").exists()  # the tiny model keeps no memo: nothing of the old one is left
+    assert not (out / "tensorboard" / "events.old").exists()
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]  # the old run's 4 steps are gone
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0000002"]

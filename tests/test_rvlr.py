@@ -308,6 +308,21 @@ def test_mixed_compat_keeps_the_query_image_and_transposes_the_image_block():
     # T2IT from caption 1: clean image scores S(1, .) = (0.4, 0.7); compat S(first(j), 1) = (0.1, 0.7)
     assert clean["t2it_ndcg@1"] == compat["t2it_ndcg@1"] == pytest.approx(100.0)
     assert set(compat) == set(clean)
+    # @3 they differ. Gallery [image 0, image 1, caption 0, caption 1]; from caption 0: clean scores
+    # (.9, .1 | 1, 0) with relevances (1, .1 | 1, .2): caption 0, image 0, then image 1 (gain .1 of an ideal
+    # .2); compat scores (.9, .4 | ...) with relevances (1, .2 | ...): image 1 third with gain .2, ideal.
+    # From caption 1 both rank ideally (clean: image 0 third, .2 of .2; compat: image 0, .1 of .1).
+    d2, d3 = 1 / math.log2(3), 1 / math.log2(4)
+    clean_row0 = (1 + d2 + 0.1 * d3) / (1 + d2 + 0.2 * d3)
+    three = {"ks": (3,)}
+    clean = mixed_ndcg(
+        images, texts, lambda i: cross.T[i], lambda c: cross[c], rel, caption_item, "clean", **three
+    )
+    compat = mixed_ndcg(
+        images, texts, lambda i: cross.T[i], lambda c: cross[c], rel, caption_item, "compat", **three
+    )
+    assert clean["t2it_ndcg@3"] == pytest.approx(100 * (clean_row0 + 1) / 2)
+    assert compat["t2it_ndcg@3"] == pytest.approx(100.0)
 
 
 # ----- the re-rank hook, teachers and the CLI -------------------------------------------------------------

@@ -71,6 +71,7 @@ def test_two_replicas_serve_one_index_version(synth_data, tmp_path):
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.2)
         assert health["version"] == index.resolve().name
+        assert health["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # each replica's share
         assert len(_children(server.pid)) >= 2  # the replica processes (uvicorn's supervisor is the parent)
         answers = [
             httpx.get(f"{url}/api/search", params={"q": "a red circle", "k": 3}, timeout=60).json()["results"]

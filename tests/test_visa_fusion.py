@@ -165,3 +165,18 @@ def test_passage_assembly_default_and_compat():
     compat = assemble_passage(answers, "A grey picture.", usable=True, compat=True)
     assert compat == "Yes, a red circle.It is on the left.A grey picture."
     assert assemble_passage(["uncertain."], "D", usable=True) == "D"  # whole-answer match, any case
+
+
+def test_a_question_of_three_to_forty_words_is_kept_and_one_outside_is_not():
+    """Both sides of the documented bounds (QUESTION_WORDS): 2 and 41 words are dropped, 3 and 40 kept."""
+    from vlret.rerank.visa.prompts import QUESTION_WORDS
+
+    assert QUESTION_WORDS == (3, 40)
+
+    def words(n: int) -> str:
+        return " ".join(["Is"] + ["red"] * (n - 1)) + "?"
+
+    reply = f"Key phrases: red. Questions: 1. {words(2)} 2. {words(3)} 3. {words(40)} 4. {words(41)}"
+    parsed = parse_questions(reply, "a red circle", n=2)
+    assert parsed.status == "ok"
+    assert [len(q.split()) for q in parsed.questions] == [3, 40]

@@ -199,3 +199,18 @@ def test_servers_that_describe_different_models_are_refused():
     finally:
         first[0].shutdown()
         second[0].shutdown()
+
+
+@pytest.mark.parametrize("status, calls", [(400, 1), (404, 1), (429, 3), (503, 3)])
+def test_a_refused_request_is_not_retried_and_a_busy_server_is_asked_max_retries_more_times(status, calls):
+    """Counted on the server: a 4xx other than 408/409/429 is answered at once (the same request cannot
+    succeed later); a busy or failing server is asked 1 + max_retries times in all, then the call fails."""
+    httpd, handler, url = _counting_server(status=status)
+    try:
+        with pytest.raises(
+            BackendError, match=f"HTTP {status}" if calls == 1 else "gave up after 3 attempts"
+        ):
+            OpenAIChat("m", base_url=url, max_retries=2, backoff=0.001).chat("describe")
+        assert handler.chats == calls
+    finally:
+        httpd.shutdown()

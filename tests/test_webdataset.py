@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from vlret.cli import main
 from vlret.data import load_dataset
@@ -190,3 +191,22 @@ def test_a_model_trains_on_shards_with_resampled_epochs(shards, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics)
     assert main([*args[:-1], f"output_dir={tmp_path / 'bad'}", "data.sampling=sometimes"]) == 2
+
+
+def test_a_key_ends_at_the_first_dot_of_the_file_name_not_of_its_folder(synth_data, tmp_path):
+    """Both sides of the documented rule: ``dir.v2/000001.png`` is sample ``dir.v2/000001`` (a dot in a
+    folder is part of the key); ``000002.seg.png`` is member ``seg.png`` of sample ``000002``, which is
+    not an image extension, so that sample has no image."""
+    image = load_dataset(synth_data).split("test")
+    png = image.media_path(image.items[0]).read_bytes()
+    with tarfile.open(tmp_path / "00000.tar", "w") as archive:
+        _add(archive, "dir.v2/000001.png", png)
+        _add(archive, "dir.v2/000001.txt", b"a red circle")
+        _add(archive, "000002.seg.png", png)
+        _add(archive, "000002.txt", b"a blue square")
+    with pytest.raises(DataError, match="000002"):
+        load_dataset(tmp_path / "00000.tar")
+    data = load_dataset(tmp_path / "00000.tar", on_error="skip")
+    assert [it.id for it in data.items] == ["dir.v2/000001"]  # one shard: ids are the keys
+    assert [c.text for c in data.captions] == ["a red circle"]
+    assert load_image(data.media_path(data.items[0])).size == Image.open(io.BytesIO(png)).size

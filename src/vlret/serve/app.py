@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 from fastapi import File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -329,6 +330,7 @@ def create_app(
             "status": "ok",
             **version_info(service.versions.snapshot()),
             "replica": os.getpid(),  # which process answered (vlret serve --workers N)
+            "threads": torch.get_num_threads(),  # this replica's share of the cores
             "reload_error": service.versions.last_error,  # a newer version that could not be opened
             "warnings": service.versions.current.searcher.meta.get("warnings", []),
             "visa": service.visa is not None,
