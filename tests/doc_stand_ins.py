@@ -31,28 +31,6 @@ def hub_cache(root: Path, models: dict[str, Path]) -> Path:
     return root
 
 
-def tiny_cross_encoder(folder: Path) -> Path:
-    """A one-layer BERT sequence classifier (one logit), a stand-in for a cross-encoder reranker."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from hf_tiny import _hf_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = _hf_tokenizer(64)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _caption(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, 6))
 

@@ -106,3 +106,23 @@ def make_siglip(folder: Path) -> Path:
     tokenizer.save_pretrained(folder)
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def make_cross_encoder(folder: Path, hidden: int = 32) -> Path:
+    """A one-layer BERT sequence classifier with one logit (a cross-encoder reranker's shape), with the
+    word tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = _hf_tokenizer(64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -647,7 +647,7 @@ def workspace(tmp_path_factory, vit_dir, swin_dir, bert_dir):
     """The workspace, with the hub cache and the reader's photos in place."""
     import huggingface_hub.constants
 
-    from hf_tiny import make_clip
+    from hf_tiny import make_clip, make_cross_encoder
     from vlret.data.sample_photos import write_sample_photos
 
     root = tmp_path_factory.mktemp("docs")
@@ -661,7 +661,7 @@ def workspace(tmp_path_factory, vit_dir, swin_dir, bert_dir):
             "google/vit-base-patch16-224-in21k": vit_dir,
             "bert-base-uncased": bert_dir,
             "microsoft/swin-base-patch4-window12-384-in22k": swin_dir,
-            "BAAI/bge-reranker-v2-m3": stand_ins.tiny_cross_encoder(models / "reranker"),
+            "BAAI/bge-reranker-v2-m3": make_cross_encoder(models / "reranker", hidden=16),
         },
     )
     for folder in ("home/Pictures", "home/photos", "data/photos", "."):

@@ -137,12 +137,8 @@ def test_shards_split_the_work_and_the_last_assembles(collection, reference, tmp
     _same_index(out.resolve(), reference)
 
 
-def test_a_build_without_shard_finishes_a_sharded_one_encoding_only_what_is_missing(
-    collection, reference, tmp_path, monkeypatch
-):
-    images, model = collection
-    out = tmp_path / "idx"
-    assert build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, shard=(1, 4)) is None
+def _count_encoded_chunks(monkeypatch) -> list:
+    """The first path of every chunk this process encodes from now on, in order."""
     encoded = []
     original = build._encode_chunk
     monkeypatch.setattr(
@@ -150,6 +146,16 @@ def test_a_build_without_shard_finishes_a_sharded_one_encoding_only_what_is_miss
         "_encode_chunk",
         lambda enc, root, part, *a: encoded.append(part[0]) or original(enc, root, part, *a),
     )
+    return encoded
+
+
+def test_a_build_without_shard_finishes_a_sharded_one_encoding_only_what_is_missing(
+    collection, reference, tmp_path, monkeypatch
+):
+    images, model = collection
+    out = tmp_path / "idx"
+    assert build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, shard=(1, 4)) is None
+    encoded = _count_encoded_chunks(monkeypatch)
     path = build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False)
     assert len(encoded) == 8 - 2  # shard 1 of 4 had done chunks 1 and 5
     _same_index(path, reference)
@@ -166,13 +172,7 @@ def test_a_builder_told_not_to_assemble_leaves_every_chunk_for_the_one_that_does
         build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False, assemble=False) is None
     )
     assert not out.exists() and len(list((tmp_path / "idx.building" / "chunks").iterdir())) == 8
-    encoded = []
-    original = build._encode_chunk
-    monkeypatch.setattr(
-        build,
-        "_encode_chunk",
-        lambda enc, root, part, *a: encoded.append(part[0]) or original(enc, root, part, *a),
-    )
+    encoded = _count_encoded_chunks(monkeypatch)
     path = build_index(str(model), out, images=images, chunk_size=CHUNK, progress=False)
     assert encoded == []
     _same_index(path, reference)

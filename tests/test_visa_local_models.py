@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from hf_tiny import WORDS, _hf_tokenizer
+from hf_tiny import WORDS, _hf_tokenizer, make_cross_encoder
 from vlret.rerank.backends.hf_local import HFChat
 from vlret.rerank.backends.relevance import CrossEncoderReranker
 
@@ -29,19 +29,11 @@ def test_hf_chat_generates_and_counts_tokens(tmp_path):
 
 
 def test_cross_encoder_scores_are_raw_logits(tmp_path):
-    torch.manual_seed(0)
-    tokenizer = _hf_tokenizer(64)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=1,
-    )
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    make_cross_encoder(tmp_path)
+    model = BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     pairs = [(WORDS[0], WORDS[1]), (WORDS[2], WORDS[3])]
     scores = CrossEncoderReranker(str(tmp_path), device="cpu").score(pairs)
     with torch.no_grad():
