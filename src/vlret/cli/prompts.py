@@ -83,6 +83,7 @@ def cmd_prompts_eval(args: argparse.Namespace) -> int:
             "name": "zero-shot" if args.zero_shot else "prompts",
             "prompts": args.prompts,
             "model": args.zero_shot,
+            "template": args.template if args.zero_shot else None,  # the prompt the zero-shot row read
         },
         classification=metrics,
         metrics={},

@@ -52,6 +52,10 @@ def train_ivf(factory: str, vectors: np.ndarray, metric: str = "inner_product"):
     faiss = _faiss()
     metric_type = faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
     index = faiss.index_factory(vectors.shape[1], factory, metric_type)
+    if hasattr(index, "do_polysemous_training"):
+        # FAISS trains IVF-PQ codes for Hamming-filtered search by default; vlret never searches that way
+        # (polysemous_ht stays 0), and that training took 290 of 290 s for 4,000 x 128 vectors (13 s without)
+        index.do_polysemous_training = False
     if not index.is_trained:
         index.train(training_sample(vectors))
     return index

@@ -1,0 +1,346 @@
+"""Options given on the command line that only the functions behind them had been tested with (issue 34,
+section 2; ``tests/test_zz_cli_options.py`` lists what no test gives): each run through ``main([...])`` with
+its effect checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlret.cli import main
+from vlret.data import load_dataset
+
+CSV_OPTIONS = ["--path-column", "file", "--caption-column", "text", "--split-column", "part"]
+
+
+@pytest.fixture(scope="module")
+def csv_data(synth_data, tmp_path_factory) -> Path:
+    """The synthetic test split as a CSV with its own column names and no split column (``part`` is not
+    there): every row falls in the split ``--default-split`` names. Paths are relative to the images."""
+    data = load_dataset(synth_data).split("test")
+    path = tmp_path_factory.mktemp("csv") / "pairs.csv"
+    with open(path, "w", newline="") as f:
+        rows = [
+            [str(it.path), data.captions[c].text]
+            for it, caps in zip(data.items, data.item_to_captions, strict=True)
+            for c in caps
+        ]
+        csv.writer(f).writerows([["file", "text"], *rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(synth_data, tmp_path_factory) -> Path:
+    from vlret.models import create_model
+
+    folder = tmp_path_factory.mktemp("cli_model") / "model"
+    captions = [c.text for c in load_dataset(synth_data).captions]
+    create_model("tiny-cnn", captions=captions, seed=0).save(folder)
+    return folder
+
+
+def _data_args(csv_data: Path, synth_data: Path, split: str) -> list[str]:
+    return [*CSV_OPTIONS, "--default-split", split, "--media-root", str(synth_data.parent)]
+
+
+def test_data_stats_and_convert_read_a_csv_by_the_columns_named(csv_data, synth_data, tmp_path, capsys):
+    test = load_dataset(synth_data).split("test")
+    args = [str(csv_data), *_data_args(csv_data, synth_data, "val")]
+    assert main(["data", "stats", *args, "--check-media", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert list(stats["splits"]) == ["val"]  # the default split: the CSV has no "part" column
+    assert stats["splits"]["val"]["items"] == len(test.items)
+    assert main(["data", "convert", *args, "--out", str(tmp_path / "k.json")]) == 0
+    back = load_dataset(tmp_path / "k.json", media_root=synth_data.parent)
+    assert back.splits == ["val"] and [c.text for c in back.captions] == [c.text for c in test.captions]
+
+
+def test_data_stats_check_media_reports_a_missing_image(synth_data, tmp_path, capsys):
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,caption\nnot-there.png,a red circle\n")
+    assert main(["data", "stats", str(path), "--check-media"]) == 2
+    assert "not-there.png" in capsys.readouterr().err
+    assert main(["data", "stats", str(path)]) == 0  # without it the annotations alone are read
+
+
+def test_eval_reads_a_csv_by_the_columns_named(csv_data, synth_data, tiny_model, tmp_path):
+    out = tmp_path / "r.json"
+    args = ["eval", "--model", str(tiny_model), "--data", str(csv_data), "--split", "val", "--out", str(out)]
+    assert main([*args, *_data_args(csv_data, synth_data, "val"), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    assert result["counts"]["gallery_items"] == len(load_dataset(synth_data).split("test").items)
+
+
+def test_index_build_reads_a_csv_by_the_columns_named(csv_data, synth_data, tiny_model, tmp_path):
+    out = tmp_path / "idx"
+    args = ["index", "build", "--model", str(tiny_model), "--data", str(csv_data), "--out", str(out)]
+    assert main([*args, *_data_args(csv_data, synth_data, "test")]) == 0
+    meta = json.loads((out / "index.json").read_text())
+    test = load_dataset(synth_data).split("test")
+    assert (meta["items"], meta["captions"]) == (len(test.items), len(test.captions))
+
+
+def test_rerank_head_reads_a_csv_and_keeps_k_candidates(csv_data, synth_data, tmp_path):
+    from vlret.models import create_model
+
+    model = tmp_path / "maxsim"
+    create_model("tiny-cnn", captions=["a red circle"], head="maxsim", seed=0).save(model)
+    out = tmp_path / "head.json"
+    args = ["rerank", "head", "--model", str(model), "--data", str(csv_data), "--split", "test"]
+    args += ["--k", "3", "--direction", "t2i", "--out", str(out), *_data_args(csv_data, synth_data, "test")]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert "t2i_r1" in result["metrics"] and "i2t_r1" not in result["metrics"]  # --direction t2i
+
+
+def test_visa_shards_and_merge_read_a_csv_by_the_columns_named(csv_data, synth_data, tiny_model, tmp_path):
+    data = _data_args(csv_data, synth_data, "test")
+    out = tmp_path / "visa"
+    args = ["rerank", "visa", "--model", str(tiny_model), "--data", str(csv_data), "--split", "test"]
+    for shard in ("0/2", "1/2"):
+        assert main([*args, *data, "--queries", "4", "--out", str(out), "--shard", shard]) == 0
+    assert (
+        main(["rerank", "visa-merge", "--data", str(csv_data), "--split", "test", "--out", str(out), *data])
+        == 0
+    )
+    assert len(np.load(out / "reranked.npy")) == 4 and (out / "result.json").is_file()
+
+
+def test_features_read_a_csv_by_the_columns_named(csv_data, synth_data, tmp_path):
+    data = _data_args(csv_data, synth_data, "train")
+    regions = tmp_path / "regions"
+    args = ["features", "regions", "--data", str(csv_data), "--out", str(regions), "--split", "train"]
+    assert (
+        main([*args, "--regions", "4", "--backbone", "efficientnet-lite0", "--input-size", "64", *data]) == 0
+    )
+    arrays = sorted(regions.glob("*_ims.npy"))
+    assert arrays and np.load(arrays[0]).shape[1] == 4  # --regions 4 boxes an image
+    teacher = tmp_path / "teacher"
+    args = ["features", "teacher", "--data", str(csv_data), "--out", str(teacher), "--batch-size", "16"]
+    assert main([*args, "--image-tower", "tiny-vit", "--text-tower", "minilm", *data]) == 0
+    manifest = json.loads((teacher / "teacher.json").read_text())
+    assert manifest["complete"] and "tiny-vit" in json.dumps(manifest["towers"])
+    assert manifest["pairs"] == len(load_dataset(synth_data).split("test").captions)  # every row: train
+
+
+def test_data_synth_takes_its_size_and_difficulty(tmp_path, capsys):
+    args = ["data", "synth", "--images", "20", "--seed", "1"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--size", "32", "--difficulty", "0.5"]) == 0
+    data = load_dataset(tmp_path / "a" / "dataset.json")
+    assert Image.open(data.media_path(data.items[0])).size == (32, 32)
+    assert main([*args, "--out", str(tmp_path / "b"), "--size", "32", "--difficulty", "0.0"]) == 0
+    other = load_dataset(tmp_path / "b" / "dataset.json")
+    pixels = [np.asarray(Image.open(d.media_path(d.items[0]))) for d in (data, other)]
+    assert not np.array_equal(*pixels)  # another difficulty draws other scenes
+
+
+def _two_item_data(tmp_path: Path) -> Path:
+    """Two images with two captions each, as a Karpathy test split (the images are never read)."""
+    images = [
+        {
+            "filename": f"{k}.png",
+            "split": "test",
+            "sentences": [{"raw": f"caption {k} {j}"} for j in range(2)],
+        }
+        for k in range(2)
+    ]
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"images": images}))
+    return path
+
+
+@pytest.mark.parametrize("rule, i2t_meanr", [("captions", 2.0), ("items", 1.5)])
+def test_eval_item_to_text_and_direction_on_a_score_matrix(tmp_path, rule, i2t_meanr):
+    """The ranking module's worked example: scores [[.5, .1], [.4, .2], [.9, .95], [.8, .7]] (texts x items),
+    texts of items [0, 0, 1, 1]: item->text ranks [2, 0] by captions, [1, 0] by items (mean rank + 1)."""
+    scores = tmp_path / "s.npy"
+    np.save(scores, np.array([[0.5, 0.1], [0.4, 0.2], [0.9, 0.95], [0.8, 0.7]], np.float32))
+    data = _two_item_data(tmp_path)
+    out = tmp_path / "r.json"
+    args = ["eval", "--scores", str(scores), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--item-to-text", rule]) == 0
+    assert json.loads(out.read_text())["metrics"]["i2t_meanr"] == pytest.approx(i2t_meanr)
+    assert main([*args, "--item-to-text", rule, "--direction", "t2i"]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert "t2i_r1" in metrics and not any(key.startswith("i2t") for key in metrics)
+
+
+@pytest.mark.parametrize("mode", ["clean", "compat"])
+def test_eval_mixed_mode_is_recorded_with_the_graded_results(synth_data, tiny_model, tmp_path, mode):
+    out = tmp_path / "r.json"
+    args = ["eval", "--model", str(tiny_model), "--data", str(synth_data), "--relevance", "rouge-l"]
+    assert main([*args, "--mixed-mode", mode, "--out", str(out), "--no-cache"]) == 0
+    result = json.loads(out.read_text())
+    assert result["ndcg"]["mixed_mode"] == mode and "t2it_ndcg@10" in result["mixed"]
+
+
+@pytest.fixture(scope="module")
+def id_named_classes(class_bench, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """The class benchmark's images under id-named folders (``n000``, ``n001``, ...: ImageNet's layout)
+    with a ``classnames.txt`` naming them: ``(root, classnames.txt, class names)``."""
+    import shutil
+
+    data, _ = class_bench
+    root = tmp_path_factory.mktemp("id_named") / "images"
+    names = list(data.classnames)
+    for split in ("train", "val", "test"):
+        for k, name in enumerate(names):
+            shutil.copytree(data.root / split / name.replace(" ", "_"), root / split / f"n{k:03d}")
+    classnames = root.parent / "classnames.txt"
+    classnames.write_text("".join(f"n{k:03d} {name}\n" for k, name in enumerate(names)))
+    return root, classnames, names
+
+
+def test_prompts_train_and_eval_take_their_options(class_bench, id_named_classes, tmp_path):
+    _, clip = class_bench
+    root, classnames, names = id_named_classes
+    run = tmp_path / "run"
+    args = ["prompts", "train", "--model", str(clip), "--data", str(root), "--classnames", str(classnames)]
+    args += ["--method", "textrefiner", "--subset", "all", "--alpha", "0.3", "--select", "last"]
+    assert main([*args, "--shots", "2", "--epochs", "1", "--batch-size", "8", "--out", str(run)]) == 0
+    recorded = json.loads((run / "prompts" / "prompts.json").read_text())
+    assert recorded["classnames"] == names  # all classes, by the names classnames.txt gives
+    settings = json.loads((run / "run.json").read_text())
+    assert (settings["subset"], settings["select"], settings["refiner"]["alpha"]) == ("all", "last", 0.3)
+    out = tmp_path / "zero_shot.json"
+    args = ["prompts", "eval", "--zero-shot", str(clip), "--template", "a picture of a", "--data", str(root)]
+    assert main([*args, "--classnames", str(classnames), "--protocol", "all-classes", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"]["template"] == "a picture of a" and 0 <= result["classification"]["acc"] <= 100
+
+
+def test_index_build_from_webdataset_shards_equals_the_same_shards_as_data(synth_data, tiny_model, tmp_path):
+    import io
+    import tarfile
+
+    test = load_dataset(synth_data).split("test")
+    shard = tmp_path / "00000.tar"
+    with tarfile.open(shard, "w") as archive:
+        for n, item in enumerate(test.items[:5]):
+            for suffix, data in (("png", test.media_path(item).read_bytes()), ("txt", b"a red circle")):
+                info = tarfile.TarInfo(f"{n:06d}.{suffix}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    args = ["index", "build", "--model", str(tiny_model)]
+    assert main([*args, "--webdataset", str(shard), "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--data", str(shard), "--out", str(tmp_path / "b")]) == 0
+    a, b = (np.load(tmp_path / x / "embeddings.npy") for x in ("a", "b"))
+    assert a.shape[0] == 5 and a.tobytes() == b.tobytes()
+
+
+def test_index_build_keeps_a_heads_tokens_in_float16_when_asked(synth_data, tmp_path):
+    from vlret.models import create_model
+
+    model = tmp_path / "maxsim"
+    create_model("tiny-cnn", captions=["a red circle"], head="maxsim", seed=0).save(model)
+    args = ["index", "build", "--model", str(model), "--data", str(synth_data), "--split", "test"]
+    assert main([*args, "--out", str(tmp_path / "idx"), "--token-dtype", "float16", "--shortlist", "5"]) == 0
+    assert np.load(tmp_path / "idx" / "head_items.tokens.npy").dtype == np.float16
+
+
+def test_index_build_memory_gb_compresses_what_does_not_fit(tiny_model, tmp_path, monkeypatch):
+    """4,000 vectors of 128 floats (2 MiB raw), imported from clip-retrieval's layout, with exact search
+    capped at 1,000 vectors here (100,000 in use; the choice is tested at that size in test_index.py):
+    inverted lists of full vectors without a budget, product-quantised ones under --memory-gb 0.001."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import vlret.index.choice as choice
+
+    monkeypatch.setattr(choice, "EXACT_MAX", 1000)
+    n, dim = 4000, 128  # the tiny model's width
+    layout = tmp_path / "emb"
+    (layout / "img_emb").mkdir(parents=True)
+    (layout / "metadata").mkdir()
+    vectors = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.save(layout / "img_emb" / "img_emb_0.npy", vectors.astype(np.float16))
+    ids = [f"{k:06d}" for k in range(n)]
+    table = pa.table({"image_path": [f"{i}.jpg" for i in ids], "caption": [None] * n, "id": ids})
+    pq.write_table(table, layout / "metadata" / "metadata_0.parquet")
+    args = ["index", "build", "--model", str(tiny_model), "--embeddings", str(layout), "--media-root", "/p"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--out", str(tmp_path / "small"), "--memory-gb", "0.001"]) == 0
+    kinds = [
+        json.loads((tmp_path / x / "index.json").read_text())["choice"]["kind"] for x in ("plain", "small")
+    ]
+    assert kinds == ["ivf_flat", "ivf_pq"]
+
+
+def test_index_export_search_and_serve_take_their_options(captioned_index, tmp_path, monkeypatch):
+    """--dtype and --collection of an export; --target and --collection of a search; every setting of
+    serve reaches the app it runs (uvicorn.run is replaced by a client of that app)."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    index, _, _ = captioned_index
+    assert main(["index", "export", str(index), "--out", str(tmp_path / "emb"), "--dtype", "float32"]) == 0
+    assert np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy").dtype == np.float32
+    store = str(tmp_path / "qdrant")
+    args = ["index", "export", str(index), "--format", "qdrant", "--qdrant", store, "--collection", "mine"]
+    assert main(args) == 0
+    plain = _search_json([str(index), "a red circle", "--json"], monkeypatch)
+    via_qdrant = _search_json(
+        [str(index), "a red circle", "--json", "--qdrant", store, "--collection", "mine"], monkeypatch
+    )
+    assert [h["id"] for h in via_qdrant] == [h["id"] for h in plain]
+    captions = _search_json(
+        [str(index), "a red circle", "--json", "--target", "captions", "-k", "3"], monkeypatch
+    )
+    assert len(captions) == 3 and all(h["text"] for h in captions)
+
+    served = {}
+    monkeypatch.setattr(
+        uvicorn, "run", lambda app, host, port, **kw: served.update(app=app, host=host, port=port)
+    )
+    visa = tmp_path / "visa.yaml"
+    visa.write_text("k: 3\n")
+    args = [
+        "serve",
+        str(index),
+        "--host",
+        "127.0.0.2",
+        "--port",
+        "8123",
+        "--max-k",
+        "3",
+        "--check-every",
+        "5",
+    ]
+    args += ["--max-upload-mb", "0.001", "--max-upload-megapixels", "0.0001", "--visa-config", str(visa)]
+    assert main([*args, "--visa-timeout", "7", "--qdrant", store, "--collection", "mine"]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.2", 8123)
+    client = TestClient(served["app"])
+    assert client.get("/health").json()["visa_timeout_s"] == 7
+    assert client.get("/api/search", params={"q": "a red circle", "k": 3}).status_code == 200
+    assert client.get("/api/search", params={"q": "a red circle", "k": 4}).status_code == 422  # --max-k 3
+    big = _png(40, 40)  # 1,600 pixels, more than 100 (--max-upload-megapixels 0.0001)
+    assert client.post("/api/search/image", files={"file": ("q.png", big, "image/png")}).status_code in (
+        413,
+        422,
+    )
+    huge = _png(8, 8) + b"\0" * 2048  # over 1 KiB (--max-upload-mb 0.001)
+    assert client.post("/api/search/image", files={"file": ("q.png", huge, "image/png")}).status_code == 413
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _search_json(args: list[str], monkeypatch) -> list[dict]:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["search", *args]) == 0
+    return json.loads(out.getvalue())
