@@ -196,7 +196,7 @@ def id_named_classes(class_bench, tmp_path_factory) -> tuple[Path, Path, list[st
     return root, classnames, names
 
 
-def test_prompts_train_and_eval_take_their_options(class_bench, id_named_classes, tmp_path):
+def test_prompts_train_and_eval_take_their_options(class_bench, id_named_classes, tmp_path, monkeypatch):
     _, clip = class_bench
     root, classnames, names = id_named_classes
     run = tmp_path / "run"
@@ -212,6 +212,22 @@ def test_prompts_train_and_eval_take_their_options(class_bench, id_named_classes
     assert main([*args, "--classnames", str(classnames), "--protocol", "all-classes", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["model"]["template"] == "a picture of a" and 0 <= result["classification"]["acc"] <= 100
+    # the prompts serve search by class over an index of the same model
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    index = tmp_path / "idx"
+    assert (
+        main(["index", "build", "--model", str(clip), "--images", str(root / "test"), "--out", str(index)])
+        == 0
+    )
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app))
+    assert main(["serve", str(index), "--prompts", str(run / "prompts")]) == 0
+    client = TestClient(served["app"])
+    assert client.get("/health").json()["classes"] == len(names)
+    hits = client.get("/api/search/class", params={"name": names[0], "k": 2}).json()["results"]
+    assert len(hits) == 2
 
 
 def test_index_build_from_webdataset_shards_equals_the_same_shards_as_data(synth_data, tiny_model, tmp_path):
