@@ -16,21 +16,23 @@ from vlret.cli import main
 from vlret.data import load_dataset
 
 CSV_OPTIONS = ["--path-column", "file", "--caption-column", "text", "--split-column", "part"]
+CSV_OPTIONS += ["--format", "csv", "--encoding", "latin-1", "--on-error", "skip"]
 
 
 @pytest.fixture(scope="module")
 def csv_data(synth_data, tmp_path_factory) -> Path:
-    """The synthetic test split as a CSV with its own column names and no split column (``part`` is not
-    there): every row falls in the split ``--default-split`` names. Paths are relative to the images."""
+    """The synthetic test split as a Latin-1 CSV with its own column names and no split column (``part`` is
+    not there): every row falls in the split ``--default-split`` names; paths are relative to the images.
+    One more caption of the first image is accented (read only with ``--encoding latin-1``)."""
     data = load_dataset(synth_data).split("test")
     path = tmp_path_factory.mktemp("csv") / "pairs.csv"
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="latin-1") as f:
         rows = [
             [str(it.path), data.captions[c].text]
             for it, caps in zip(data.items, data.item_to_captions, strict=True)
             for c in caps
         ]
-        csv.writer(f).writerows([["file", "text"], *rows])
+        csv.writer(f).writerows([["file", "text"], *rows, [str(data.items[0].path), "un café"]])
     return path
 
 
@@ -57,7 +59,7 @@ def test_data_stats_and_convert_read_a_csv_by_the_columns_named(csv_data, synth_
     assert stats["splits"]["val"]["items"] == len(test.items)
     assert main(["data", "convert", *args, "--out", str(tmp_path / "k.json")]) == 0
     back = load_dataset(tmp_path / "k.json", media_root=synth_data.parent)
-    assert back.splits == ["val"] and [c.text for c in back.captions] == [c.text for c in test.captions]
+    assert back.splits == ["val"] and "un café" in [c.text for c in back.captions]
 
 
 def test_data_stats_check_media_reports_a_missing_image(synth_data, tmp_path, capsys):
@@ -82,7 +84,7 @@ def test_index_build_reads_a_csv_by_the_columns_named(csv_data, synth_data, tiny
     assert main([*args, *_data_args(csv_data, synth_data, "test")]) == 0
     meta = json.loads((out / "index.json").read_text())
     test = load_dataset(synth_data).split("test")
-    assert (meta["items"], meta["captions"]) == (len(test.items), len(test.captions))
+    assert (meta["items"], meta["captions"]) == (len(test.items), len(test.captions) + 1)  # + "un café"
 
 
 def test_rerank_head_reads_a_csv_and_keeps_k_candidates(csv_data, synth_data, tmp_path):
@@ -93,7 +95,9 @@ def test_rerank_head_reads_a_csv_and_keeps_k_candidates(csv_data, synth_data, tm
     out = tmp_path / "head.json"
     args = ["rerank", "head", "--model", str(model), "--data", str(csv_data), "--split", "test"]
     args += ["--k", "3", "--direction", "t2i", "--out", str(out), *_data_args(csv_data, synth_data, "test")]
+    args += ["--protocol", "generic", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
+    assert any((tmp_path / "cache").rglob("*.npy"))  # the features went to --cache-dir
     result = json.loads(out.read_text())
     assert "t2i_r1" in result["metrics"] and "i2t_r1" not in result["metrics"]  # --direction t2i
 
@@ -103,7 +107,10 @@ def test_visa_shards_and_merge_read_a_csv_by_the_columns_named(csv_data, synth_d
     out = tmp_path / "visa"
     args = ["rerank", "visa", "--model", str(tiny_model), "--data", str(csv_data), "--split", "test"]
     for shard in ("0/2", "1/2"):
-        assert main([*args, *data, "--queries", "4", "--out", str(out), "--shard", shard]) == 0
+        assert (
+            main([*args, *data, "--queries", "4", "--out", str(out), "--shard", shard, "--batch-size", "16"])
+            == 0
+        )
     assert (
         main(["rerank", "visa-merge", "--data", str(csv_data), "--split", "test", "--out", str(out), *data])
         == 0
@@ -122,10 +129,30 @@ def test_features_read_a_csv_by_the_columns_named(csv_data, synth_data, tmp_path
     assert arrays and np.load(arrays[0]).shape[1] == 4  # --regions 4 boxes an image
     teacher = tmp_path / "teacher"
     args = ["features", "teacher", "--data", str(csv_data), "--out", str(teacher), "--batch-size", "16"]
+    args += ["--split", "train"]
     assert main([*args, "--image-tower", "tiny-vit", "--text-tower", "minilm", *data]) == 0
     manifest = json.loads((teacher / "teacher.json").read_text())
     assert manifest["complete"] and "tiny-vit" in json.dumps(manifest["towers"])
-    assert manifest["pairs"] == len(load_dataset(synth_data).split("test").captions)  # every row: train
+    assert manifest["pairs"] == len(load_dataset(synth_data).split("test").captions) + 1  # every row: train
+
+
+def test_the_synthetic_class_and_video_benchmarks_take_a_seed_and_force(tmp_path):
+    def first_image(split_file: Path) -> bytes:
+        entry = json.loads(split_file.read_text())["train"][0]
+        return (split_file.parent / "images" / entry[0]).read_bytes()
+
+    small = ["--train", "1", "--val", "1", "--test", "1"]
+    assert main(["data", "synth-classes", "--out", str(tmp_path / "c1"), *small, "--seed", "1"]) == 0
+    assert main(["data", "synth-classes", "--out", str(tmp_path / "c2"), *small, "--seed", "2"]) == 0
+    files = [next((tmp_path / c).glob("split_zhou_*.json")) for c in ("c1", "c2")]
+    assert first_image(files[0]) != first_image(files[1])  # another seed draws other images
+    args = ["data", "synth-video", "--out", str(tmp_path / "v"), "--clips", "10"]
+    assert main([*args, "--seed", "1"]) == 0
+    stamp = (tmp_path / "v" / "dataset.json").stat().st_mtime_ns
+    assert main([*args, "--seed", "1"]) == 0  # the same clips are there: kept
+    assert (tmp_path / "v" / "dataset.json").stat().st_mtime_ns == stamp
+    assert main([*args, "--seed", "1", "--force"]) == 0  # written again
+    assert (tmp_path / "v" / "dataset.json").stat().st_mtime_ns != stamp
 
 
 def test_data_synth_takes_its_size_and_difficulty(tmp_path, capsys):
@@ -134,6 +161,7 @@ def test_data_synth_takes_its_size_and_difficulty(tmp_path, capsys):
     data = load_dataset(tmp_path / "a" / "dataset.json")
     assert Image.open(data.media_path(data.items[0])).size == (32, 32)
     assert main([*args, "--out", str(tmp_path / "b"), "--size", "32", "--difficulty", "0.0"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--size", "32", "--difficulty", "0.0", "--force"]) == 0
     other = load_dataset(tmp_path / "b" / "dataset.json")
     pixels = [np.asarray(Image.open(d.media_path(d.items[0]))) for d in (data, other)]
     assert not np.array_equal(*pixels)  # another difficulty draws other scenes
@@ -209,6 +237,7 @@ def test_prompts_train_and_eval_take_their_options(class_bench, id_named_classes
     assert (settings["subset"], settings["select"], settings["refiner"]["alpha"]) == ("all", "last", 0.3)
     out = tmp_path / "zero_shot.json"
     args = ["prompts", "eval", "--zero-shot", str(clip), "--template", "a picture of a", "--data", str(root)]
+    args += ["--split", "test"]
     assert main([*args, "--classnames", str(classnames), "--protocol", "all-classes", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["model"]["template"] == "a picture of a" and 0 <= result["classification"]["acc"] <= 100

@@ -54,6 +54,9 @@ def test_resuming_with_another_recipe_names_overwrite_as_well(synth_data, finish
     with pytest.raises(ConfigError, match="--overwrite"):
         Trainer(other, resume=True, progress=False)
     assert _best_target(out) == "step-0000004"
+    longer = _overrides(synth_data, out, "train.max_steps=5", "optim.lr=0.5")
+    assert main(["train", "--resume-anyway", "--quiet", *longer]) == 0  # resumed with the changed recipe
+    assert _best_target(out) == "step-0000005" or (out / "checkpoints" / "step-0000005").is_dir()
 
 
 def test_overwrite_starts_afresh_without_the_old_runs_logs(synth_data, finished_run, tmp_path):

@@ -151,6 +151,7 @@ def cmd_head(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         scores_source=args.scores,
+        on_error=args.on_error,
     )
     if args.out:
         write_json(args.out, result)

@@ -264,6 +264,7 @@ def evaluate_model(
             token_dtype=token_dtype,
             relevance=relevance,
             mixed_mode=mixed_mode,
+            on_error=on_error,
         )
     proto = get_protocol(protocol)
     started = time.perf_counter()

@@ -122,13 +122,15 @@ def evaluate_reranked(
     scores_source: str | None = None,
     relevance: str | None = None,
     mixed_mode: str = "clean",
+    on_error: str = "raise",
 ) -> dict:
     """Evaluate ``model``'s head as a re-ranker of a first stage's top-``k`` under ``protocol``.
 
     ``first_stage`` is a model (its global embeddings' cosine), a (captions x items) score matrix of the
     split (``scores_source`` names its file), or None for ``model``'s own global embeddings. The result's
     ``metrics`` are the re-ranked ones; ``first_stage.metrics`` those of the first stage alone.
-    ``relevance`` adds single-modal and mixed NDCG of the model (see :func:`vlret.evaluate.api.evaluate_model`).
+    ``relevance`` adds single-modal and mixed NDCG of the model (see :func:`vlret.evaluate.api.evaluate_model`);
+    ``on_error="skip"`` leaves out items whose media cannot be read (with their captions), as evaluation does.
     """
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
@@ -146,7 +148,7 @@ def evaluate_reranked(
                 f"score matrix has shape {tuple(first_stage.shape)}; expected (captions, items) = {expected} "
                 f"for split {split_name!r}",
             )
-    split_data = check_media(split_data)
+    split_data = check_media(split_data, on_error)  # type: ignore[arg-type]
     selected, keep, folds = prepare(split_data, proto)
     encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress, token_dtype)
     check_finite_features(encoded, selected, model.name)
