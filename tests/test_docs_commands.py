@@ -202,7 +202,7 @@ STAND_INS: dict[str, Step] = {
     ),
     "vlret bench --suite data/synth_2000_pairs.csv --media-root data/synth_2000 --methods cosine sgraf visa "
     "--visa-config runs/visa_offline.yaml --budget-minutes 60 --out runs/bench_csv": Step(
-        "the synthetic benchmark's pairs at 100 images; one step (its SGR and SAF probes alone took minutes)",
+        "the synthetic benchmark's pairs at 40 images; one step (its SGR and SAF probes alone took minutes)",
         swap={"--budget-minutes 60": "--steps 1"},
         append=("--quiet",),
     ),
@@ -480,7 +480,7 @@ class Workspace:
         from vlret.data.synth import SynthConfig, write_benchmark
 
         data = load_dataset(
-            write_benchmark(self.root / "data" / "synth_2000", SynthConfig(images=100, seed=5))
+            write_benchmark(self.root / "data" / "synth_2000", SynthConfig(images=40, seed=5))
         )
         with open(self.root / "data" / "synth_2000_pairs.csv", "w", newline="") as f:
             rows = [
