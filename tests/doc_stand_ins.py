@@ -31,8 +31,8 @@ def hub_cache(root: Path, models: dict[str, Path]) -> Path:
     return root
 
 
-def _caption(rng: np.random.Generator) -> str:
-    return " ".join(rng.choice(WORDS, 6))
+def _caption(rng: np.random.Generator, words: int = 6) -> str:
+    return " ".join(rng.choice(WORDS, words))
 
 
 def _images(folder: Path, names: list[str], seed: int) -> None:
@@ -85,13 +85,16 @@ def karpathy_annotations(path: Path, test: int, seed: int = 0) -> Path:
     return path
 
 
-def precomp(folder: Path, regions: int, dim: int, sizes: dict[str, int], seed: int = 0) -> Path:
-    """The SCAN "precomp" layout: ``{split}_ims.npy`` (images x regions x dim) and 5 captions an image."""
+def precomp(
+    folder: Path, regions: int, dim: int, sizes: dict[str, int], seed: int = 0, words: int = 6
+) -> Path:
+    """The SCAN "precomp" layout: ``{split}_ims.npy`` (images x regions x dim) and 5 captions an image of
+    ``words`` words."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     for split, n in sizes.items():
         np.save(folder / f"{split}_ims.npy", rng.random((n, regions, dim), dtype=np.float32))
-        lines = [_caption(rng) for _ in range(5 * n)]
+        lines = [_caption(rng, words) for _ in range(5 * n)]
         (folder / f"{split}_caps.txt").write_text("\n".join(lines) + "\n")
     return folder
 

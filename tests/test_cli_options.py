@@ -389,3 +389,41 @@ def _search_json(args: list[str], monkeypatch) -> list[dict]:
     with contextlib.redirect_stdout(out):
         assert main(["search", *args]) == 0
     return json.loads(out.getvalue())
+
+
+def test_on_error_skip_leaves_out_an_image_that_is_missing_wherever_a_model_reads_every_image(
+    csv_data, synth_data, tiny_model, tmp_path, capsys
+):
+    """A row whose image is gone: `--on-error raise` (the default) stops naming it; `skip` leaves it out with
+    its caption, on the commands that read every image."""
+    broken = tmp_path / "pairs.csv"
+    lines = csv_data.read_text(encoding="latin-1").splitlines()
+    broken.write_text("\n".join([*lines, "not-there.png,a ghost"]) + "\n", encoding="latin-1")
+    skip = [str(broken), *_data_args(csv_data, synth_data, "test")]
+    at = skip.index("--on-error")
+    raise_ = skip[:at] + skip[at + 2 :]  # the default, --on-error raise
+    visa = ["rerank", "visa", "--model", str(tiny_model), "--split", "test", "--queries", "2", "--data"]
+    teacher = [
+        "features",
+        "teacher",
+        "--image-tower",
+        "tiny-vit",
+        "--text-tower",
+        "minilm",
+        "--split",
+        "test",
+    ]
+    regions = ["features", "regions", "--regions", "2", "--input-size", "32", "--split", "test"]
+    for name, command in (("visa", visa), ("teacher", teacher), ("regions", regions)):
+        data = [] if name == "visa" else ["--data"]
+        out = ["--out", str(tmp_path / name)]
+        assert main([*command, *data, *raise_, *out]) == 2, name
+        assert "not-there.png" in capsys.readouterr().err, name
+        assert main([*command, *data, *skip, *out]) == 0, name
+    captions = (
+        len(load_dataset(synth_data).split("test").captions) + 1
+    )  # the ghost is left out, "un café" kept
+    assert json.loads((tmp_path / "teacher" / "teacher.json").read_text())["pairs"] == captions
+    assert len(np.load(tmp_path / "regions" / "test_ims.npy")) == len(
+        load_dataset(synth_data).split("test").items
+    )

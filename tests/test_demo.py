@@ -29,6 +29,14 @@ def test_demo_smoke(tmp_path, capsys):
     assert "<dt>machine</dt>" in html and "<dt>run time</dt>" in html
     # a second run reuses the finished training instead of training again
     assert main([*args, "train.epochs=1", "train.batch_size=16", "schedule.warmup_steps=2"]) == 0
+    # another recipe in the same folder is refused, and --overwrite replaces the run (one step, here)
+    other = [*args, "train.epochs=1", "train.batch_size=16", "schedule.warmup_steps=2", "train.max_steps=1"]
+    capsys.readouterr()
+    assert main(other) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*other, "--overwrite"]) == 0
+    steps = sorted(p.name for p in (out / "train" / "checkpoints").glob("step-*"))
+    assert steps == ["step-0000001"]  # the first run's checkpoints are gone
 
 
 def test_report_marks_correct_images(tmp_path):

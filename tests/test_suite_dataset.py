@@ -301,3 +301,11 @@ def test_hub_weights_that_cannot_load_stop_the_suite_before_any_work(dataset_sui
     asked.clear()
     assert main([*args, "--weights", f"{HUB['vit']}={folders['vit']}"]) == 2
     assert asked == [HUB["bert"]] and f"reads '{HUB['bert']}'" in capsys.readouterr().err
+    # --format names the reader: csv reads the pairs as detection did; karpathy refuses them, naming the file
+    asked.clear()
+    assert main([*args, "--weights", f"{HUB['vit']}={folders['vit']}", "--format", "csv"]) == 2
+    assert asked == [HUB["bert"]]
+    capsys.readouterr()
+    assert main([*args, "--format", "karpathy"]) == 2
+    err = capsys.readouterr().err
+    assert "pairs.csv: line 1 column 1: malformed JSON" in err and not out.exists()

@@ -286,3 +286,30 @@ def test_a_bad_clip_is_named_or_skipped_and_listed_by_evaluation(grey_clips, tmp
     result = evaluate_model(model, data, split="test", progress=False, use_cache=False, on_error="skip")
     assert result["counts"]["gallery_items"] == 2
     assert [s["record"] for s in result["skipped"]] == ["item 'cut'"]
+
+
+def test_visa_reads_an_image_models_clips_at_the_frames_given(grey_clips, tmp_path, monkeypatch):
+    import json
+
+    from vlret.cli import main
+    from vlret.data.karpathy import write_karpathy
+
+    monkeypatch.setenv("VLRET_CACHE", str(tmp_path / "cache"))
+    create_model("tiny-cnn", captions=CAPTIONS, seed=0).save(tmp_path / "image_model")
+    data = tmp_path / "data.json"
+    write_karpathy(grey_clips, data, name="grey")
+    (tmp_path / "visa.yaml").write_text("k: 2\nquestions: 1\n")
+    args = ["rerank", "visa", "--model", str(tmp_path / "image_model"), "--data", str(data)]
+    args += [
+        "--media-root",
+        str(grey_clips.media_root),
+        "--split",
+        "test",
+        "--config",
+        str(tmp_path / "visa.yaml"),
+    ]
+    for frames in (3, 4):
+        out = tmp_path / f"run{frames}"
+        assert main([*args, "--video-frames", str(frames), "--out", str(out)]) == 0
+        model = json.loads((out / "result.json").read_text())["model"]["model"]
+        assert (model["name"], model["video"]["frames"]) == ("video:tiny-cnn", frames)

@@ -57,14 +57,24 @@ def test_merging_with_another_config_is_refused(synth_data, tmp_path):
         main(["rerank", "visa-merge", "--data", str(synth_data)])  # --out is required
 
 
-def test_visa_on_a_local_ray_cluster_equals_one_process(synth_data, tmp_path, capsys):
+def test_visa_on_a_local_ray_cluster_equals_one_process(synth_data, tmp_path, capsys, monkeypatch):
     """`--engine ray --workers 2`: the shards run as Ray tasks and are merged; the result and every
     stage's unit count equal one process's, and no description is made twice."""
-    pytest.importorskip("ray")  # in the test extra: CI has it
+    ray_module = pytest.importorskip("ray")  # in the test extra: CI has it
     args = ["rerank", "visa", "--model", "tiny-cnn", "--data", str(synth_data), "--queries", "8"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    ray_args = ["--engine", "ray", "--workers", "2", "--threads-per-worker", "1"]
+    addresses = []
+    real_init = ray_module.init
+
+    def init(*a, **kw):
+        addresses.append(kw.get("address"))
+        return real_init(*a, **kw)
+
+    monkeypatch.setattr(ray_module, "init", init)
+    # --address reaches Ray's connect; "local" is Ray's word for a new cluster on this machine
+    ray_args = ["--engine", "ray", "--workers", "2", "--threads-per-worker", "1", "--address", "local"]
     assert main([*args, "--out", str(tmp_path / "ray"), *ray_args]) == 0
+    assert addresses == ["local"]
     one = json.loads((tmp_path / "one" / "result.json").read_text())
     ray = json.loads((tmp_path / "ray" / "result.json").read_text())
     assert ray["metrics"] == one["metrics"]

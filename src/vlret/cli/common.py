@@ -60,6 +60,17 @@ def load_data(args: argparse.Namespace):
     return load_dataset(args.data, fmt, args.media_root, args.on_error, **options)
 
 
+def load_readable_data(args: argparse.Namespace):
+    """:func:`load_data` for commands that read every image: under ``--on-error skip`` the images that
+    cannot be read are left out with their captions (and listed), as the records that cannot be parsed are."""
+    dataset = load_data(args)
+    if args.on_error == "skip":
+        from vlret.data.images import check_media
+
+        dataset = check_media(dataset, "skip")
+    return dataset
+
+
 def add_video_option(p: argparse.ArgumentParser) -> None:
     """``--video-frames``, for the commands that encode a dataset with a model."""
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vlret.cli.common import add_data_options, load_data
+from vlret.cli.common import add_data_options, load_readable_data
 from vlret.errors import ConfigError
 
 CLASSIFIERS = ("efficientnet-lite0",)
@@ -47,11 +47,7 @@ def cmd_features_regions(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         chunk_size=args.chunk_size,
     )
-    dataset = load_data(args)
-    if args.on_error == "skip":  # images that cannot be read are left out (with their captions), and listed
-        from vlret.data.images import check_media
-
-        dataset = check_media(dataset, "skip")
+    dataset = load_readable_data(args)
     scenes = args.scenes
     if settings.boxes == "scene" and scenes is None:
         beside = Path(args.data if Path(args.data).is_dir() else Path(args.data).parent) / "scenes.json"
@@ -69,7 +65,7 @@ def cmd_features_teacher(args: argparse.Namespace) -> int:
 
     if args.chunk_size < 1 or args.batch_size < 1:
         raise ConfigError("--chunk-size and --batch-size must be at least 1")
-    dataset = load_data(args)
+    dataset = load_readable_data(args)
     try:
         split = dataset.split(args.split)
     except KeyError as exc:

@@ -11,6 +11,7 @@ from vlret.cli.common import (
     add_video_option,
     check_engine,
     load_data,
+    load_readable_data,
     model_for,
     parse_shard,
     vlret_command,
@@ -18,8 +19,9 @@ from vlret.cli.common import (
 from vlret.errors import ConfigError
 
 
-def _split(args: argparse.Namespace):
-    dataset = load_data(args)
+def _split(args: argparse.Namespace, readable: bool = False):
+    """The dataset and its split; ``readable``: a model reads every image (see :func:`load_readable_data`)."""
+    dataset = load_readable_data(args) if readable else load_data(args)
     name = args.split or "test"
     try:
         return dataset, dataset.split(name)
@@ -40,7 +42,8 @@ def cmd_visa(args: argparse.Namespace) -> int:
     from vlret.rerank.visa.run import base_from_embeddings, base_from_scores, run_visa
 
     config = load_visa_config(args.config)
-    dataset, split = _split(args)
+    # with --scores the rows and columns are the data's as written: nothing may be left out of them
+    dataset, split = _split(args, readable=not args.scores)
     if args.scores:
         scores = load_score_matrix(args.scores)
         expected = (len(split.captions), len(split.items))

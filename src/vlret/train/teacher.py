@@ -50,11 +50,14 @@ def images_fingerprint(data: RetrievalDataset) -> str:
     place under its old name, are not read as its features."""
     from vlret.data._io import file_digest
     from vlret.data.tar_members import tar_member
+    from vlret.errors import DataError
 
     files = []
     for item in data.items:
         path = Path(str(data.media_path(item)).split("#", 1)[0])  # region rows: FILE.npy#ROW
         inside = None if path.is_file() else tar_member(path)
+        if inside is None and not path.is_file():  # before any image is encoded
+            raise DataError(path, f"item {item.id!r}", "image file not found (--on-error skip leaves it out)")
         files.append(str(inside[0] if inside else path))
     digests = {f: file_digest(f) for f in dict.fromkeys(files)}
     return hashlib.sha256(json.dumps([[f, digests[f]] for f in files]).encode()).hexdigest()[:24]
