@@ -427,3 +427,95 @@ def test_on_error_skip_leaves_out_an_image_that_is_missing_wherever_a_model_read
     assert len(np.load(tmp_path / "regions" / "test_ims.npy")) == len(
         load_dataset(synth_data).split("test").items
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "--model", "m", "--data", "d"],
+        ["index", "build", "--model", "m", "--out", "o", "--videos", "v"],
+    ],
+)
+def test_video_frames_take_1_to_256_and_refuse_0_which_once_meant_8(command, capsys):
+    from vlret.cli import parse_args
+    from vlret.data.video import MAX_FRAMES, FrameSampling
+    from vlret.errors import ConfigError
+    from vlret.models.video import VideoConfig
+
+    assert MAX_FRAMES == 256
+    for good in ("1", "256"):
+        assert parse_args([*command, "--video-frames", good]).video_frames == int(good)
+    for bad, says in (("0", "expected 1 to 256 frames per clip, not 0"), ("257", "not 257"), ("x", "'x'")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--video-frames", bad])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    FrameSampling(frames=256)
+    FrameSampling(frames=None, fps=1.0, max_frames=256)
+    VideoConfig(frames=256)
+    for make in (
+        lambda: FrameSampling(frames=257),
+        lambda: FrameSampling(frames=None, fps=1.0, max_frames=257),
+        lambda: VideoConfig(frames=257),
+    ):
+        with pytest.raises(ConfigError, match="257"):
+            make()
+
+
+def test_serve_settings_are_checked_before_anything_is_loaded(captioned_index, tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    index, _, _ = captioned_index
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((host, port)))
+    refused = {
+        ("--max-k", "0"): "--max-k must be a number at least 1, not 0",
+        ("--max-upload-mb", "0"): "--max-upload-mb must be a number more than 0, not 0.0",
+        ("--max-upload-mb", "nan"): "--max-upload-mb must be a number more than 0, not nan",
+        ("--max-upload-megapixels", "-1"): "--max-upload-megapixels must be a number more than 0, not -1.0",
+        ("--check-every", "nan"): "--check-every must be a number at least 0, not nan",
+        ("--check-every", "-0.5"): "--check-every must be a number at least 0, not -0.5",
+        ("--visa-timeout", "-1"): "--visa-timeout must be a number more than 0, not -1.0",
+        ("--visa-timeout", "inf"): "--visa-timeout must be a number more than 0, not inf",
+        ("--workers", "0"): "--workers must be a number at least 1, not 0",
+        ("--port", "99999"): "--port must be 0 to 65535 (0: any free port), not 99999",
+        ("--port", "-1"): "--port must be 0 to 65535",
+        ("--host", "no-such-host.invalid"): "--host no-such-host.invalid: no address of this machine",
+        ("--qdrant", str(tmp_path / "store"), "--workers", "2"): "serves with --workers 1",
+    }
+    for options, says in refused.items():
+        assert main(["serve", str(index), *options]) == 2, options
+        err = capsys.readouterr()
+        assert says in err.err and "serving" not in err.out, (options, err.err)
+    assert not served and not (tmp_path / "store").exists()
+    # the other side of each bound
+    edge = [
+        "--max-k",
+        "1",
+        "--check-every",
+        "0",
+        "--port",
+        "0",
+        "--max-upload-mb",
+        "0.01",
+        "--visa-timeout",
+        "0.1",
+    ]
+    assert main(["serve", str(index), *edge]) == 0
+    assert served == [("127.0.0.1", 0)]
+
+
+def test_a_replica_that_cannot_start_stops_the_supervisor_and_says_why(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from vlret.serve import replicas
+
+    failure = tmp_path / "failure.txt"
+    settings = {"settings": {"index": str(tmp_path / "gone")}, "threads": 1, "failure_file": str(failure)}
+    monkeypatch.setenv(replicas.SETTINGS_VARIABLE, json.dumps(settings))
+    signals = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signals.append((pid, sig)))
+    with pytest.raises(SystemExit):
+        replicas.app_from_environment()
+    assert signals == [(os.getppid(), signal.SIGTERM)]
+    assert failure.read_text().startswith("a replica could not start: ") and "gone" in failure.read_text()

@@ -143,3 +143,18 @@ def test_class_search_refuses_a_nan_image_embedding(class_bench, tmp_path):
         torch.tensor(search.classify_features(features[:1], k=1)[0][0][1]),
         torch.tensor(1 / len(search.classnames)),
     )
+
+
+@pytest.mark.parametrize("seed, refused", [("-1", True), ("0", False)])
+def test_a_negative_seed_is_refused_before_any_work(class_bench, tmp_path, capsys, seed, refused):
+    from vlret.cli import main
+    from vlret.train.prompt_trainer import PromptRun
+
+    data, clip = class_bench
+    if not refused:  # the other side of the bound: seed 0 is a run's
+        assert PromptRun(model=str(clip), seed=0).seed == 0
+        return
+    args = ["prompts", "train", "--data", data.source, "--model", str(clip), "--seed", seed]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert "seed: expected a whole number >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "run.json").exists()

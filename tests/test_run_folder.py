@@ -68,6 +68,9 @@ def test_overwrite_starts_afresh_without_the_old_runs_logs(synth_data, finished_
         leftover.parent.mkdir(exist_ok=True)
         leftover.write_bytes(b"old run")
     overrides = _overrides(synth_data, out, "train.max_steps=2", "train.log_every_steps=1", "optim.lr=1e-4")
+    for resume in ("--resume", "--resume-anyway"):  # one keeps the run, the other deletes it: never both
+        assert main(["train", "--overwrite", resume, "--quiet", *overrides]) == 2
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 4  # nothing deleted
     assert main(["train", "--overwrite", "--quiet", *overrides]) == 0
     assert not (out / "memo").exists()  # the tiny model keeps no memo: nothing of the old one is left
     assert not (out / "tensorboard" / "events.old").exists()

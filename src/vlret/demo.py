@@ -202,7 +202,7 @@ def run_demo(
         builtin_recipe("demo_tiny"), [f"data.path={dataset_file}", f"output_dir={out / 'train'}", *overrides]
     )
     with clock.stage("train the tiny dual encoder"):
-        trainer = Trainer(recipe, resume=True, progress=progress, overwrite=overwrite)
+        trainer = Trainer(recipe, resume=not overwrite, progress=progress, overwrite=overwrite)
         summary = trainer.fit()
     best, _ = load_checkpoint(trainer.ckpt_dir, "best")
     test = trainer.data.split("test")
@@ -339,7 +339,7 @@ def run_video_demo(
         f"train.epochs={VIDEO_DEMO_EPOCHS}",
     ]
     recipe = load_recipe(builtin_recipe("video_temporal_synth_cpu"), [*settings, *overrides])
-    trainer = Trainer(recipe, resume=True, progress=progress, overwrite=overwrite)
+    trainer = Trainer(recipe, resume=not overwrite, progress=progress, overwrite=overwrite)
     summary = trainer.fit()
     temporal, _ = load_checkpoint(trainer.ckpt_dir, "best")
     mean_pooled = VideoModel(temporal.frame_model, replace(temporal.config, pooling="mean"))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from vlret.data.formats import FORMATS
+from vlret.data.video import MAX_FRAMES
 
 #: how every --model option reads its value (one resolver: vlret.models.create_model)
 MODEL_HELP = (
@@ -75,9 +76,21 @@ def add_video_option(p: argparse.ArgumentParser) -> None:
     """``--video-frames``, for the commands that encode a dataset with a model."""
     p.add_argument(
         "--video-frames",
-        type=int,
-        help="frames per clip when an image model encodes videos (meanP; default 8); a video model keeps its own",
+        type=frame_count,
+        help=f"frames per clip when an image model encodes videos (meanP; 1 to {MAX_FRAMES}, default 8); "
+        "a video model keeps its own",
     )
+
+
+def frame_count(text: str) -> int:
+    """``--video-frames``: a whole number from 1 to :data:`MAX_FRAMES` (argparse reports the refusal)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of frames, not {text!r}") from None
+    if not 1 <= value <= MAX_FRAMES:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_FRAMES} frames per clip, not {value}")
+    return value
 
 
 def model_for(name: str, dataset, split: str, video_frames: int | None = None):
@@ -96,7 +109,7 @@ def model_for(name: str, dataset, split: str, video_frames: int | None = None):
     if model.input_kind == "pixels" and (videos or video_frames is not None):
         from vlret.models.video import as_video_model
 
-        model = as_video_model(model, {"frames": video_frames} if video_frames else {})
+        model = as_video_model(model, {} if video_frames is None else {"frames": video_frames})
     return model
 
 

@@ -9,6 +9,7 @@ import sys
 from vlret.cli.common import (
     add_data_options,
     add_engine_options,
+    add_video_option,
     check_engine,
     load_data,
     parse_shard,
@@ -50,7 +51,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         args.out,
         images=args.images,
         videos=args.videos,
-        video={"frames": args.video_frames} if args.video_frames else None,
+        video=None if args.video_frames is None else {"frames": args.video_frames},
         dataset=dataset,
         chunk_size=args.chunk_size,
         memory_budget_bytes=budget,
@@ -175,11 +176,41 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_serve_options(args: argparse.Namespace) -> None:
+    """Every serve setting, checked before anything is loaded or printed."""
+    import math
+    import socket
+
+    for flag, value, low, inclusive in (
+        ("--workers", args.workers, 1, True),
+        ("--max-k", args.max_k, 1, True),
+        ("--max-upload-mb", args.max_upload_mb, 0, False),
+        ("--max-upload-megapixels", args.max_upload_megapixels, 0, False),
+        ("--check-every", args.check_every, 0, True),
+        ("--visa-timeout", args.visa_timeout, 0, False),
+    ):
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            bound = f"at least {low}" if inclusive else f"more than {low}"
+            raise ConfigError(f"{flag} must be a number {bound}, not {value}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0 to 65535 (0: any free port), not {args.port}")
+    try:
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {args.host}: no address of this machine by that name ({exc})") from None
+    if args.qdrant and args.workers > 1 and not args.qdrant.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--qdrant {args.qdrant} is a folder: Qdrant's embedded local mode opens it from one process, so it "
+            "serves with --workers 1; for replicas give a Qdrant server URL (http://host:6333)"
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vlret.serve import create_app
 
+    check_serve_options(args)
     settings = {
         "index": args.index,
         "visa_config": args.visa_config,
@@ -192,8 +223,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "qdrant": args.qdrant,
         "qdrant_collection": args.collection,
     }
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.workers == 1:
         app = create_app(**settings)  # built here: a bad index or config fails before the server starts
         for warning in app.state.service.searcher.meta.get("warnings", []):
@@ -273,11 +302,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="keep the vectors out of the searcher's memory: inverted lists merged on disk and read per "
         "query (an exact index is searched from the memory-mapped embeddings)",
     )
-    build.add_argument(
-        "--video-frames",
-        type=int,
-        help="frames per clip when an image model encodes videos (default 8; a video model keeps its own)",
-    )
+    add_video_option(build)
     add_data_options(build)
     build.set_defaults(func=cmd_index_build)
 

@@ -41,6 +41,11 @@ def is_video_path(path: str | Path) -> bool:
     return Path(str(path)).suffix.lower() in VIDEO_SUFFIXES
 
 
+#: the most frames a clip is sampled to: 256 frames of 224 x 224 pixels are 150 MB of float32 per clip (the
+#: papers' recipes take 12 to 64); a larger count is a typo, and would exhaust memory before it said so
+MAX_FRAMES = 256
+
+
 @dataclass(frozen=True)
 class FrameSampling:
     """How frames are taken from a clip: ``frames`` uniformly (the centres of equal segments), or ``fps``
@@ -60,12 +65,12 @@ class FrameSampling:
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
             raise ConfigError("frame sampling: give exactly one of frames (uniform) or fps")
-        if self.frames is not None and self.frames < 1:
-            raise ConfigError(f"frame sampling: frames must be at least 1, not {self.frames}")
+        if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
+            raise ConfigError(f"frame sampling: frames must be 1 to {MAX_FRAMES}, not {self.frames}")
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(f"frame sampling: fps must be positive, not {self.fps}")
-        if self.max_frames < 1:
-            raise ConfigError(f"frame sampling: max_frames must be at least 1, not {self.max_frames}")
+        if not 1 <= self.max_frames <= MAX_FRAMES:
+            raise ConfigError(f"frame sampling: max_frames must be 1 to {MAX_FRAMES}, not {self.max_frames}")
         if self.pad and self.fps is None:
             raise ConfigError("frame sampling: pad (CLIP4Clip's rule) goes with fps sampling")
 

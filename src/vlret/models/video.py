@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlret.data.video import FrameSampling
+from vlret.data.video import MAX_FRAMES, FrameSampling
 from vlret.errors import ConfigError
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
 from vlret.schema import build_dataclass
@@ -58,6 +58,8 @@ class VideoConfig:
             raise ConfigError(
                 f"model.video.sampling_rule must be one of {', '.join(SAMPLINGS)}, not {self.sampling_rule!r}"
             )
+        if self.frames > MAX_FRAMES:
+            raise ConfigError(f"model.video.frames must be at most {MAX_FRAMES}, not {self.frames}")
         for name in ("frames", "layers", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.video.{name} must be at least 1, not {getattr(self, name)}")

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import tempfile
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from vlret.errors import ConfigError
 from vlret.serve.app import create_app
 
 #: the environment variable that carries the replicas' settings (JSON)
@@ -27,14 +31,20 @@ SETTINGS_VARIABLE = "VLRET_SERVE_SETTINGS"
 
 
 def app_from_environment():
-    """A replica's app (uvicorn's factory), with its share of the cores."""
+    """A replica's app (uvicorn's factory), with its share of the cores. A replica that cannot start
+    writes why to the failure file and stops the supervisor, which would otherwise start it again forever."""
     import faiss
     import torch
 
     shared = json.loads(os.environ[SETTINGS_VARIABLE])
     torch.set_num_threads(shared["threads"])
     faiss.omp_set_num_threads(shared["threads"])
-    return create_app(**shared["settings"])
+    try:
+        return create_app(**shared["settings"])
+    except Exception as exc:  # any failure: the supervisor must stop, and say why
+        Path(shared["failure_file"]).write_text(f"a replica could not start: {exc}")
+        os.kill(os.getppid(), signal.SIGTERM)
+        raise SystemExit(1) from None
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
@@ -48,15 +58,21 @@ def tcp_listener(host: str, port: int) -> socket.socket:
 
 
 def run_replicas(settings: dict, workers: int, host: str, port: int) -> None:
-    """Serve ``create_app(**settings)`` from ``workers`` processes until stopped, the cores shared out."""
+    """Serve ``create_app(**settings)`` from ``workers`` processes until stopped, the cores shared out;
+    a ConfigError says why when a replica could not start."""
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    os.environ[SETTINGS_VARIABLE] = json.dumps({"settings": settings, "threads": threads})
-    config = uvicorn.Config(
-        "vlret.serve.replicas:app_from_environment",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="warning",
-    )
-    Multiprocess(config, sockets=[tcp_listener(host, port)]).run()
+    with tempfile.TemporaryDirectory(prefix="vlret-serve-") as folder:
+        failure = Path(folder) / "failure.txt"
+        shared = {"settings": settings, "threads": threads, "failure_file": str(failure)}
+        os.environ[SETTINGS_VARIABLE] = json.dumps(shared)
+        config = uvicorn.Config(
+            "vlret.serve.replicas:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+        )
+        Multiprocess(config, sockets=[tcp_listener(host, port)]).run()
+        if failure.is_file():
+            raise ConfigError(failure.read_text())

@@ -95,6 +95,8 @@ class PromptRun:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}: expected a whole number >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed: expected a whole number >= 0, got {self.seed!r}")
         r = self.refiner
         checks = {
             "lr": (self.lr, self.lr > 0, "> 0"),

@@ -206,6 +206,11 @@ class Trainer:
         The run-folder policy: a folder that holds checkpoints of a run is never replaced silently. Without
         ``resume`` it is refused; ``resume`` continues it when the recipe is the run's own (``resume_anyway``
         even when it differs); ``overwrite`` deletes that run's checkpoints and logs and starts afresh."""
+        if overwrite and (resume or resume_anyway):
+            flag = "--resume-anyway" if resume_anyway else "--resume"
+            raise ConfigError(
+                f"{flag} continues the run in {recipe.output_dir} and --overwrite deletes it: give one of them"
+            )
         self.recipe = recipe
         self.progress = progress
         self.device = pick_device(recipe.train.device)
