@@ -336,7 +336,10 @@ def build_index(
     work = out.with_name(out.name + ".building")
     manifest = {
         "model": model_name,
+        # the weights, not the name: a folder replaced between a killed build and its rerun is another model
+        "model_fingerprint": model.fingerprint(),
         "first_stage": first_stage,
+        "first_stage_fingerprint": None if first_stage is None else encoders.shortlist.fingerprint(),
         "root": str(root),
         "chunk_size": chunk_size,
         "on_error": on_error,
@@ -408,12 +411,37 @@ def _start_or_join(work: Path, manifest: dict, lock: Path) -> None:
     manifest yet) took it for a leftover and removed it under its feet (seen with two Ray workers)."""
     manifest_file = work / "manifest.json"
     with _locked(lock, exclusive=True):
-        if work.exists() and (
-            not manifest_file.is_file() or json.loads(manifest_file.read_text()) != manifest
-        ):
-            shutil.rmtree(work)
+        if work.exists():
+            before = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+            if before != manifest:
+                chunks = work / "chunks"
+                encoded = sum(1 for _ in chunks.iterdir()) if chunks.is_dir() else 0
+                if before is not None and encoded:
+                    raise ConfigError(_other_build_message(work, before, manifest, encoded))
+                shutil.rmtree(work)  # a build that stopped before encoding anything: nothing to keep
         work.mkdir(parents=True, exist_ok=True)
         write_json(manifest_file, manifest)
+
+
+def _other_build_message(work: Path, before: dict, now: dict, encoded: int) -> str:
+    """Why a build cannot join the one in ``work``: each setting that differs, the models by name and
+    fingerprint."""
+    differ = []
+    for key in sorted(set(before) | set(now)):
+        if key.endswith("fingerprint") or before.get(key) == now.get(key):
+            continue
+        differ.append(f"{key}: {before.get(key)!r} there, {now.get(key)!r} here")
+    for key, name in (("model_fingerprint", "model"), ("first_stage_fingerprint", "first_stage")):
+        if before.get(key) != now.get(key):
+            differ.append(
+                f"{name} weights: {before.get(name)} ({before.get(key)}) there, {now.get(name)} ({now.get(key)}) "
+                "here"
+            )
+    return (
+        f"{work} holds {encoded} encoded chunk(s) of another build of this index ({'; '.join(differ)}). "
+        "It may still be running: wait for it, or build into another --out; if it was stopped, remove "
+        f"{work} to discard its chunks"
+    )
 
 
 @contextmanager
@@ -448,6 +476,7 @@ def _assemble(plan: _Plan, folders: list[Path]) -> Path:
         plan.model_name, plan.root, embeddings, n_captions, choice, storage, plan.memory_budget_bytes
     )
     meta["video"] = plan.video
+    meta["model_fingerprint"] = plan.manifest["model_fingerprint"]
     meta["skipped"] = [{"file": s["file"], "reason": s["reason"]} for s in skipped]
     meta["warnings"] = [w for w in (untrained_warning(plan.model_name),) if w]
     if two_stage:

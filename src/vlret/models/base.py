@@ -18,6 +18,8 @@ and PIL images or files and return numpy arrays (batched, normalised, the model'
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -186,12 +188,38 @@ class RetrievalModel(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def fingerprint(self) -> str:
+        """:func:`model_fingerprint` of this model: index builds record it, and refuse to join or update
+        a build of other weights under the same name."""
+        return model_fingerprint(self, self.identity())
+
     def identity(self) -> dict:
         """What distinguishes this model's outputs: used in cache keys and result files."""
         identity = {"name": self.name, "origin": self.origin, "transform": self.image_transform.to_dict()}
         if not self.head.is_dot_product:  # cosine models keep the identity (and cache keys) they had
             identity["head"] = self.head.describe()
         return identity
+
+
+def model_fingerprint(model: nn.Module, identity: dict) -> str:
+    """A hash of what decides a model's outputs: its identity less where it was read from (architecture,
+    preprocessing, head) and every weight and buffer, byte for byte. The same weights read from another
+    folder give the same fingerprint; the same folder with other weights does not."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps(_without_origins(identity), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _without_origins(value):
+    if isinstance(value, dict):
+        return {k: _without_origins(v) for k, v in value.items() if k != "origin"}
+    if isinstance(value, list):
+        return [_without_origins(v) for v in value]
+    return value
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
