@@ -146,3 +146,32 @@ def test_a_parquet_table_reads_as_the_same_csv(tmp_path):
     pq.write_table(pa.table({"path": ["c.jpg"]}), tmp_path / "cols.parquet")
     with pytest.raises(DataError, match="no column 'image'"):
         load_dataset(tmp_path / "cols.parquet")
+
+
+def test_an_export_owns_its_folder(built, synth_data, tmp_path, capsys):
+    """A re-export into the same folder replaces the earlier one whole (a smaller export once left stale
+    parts after its own); a folder of other files, another index's export or a file is refused."""
+    model, data, index = built
+    out = tmp_path / "emb"
+    assert len(export_embeddings(index, out, dtype="float32", part_rows=2)) > 2  # an earlier, larger export
+    assert [p.name for p in export_embeddings(index, out, dtype="float32", part_rows=100)] == [
+        "img_emb_0.npy"
+    ]
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == ["img_emb_0.npy"]
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == ["metadata_0.parquet"]
+    back = import_embeddings(str(model), out, tmp_path / "back")
+    assert len(Searcher(back).items) == len(Searcher(index).items)  # no stale rows
+    # refused, with one line each, and nothing written
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    other = build_index(str(model), tmp_path / "other", dataset=data, progress=False)
+    for target, says in (
+        (tmp_path / "mine", "a folder that holds files (not an export of vlret)"),
+        (out, f"a folder that holds files (an export of {index.absolute()})"),
+        (tmp_path / "mine" / "notes.txt", "a file; an export writes a folder"),
+    ):
+        source = other if target == out else index
+        assert main(["index", "export", str(source), "--out", str(target)]) == 2
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    assert (out / "img_emb" / "img_emb_0.npy").is_file()

@@ -124,3 +124,37 @@ def test_mismatched_collections_are_named(index, tmp_path):
         Searcher(index, item_vectors=partial(QdrantVectors, str(store), "other"))
     assert main(["index", "export", str(index), "--format", "qdrant"]) == 2  # no --qdrant
     assert np.load(index / "embeddings.npy").shape[0] == 60
+
+
+def test_an_export_after_a_rebuild_replaces_the_old_vectors_and_search_refuses_them_before(
+    synth_data, tmp_path, capsys
+):
+    """Rebuilt (same --out, other weights: same ids, new vectors), then exported again: the collection
+    holds the new version, all of it; before that export a search through it is refused, not answered
+    from the old vectors."""
+    for seed in (0, 1):
+        create_model("tiny-cnn", captions=["a red circle"], seed=seed).save(tmp_path / f"m{seed}")
+    data = load_dataset(synth_data)
+    out, store = tmp_path / "photos.vlret", str(tmp_path / "qdrant")
+    export = ["index", "export", str(out), "--format", "qdrant", "--qdrant", store, "--collection", "c"]
+    build_index(str(tmp_path / "m0"), out, dataset=data, progress=False)
+    old = Searcher(out).version_key
+    assert main(export) == 0
+    build_index(str(tmp_path / "m1"), out, dataset=data, progress=False)  # a new version of the same index
+    new = Searcher(out)
+    assert new.version_key != old
+    with pytest.raises(
+        ConfigError, match=f"holds index version {old}, and the index is at {new.version_key}"
+    ):
+        Searcher(out, item_vectors=partial(QdrantVectors, store, "c"))
+    capsys.readouterr()
+    assert main(export) == 0
+    assert f"'c' held index version {old}: replaced by {new.version_key}" in capsys.readouterr().err
+    through = Searcher(out, item_vectors=partial(QdrantVectors, store, "c"))
+    for text in ("a red circle", "two blue squares"):
+        assert _hits(through.text_to_image(text, 5)) == _hits(new.text_to_image(text, 5))
+    through.images.close()
+    client = connect(store)
+    points = client.retrieve("c", ids=list(range(60)), with_payload=True)
+    client.close()
+    assert {p.payload["index_version"] for p in points} == {new.version_key}

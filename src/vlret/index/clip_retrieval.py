@@ -12,11 +12,13 @@ a folder, without encoding anything, for the model that made the embeddings. Par
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vlret.data._io import read_json, write_json
 from vlret.errors import ConfigError, DataError
 from vlret.index.build import index_embeddings
 from vlret.index.search import Searcher
@@ -24,6 +26,8 @@ from vlret.models.registry import create_model
 
 #: rows per part, as clip-retrieval's output partitions hold
 PART_ROWS = 1_000_000
+#: what an export records in its folder: the index it came from, its version, and (once finished) its parts
+EXPORT_RECORD = "vlret-export.json"
 
 
 def _parquet():
@@ -46,8 +50,10 @@ def export_embeddings(
         raise ConfigError(f"dtype must be float16 (clip-retrieval's) or float32, not {dtype!r}")
     searcher = Searcher(index)
     out = Path(out)
-    (out / "img_emb").mkdir(parents=True, exist_ok=True)
-    (out / "metadata").mkdir(exist_ok=True)
+    _claim_export_folder(out, index)
+    write_json(out / EXPORT_RECORD, {"index": str(Path(index).absolute()), "version": searcher.version_key})
+    (out / "img_emb").mkdir()
+    (out / "metadata").mkdir()
     first_caption: dict[str, str] = {}
     for caption in searcher.captions or []:
         first_caption.setdefault(caption["item_id"], caption["text"])
@@ -67,7 +73,28 @@ def export_embeddings(
         )
         pq.write_table(table, out / "metadata" / f"metadata_{part}.parquet")
         written.append(target)
+    record = read_json(out / EXPORT_RECORD)
+    write_json(out / EXPORT_RECORD, {**record, "parts": len(written)})  # the parts' count: finished
     return written
+
+
+def _claim_export_folder(out: Path, index: str | Path) -> None:
+    """An export owns its folder: it may be new or empty, or an earlier export of the same index (any
+    version, finished or not), which is replaced whole; anything else is refused, so that no part of
+    another export is left to be read with this one."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file; an export writes a folder (img_emb/, metadata/)")
+    if not out.is_dir() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    record = out / EXPORT_RECORD
+    earlier = read_json(record).get("index") if record.is_file() else None
+    if earlier != str(Path(index).absolute()):
+        whose = f"an export of {earlier}" if earlier else "not an export of vlret"
+        raise ConfigError(f"--out {out}: a folder that holds files ({whose}); give an empty or new folder")
+    for name in ("img_emb", "metadata"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    record.unlink()
 
 
 def _parts(folder: Path) -> list[tuple[Path, Path]]:

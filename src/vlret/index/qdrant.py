@@ -13,6 +13,7 @@ embedded local mode (one process at a time; for tests and small collections).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,10 @@ def export_to_qdrant(
     searcher = Searcher(index)
     collection = collection or default_collection(index)
     embeddings = searcher.images.embeddings
+    holds = searcher.version_key
     client = connect(target)
     try:
+        done = 0
         if client.collection_exists(collection):
             params = client.get_collection(collection).config.params.vectors
             if params.size != embeddings.shape[1] or params.distance != models.Distance.COSINE:
@@ -65,13 +68,18 @@ def export_to_qdrant(
                     f"{target}: collection {collection!r} holds {params.size}-d {params.distance} vectors, and "
                     f"the index {embeddings.shape[1]}-d cosine ones; name another with --collection"
                 )
-            done = client.count(collection, exact=True).count // BATCH * BATCH  # whole batches are in
-        else:
+            before = collection_version(client, collection)
+            if before in (holds, None):  # this version's export, stopped: whole batches are in
+                done = client.count(collection, exact=True).count // BATCH * BATCH
+            else:  # another version of the index (a rebuild): its vectors are replaced, none kept
+                if progress:
+                    print(f"{collection!r} held index version {before}: replaced by {holds}", file=sys.stderr)
+                client.delete_collection(collection)
+        if not client.collection_exists(collection):
             client.create_collection(
                 collection,
                 vectors_config=models.VectorParams(size=embeddings.shape[1], distance=models.Distance.COSINE),
             )
-            done = 0
         starts = range(done, len(embeddings), BATCH)
         for start in tqdm(starts, desc="qdrant upload", unit="batch", disable=not progress):
             stop = min(start + BATCH, len(embeddings))
@@ -79,7 +87,7 @@ def export_to_qdrant(
             batch = models.Batch(
                 ids=list(range(start, stop)),
                 vectors=np.asarray(embeddings[start:stop], dtype=np.float32).tolist(),
-                payloads=[{"id": r["id"], "path": r["path"]} for r in rows],
+                payloads=[{"id": r["id"], "path": r["path"], "index_version": holds} for r in rows],
             )
             client.upsert(collection, points=batch, wait=True)
         return collection, client.count(collection, exact=True).count
@@ -87,11 +95,22 @@ def export_to_qdrant(
         client.close()
 
 
+def collection_version(client, collection: str) -> str | None:
+    """The index version a collection's points were exported from (None: empty, or exported before
+    versions were recorded)."""
+    points = client.retrieve(collection, ids=[0], with_payload=True)
+    return points[0].payload.get("index_version") if points else None
+
+
 class QdrantVectors:
     """A Qdrant collection searched as an index's item vectors: ``search(vector, k)`` gives the scores
     and row numbers, best first, as the index's own vectors do."""
 
-    def __init__(self, target: str | Path, collection: str, embeddings: np.ndarray):
+    def __init__(
+        self, target: str | Path, collection: str, embeddings: np.ndarray, version: str | None = None
+    ):
+        """``version``: the searcher's :attr:`~vlret.index.search.Searcher.version_key`; a collection
+        exported from another version is refused."""
         self.client = connect(target)
         self.collection = collection
         self.embeddings = embeddings  # the index's, for the count and for callers that read rows
@@ -105,6 +124,13 @@ class QdrantVectors:
             raise ConfigError(
                 f"{target}: collection {collection!r} holds {points} points and the index {len(embeddings)} "
                 "items; finish the export (run it again) or name the collection of this index"
+            )
+        held = collection_version(self.client, collection)
+        if version is not None and held != version:
+            self.client.close()
+            raise ConfigError(
+                f"{target}: collection {collection!r} holds index version {held}, and the index is at {version} "
+                "(rebuilt since the export); export it again"
             )
         self.faiss_index = None
 

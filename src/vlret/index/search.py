@@ -115,10 +115,11 @@ class Searcher:
         model=None,
         first_stage_model=None,
         shortlist: int | None = None,
-        item_vectors: Callable[[np.ndarray], object] | None = None,
+        item_vectors: Callable[..., object] | None = None,
     ):
-        """``item_vectors``, given the index's embeddings, returns what searches the items instead of the
-        index's FAISS index (a database: :class:`vlret.index.qdrant.QdrantVectors`)."""
+        """``item_vectors``, given the index's embeddings and ``version=`` its :attr:`version_key`, returns
+        what searches the items instead of the index's FAISS index (a database:
+        :class:`vlret.index.qdrant.QdrantVectors`, which refuses a collection of another version)."""
         path = Path(index)
         if not (path / "index.json").is_file():
             raise ConfigError(
@@ -140,7 +141,7 @@ class Searcher:
         if item_vectors is not None:
             if len(self.items) != len(embeddings):
                 self._damaged("items.* / embeddings.npy", "they disagree on the number of items")
-            self.images = item_vectors(embeddings)
+            self.images = item_vectors(embeddings, version=self.version_key)
         else:
             self.images = self._open_vectors(embeddings, nprobe, refine)
         self.captions = self._read_captions()
@@ -234,6 +235,12 @@ class Searcher:
         except (OSError, ValueError, RuntimeError, EOFError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self._damaged(name, reason)
+
+    @property
+    def version_key(self) -> str:
+        """This version of the index: its version folder's name and its model's fingerprint (a rebuild
+        publishes a new folder; indexes built before fingerprints were recorded say ``unrecorded``)."""
+        return f"{self.path.name}:{self.meta.get('model_fingerprint', 'unrecorded')}"
 
     @property
     def model(self):
