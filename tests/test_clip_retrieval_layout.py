@@ -175,3 +175,59 @@ def test_an_export_owns_its_folder(built, synth_data, tmp_path, capsys):
         assert says in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     assert (out / "img_emb" / "img_emb_0.npy").is_file()
+
+
+def test_one_outside_path_never_widens_what_is_served(built, tmp_path, capsys):
+    """One image_path of /etc/passwd among the collection's: without --media-root the import is refused
+    (the paths share only /); with it, that item is indexed and searchable but its link answers 404."""
+    from fastapi.testclient import TestClient
+
+    from vlret.serve import create_app
+
+    model, data, index = built
+    out = tmp_path / "emb"
+    export_embeddings(index, out, dtype="float32")
+    table = pq.read_table(out / "metadata" / "metadata_0.parquet").to_pylist()
+    table[3]["image_path"] = "/etc/passwd"
+    pq.write_table(pa.Table.from_pylist(table), out / "metadata" / "metadata_0.parquet")
+    args = ["index", "build", "--model", str(model), "--embeddings", str(out)]
+    assert main([*args, "--out", str(tmp_path / "wide")]) == 2
+    assert f"the {len(table)} image paths share only /, which would serve everything under it" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "wide").exists()
+    root = Searcher(index).media_root
+    assert main([*args, "--media-root", str(root), "--out", str(tmp_path / "ix")]) == 0
+    assert f"1 of them lie outside the media root {root}" in capsys.readouterr().err
+    searcher = Searcher(tmp_path / "ix")
+    assert searcher.meta["outside_media_root"] == 1 and searcher.media_root == root
+    outside = searcher.item_number(table[3]["id"])
+    client = TestClient(create_app(tmp_path / "ix"))
+    assert client.get(f"/media/{outside}").status_code == 404
+    inside = searcher.item_number(table[4]["id"])
+    assert client.get(f"/media/{inside}").status_code == 200
+
+
+def test_a_media_root_derived_from_the_paths_is_at_least_two_folders_deep():
+    from pathlib import Path
+
+    from vlret.index.clip_retrieval import _common_folder
+
+    assert _common_folder(["/data/p/a.jpg", "/data/p/q/b.jpg"]) == Path("/data/p")
+    for shallow in (
+        ["/data/a.jpg", "/data/b.jpg"],
+        ["/data/p/a.jpg", "/etc/passwd"],
+        ["/x/../a.jpg", "/b.jpg"],
+    ):
+        with pytest.raises(ConfigError, match="give --media-root FOLDER"):
+            _common_folder(shallow)
+
+
+def test_a_memory_budget_is_a_positive_number(built, tmp_path, capsys):
+    model, _, index = built
+    images = str(Searcher(index).media_root)
+    for bad in ("nan", "0", "-1", "inf"):
+        args = ["index", "build", "--model", str(model), "--images", images, "--memory-gb", bad]
+        assert main([*args, "--out", str(tmp_path / "ix")]) == 2
+        assert f"--memory-gb must be a positive number of GiB, not {float(bad)}" in capsys.readouterr().err
+    assert not (tmp_path / "ix").exists()

@@ -31,7 +31,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         dataset = load_data(args)
         if args.split:
             dataset = dataset.split(args.split)
-    budget = int(args.memory_gb * 2**30) if args.memory_gb else None
+    budget = _memory_budget(args.memory_gb)
     build = build_index
     check_engine(args)
     if args.engine == "ray":
@@ -87,15 +87,32 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory_budget(memory_gb: float | None) -> int | None:
+    """``--memory-gb`` in bytes (None: no budget), a positive number of GiB."""
+    import math
+
+    if memory_gb is None:
+        return None
+    if not (math.isfinite(memory_gb) and memory_gb > 0):
+        raise ConfigError(f"--memory-gb must be a positive number of GiB, not {memory_gb}")
+    return int(memory_gb * 2**30)
+
+
 def _index_from_embeddings(args: argparse.Namespace) -> int:
     from vlret.index.clip_retrieval import import_embeddings
 
-    budget = int(args.memory_gb * 2**30) if args.memory_gb else None
+    budget = _memory_budget(args.memory_gb)
     path = import_embeddings(
         args.model, args.embeddings, args.out, args.media_root, args.on_disk, memory_budget_bytes=budget
     )
     meta = json.loads((path / "index.json").read_text())
     print(f"index {path}: {meta['items']} items from {args.embeddings}, {meta['choice']['kind']}")
+    if meta["outside_media_root"]:
+        print(
+            f"{meta['outside_media_root']} of them lie outside the media root {meta['media_root']}: indexed and "
+            "searchable, their files never served",
+            file=sys.stderr,
+        )
     return 0
 
 

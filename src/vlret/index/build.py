@@ -564,6 +564,8 @@ def index_embeddings(
         model_name, Path(media_root).resolve(), vectors, 0, choice, storage, memory_budget_bytes
     )
     meta["imported_from"] = source
+    # paths left absolute lie outside the media root: indexed and searchable, never served
+    meta["outside_media_root"] = sum(1 for p in paths if os.path.isabs(p))
     write_json(work / "index.json", meta)
     return _publish(work, out)
 

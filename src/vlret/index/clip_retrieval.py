@@ -143,7 +143,7 @@ def import_embeddings(
         ids += [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else paths
         arrays.append(vectors)
     embeddings = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    root = Path(media_root) if media_root else _common_folder(image_paths)
+    root = Path(os.path.abspath(media_root)) if media_root else _common_folder(image_paths)
     relative = [_relative(p, root) for p in image_paths]
     _check_dimension(model_name, embeddings.shape[1], folder)
     return index_embeddings(
@@ -151,23 +151,37 @@ def import_embeddings(
     )
 
 
+#: a media root derived from the paths must be at least this deep (``/data/photos``): the data never
+#: widens what is served to ``/`` or ``/home`` because one path lies elsewhere
+MIN_DERIVED_ROOT_PARTS = 3
+
+
 def _common_folder(paths: list[str]) -> Path:
+    """The folder all the (absolute) paths share, when it is deep enough to be a collection's own."""
     absolute = [p for p in paths if os.path.isabs(p)]
     if len(absolute) != len(paths):
         raise ConfigError(
             "image_path holds relative paths: give --media-root, the folder they are relative to"
         )
-    return Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    root = Path(os.path.commonpath([os.path.dirname(os.path.normpath(p)) for p in paths]))
+    if len(root.parts) < MIN_DERIVED_ROOT_PARTS:
+        raise ConfigError(
+            f"the {len(paths)} image paths share only {root}, which would serve everything under it: give "
+            "--media-root FOLDER, the collection's folder (paths outside it are indexed and searchable, "
+            "but their files are not served)"
+        )
+    return root
 
 
 def _relative(path: str, root: Path) -> str:
+    """``path`` relative to ``root``; one outside it stays absolute (the index then never serves it)."""
     candidate = Path(path)
     if not candidate.is_absolute():
         return candidate.as_posix()
     try:
-        return candidate.relative_to(root).as_posix()
+        return Path(os.path.normpath(candidate)).relative_to(root).as_posix()
     except ValueError:
-        raise ConfigError(f"{path} lies outside the media root {root}") from None
+        return candidate.as_posix()
 
 
 def _check_dimension(model_name: str, dim: int, folder: Path) -> None:
