@@ -88,7 +88,7 @@ def test_image_upload(client):
         (
             ("post", "/api/search/image", {"files": {"file": ("x.txt", b"hello", "text/plain")}}),
             415,
-            "expected an image",
+            "not a readable image in an accepted format",
         ),
         (
             ("post", "/api/search/image", {"files": {"file": ("x.png", b"not a png", "image/png")}}),
@@ -221,7 +221,9 @@ def test_only_the_accepted_image_formats_are_opened(client, monkeypatch):
     monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1))
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     response = client.post("/api/search/image", files={"file": ("x.eps", eps, "image/x-eps")})
-    assert response.status_code == 415 and "accepted format (JPEG, PNG, WEBP, GIF, BMP)" in response.text
+    assert (
+        response.status_code == 415 and "accepted format (JPEG, PNG, WEBP, GIF, BMP, TIFF)" in response.text
+    )
     assert opened == []
 
 
@@ -414,3 +416,20 @@ def test_image_to_caption_search_on_a_transformers_clip_ranks_as_transformers_fe
     assert scores.max() - scores.min() > 1e-3  # the captions are told apart: the ranking means something
     assert [r["text"] for r in body["results"]] == [texts[i] for i in best]
     np.testing.assert_allclose([r["score"] for r in body["results"]], scores[best], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["WEBP", "BMP", "TIFF", "PNG"])
+@pytest.mark.parametrize("declared", ["application/octet-stream", "image/png", "text/plain"])
+def test_an_uploads_format_is_read_from_its_bytes_not_its_declared_type(client, kind, declared):
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 24), (30, 160, 40)).save(buffer, kind)
+    response = client.post("/api/search/image", files={"file": ("q", buffer.getvalue(), declared)})
+    assert response.status_code == 200, response.text
+
+
+def test_a_refused_query_is_not_echoed_back_whole(client):
+    response = client.get("/api/search", params={"q": "x" * 20_000})  # the test client takes up to 64 KB
+    assert response.status_code == 422 and "at most 1000 characters" in response.text
+    assert len(response.content) < 1000 and "(20000 characters)" in response.text  # not echoed whole

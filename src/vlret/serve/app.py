@@ -35,6 +35,8 @@ from typing import Annotated, Literal
 import torch
 from fastapi import File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
@@ -264,6 +266,21 @@ def _thumbnail_png(path: Path, size: int) -> bytes:
     return buf.getvalue()
 
 
+#: the most characters of a refused value a 422 answer repeats
+ECHO_CHARS = 80
+
+
+def _short_input(error: dict) -> dict:
+    """One validation error as JSON, its ``input`` cut to :data:`ECHO_CHARS` characters."""
+    error = jsonable_encoder(error)
+    value = error.get("input")
+    if isinstance(value, str) and len(value) > ECHO_CHARS:
+        error["input"] = f"{value[:ECHO_CHARS]}… ({len(value)} characters)"
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        error.pop("input", None)  # a form or a file: not repeated
+    return error
+
+
 def create_app(
     index: str | Path,
     visa_config: str | Path | None = None,
@@ -308,6 +325,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def refused(_request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with each refused value cut short: a 100 KB query is not sent back whole."""
+        return JSONResponse(status_code=422, content={"detail": [_short_input(e) for e in exc.errors()]})
 
     def version_info(version: IndexVersion) -> dict:
         searcher = version.searcher

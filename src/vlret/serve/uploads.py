@@ -4,7 +4,8 @@ An image file can declare far more pixels than its bytes suggest (a 20 KB PNG of
 decodes to half a gigabyte): the header is read first and the upload refused when it declares more than
 ``max_pixels``, or is more elongated than :data:`~vlret.data.images.MAX_ASPECT_RATIO` to 1 (a narrow strip
 resized to a model's input size would take gigabytes). Only the formats listed in :data:`ACCEPTED_FORMATS` are ever opened, so no file reaches
-Pillow's other plugins (EPS, for one, would call Ghostscript).
+Pillow's other plugins (EPS, for one, would call Ghostscript); the format is decided by the bytes, never
+by the type the client declares.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vlret.data.image_files import MAX_IMAGE_PIXELS, size_problem
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # a 50-megapixel photo; decoded RGB it takes 150 MB
 
@@ -25,9 +26,9 @@ MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS  # a 50-megapixel photo; decoded RGB it tak
 def read_upload(
     upload: UploadFile, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS
 ) -> Image.Image:
-    """The upload decoded to RGB, or an HTTPException (413, 415 or 400) that says what was wrong."""
-    if upload.content_type and not upload.content_type.startswith("image/"):
-        raise HTTPException(415, f"expected an image upload, got {upload.content_type}")
+    """The upload decoded to RGB, or an HTTPException (413, 415 or 400) that says what was wrong. The
+    format is read from the bytes, whatever type the client declared (browsers and tools send
+    ``application/octet-stream`` for WebP, BMP or TIFF)."""
     data = upload.file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise HTTPException(413, f"upload larger than {max_bytes} bytes")
