@@ -433,3 +433,31 @@ def test_a_refused_query_is_not_echoed_back_whole(client):
     response = client.get("/api/search", params={"q": "x" * 20_000})  # the test client takes up to 64 KB
     assert response.status_code == 422 and "at most 1000 characters" in response.text
     assert len(response.content) < 1000 and "(20000 characters)" in response.text  # not echoed whole
+
+
+def test_a_visa_failure_tells_the_page_what_failed_not_the_backends_address(visa_client):
+    from vlret.errors import ConfigError
+
+    client, service = visa_client
+    url = "http://10.1.2.3:8001/v1"
+    service.visa.roles.reranker = _Reranker(
+        error=ConfigError(f"{url}: the reranker answered 500 (/srv/keys/token)")
+    )
+    body = client.get("/api/search", params={"q": "a red circle", "k": 3, "visa": "true"}).json()
+    warning = body["warning"]
+    assert "<address> the reranker answered 500 (<path>); showing the base ranking" in warning
+    assert "10.1.2.3" not in warning and "/srv" not in warning
+
+
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        ("v-1: /srv/idx/index.versions/v-1/index.json: malformed", "v-1: <path>: malformed"),
+        ("https://host:6333/collections/x timed out", "<address> timed out"),
+        ("shard 1/2 of n/a done in 0.5 s", "shard 1/2 of n/a done in 0.5 s"),  # no path, nothing hidden
+    ],
+)
+def test_redacted_keeps_the_words_and_hides_addresses_and_paths(message, shown):
+    from vlret.serve.app import redacted
+
+    assert redacted(message) == shown

@@ -106,6 +106,7 @@ def test_a_version_that_cannot_be_opened_leaves_the_served_one(model_dir, collec
         moved = client.post("/api/reload").json()
         assert moved["version"] == v1 and moved["reload_error"].startswith(v2)
         assert "storage" in moved["reload_error"]
+        assert str(tmp_path) not in json.dumps(moved)  # what failed, not where on the server
         health = client.get("/health").json()
         assert health["version"] == v1 and health["reload_error"] == moved["reload_error"]
         assert len(_search(client)["results"]) == 6

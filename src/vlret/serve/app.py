@@ -22,6 +22,7 @@ import io
 import logging
 import mimetypes
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -200,7 +201,8 @@ class SearchService:
                 "(finished steps are cached, so asking again is faster)"
             )
         except VlretError as exc:
-            return None, f"VISA re-ranking failed: {exc}; showing the base ranking"
+            log.warning("VISA re-ranking failed: %s", exc)
+            return None, f"VISA re-ranking failed: {redacted(str(exc))}; showing the base ranking"
         except Exception as exc:  # noqa: BLE001 - a backend's own bug must not become a 500
             log.exception("VISA re-ranking failed")
             return None, f"VISA re-ranking failed ({type(exc).__name__}); showing the base ranking"
@@ -264,6 +266,16 @@ def _thumbnail_png(path: Path, size: int) -> bytes:
         buf = io.BytesIO()
         img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+_ADDRESS = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(?:/[^\s/'\"<>:,;()]+){2,}/?")
+
+
+def redacted(message: str) -> str:
+    """``message`` as a client may read it: server addresses and absolute paths replaced, so an error
+    says what failed without the server's file system or internal URLs (the log keeps them whole)."""
+    return _ABSOLUTE_PATH.sub("<path>", _ADDRESS.sub("<address>", message))
 
 
 #: the most characters of a refused value a 422 answer repeats
@@ -353,7 +365,10 @@ def create_app(
             **version_info(service.versions.snapshot()),
             "replica": os.getpid(),  # which process answered (vlret serve --workers N)
             "threads": torch.get_num_threads(),  # this replica's share of the cores
-            "reload_error": service.versions.last_error,  # a newer version that could not be opened
+            # a newer version that could not be opened
+            "reload_error": None
+            if service.versions.last_error is None
+            else redacted(service.versions.last_error),
             "warnings": service.versions.current.searcher.meta.get("warnings", []),
             "visa": service.visa is not None,
             "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
@@ -367,7 +382,8 @@ def create_app(
         """Move this replica to the index link's current version now (opening it first), instead of at the
         next periodic check; requests keep being answered meanwhile."""
         version = await run_in_threadpool(service.versions.reload)
-        return {"version": version.name, "reload_error": service.versions.last_error}
+        error = service.versions.last_error
+        return {"version": version.name, "reload_error": None if error is None else redacted(error)}
 
     def answer(query: str | None, k: int, results: list[dict], started: float, **extra) -> JSONResponse:
         elapsed = round(asyncio.get_running_loop().time() - started, 4)
