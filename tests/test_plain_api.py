@@ -76,6 +76,55 @@ def test_bad_inputs_are_named(tiny):
         tiny.encode_text([])
     with pytest.raises(ConfigError, match="batch_size"):
         tiny.encode_text(["x"], batch_size=0)
+    refused = [
+        (lambda: tiny.encode_text(None), "texts: expected a string or a list of strings, not None"),
+        (lambda: tiny.encode_text([None]), r"texts\[0\] is None, not a string"),
+        (lambda: tiny.encode_text(["a", 3]), r"texts\[1\] is a int, not a string"),
+        (
+            lambda: tiny.encode_image(None),
+            "images: expected a PIL image, a file path or a list of them, not None",
+        ),
+        (lambda: tiny.encode_image([None]), r"images\[0\] is None, not a PIL image or a file path"),
+        (
+            lambda: tiny.encode_image(np.zeros((8, 8, 3), np.uint8)),
+            r"images is a numpy array of shape \(8, 8, 3\): give PIL images \(Image.fromarray",
+        ),
+        (lambda: tiny.encode_image([np.zeros((8, 8, 3))]), r"images\[0\] is a numpy array.*Image.fromarray"),
+        (lambda: similarity(None, np.ones(3)), "similarity: a must be embeddings"),
+        (lambda: similarity(np.ones(3), np.ones((1, 1, 3))), "similarity: b must be embeddings"),
+    ]
+    for call, says in refused:
+        with pytest.raises(ConfigError, match=says):
+            call()
+    np.testing.assert_allclose(
+        tiny.encode_text(np.array(["a red circle"])), tiny.encode_text(["a red circle"])
+    )
+
+
+def test_similarity_refuses_non_finite_embeddings_as_ranking_does():
+    from vlret.errors import NonFiniteScoreError
+
+    a = np.ones((2, 3))
+    a[1, 2] = np.nan
+    with pytest.raises(NonFiniteScoreError, match="non-finite score nan at row 1, column 2"):
+        similarity(a, np.ones((4, 3)))
+    with pytest.raises(NonFiniteScoreError, match="inf at row 0, column 0"):
+        similarity(np.ones(3), np.array([np.inf, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "size, refused",
+    [((2_000, 40), False), ((2_000, 39), True), ((7_071, 7_071), False), ((7_072, 7_072), True)],
+)
+def test_a_pil_image_has_the_limits_of_every_image(tiny, size, refused):
+    """Both sides of the aspect cap (50:1) and the pixel cap (50 million): a 20,000 x 1 image once took
+    4.5 GB through a CLIP's encode_image."""
+    picture = Image.new("RGB", size)
+    if refused:
+        with pytest.raises(ConfigError, match=r"images\[0\]: the image"):
+            tiny.encode_image(picture)
+    else:
+        assert tiny.encode_image(picture).shape == (128,)
 
 
 def test_the_five_line_example_of_the_readme_finds_the_cat(tmp_path):

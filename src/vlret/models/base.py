@@ -32,9 +32,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlret.data.image_files import load_image
+from vlret.data.image_files import load_image, size_problem
 from vlret.data.transforms import ImageTransform
-from vlret.errors import ConfigError
+from vlret.errors import ConfigError, NonFiniteScoreError
 from vlret.models.features import Features
 from vlret.models.heads import CosineHead, build_head
 
@@ -92,7 +92,10 @@ class RetrievalModel(nn.Module, ABC):
         """Embeddings ``[N, D]`` of ``texts`` (one text: ``[D]``), L2-normalised unless ``normalize`` is
         False; a progress bar shows for long inputs (``progress=None``: from 1,000 texts on)."""
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items = [texts] if single else _listed(texts, "texts", "a string or a list of strings")
+        for n, text in enumerate(items):
+            if not isinstance(text, str):
+                raise ConfigError(f"texts[{n}] is {_kind(text)}, not a string")
 
         def encode(part: list[str]) -> torch.Tensor:
             batch = {k: v.to(self.device) for k, v in self.tokenize(part).items()}
@@ -113,8 +116,16 @@ class RetrievalModel(nn.Module, ABC):
             raise ConfigError(
                 f"{self.name} reads {self.input_kind}, not images: encode its inputs with encode_images"
             )
+        if isinstance(images, np.ndarray):
+            raise ConfigError(
+                f"images is {_kind(images)}: give PIL images (Image.fromarray(array)) or file paths"
+            )
         single = isinstance(images, (Image.Image, str, Path))
-        items = [images] if single else list(images)
+        items = (
+            [images] if single else _listed(images, "images", "a PIL image, a file path or a list of them")
+        )
+        for n, image in enumerate(items):
+            _check_picture(image, f"images[{n}]")
 
         def encode(part: list) -> torch.Tensor:
             pictures = [im if isinstance(im, Image.Image) else load_image(im) for im in part]
@@ -201,6 +212,34 @@ class RetrievalModel(nn.Module, ABC):
         return identity
 
 
+def _kind(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _listed(values, name: str, expected: str) -> list:
+    """``values`` as a list, or a ConfigError saying what ``name`` takes."""
+    if values is None or isinstance(values, (bytes, dict)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise ConfigError(f"{name}: expected {expected}, not {_kind(values)}")
+    return list(values)
+
+
+def _check_picture(image, where: str) -> None:
+    """A PIL image within the limits every image in vlret has (pixels, aspect ratio), or a path (checked
+    when it is read); anything else is refused naming ``where``."""
+    if isinstance(image, (str, Path)):
+        return
+    if not isinstance(image, Image.Image):
+        advice = " (Image.fromarray(array) makes one)" if isinstance(image, np.ndarray) else ""
+        raise ConfigError(f"{where} is {_kind(image)}, not a PIL image or a file path{advice}")
+    problem = size_problem(*image.size)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+
+
 def model_fingerprint(model: nn.Module, identity: dict) -> str:
     """A hash of what decides a model's outputs: its identity less where it was read from (architecture,
     preprocessing, head) and every weight and buffer, byte for byte. The same weights read from another
@@ -225,10 +264,18 @@ def _without_origins(value):
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarities of embeddings ``a`` ``[N, D]`` (or ``[D]``) and ``b`` ``[M, D]`` (or ``[D]``):
     ``[N, M]``, with the one-embedding axes dropped."""
+    for name, value in (("a", a), ("b", b)):
+        if value is None or np.asarray(value).dtype == object or np.ndim(value) not in (1, 2):
+            raise ConfigError(f"similarity: {name} must be embeddings [N, D] or [D], not {_kind(value)}")
     left, right = (
         np.atleast_2d(np.asarray(a, dtype=np.float32)),
         np.atleast_2d(np.asarray(b, dtype=np.float32)),
     )
+    for values in (left, right):
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):  # as ranking refuses non-finite scores: NaN would compare as no number does
+            row, column = (int(i) for i in bad[0])
+            raise NonFiniteScoreError(row, column, float(values[row, column]))
     if left.shape[1] != right.shape[1]:
         raise ConfigError(f"embeddings of {left.shape[1]} and {right.shape[1]} dimensions cannot be compared")
     left = left / np.maximum(np.linalg.norm(left, axis=1, keepdims=True), 1e-12)
