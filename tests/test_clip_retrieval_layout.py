@@ -231,3 +231,22 @@ def test_a_memory_budget_is_a_positive_number(built, tmp_path, capsys):
         assert main([*args, "--out", str(tmp_path / "ix")]) == 2
         assert f"--memory-gb must be a positive number of GiB, not {float(bad)}" in capsys.readouterr().err
     assert not (tmp_path / "ix").exists()
+
+
+def test_a_parquet_tables_columns_are_named_on_the_command_line(tmp_path, capsys):
+    """--path-column, --caption-column, --split-column and --default-split reach Parquet as they reach CSV
+    (a table with a filepath column failed with "no column 'image'")."""
+    import json
+
+    columns = {"filepath": ["a.jpg", "a.jpg", "b.jpg"], "text": ["a red circle", "a round thing", "a square"]}
+    pq.write_table(pa.table({**columns, "part": ["val", "val", "train"]}), tmp_path / "t.parquet")
+    named = ["--path-column", "filepath", "--caption-column", "text", "--split-column", "part", "--json"]
+    assert main(["data", "stats", str(tmp_path / "t.parquet"), *named]) == 0
+    splits = json.loads(capsys.readouterr().out)["splits"]
+    assert (splits["val"]["items"], splits["val"]["captions"], splits["train"]["items"]) == (1, 2, 1)
+    pq.write_table(pa.table(columns), tmp_path / "nosplit.parquet")  # no split column: the default split
+    args = ["data", "stats", str(tmp_path / "nosplit.parquet"), *named, "--default-split", "train"]
+    assert main(args) == 0
+    assert list(json.loads(capsys.readouterr().out)["splits"]) == ["train"]
+    assert main(["data", "stats", str(tmp_path / "t.parquet")]) == 2  # the default columns are not there
+    assert "no column 'image'" in capsys.readouterr().err

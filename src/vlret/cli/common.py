@@ -35,10 +35,14 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         default="raise",
         help="stop at a bad record, or skip and list it",
     )
-    p.add_argument("--path-column", default="image", help="CSV: column with the media path")
-    p.add_argument("--caption-column", default="caption", help="CSV: column with the caption")
-    p.add_argument("--split-column", default="split", help="CSV: column with the split (optional)")
-    p.add_argument("--default-split", default="test", help="CSV: split of rows without a split column")
+    p.add_argument("--path-column", default="image", help="CSV and Parquet: column with the media path")
+    p.add_argument("--caption-column", default="caption", help="CSV and Parquet: column with the caption")
+    p.add_argument(
+        "--split-column", default="split", help="CSV and Parquet: column with the split (optional)"
+    )
+    p.add_argument(
+        "--default-split", default="test", help="CSV and Parquet: split of rows without a split column"
+    )
     p.add_argument(
         "--encoding", default="utf-8", help="CSV: text encoding (default UTF-8, with or without BOM)"
     )
@@ -50,7 +54,7 @@ def load_data(args: argparse.Namespace):
 
     fmt = detect_format(args.data) if args.format == "auto" else args.format
     options = {}
-    if fmt == "csv":
+    if fmt in ("csv", "parquet"):  # one table reader: the same column options for both
         options = {
             "path_column": args.path_column,
             "caption_column": args.caption_column,
