@@ -210,3 +210,67 @@ def test_a_key_ends_at_the_first_dot_of_the_file_name_not_of_its_folder(synth_da
     assert [it.id for it in data.items] == ["dir.v2/000001"]  # one shard: ids are the keys
     assert [c.text for c in data.captions] == ["a red circle"]
     assert load_image(data.media_path(data.items[0])).size == Image.open(io.BytesIO(png)).size
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 20, 20)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            _add(archive, name, data)
+    return path
+
+
+def _cut_at_member(path: Path, members: int) -> None:
+    """The tar cut short right after ``members`` whole members: no end-of-archive marker."""
+    with tarfile.open(path) as archive:
+        kept = archive.getmembers()[members - 1]
+    end = kept.offset_data + -(-kept.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    path.write_bytes(path.read_bytes()[:end])
+
+
+@pytest.mark.parametrize(
+    "case, says, kept",
+    [
+        ("json", "0001.json: not valid JSON", 1),
+        ("truncated", "it ends without the end-of-archive marker: cut short", 2),
+        ("repeated", "1 member name(s) used twice, only the last one read (0001.png)", 2),
+        ("case", "two members of sample '0001' have one extension", 1),
+        ("absolute", "/abs0001.png: a member name that leaves the shard", 1),
+        ("parent", "../0009.png: a member name that leaves the shard", 1),
+    ],
+)
+def test_a_damaged_shard_is_an_error_under_raise_and_a_listed_skip_under_skip(tmp_path, case, says, kept):
+    png = _png()
+    members = [("0000.png", png), ("0000.txt", b"a red square")]
+    members += {
+        "json": [("0001.png", png), ("0001.json", b"{not json")],
+        "truncated": [("0001.png", png), ("0002.png", png)],
+        "repeated": [("0001.png", png), ("0001.png", png)],
+        "case": [("0001.png", png), ("0001.PNG", png)],
+        "absolute": [("/abs0001.png", png)],
+        "parent": [("../0009.png", png)],
+    }[case]
+    shard = _shard(tmp_path / "s.tar", members)
+    if case == "truncated":
+        _cut_at_member(shard, 3)  # 0000.png, 0000.txt, 0001.png whole; 0002.png and the marker gone
+    with pytest.raises(DataError, match="--on-error skip"):
+        load_dataset(shard)
+    with pytest.raises(DataError) as error:
+        load_dataset(shard)
+    assert says in str(error.value)
+    data = load_dataset(shard, on_error="skip")
+    assert len(data.items) == kept and any(says.split(": ", 1)[-1] in s.reason for s in data.skipped)
+
+
+def test_a_whole_shard_reads_without_a_problem(tmp_path):
+    png = _png()
+    shard = _shard(
+        tmp_path / "s.tar", [("0000.png", png), ("0001.png", png), ("0001.json", b'{"caption": "x"}')]
+    )
+    data = load_dataset(shard)
+    assert len(data.items) == 2 and not data.skipped and [c.text for c in data.captions] == ["x"]

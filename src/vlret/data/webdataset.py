@@ -5,7 +5,9 @@ a folder of them. A sample is the members that share a key (the member's path up
 file name: ``000123.jpg``, ``000123.txt``, ``000123.json``); its image becomes an item whose path is
 ``SHARD.tar/MEMBER`` (read in place, :mod:`vlret.data.tar_members`) and whose id is the key, and its caption
 comes from the ``.txt`` member, else the ``caption`` field of the ``.json`` member. A sample without an
-image is reported (or skipped with ``on_error="skip"``); one without a caption is an item without captions.
+image, with a ``.json`` that is not JSON, or with two members of one extension, a member name that leaves
+the shard, a name used twice and a shard cut short (no end-of-archive marker) are reported (or skipped and
+listed with ``on_error="skip"``); a sample without a caption is an item without captions.
 Every item is in split ``split`` (``train`` by default): shards carry no splits of their own.
 """
 
@@ -19,7 +21,7 @@ from braceexpand import braceexpand
 
 from vlret.data._policy import ErrorPolicy, OnError, clean_caption
 from vlret.data.records import Caption, Item, RetrievalDataset
-from vlret.data.tar_members import TAR_SUFFIX, member_table, read_member
+from vlret.data.tar_members import TAR_SUFFIX, member_table, read_member, tar_problems
 from vlret.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -72,19 +74,34 @@ def read_webdataset(
     items: list[Item] = []
     captions: list[Caption] = []
     for shard in shards:
+        for problem in tar_problems(shard):
+            policy.bad(shard, None, problem)
         samples: dict[str, dict[str, str]] = {}
+        twice: set[str] = set()
         for name in member_table(shard):
+            if name.startswith("/") or ".." in name.split("/"):
+                policy.bad(shard, name, "a member name that leaves the shard (absolute, or with ..)")
+                continue
             key, extension = _split_key(name)
+            if extension in samples.get(key, {}):  # 0001.jpg and 0001.JPG, say: one sample would hide one
+                twice.add(key)
             samples.setdefault(key, {})[extension] = name
         relative = shard.resolve().relative_to(root.resolve()).as_posix()
         for key, members in samples.items():
             image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+            if key in twice:
+                policy.bad(shard, key, f"two members of sample {key!r} have one extension; which is meant?")
+                continue
             if image is None:
                 policy.bad(shard, key, f"sample {key!r} has no image ({', '.join(sorted(members))})")
                 continue
+            try:
+                text = _caption(shard, members)
+            except ValueError as exc:
+                policy.bad(shard, members["json"], str(exc))
+                continue
             item_id = key if len(shards) == 1 else f"{shard.stem}/{key}"
             items.append(Item(item_id, f"{relative}/{image}", split))
-            text = _caption(shard, members)
             if text:
                 captions.append(Caption(text, item_id))
     if not items:
@@ -98,7 +115,7 @@ def _caption(shard: Path, members: dict[str, str]) -> str | None:
     if "json" in members:
         try:
             record = json.loads(read_member(shard, members["json"]))
-        except ValueError:
-            return None
+        except ValueError as exc:  # a sample's metadata that cannot be read is a bad record, not no caption
+            raise ValueError(f"not valid JSON ({exc})") from None
         return clean_caption(record.get("caption")) if isinstance(record, dict) else None
     return None
