@@ -250,3 +250,66 @@ def test_a_parquet_tables_columns_are_named_on_the_command_line(tmp_path, capsys
     assert list(json.loads(capsys.readouterr().out)["splits"]) == ["train"]
     assert main(["data", "stats", str(tmp_path / "t.parquet")]) == 2  # the default columns are not there
     assert "no column 'image'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("garbage_npy", "img_emb_0.npy: not a NumPy array file"),
+        ("one_d", "img_emb_0.npy: a 1-d float32 array of shape (24,); expected floats [rows, dimension]"),
+        ("three_d", "a 3-d float32 array of shape (2, 3, 4)"),
+        ("corrupt_parquet", "metadata_0.parquet: not a readable Parquet file"),
+        ("null_path", "metadata_0.parquet: row 1: empty 'image_path'"),
+        ("list_path", "metadata_0.parquet: row 0: 'image_path' holds a list, not a string"),
+        ("duplicate_id", "rows 0 and 2: the id 'i0' twice"),
+        ("all_empty", "every part holds 0 embeddings: nothing to index"),
+    ],
+)
+def test_a_damaged_embeddings_folder_is_one_line_naming_the_file(tmp_path, capsys, damage, says):
+    folder = tmp_path / "emb"
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    vectors = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    columns = {"image_path": [f"/data/photos/{n}.jpg" for n in range(3)], "id": ["i0", "i1", "i2"]}
+    if damage == "one_d":
+        vectors = vectors.ravel()
+    elif damage == "three_d":
+        vectors = np.zeros((2, 3, 4), np.float32)
+    elif damage == "null_path":
+        columns["image_path"][1] = None
+    elif damage == "list_path":
+        columns["image_path"] = [["/a.jpg"], ["/b.jpg"], ["/c.jpg"]]
+    elif damage == "duplicate_id":
+        columns["id"] = ["i0", "i1", "i0"]
+    elif damage == "all_empty":
+        vectors, columns = vectors[:0], {"image_path": pa.array([], pa.string())}
+    np.save(folder / "img_emb" / "img_emb_0.npy", vectors)
+    pq.write_table(pa.table(columns), folder / "metadata" / "metadata_0.parquet")
+    if damage == "garbage_npy":
+        (folder / "img_emb" / "img_emb_0.npy").write_bytes(b"\x93NUMPY garbage")
+    if damage == "corrupt_parquet":
+        (folder / "metadata" / "metadata_0.parquet").write_bytes(b"PAR1 not really")
+    if damage in ("one_d", "three_d"):  # the row count agrees, so the shape itself is what is refused
+        pq.write_table(
+            pa.table({"image_path": [f"/data/p/{n}.jpg" for n in range(len(vectors))]}),
+            folder / "metadata" / "metadata_0.parquet",
+        )
+    args = [
+        "index",
+        "build",
+        "--model",
+        "tiny-cnn",
+        "--embeddings",
+        str(folder),
+        "--out",
+        str(tmp_path / "ix"),
+    ]
+    assert main([*args, "--media-root", "/data/photos"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_parquet_caption_column_of_lists_is_refused_not_read_as_its_repr(tmp_path):
+    pq.write_table(pa.table({"image": ["a.jpg"], "caption": [["a cat", "a pet"]]}), tmp_path / "t.parquet")
+    with pytest.raises(DataError, match="row 1: 'caption' holds a list, not a single value"):
+        load_dataset(tmp_path / "t.parquet")

@@ -113,6 +113,16 @@ def _parquet_rows(path: Path) -> tuple[list[str], Rows]:
         for batch in table.iter_batches(batch_size=65536):
             for row in batch.to_pylist():
                 number += 1
-                yield f"row {number}", {k: "" if v is None else str(v) for k, v in row.items()}
+                yield f"row {number}", {k: _cell(v, path, number, k) for k, v in row.items()}
 
     return header, rows()
+
+
+def _cell(value: object, path: Path, row: int, column: str) -> str:
+    """A Parquet cell as the text a CSV cell would hold; a list or a map (a caption column of lists,
+    say) is refused rather than read as its Python spelling."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, bytes)):
+        raise DataError(path, f"row {row}", f"{column!r} holds a {type(value).__name__}, not a single value")
+    return str(value)

@@ -128,8 +128,11 @@ def import_embeddings(
     folder = Path(folder)
     arrays, image_paths, ids = [], [], []
     for embeddings_file, meta_file in _parts(folder):
-        vectors = np.load(embeddings_file, mmap_mode="r")
-        table = pq.read_table(meta_file)
+        vectors = _read_vectors(embeddings_file)
+        try:
+            table = pq.read_table(meta_file)
+        except (OSError, ValueError) as exc:  # pyarrow's errors for what is not Parquet
+            raise DataError(meta_file, None, f"not a readable Parquet file ({exc})") from None
         if "image_path" not in table.column_names:
             raise DataError(meta_file, "schema", f"no column 'image_path'; it has {table.column_names}")
         if table.num_rows != len(vectors):
@@ -138,10 +141,15 @@ def import_embeddings(
                 None,
                 f"{table.num_rows} rows for the {len(vectors)} embeddings of {embeddings_file.name}",
             )
-        paths = [str(p) for p in table.column("image_path").to_pylist()]
+        if not len(vectors):
+            continue  # an empty part (the last of a run, say): nothing to index
+        paths = _text_column(table, "image_path", meta_file)
         image_paths += paths
-        ids += [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else paths
+        ids += _text_column(table, "id", meta_file) if "id" in table.column_names else paths
         arrays.append(vectors)
+    if not arrays:
+        raise DataError(folder, None, "every part holds 0 embeddings: nothing to index")
+    _check_unique_ids(ids, folder)
     embeddings = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
     root = Path(os.path.abspath(media_root)) if media_root else _common_folder(image_paths)
     relative = [_relative(p, root) for p in image_paths]
@@ -149,6 +157,44 @@ def import_embeddings(
     return index_embeddings(
         model_name, out, embeddings, ids, relative, root, on_disk, memory_budget_bytes, source=str(folder)
     )
+
+
+def _read_vectors(path: Path) -> np.ndarray:
+    """A part's embeddings ``[rows, dimension]`` (memory-mapped), or a DataError naming the file."""
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(path, None, f"not a NumPy array file ({exc})") from None
+    if vectors.ndim != 2 or vectors.dtype.kind != "f":
+        raise DataError(
+            path,
+            None,
+            f"a {vectors.ndim}-d {vectors.dtype} array of shape {vectors.shape}; expected floats [rows, dimension]",
+        )
+    return vectors
+
+
+def _text_column(table, name: str, file: Path) -> list[str]:
+    """A column of non-empty strings (numbers are written as text), or a DataError naming the row."""
+    values = table.column(name).to_pylist()
+    for row, value in enumerate(values):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(file, f"row {row}", f"empty {name!r}")
+        if not isinstance(value, (str, int)):
+            raise DataError(file, f"row {row}", f"{name!r} holds a {type(value).__name__}, not a string")
+    return [str(v) for v in values]
+
+
+def _check_unique_ids(ids: list[str], folder: Path) -> None:
+    if len(set(ids)) == len(ids):
+        return
+    seen: dict[str, int] = {}
+    for row, item in enumerate(ids):
+        if item in seen:
+            raise DataError(
+                folder, f"rows {seen[item]} and {row}", f"the id {item!r} twice: every item needs its own id"
+            )
+        seen[item] = row
 
 
 #: a media root derived from the paths must be at least this deep (``/data/photos``): the data never
