@@ -158,3 +158,23 @@ def test_an_export_after_a_rebuild_replaces_the_old_vectors_and_search_refuses_t
     points = client.retrieve("c", ids=list(range(60)), with_payload=True)
     client.close()
     assert {p.payload["index_version"] for p in points} == {new.version_key}
+
+
+def test_a_qdrant_that_is_not_there_is_one_line(index, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "afile").write_text("x")
+    for target, says in (
+        (f"http://127.0.0.1:{port}", f"--qdrant http://127.0.0.1:{port}: no Qdrant server answered"),
+        (str(tmp_path / "afile"), "a file; give a Qdrant server URL"),
+    ):
+        for command in (
+            ["index", "export", str(index), "--format", "qdrant", "--qdrant", target],
+            ["search", str(index), "a red circle", "--qdrant", target],
+        ):
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert says in err and "Traceback" not in err, err

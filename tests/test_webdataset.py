@@ -274,3 +274,11 @@ def test_a_whole_shard_reads_without_a_problem(tmp_path):
     )
     data = load_dataset(shard)
     assert len(data.items) == 2 and not data.skipped and [c.text for c in data.captions] == ["x"]
+
+
+def test_an_unbalanced_brace_pattern_is_one_line(tmp_path, capsys):
+    args = ["data", "stats", str(tmp_path / "wds" / "{0..1.tar")]
+    assert main(args) == 2
+    assert (
+        "unbalanced braces: expected a pattern such as 'shards/{00000..00099}.tar'" in capsys.readouterr().err
+    )

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from vlret.data._policy import ErrorPolicy, OnError, clean_caption
 from vlret.data.records import Caption, Item, RetrievalDataset
@@ -35,7 +35,12 @@ def shard_files(pattern: str | Path) -> list[Path]:
         if not found:
             raise DataError(pattern, None, "a folder without .tar shards")
         return found
-    files = [Path(p) for p in braceexpand(pattern)]
+    try:
+        files = [Path(p) for p in braceexpand(pattern)]
+    except UnbalancedBracesError:
+        raise DataError(
+            pattern, None, "unbalanced braces: expected a pattern such as 'shards/{00000..00099}.tar'"
+        ) from None
     missing = [p for p in files if not p.is_file()]
     if missing:
         raise DataError(missing[0], None, f"shard not found ({len(missing)} of {len(files)} missing)")

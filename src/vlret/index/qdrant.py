@@ -35,12 +35,22 @@ def _qdrant():
 
 
 def connect(target: str | Path):
-    """A Qdrant client for a server URL or an embedded local folder."""
+    """A Qdrant client for a server URL or an embedded local folder that answers, or a ConfigError that
+    says why not (nothing listening, a file where the folder should be, a folder in use)."""
     client_class, _ = _qdrant()
     text = str(target)
-    if text.startswith(("http://", "https://")):
-        return client_class(url=text)
-    return client_class(path=text)
+    remote = text.startswith(("http://", "https://"))
+    if not remote and Path(text).exists() and not Path(text).is_dir():
+        raise ConfigError(f"--qdrant {text}: a file; give a Qdrant server URL (http://host:6333) or a folder")
+    try:
+        client = client_class(url=text) if remote else client_class(path=text)
+        client.get_collections()  # the first request: a server that is not there fails here, not later
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the client raises its own, httpx's and OS errors
+        what = "no Qdrant server answered" if remote else "Qdrant could not open the folder"
+        raise ConfigError(f"--qdrant {text}: {what} ({str(exc)[:200]})") from None
+    return client
 
 
 def default_collection(index: str | Path) -> str:
