@@ -278,3 +278,39 @@ def test_vlret_train_points_a_prompt_recipe_to_prompts_train():
 
     with pytest.raises(ConfigError, match="vlret prompts train --recipe coop_b2n"):
         load_recipe("coop_b2n")
+
+
+def test_damaged_prompts_are_one_line_naming_the_file(bench, tmp_path, capsys):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    data, root, prompts, _ = bench
+    split = str(root / "split_zhou_SynthShapes.json")
+    cases = {}
+    for case in ("garbage", "width", "json", "fields"):
+        folder = tmp_path / case
+        shutil.copytree(prompts, folder)
+        cases[case] = folder
+    (cases["garbage"] / "prompts.safetensors").write_bytes(b"not safetensors at all")
+    state = load_file(cases["width"] / "prompts.safetensors")
+    save_file({**state, "ctx": state["ctx"][:, :-1].contiguous()}, cases["width"] / "prompts.safetensors")
+    (cases["json"] / "prompts.json").write_text('{"model": ')
+    meta = json.loads((cases["fields"] / "prompts.json").read_text())
+    (cases["fields"] / "prompts.json").write_text(
+        json.dumps({k: v for k, v in meta.items() if k != "classnames"})
+    )
+    says = {
+        "garbage": "prompts.safetensors: not a readable safetensors file",
+        "width": "the prompts were learnt on another model",
+        "json": "prompts.json: line 1 column",
+        "fields": "prompts.json: not what vlret prompts train writes (missing: classnames)",
+    }
+    for case, folder in cases.items():
+        assert (
+            main(["prompts", "eval", str(folder), "--data", split, "--out", str(tmp_path / f"{case}.json")])
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert says[case] in err and "Traceback" not in err, (case, err)

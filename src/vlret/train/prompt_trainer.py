@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlret.data._io import read_json
 from vlret.data.classes import ClassData, base_new, few_shot_data, harmonic_mean
 from vlret.data.image_files import load_image
 from vlret.devices import DEVICE_CHOICES, pick_device
@@ -208,7 +209,36 @@ def prompts_meta(folder: str | Path) -> dict:
     path = Path(folder) / PROMPTS_META
     if not path.is_file():
         raise ConfigError(f"{folder}: not a prompts folder (no {PROMPTS_META}); pass RUN/prompts")
-    return json.loads(path.read_text())
+    meta = read_json(path)  # a syntax error names the line and column
+    missing = (
+        [k for k in ("model", "classnames", "init", "refiner") if k not in meta]
+        if isinstance(meta, dict)
+        else ["all"]
+    )
+    if missing:
+        raise ConfigError(f"{path}: not what vlret prompts train writes (missing: {', '.join(missing)})")
+    return meta
+
+
+def _read_prompt_tensors(path: Path, classifier: PromptClassifier) -> dict[str, torch.Tensor]:
+    """The saved tensors, each of the shape this classifier (its model and settings) has, or a
+    ConfigError naming the file and what differs."""
+    try:
+        state = load_file(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise ConfigError(f"{path}: not a readable safetensors file ({str(exc)[:160]})") from None
+    expected = {"ctx": classifier.prompts.ctx}
+    if classifier.refines:
+        expected |= {"cache": classifier.cache.entries, "aggregation": classifier.aggregation.proj.weight}
+    for name, like in expected.items():
+        if name not in state:
+            raise ConfigError(f"{path}: no tensor {name!r}; these prompts were not saved by this vlret")
+        if tuple(state[name].shape) != tuple(like.shape):
+            raise ConfigError(
+                f"{path}: {name} is {tuple(state[name].shape)}, and the model {tuple(like.shape)}: the prompts "
+                "were learnt on another model (or other settings)"
+            )
+    return state
 
 
 def load_prompts(folder: str | Path, model=None) -> PromptClassifier:
@@ -224,7 +254,7 @@ def load_prompts(folder: str | Path, model=None) -> PromptClassifier:
         RefinerConfig(**meta["refiner"]),
         meta.get("context", "per_token"),  # prompts saved before the option learnt one vector per token
     )
-    state = load_file(folder / PROMPTS_FILE)
+    state = _read_prompt_tensors(folder / PROMPTS_FILE, classifier)
     for name, tensor in state.items():
         if not torch.isfinite(tensor).all():
             raise ConfigError(
