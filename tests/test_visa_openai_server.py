@@ -214,3 +214,17 @@ def test_a_refused_request_is_not_retried_and_a_busy_server_is_asked_max_retries
         assert handler.chats == calls
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("max_tokens, cap", [(10, 4096), (512, 512 * 16)])
+def test_a_reply_longer_than_max_tokens_allows_is_cut_and_counted(server, max_tokens, cap):
+    """A server that ignores max_tokens (10 MB replies filled 170 MB of cache): a reply is kept to
+    max_tokens x 16 characters, at least 4,096, and the cut is counted in the usage."""
+    chat = OpenAIChat("m", server, max_retries=0)
+    _Server.replies = ["x" * cap]  # exactly the cap: kept whole
+    assert chat.chat("hello", max_tokens=max_tokens) == "x" * cap
+    assert "truncated_replies" not in chat.usage.as_dict()
+    _Server.replies = ["y" * (cap + 1)]
+    assert chat.chat("hello", max_tokens=max_tokens) == "y" * cap
+    assert chat.usage.as_dict()["truncated_replies"] == 1
+    chat.close()

@@ -28,13 +28,17 @@ class Usage:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated_replies: int = 0  # replies longer than max_tokens allows, cut before they were stored
 
     def as_dict(self) -> dict:
-        return {
+        counts = {
             "calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        if self.truncated_replies:
+            counts["truncated_replies"] = self.truncated_replies
+        return counts
 
 
 class ChatModel(Protocol):

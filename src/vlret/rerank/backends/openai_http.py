@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import mimetypes
 import os
 import threading
@@ -29,6 +30,12 @@ from vlret.errors import VlretError
 from vlret.rerank.backends.base import Usage
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+#: a reply is kept to ``max_tokens`` x this many characters (tokens average about 4), at least
+#: MIN_REPLY_CHARS: a server that ignores max_tokens (10 MB replies were seen) cannot fill the cache
+CHARS_PER_TOKEN = 16
+MIN_REPLY_CHARS = 4096
+
+log = logging.getLogger(__name__)
 
 
 class BackendError(VlretError):
@@ -172,7 +179,7 @@ class OpenAIChat:
                 if response.status_code == 200:
                     text, problem = self._read(response)
                     if text is not None:
-                        return text
+                        return self._capped(text, max_tokens, url)
                 else:
                     problem = f"HTTP {response.status_code}: {response.text[:300]}"
                     if response.status_code not in RETRY_STATUS:
@@ -202,6 +209,19 @@ class OpenAIChat:
             return None, "a 200 reply with empty text"
         self._count(body.get("usage"))
         return text, ""
+
+    def _capped(self, text: str, max_tokens: int, url: str) -> str:
+        """``text`` cut to what ``max_tokens`` tokens can spell (:data:`CHARS_PER_TOKEN` characters each,
+        far more than any tokenizer's average): a server that ignores the limit cannot fill the cache."""
+        cap = max(MIN_REPLY_CHARS, max_tokens * CHARS_PER_TOKEN)
+        if len(text) <= cap:
+            return text
+        log.warning(
+            "%s: a reply of %d characters for max_tokens %d; %d kept", url, len(text), max_tokens, cap
+        )
+        with self._lock:
+            self.usage.truncated_replies += 1
+        return text[:cap]
 
     def _count(self, usage) -> None:
         """Add a reply's token counts; counts that are missing or malformed are ignored."""
