@@ -111,3 +111,36 @@ def test_a_version_that_cannot_be_opened_leaves_the_served_one(model_dir, collec
         assert health["version"] == v1 and health["reload_error"] == moved["reload_error"]
         assert len(_search(client)["results"]) == 6
         assert app.state.service.versions.reload().name == v1  # not tried again until the link moves
+
+
+def test_replicas_resolve_each_others_links_and_a_reload_reaches_them_all(model_dir, collections, tmp_path):
+    """Two replicas of one index (two apps, as `serve --workers 2` runs them): A served v2, B went from
+    v1 to v3 without it. A link A gave out for v2 resolves on B too (it answered 410), and a reload asked
+    of one replica moves the other at its next request (it moved only the one asked)."""
+    first, second = collections
+    link = tmp_path / "idx"
+    v1 = _build(model_dir, link, first)
+    a, b = create_app(link, check_every=3600), create_app(link, check_every=3600)
+    with TestClient(a) as client_a, TestClient(b) as client_b:
+        v2 = _build(model_dir, link, second)
+        assert client_a.post("/api/reload").json()["version"] == v2
+        b.state.service.versions.snapshot()  # B sees the stamp A's reload left, and moves too
+        b.state.service.versions._loading.join()
+        assert _search(client_b)["version"] == v2
+        shown = _search(client_a)["results"][0]
+        assert shown["thumbnail"].endswith(f"?version={v2}")
+        v3 = _build(model_dir, link, first)
+        assert client_b.post("/api/reload").json()["version"] == v3
+        assert client_a.get("/health").json()["version"] == v2  # A has not answered a request since
+        _search(client_a)
+        a.state.service.versions._loading.join()
+        assert client_a.get("/health").json()["version"] == v3
+        # B had v2 as its previous version; a third replica that never served v2 resolves it from disk
+        c = create_app(link, check_every=3600)
+        with TestClient(c) as client_c:
+            assert c.state.service.versions.previous is None
+            assert client_c.get(shown["thumbnail"]).status_code == 200
+            assert client_c.get(f"/media/{shown['item']}?version={v2}").status_code == 200
+            assert client_c.get(f"/media/{shown['item']}?version={v1}").status_code == 410  # gone from disk
+            for name in ("../idx.versions", ".hidden", f"{v2}/../{v2}"):
+                assert client_c.get(f"/media/0?version={name}").status_code == 410

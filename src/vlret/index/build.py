@@ -602,6 +602,10 @@ def _publish(work: Path, out: Path) -> Path:
     os.symlink(os.path.relpath(version, out.parent), link)
     previous = out.resolve() if out.is_symlink() else None
     os.replace(link, out)  # atomic: readers see the old version or the new one
-    if previous is not None and previous != version.resolve():
-        shutil.rmtree(previous, ignore_errors=True)  # readers that opened it keep their open files
+    # the version before stays on disk, so that every replica of a server resolves the links any of them
+    # gave out from it; older ones go (readers that opened them keep their open files)
+    keep = {version.resolve(), previous}
+    for old in versions.iterdir():
+        if old.is_dir() and old.name.startswith("v-") and old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)
     return out

@@ -46,25 +46,61 @@ class VersionFollower(Generic[Version]):
         self._lock = threading.Lock()
         self._loading: threading.Thread | None = None
         self._checked = time.monotonic()
+        self.reload_stamp = self.link.with_name(f".{self.link.name}.reload")
+        self._stamp = self._stamp_time()
+        self._named: Version | None = None  # a version opened by name from disk (one at a time)
+        self._named_lock = threading.Lock()
 
     def snapshot(self) -> Version:
-        """The version a request should use; starts opening a newer one when the link has moved."""
+        """The version a request should use; starts opening a newer one when the link has moved (looked
+        at every ``check_every`` seconds, and at once when any replica was asked to reload)."""
         now = time.monotonic()
-        if now - self._checked >= self.check_every:
-            self._checked = now
+        stamp = self._stamp_time()
+        if now - self._checked >= self.check_every or stamp != self._stamp:
+            self._checked, self._stamp = now, stamp
             self._start_loading_if_moved()
         return self.current
 
     def find(self, name: str | None) -> Version | None:
-        """The current version (``name`` None or its name) or the one before it; None for any other name."""
+        """The current version (``name`` None or its name), the one before it, or another version still
+        on disk beside them (one that a sibling replica served: every replica resolves every link a
+        replica gave out); None when there is no such version."""
         if name is None or name == self.name_of(self.current):
             return self.current
         if self.previous is not None and name == self.name_of(self.previous):
             return self.previous
-        return None
+        return self._open_by_name(name)
+
+    def _open_by_name(self, name: str) -> Version | None:
+        versions = self.link.resolve().parent
+        folder = versions / name
+        if "/" in name or name.startswith(".") or not (folder / "index.json").is_file():
+            return None  # only a version folder beside the served one: never a path elsewhere
+        with self._named_lock:
+            if self._named is None or self.name_of(self._named) != name:
+                try:
+                    self._named = self.open_version(folder)
+                except Exception as exc:  # noqa: BLE001 - a version that cannot be opened is not served
+                    log.warning("index version %s could not be opened by name: %s", name, exc)
+                    return None
+            return self._named
+
+    def _stamp_time(self) -> int | None:
+        try:
+            return self.reload_stamp.stat().st_mtime_ns
+        except OSError:
+            return None
 
     def reload(self) -> Version:
-        """Open the link's version now, if it moved, and wait for it; returns the version served."""
+        """Open the link's version now, if it moved, and wait for it; returns the version served. The
+        other replicas are told through the reload stamp beside the link, and look at their next request."""
+        try:
+            self.reload_stamp.touch()
+            self._stamp = self._stamp_time()
+        except OSError as exc:  # a read-only collection: the others follow within check_every
+            log.info(
+                "could not touch %s (%s); other replicas follow the link on their own", self.reload_stamp, exc
+            )
         self._start_loading_if_moved()
         loading = self._loading
         if loading is not None:
