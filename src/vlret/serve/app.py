@@ -82,7 +82,7 @@ class IndexVersion:
     @property
     def model_warning(self) -> str | None:
         """What the index build said about its model (untrained projections), if anything."""
-        return "; ".join(self.searcher.meta.get("warnings", [])) or None
+        return redacted("; ".join(self.searcher.meta.get("warnings", []))) or None
 
 
 def open_version(
@@ -369,7 +369,7 @@ def create_app(
             "reload_error": None
             if service.versions.last_error is None
             else redacted(service.versions.last_error),
-            "warnings": service.versions.current.searcher.meta.get("warnings", []),
+            "warnings": [redacted(w) for w in service.versions.current.searcher.meta.get("warnings", [])],
             "visa": service.visa is not None,
             "visa_timeout_s": service.visa_timeout if service.visa is not None else None,
             "max_k": max_k,
