@@ -63,7 +63,8 @@ def _whole_suite_ran(config) -> bool:
     tests = Path(__file__).parent.resolve()
     whole = all(Path(arg).resolve() == tests for arg in config.args)
     option = config.option
-    return whole and not (option.keyword or option.lf or option.deselect)
+    # `lf` is the cache plugin's option: absent under -p no:cacheprovider
+    return whole and not (option.keyword or getattr(option, "lf", False) or option.deselect)
 
 
 def test_every_option_of_every_command_is_given_by_a_test(request, cli_calls):

@@ -42,14 +42,12 @@ _LOADED: dict[tuple, tuple] = {}
 
 
 def _loaded(folder: Path, weights: bool) -> tuple:
-    """A fresh copy of the folder's encoder and tokenizer. Each folder is read once per process (a read
-    takes 0.8 s, a copy 0.05 s: a benchmark suite builds this tower 16 times), and again when a file
-    in it has changed since."""
-    key = (
-        str(folder),
-        weights,
-        tuple(sorted((f.name, file_identity(f)) for f in folder.iterdir() if f.is_file())),
-    )
+    """A fresh copy of the encoder and tokenizer of a folder (or hub id). Each is read once per process (a
+    read takes 0.8 s, a copy 0.05 s: a benchmark suite builds this tower 16 times), and a folder again when
+    a file in it has changed since."""
+    # a local folder is known by its files; a hub id by its name (its cached snapshots do not change)
+    files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+    key = (str(folder), weights, tuple((f.name, file_identity(f)) for f in files))
     if key not in _LOADED:
         if weights:
             encoder = AutoModel.from_pretrained(str(folder))
