@@ -102,3 +102,21 @@ def test_a_stopped_build_that_encoded_nothing_is_cleared_without_asking(two_mode
         == 0
     )
     assert not work.exists()
+
+
+def test_a_transformers_clip_has_a_fingerprint_of_its_weights(tmp_path):
+    """The real path: an hf: CLIP (an architecture-true tiny stand-in) read twice gives one fingerprint,
+    the same weights in another folder too, and one changed weight another."""
+    import torch
+
+    from hf_tiny import make_clip
+
+    folder = make_clip(tmp_path / "clip")
+    first = create_model(f"hf:{folder}").fingerprint()
+    assert create_model(f"hf:{folder}").fingerprint() == first
+    shutil.copytree(folder, tmp_path / "elsewhere")
+    assert create_model(f"hf:{tmp_path / 'elsewhere'}").fingerprint() == first
+    model = create_model(f"hf:{folder}")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-3
+    assert model.fingerprint() != first

@@ -254,8 +254,14 @@ def model_fingerprint(model: nn.Module, identity: dict) -> str:
 
 
 def _without_origins(value):
+    """An identity without where it was read from: no ``origin``, and ``hf:<folder or id>`` names as
+    ``hf`` (the weights, hashed beside it, say which model it is)."""
     if isinstance(value, dict):
-        return {k: _without_origins(v) for k, v in value.items() if k != "origin"}
+        return {
+            k: "hf" if k == "name" and str(v).startswith("hf:") else _without_origins(v)
+            for k, v in value.items()
+            if k != "origin"
+        }
     if isinstance(value, list):
         return [_without_origins(v) for v in value]
     return value
