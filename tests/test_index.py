@@ -142,16 +142,22 @@ def test_rebuild_swaps_atomically_and_open_searchers_keep_working(model_dir, syn
     first_images = synth_data.parent / "images" / "test"
     index = build_index(str(model_dir), tmp_path / "idx", images=first_images, progress=False)
     old = Searcher(index)
-    build_index(str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "val", progress=False)
+    build_index(
+        str(model_dir),
+        tmp_path / "idx",
+        images=synth_data.parent / "images" / "val",
+        progress=False,
+        rebuild=True,
+    )
     new = Searcher(index)
     assert index.is_symlink() and new.path != old.path
     # the version before is kept on disk (replicas resolve its links); the one before that is not
-    assert sorted(p.name for p in (tmp_path / "idx.versions").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "idx.versions").glob("v-*")) == sorted(
         [old.path.name, new.path.name]
     )
-    build_index(str(model_dir), tmp_path / "idx", images=first_images, progress=False)
+    build_index(str(model_dir), tmp_path / "idx", images=first_images, progress=False, rebuild=True)
     newest = Searcher(index)
-    assert sorted(p.name for p in (tmp_path / "idx.versions").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "idx.versions").glob("v-*")) == sorted(
         [new.path.name, newest.path.name]
     )
     assert len(old.text_to_image("a blue square", k=2)) == 2  # an open searcher of a removed one answers

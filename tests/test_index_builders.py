@@ -90,7 +90,8 @@ def test_builders_starting_together_never_remove_each_others_work_folder(tmp_pat
     def start(work: Path, barrier: threading.Barrier) -> None:
         barrier.wait()
         try:
-            build._start_or_join(work, {"model": "m"}, tmp_path / ".start.lock")
+            fd = build._start_or_join(work, {"model": "m"}, build.BuildLocks(work.with_suffix("")))
+            os.close(fd)
         except OSError as error:
             errors.append(error)
 

@@ -35,7 +35,8 @@ def collections(synth_data, tmp_path):
 
 
 def _build(model_dir, link, images):
-    return build_index(str(model_dir), link, images=images, progress=False).resolve().name
+    # each version is another folder's collection: a full build, not an update
+    return build_index(str(model_dir), link, images=images, progress=False, rebuild=True).resolve().name
 
 
 def _search(client, q="a red circle", k=10):

@@ -60,6 +60,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         shortlist=args.shortlist,
         token_dtype=args.token_dtype,
         on_disk=args.on_disk,
+        rebuild=args.rebuild,
+        retrain=args.retrain,
+        verify=args.verify,
+        allow_mass_removal=args.allow_mass_removal,
         **({"shard": parse_shard(args.shard)} if args.shard else {}),
     )
     if path is None:
@@ -75,6 +79,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         f"index {path}: {meta['items']} items, {meta['captions']} captions, {meta['choice']['kind']}{where} "
         f"({meta['choice']['reason']})"
     )
+    if meta.get("retrain_due"):
+        print(f"note: {meta['retrain_due']}", file=sys.stderr)
     if "two_stage" in meta:
         stage = meta["two_stage"]
         print(
@@ -313,6 +319,30 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="how a two-stage index stores the head's token features (float16 halves the disk)",
     )
     build.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
+    build.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="encode the whole collection again, even over an index of the same model that an update would "
+        "follow (an index of another model or settings needs it)",
+    )
+    build.add_argument(
+        "--retrain",
+        action="store_true",
+        help="make the search structure again (choose and train the FAISS index) from the stored embeddings; "
+        "only changed files are encoded",
+    )
+    build.add_argument(
+        "--verify",
+        action="store_true",
+        help="update: read every file's digest, catching an edit that kept its size and modification time "
+        "(default: size and mtime decide, the digest only where they differ)",
+    )
+    build.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="update: remove more than half of the index's items (refused by default: an unmounted or moved "
+        "folder looks like every file removed)",
+    )
     build.add_argument(
         "--on-disk",
         action="store_true",

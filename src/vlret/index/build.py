@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,16 @@ from vlret.index.choice import IndexChoice, choose_index
 from vlret.index.chunks import ChunkClaims, chunk_name, encode_claimed
 from vlret.index.columns import write_columns
 from vlret.index.ondisk import build_on_disk, train_ivf
+from vlret.index.sources import (
+    FileKey,
+    Records,
+    checked_after_reading,
+    describe,
+    file_stat,
+    key_before_reading,
+    mass_removal_problem,
+    plan_change,
+)
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import canonical_model_name, create_model, is_model_reference, untrained_warning
 
@@ -59,6 +70,10 @@ DEFAULT_SHORTLIST = 100
 #: the tables of the head's features (``{name}.embeds.npy``, ``.tokens.npy``, ``.mask.npy``) in a two-stage index
 HEAD_ITEMS, HEAD_CAPTIONS = "head_items", "head_captions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+#: rows copied at a time when tables are joined (a memory-mapped table is never read whole)
+JOIN_ROWS = 65536
+#: the reason a chunk records for a file that was listed and gone when it was read (a removal)
+VANISHED = "vanished before it was read"
 #: rows added per shard of an on-disk index (about 512 MiB of 512-d float32 vectors at a time)
 ONDISK_SHARD_ROWS = 256 * 1024
 
@@ -146,12 +161,13 @@ def _encode_chunks(
 
     def encode(c: int, tmp: Path) -> None:
         first = c * chunk_size
-        tables, skipped = _encode_chunk(
+        tables, skipped, keys = _encode_chunk(
             encoders, root, paths[first : first + chunk_size], batch_size, on_error
         )
         for side, table in tables.items():
             write_table(tmp, side, table)
         write_json(tmp / "skipped.json", [{**s, "index": first + s["index"]} for s in skipped])
+        write_json(tmp / "keys.json", [None if k is None else [k.size, k.mtime_ns, k.digest] for k in keys])
         bar.update()
 
     encode_claimed(ChunkClaims(chunks), mine, encode, wait_for_others=shard is None)
@@ -159,28 +175,35 @@ def _encode_chunks(
     return folders
 
 
-def _kept_items(folders: list[Path], root: Path, n_paths: int) -> tuple[np.ndarray, list[dict]]:
-    """The indices of the readable items, and the skipped ones, from the chunks' records."""
+def kept_items(folders: list[Path], n_paths: int) -> tuple[np.ndarray, list[dict]]:
+    """The indices of the encoded items, and the skipped ones (files that vanished left out), from the
+    chunks' records."""
     skipped = [s for folder in folders for s in read_json(folder / "skipped.json")]
     dropped = {s["index"] for s in skipped}
     kept = np.array([i for i in range(n_paths) if i not in dropped], dtype=np.int64)
-    if len(kept) == 0:
-        raise DataError(root, None, f"none of the {n_paths} images could be read")
-    return kept, skipped
+    return kept, [s for s in skipped if s["reason"] != VANISHED]
 
 
 def _encode_chunk(
     encoders: _Encoders, root: Path, part: list[str], batch_size: int, on_error: OnError
-) -> tuple[dict[str, FeatureTable], list[dict]]:
+) -> tuple[dict[str, FeatureTable], list[dict], list[FileKey | None]]:
+    """Encode the readable files of ``part``: the tables, the skipped files (``index`` in ``part``) and
+    each file's key as it was read (None: the file vanished since it was listed, a removal, not an error)."""
     policy = ErrorPolicy(on_error)
-    images, kept, skipped = [], [], []
+    images, kept, skipped, keys = [], [], [], []
     for n, rel in enumerate(part):
+        key = key_before_reading(root / rel)
+        if key is None and file_stat(root / rel) is None:
+            skipped.append({"index": n, "file": rel, "reason": VANISHED})
+            keys.append(None)
+            continue
         try:
             images.append(encoders.load(root / rel, rel))
             kept.append(rel)
         except DataError as exc:
             policy.bad(exc.file, exc.record or rel, exc.problem)  # raises unless skipping
             skipped.append({"index": n, "file": rel, "reason": exc.problem})
+        keys.append(checked_after_reading(root / rel, key))
     batches = [encoders.images(images[b : b + batch_size]) for b in range(0, len(images), batch_size)]
     sides = batches[0].keys() if batches else ("shortlist",)
     tables = {side: concat_tables([batch[side] for batch in batches]) for side in sides}
@@ -190,13 +213,17 @@ def _encode_chunk(
             raise DataError(
                 root / kept[int(bad[0])], None, "the model gives a non-finite embedding for this image"
             )
-    return tables, skipped
+    return tables, skipped, keys
 
 
-def _join_chunks(folders: list[Path], side: str, out: Path, name: str) -> FeatureTable:
-    """Concatenate the chunks' ``side`` tables into ``out/{name}.*.npy`` without holding them in memory
-    at once (tokens are padded to the longest chunk); returns the result memory-mapped."""
-    parts = [read_table(folder, side) for folder in folders]
+def chunk_keys(folders: list[Path]) -> list[FileKey | None]:
+    """The keys of the encoded files, in order, from the chunks."""
+    return [None if k is None else FileKey(*k) for folder in folders for k in read_json(folder / "keys.json")]
+
+
+def join_tables(parts: list[FeatureTable], out: Path, name: str) -> FeatureTable:
+    """Concatenate ``parts`` into ``out/{name}.*.npy`` a part at a time (tokens are padded to the longest
+    part; a memory-mapped part is read in pieces); returns the result memory-mapped."""
     parts = [p for p in parts if len(p)]
     n = sum(len(p) for p in parts)
     embeds = open_memmap(out / f"{name}.embeds.npy", "w+", np.float32, (n, parts[0].embeds.shape[1]))
@@ -208,12 +235,16 @@ def _join_chunks(folders: list[Path], side: str, out: Path, name: str) -> Featur
         mask = open_memmap(out / f"{name}.mask.npy", "w+", np.bool_, (n, length))
     row = 0
     for p in parts:
-        embeds[row : row + len(p)] = p.embeds
-        if tokens is not None:
-            tokens[row : row + len(p), : p.tokens.shape[1]] = p.tokens
-            tokens[row : row + len(p), p.tokens.shape[1] :] = 0
-            mask[row : row + len(p)] = False
-            mask[row : row + len(p), : p.mask.shape[1]] = p.mask
+        for start in range(0, len(p), JOIN_ROWS):
+            stop = min(start + JOIN_ROWS, len(p))
+            at = slice(row + start, row + stop)
+            embeds[at] = p.embeds[start:stop]
+            if tokens is not None:
+                width = p.tokens.shape[1]
+                tokens[at, :width] = p.tokens[start:stop]
+                tokens[at, width:] = 0
+                mask[at] = False
+                mask[at, :width] = p.mask[start:stop]
         row += len(p)
     for array in (embeds, tokens, mask):
         if array is not None:
@@ -256,9 +287,23 @@ def build_index(
     shard: tuple[int, int] | None = None,
     assemble: bool = True,
     on_disk: bool = False,
+    rebuild: bool = False,
+    retrain: bool = False,
+    verify: bool = False,
+    allow_mass_removal: bool = False,
+    settle_seconds: float = 0.0,
 ) -> Path | None:
-    """Build (or rebuild) the index at ``out`` from a folder of images, a folder of videos or a dataset's
-    items (and captions); returns the published version.
+    """Build the index at ``out`` from a folder of images, a folder of videos or a dataset's items (and
+    captions), or update it; returns the published version.
+
+    Over an existing index of the same model and settings, the build is an update
+    (:mod:`vlret.index.update`): only files that are new or changed are encoded (``verify`` reads every
+    file's digest, catching an edit that kept size and mtime), rows of unchanged files are kept byte for
+    byte, files that are gone are dropped, and the new version is published as a build's is. An update
+    that would remove more than half the items is refused unless ``allow_mass_removal``; ``retrain`` makes
+    the search structure again from the stored embeddings; ``rebuild`` encodes everything.
+    ``settle_seconds`` leaves files modified that recently for a later update (copies still being
+    written; :mod:`vlret.index.watch` uses it).
 
     Any number of builders may run on one ``out`` at once (on one machine or several sharing the folder):
     each encodes chunks the others have not claimed (:mod:`vlret.index.chunks`), and one of them assembles
@@ -333,57 +378,151 @@ def build_index(
         model if two_stage else None,
         token_dtype,
     )
-    work = out.with_name(out.name + ".building")
-    manifest = {
+    settings = {
+        "source": "dataset" if dataset is not None else "videos" if videos is not None else "images",
         "model": model_name,
         # the weights, not the name: a folder replaced between a killed build and its rerun is another model
         "model_fingerprint": model.fingerprint(),
         "first_stage": first_stage,
         "first_stage_fingerprint": None if first_stage is None else encoders.shortlist.fingerprint(),
         "root": str(root),
-        "chunk_size": chunk_size,
-        "on_error": on_error,
         "token_dtype": token_dtype if encoders.keep_tokens else None,
         "video": video,
-        "layout": 3,  # one folder per chunk
-        "items": hashlib.sha256(json.dumps(paths).encode()).hexdigest(),
     }
-    plan = _Plan(
-        out,
-        work,
-        root,
-        paths,
-        ids,
-        dataset,
-        encoders,
-        model,
-        model_name,
-        first_stage,
-        shortlist,
-        memory_budget_bytes,
-        video,
-        manifest,
-        progress,
-        on_disk,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)  # --out in a folder not made yet: the locks live beside it
-    lock = out.with_name(f".{out.name}.build.lock")
-    with _locked(lock, exclusive=False):  # builders encode side by side; the assembler waits for them
-        _start_or_join(work, manifest, out.with_name(f".{out.name}.start.lock"))
+    job = _Job(
+        out, out.with_name(out.name + ".building"), root, paths, ids, dataset, encoders, model, model_name,
+        first_stage, shortlist, memory_budget_bytes, video, settings, progress, on_disk,
+    )  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)  # --out in a folder not made yet
+    locks = BuildLocks(out)
+    while True:
+        previous = None if rebuild else _current_version(out)
+        change = None
+        if previous is not None:
+            change = _plan_update(job, out.resolve(), verify, settle_seconds, allow_mass_removal)
+            if change is None or (change.is_empty and not retrain):
+                job.report(f"index {out}: up to date, nothing to encode")
+                return out if assemble else None
+        to_encode = paths if change is None else [change.paths[n] for n in change.to_encode]
+        manifest = {
+            **settings,
+            "chunk_size": chunk_size,
+            "on_error": on_error,
+            "layout": 4,  # one folder per chunk, with the read files' keys
+            "base": previous,
+            "update_of": previous,
+            "items": hashlib.sha256(json.dumps(to_encode).encode()).hexdigest(),
+        }
+        fd = _start_or_join(job.work, manifest, locks, None if rebuild else out)
+        if fd is not None:
+            break
+        job.report(f"another build or update of {out} is at work: waiting for it, then planning again")
+        locks.wait_for_others()
+    try:
         folders = _encode_chunks(
-            encoders, root, paths, work, chunk_size, batch_size, progress, on_error, shard
+            encoders, root, to_encode, job.work, chunk_size, batch_size, progress, on_error, shard
         )
+    finally:
+        os.close(fd)
     if not assemble or not all(folder.is_dir() for folder in folders):  # others are still at their chunks
         return None
-    with _locked(lock, exclusive=True):
-        if not (work / "manifest.json").is_file():  # another builder published it while we waited
+    with locks.assembling():
+        if not (job.work / "manifest.json").is_file():  # another builder published it while we waited
             return out.resolve()
-        return _assemble(plan, folders)
+        if change is None:
+            return _assemble(job, folders)
+        from vlret.index.update import assemble_update
+
+        return assemble_update(job, folders, out.resolve(), change, retrain)
+
+
+def _plan_update(job: _Job, previous: Path, verify: bool, settle: float, allow_mass_removal: bool):
+    """What an update of the index at ``previous`` encodes, keeps and removes (:mod:`vlret.index.sources`);
+    None when an item list with repeated paths needs a full build. Settings that differ are refused."""
+    meta = read_json(previous / "index.json")
+    problem = update_problem(meta, job.settings, job.on_disk, job.memory_budget_bytes)
+    if problem:
+        raise ConfigError(f"{job.out}: {problem}")
+    records = Records.read(previous)
+    if records is None:
+        raise ConfigError(
+            f"{job.out} was built before vlret kept a record of its files, so it cannot be updated: "
+            "run the same command once with --rebuild"
+        )
+    if len(set(job.paths)) != len(job.paths):
+        raise ConfigError(
+            f"{job.out}: the collection lists a file more than once, so it is rebuilt, not updated: "
+            "run the same command with --rebuild"
+        )
+    change = plan_change(job.root, job.paths, records, verify, settle)
+    problem = mass_removal_problem(change, int(meta["items"]), allow_mass_removal)
+    if problem:
+        raise ConfigError(f"{job.out}: {problem}")
+    if change.is_empty and not _same_items(job, previous, change):
+        change.counts["relabelled"] = 1  # ids or captions changed around unchanged files: publish them
+    if not change.is_empty:
+        job.report(f"update of {job.out}: {describe(change)}")
+    return change
+
+
+def _same_items(job: _Job, previous: Path, change) -> bool:
+    """Whether the published version lists the same items (ids, paths) and captions as this build."""
+    from vlret.index.columns import StringTable
+    from vlret.index.search import ITEM_FIELDS
+
+    items = StringTable.open(previous, "items", ITEM_FIELDS)
+    by_path = dict(zip(job.paths, job.ids, strict=True))
+    if sorted((it["id"], it["path"]) for it in items) != sorted(
+        (by_path[p], p) for p, row in zip(change.paths, change.kept, strict=True) if row >= 0
+    ):
+        return False
+    if job.dataset is None:
+        return True
+    meta = read_json(previous / "index.json")
+    if meta.get("captions", 0) == 0:
+        return not job.dataset.captions
+    old = StringTable.open(previous, "captions", ("text", "item_id"), None)
+    return sorted((c["text"], c["item_id"]) for c in old) == sorted(
+        (c.text, c.item_id) for c in job.dataset.captions
+    )
+
+
+#: settings an update must share with the index: anything else changes every embedding
+REBUILD_SETTINGS = ("source", "model", "model_fingerprint", "first_stage", "first_stage_fingerprint", "root",
+                    "token_dtype", "video")  # fmt: skip
+
+
+def update_problem(meta: dict, settings: dict, on_disk: bool, memory_budget_bytes: int | None) -> str | None:
+    """Why an index (``index.json``'s ``meta``) cannot be updated with these settings; None when it can."""
+    before = meta.get("build")
+    if before is None:
+        return (
+            "it was built before vlret recorded its build settings, so it cannot be updated: run the same "
+            "command once with --rebuild"
+        )
+    differ = [
+        f"{key}: {before.get(key)!r} in the index, {settings.get(key)!r} now"
+        for key in REBUILD_SETTINGS
+        if before.get(key) != settings.get(key)
+    ]
+    if differ:
+        return (
+            f"an update must use the index's own model and settings, and these differ ({'; '.join(differ)}); "
+            "a full build is needed: run with --rebuild"
+        )
+    storage = "on_disk" if on_disk else "memory"
+    if meta.get("storage") != storage or meta.get("memory_budget_bytes") != memory_budget_bytes:
+        return (
+            f"the index is stored {meta.get('storage')} with memory budget {meta.get('memory_budget_bytes')}, and "
+            f"this build asks {storage} with {memory_budget_bytes}: its search structure must be made again; "
+            "run with --retrain (the embeddings are kept) or --rebuild"
+        )
+    return None
 
 
 @dataclass
-class _Plan:
-    """One build as :func:`build_index` resolved it: what the assembler needs besides the chunks."""
+class _Job:
+    """One build as :func:`build_index` resolved it: what the encoders and the assembler need."""
 
     out: Path
     work: Path
@@ -398,29 +537,54 @@ class _Plan:
     shortlist: int
     memory_budget_bytes: int | None
     video: dict | None
-    manifest: dict
+    settings: dict
     progress: bool
     on_disk: bool
 
+    def report(self, line: str) -> None:
+        """A line for the person running the build (on stderr, when progress is shown)."""
+        if self.progress:
+            print(line, file=sys.stderr, flush=True)
 
-def _start_or_join(work: Path, manifest: dict, lock: Path) -> None:
-    """Make the work folder, or join the build in it: the same build (a rerun after a kill, or another
-    builder) keeps its chunks; a different build's leftovers are cleared.
 
-    One builder at a time, under ``lock``: a builder that found the folder of another still starting (no
-    manifest yet) took it for a leftover and removed it under its feet (seen with two Ray workers)."""
+def _start_or_join(work: Path, manifest: dict, locks: BuildLocks, out: Path | None = None) -> int | None:
+    """Make the work folder, or join the build in it, and return the held (shared) build lock; None when
+    this builder must wait and plan again: another build or update of a different plan is at work, or
+    (``out`` given) the index moved on from the version this update was planned against.
+
+    The same build (a rerun after a kill, or another builder) keeps its chunks; a different full build's
+    leftovers are refused when it encoded anything (it may be running, or the user may want it); a stopped
+    update's leftovers are cleared (an update is planned again from the folder, and is small).
+
+    One builder at a time, under the start lock: a builder that found the folder of another still starting
+    (no manifest yet) took it for a leftover and removed it under its feet (seen with two Ray workers)."""
     manifest_file = work / "manifest.json"
-    with _locked(lock, exclusive=True):
+    with locks.starting():
         if work.exists():
             before = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
             if before != manifest:
+                updating = (
+                    manifest.get("update_of") is not None or (before or {}).get("update_of") is not None
+                )
+                if updating and locks.others_at_work():
+                    return None
                 chunks = work / "chunks"
                 encoded = sum(1 for _ in chunks.iterdir()) if chunks.is_dir() else 0
-                if before is not None and encoded:
+                if before is not None and encoded and before.get("update_of") is None:
                     raise ConfigError(_other_build_message(work, before, manifest, encoded))
-                shutil.rmtree(work)  # a build that stopped before encoding anything: nothing to keep
+                shutil.rmtree(work)  # nothing encoded, or a stopped update: nothing to keep
+        fd = locks.hold_encoding()
+        if out is not None and _current_version(out) != manifest.get("base"):
+            os.close(fd)  # another builder published since this one planned
+            return None
         work.mkdir(parents=True, exist_ok=True)
         write_json(manifest_file, manifest)
+        return fd
+
+
+def _current_version(out: Path) -> str | None:
+    """The name of the version folder ``out`` links to (None: no index yet)."""
+    return out.resolve().name if out.is_symlink() and (out / "index.json").is_file() else None
 
 
 def _other_build_message(work: Path, before: dict, now: dict, encoded: int) -> str:
@@ -444,58 +608,115 @@ def _other_build_message(work: Path, before: dict, now: dict, encoded: int) -> s
     )
 
 
-@contextmanager
-def _locked(path: Path, exclusive: bool) -> Iterator[None]:
-    """A blocking ``flock`` on ``path``: shared while builders encode, exclusive to assemble."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
+class BuildLocks:
+    """The locks of builds on one index, kept in ``INDEX.versions/`` (nothing is left beside the index):
+    ``.start.lock`` lets one builder at a time start or join, ``.build.lock`` is held shared by every
+    builder while it encodes and exclusively by the one that assembles."""
+
+    def __init__(self, out: Path):
+        folder = out.with_name(out.name + ".versions")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.start_file, self.build_file = folder / ".start.lock", folder / ".build.lock"
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @contextmanager
+    def held(self, path: Path, exclusive: bool) -> Iterator[None]:
+        """A blocking ``flock`` on ``path`` for the body."""
+        fd = self._open(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def starting(self):
+        return self.held(self.start_file, exclusive=True)
+
+    def assembling(self):
+        return self.held(self.build_file, exclusive=True)
+
+    def hold_encoding(self) -> int:
+        """Take the build lock shared and return its descriptor (closing it releases the lock)."""
+        fd = self._open(self.build_file)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
+
+    def others_at_work(self) -> bool:
+        """Whether another builder holds the build lock now."""
+        fd = self._open(self.build_file)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def wait_for_others(self) -> None:
+        """Block until no other builder holds the build lock."""
+        with self.held(self.build_file, exclusive=True):
+            pass
 
 
-def _assemble(plan: _Plan, folders: list[Path]) -> Path:
+def _assemble(job: _Job, folders: list[Path]) -> Path:
     """Join the chunks, encode the captions, build the FAISS index and publish the version."""
-    work, paths, ids, dataset = plan.work, plan.paths, plan.ids, plan.dataset
-    two_stage = plan.encoders.head_model is not None
-    kept, skipped = _kept_items(folders, plan.root, len(paths))
-    embeddings = _join_chunks(folders, "shortlist", work, "shortlist").embeds
+    work, paths, ids, dataset = job.work, job.paths, job.ids, job.dataset
+    kept, skipped = kept_items(folders, len(paths))
+    if len(kept) == 0:
+        raise DataError(job.root, None, f"none of the {len(paths)} files could be read")
+    embeddings = join_tables([read_table(f, "shortlist") for f in folders], work, "shortlist").embeds
     os.replace(work / "shortlist.embeds.npy", work / "embeddings.npy")
-    if two_stage:
-        _join_chunks(folders, "head", work, HEAD_ITEMS)
+    if job.encoders.head_model is not None:
+        join_tables([read_table(f, "head") for f in folders], work, HEAD_ITEMS)
     write_columns(
         work, "items", {"id": [ids[i] for i in kept], "path": [paths[i] for i in kept]}, sort_by="id"
     )
+    keys = chunk_keys(folders)
+    rows = np.full(len(paths), -1, dtype=np.int64)
+    rows[kept] = np.arange(len(kept))
+    listed = [i for i, k in enumerate(keys) if k is not None]
+    Records([paths[i] for i in listed], [keys[i] for i in listed], rows[listed]).write(work)
     n_captions = 0
     if dataset is not None and dataset.captions:
-        n_captions = _index_captions(plan.encoders, dataset, {ids[i] for i in kept}, work, plan.progress)
-    choice = choose_index(len(embeddings), embeddings.shape[1], plan.memory_budget_bytes)
-    storage = write_faiss_index(embeddings, choice, work, plan.on_disk)
-    meta = _index_meta(
-        plan.model_name, plan.root, embeddings, n_captions, choice, storage, plan.memory_budget_bytes
-    )
-    meta["video"] = plan.video
-    meta["model_fingerprint"] = plan.manifest["model_fingerprint"]
+        n_captions = _index_captions(job.encoders, dataset, {ids[i] for i in kept}, work, job.progress)
+    choice = choose_index(len(embeddings), embeddings.shape[1], job.memory_budget_bytes)
+    storage = write_faiss_index(embeddings, choice, work, job.on_disk)
+    meta = index_meta(job, len(embeddings), int(embeddings.shape[1]), n_captions, choice, storage)
     meta["skipped"] = [{"file": s["file"], "reason": s["reason"]} for s in skipped]
-    meta["warnings"] = [w for w in (untrained_warning(plan.model_name),) if w]
-    if two_stage:
-        meta["two_stage"] = {
-            "head": plan.model.head.describe(),
-            "first_stage": plan.first_stage,
-            "shortlist": plan.shortlist,
-            "token_dtype": plan.manifest["token_dtype"],
-        }
     write_json(work / "index.json", meta)
     shutil.rmtree(work / "chunks")
     (work / "manifest.json").unlink()
-    return _publish(work, plan.out)
+    return _publish(work, job.out)
+
+
+def index_meta(job: _Job, n_items: int, dim: int, n_captions: int, choice: IndexChoice, storage: str) -> dict:
+    """``index.json`` of a build or update of ``job``."""
+    meta = _index_meta(
+        job.model_name, job.root, n_items, dim, n_captions, choice, storage, job.memory_budget_bytes
+    )
+    meta["video"] = job.video
+    meta["model_fingerprint"] = job.settings["model_fingerprint"]
+    meta["build"] = job.settings
+    meta["trained_on"] = n_items  # the collection's size when its search structure was made
+    meta["warnings"] = [w for w in (untrained_warning(job.model_name),) if w]
+    if job.encoders.head_model is not None:
+        meta["two_stage"] = {
+            "head": job.model.head.describe(),
+            "first_stage": job.first_stage,
+            "shortlist": job.shortlist,
+            "token_dtype": job.settings["token_dtype"],
+        }
+    return meta
 
 
 def _index_meta(
     model_name: str,
     root: Path,
-    embeddings: np.ndarray,
+    n_items: int,
+    dim: int,
     n_captions: int,
     choice: IndexChoice,
     storage: str,
@@ -505,9 +726,9 @@ def _index_meta(
     return {
         "model": model_name,
         "media_root": str(root),
-        "items": len(embeddings),
+        "items": n_items,
         "captions": n_captions,
-        "dim": int(embeddings.shape[1]),
+        "dim": dim,
         "choice": choice.as_dict(),
         "storage": storage,
         "memory_budget_bytes": memory_budget_bytes,
@@ -561,7 +782,14 @@ def index_embeddings(
     choice = choose_index(len(vectors), vectors.shape[1], memory_budget_bytes)
     storage = write_faiss_index(vectors, choice, work, on_disk)
     meta = _index_meta(
-        model_name, Path(media_root).resolve(), vectors, 0, choice, storage, memory_budget_bytes
+        model_name,
+        Path(media_root).resolve(),
+        len(vectors),
+        vectors.shape[1],
+        0,
+        choice,
+        storage,
+        memory_budget_bytes,
     )
     meta["imported_from"] = source
     # paths left absolute lie outside the media root: indexed and searchable, never served

@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 
 EXACT_MAX = 100_000
+#: labels of an updated inverted-file index's vectors, one per row, ascending (absent: the row numbers)
+FAISS_LABELS = "faiss_labels.npy"
 
 
 @dataclass(frozen=True)

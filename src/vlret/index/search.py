@@ -22,6 +22,7 @@ from PIL import Image
 from vlret.errors import ConfigError, VlretError
 from vlret.evaluate.encode import FeatureTable, read_table
 from vlret.evaluate.ranking import stable_topk
+from vlret.index.choice import FAISS_LABELS
 from vlret.index.columns import StringTable
 from vlret.index.ondisk import read_on_disk
 from vlret.models.base import Features
@@ -82,10 +83,20 @@ def _read_json(path: Path):
 class _Vectors:
     """One searchable set: embeddings (memory-mapped) plus a FAISS index or exact search."""
 
-    def __init__(self, embeddings: np.ndarray, faiss_index=None, nprobe: int = 1, refine: int = 0):
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        faiss_index=None,
+        nprobe: int = 1,
+        refine: int = 0,
+        labels: np.ndarray | None = None,
+    ):
+        """``labels``: the FAISS label of each row, ascending, for an index an update added to and removed
+        from (:mod:`vlret.index.update`); None when the labels are the row numbers."""
         self.embeddings = embeddings
         self.faiss_index = faiss_index
         self.refine = refine
+        self.labels = labels
         if faiss_index is not None and hasattr(faiss_index, "nprobe"):
             faiss_index.nprobe = nprobe
 
@@ -99,6 +110,8 @@ class _Vectors:
         fetch = k * self.refine if self.refine else k
         scores, ids = self.faiss_index.search(query, min(fetch, len(self.embeddings)))
         ids = ids[0][ids[0] >= 0]
+        if self.labels is not None:
+            ids = np.searchsorted(self.labels, ids)
         if self.refine:  # re-score the candidates exactly from the stored vectors
             exact = self.embeddings[np.sort(ids)] @ query[0]
             order = np.lexsort((np.sort(ids), -exact))[:k]
@@ -188,7 +201,12 @@ class Searcher:
                 "items.* / embeddings.npy / faiss.index",
                 f"they disagree on the number of items ({len(self.items)}, {len(embeddings)}, {indexed})",
             )
-        return _Vectors(embeddings, faiss_index, nprobe, refine)
+        labels = None
+        if faiss_index is not None and (self.path / FAISS_LABELS).is_file():
+            labels = self._read(FAISS_LABELS, np.load)
+            if len(labels) != len(embeddings) or (len(labels) > 1 and not (np.diff(labels) > 0).all()):
+                self._damaged(FAISS_LABELS, "it must hold one ascending label per item")
+        return _Vectors(embeddings, faiss_index, nprobe, refine, labels)
 
     def _read_faiss_index(self):
         """The FAISS index, its inverted lists left on disk when it was built so; None for an exact index
