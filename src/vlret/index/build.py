@@ -399,7 +399,7 @@ def build_index(
         previous = None if rebuild else _current_version(out)
         change = None
         if previous is not None:
-            change = _plan_update(job, out.resolve(), verify, settle_seconds, allow_mass_removal)
+            change = _plan_update(job, out.resolve(), verify, settle_seconds, allow_mass_removal, retrain)
             if change is None or (change.is_empty and not retrain):
                 job.report(f"index {out}: up to date, nothing to encode")
                 return out if assemble else None
@@ -436,11 +436,13 @@ def build_index(
         return assemble_update(job, folders, out.resolve(), change, retrain)
 
 
-def _plan_update(job: _Job, previous: Path, verify: bool, settle: float, allow_mass_removal: bool):
+def _plan_update(
+    job: _Job, previous: Path, verify: bool, settle: float, allow_mass_removal: bool, retrain: bool
+):
     """What an update of the index at ``previous`` encodes, keeps and removes (:mod:`vlret.index.sources`);
     None when an item list with repeated paths needs a full build. Settings that differ are refused."""
     meta = read_json(previous / "index.json")
-    problem = update_problem(meta, job.settings, job.on_disk, job.memory_budget_bytes)
+    problem = update_problem(meta, job.settings, job.on_disk, job.memory_budget_bytes, retrain)
     if problem:
         raise ConfigError(f"{job.out}: {problem}")
     records = Records.read(previous)
@@ -492,8 +494,11 @@ REBUILD_SETTINGS = ("source", "model", "model_fingerprint", "first_stage", "firs
                     "token_dtype", "video")  # fmt: skip
 
 
-def update_problem(meta: dict, settings: dict, on_disk: bool, memory_budget_bytes: int | None) -> str | None:
-    """Why an index (``index.json``'s ``meta``) cannot be updated with these settings; None when it can."""
+def update_problem(
+    meta: dict, settings: dict, on_disk: bool, memory_budget_bytes: int | None, retrain: bool = False
+) -> str | None:
+    """Why an index (``index.json``'s ``meta``) cannot be updated with these settings; None when it can
+    (another storage or memory budget only with ``retrain``, which makes the search structure again)."""
     before = meta.get("build")
     if before is None:
         return (
@@ -511,7 +516,9 @@ def update_problem(meta: dict, settings: dict, on_disk: bool, memory_budget_byte
             "a full build is needed: run with --rebuild"
         )
     storage = "on_disk" if on_disk else "memory"
-    if meta.get("storage") != storage or meta.get("memory_budget_bytes") != memory_budget_bytes:
+    if not retrain and (
+        meta.get("storage") != storage or meta.get("memory_budget_bytes") != memory_budget_bytes
+    ):
         return (
             f"the index is stored {meta.get('storage')} with memory budget {meta.get('memory_budget_bytes')}, and "
             f"this build asks {storage} with {memory_budget_bytes}: its search structure must be made again; "
@@ -687,8 +694,6 @@ def _assemble(job: _Job, folders: list[Path]) -> Path:
     meta = index_meta(job, len(embeddings), int(embeddings.shape[1]), n_captions, choice, storage)
     meta["skipped"] = [{"file": s["file"], "reason": s["reason"]} for s in skipped]
     write_json(work / "index.json", meta)
-    shutil.rmtree(work / "chunks")
-    (work / "manifest.json").unlink()
     return _publish(work, job.out)
 
 
@@ -821,6 +826,9 @@ def _index_captions(
 
 
 def _publish(work: Path, out: Path) -> Path:
+    """Move the finished ``work`` folder into place as the new version and point ``out`` at it; its build
+    files (chunks, manifest) are removed after, so a build killed before the switch finds them and
+    assembles again without encoding."""
     versions = out.with_name(out.name + ".versions")
     versions.mkdir(exist_ok=True)
     version = versions / f"v-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
@@ -830,6 +838,8 @@ def _publish(work: Path, out: Path) -> Path:
     os.symlink(os.path.relpath(version, out.parent), link)
     previous = out.resolve() if out.is_symlink() else None
     os.replace(link, out)  # atomic: readers see the old version or the new one
+    shutil.rmtree(version / "chunks", ignore_errors=True)
+    (version / "manifest.json").unlink(missing_ok=True)
     # the version before stays on disk, so that every replica of a server resolves the links any of them
     # gave out from it; older ones go (readers that opened them keep their open files)
     keep = {version.resolve(), previous}

@@ -123,8 +123,6 @@ def assemble_update(job: _Job, folders: list[Path], previous: Path, change: Chan
         meta["choice"], len(embeddings), int(embeddings.shape[1]), trained_on, job.memory_budget_bytes
     )
     write_json(work / "index.json", meta)
-    shutil.rmtree(work / "chunks")
-    (work / "manifest.json").unlink()
     return _publish(work, job.out)
 
 
