@@ -441,3 +441,133 @@ def test_the_command_line_updates_and_says_what_it_did(model, photos, tmp_path, 
     assert main([*build, "--retrain"]) == 0
     assert main([*build, "--rebuild"]) == 0
     assert "update" not in json.loads((Path(out) / "index.json").read_text())
+
+
+def test_a_file_still_being_written_is_left_for_a_later_update(model, photos, tmp_path, loads):
+    _build(model, photos, tmp_path / "idx")
+    _image(600).save(photos / "60.png")  # modified just now
+    loads.clear()
+    index = _build(model, photos, tmp_path / "idx", settle_seconds=3600)
+    assert loads == [] and "60.png" not in _rows(index)
+    os.utime(photos / "60.png", ns=(10**18, 10**18 - 7200 * 10**9))  # two hours before "now"
+    index = _build(model, photos, tmp_path / "idx", settle_seconds=3600)
+    assert loads == ["60.png"] and "60.png" in _rows(index)
+
+
+def test_a_file_that_vanishes_before_it_is_read_is_dropped_not_an_error(model, photos, tmp_path, monkeypatch):
+    _build(model, photos, tmp_path / "idx")
+    _image(700).save(photos / "70.png")
+    real = build_module.key_before_reading
+
+    def deleted_first(path):
+        if Path(path).name == "70.png":
+            Path(path).unlink()
+        return real(path)
+
+    monkeypatch.setattr(build_module, "key_before_reading", deleted_first)
+    index = _build(model, photos, tmp_path / "idx")  # on_error="raise": still no error
+    rows = _rows(index)
+    assert "70.png" not in rows and len(rows) == N
+    assert Records.read(index.resolve()).paths == [f"{n:02d}.png" for n in range(N)]
+
+
+def test_a_watched_folder_follows_copies_in_few_updates(model, photos, tmp_path):
+    import threading
+
+    from vlret.index.watch import watch_folder
+
+    out = tmp_path / "idx"
+    _build(model, photos, out)
+    published = threading.Event()
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if "published" in line:
+            published.set()
+
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=watch_folder,
+        args=(photos, out, str(model)),
+        kwargs={"settle": 0.2, "stop": stop, "report": report, "chunk_size": 4},
+    )
+    watcher.start()
+    try:
+        n = 0
+        while not published.wait(3):  # a new file each time, until the watcher has seen one
+            assert n < 20, lines
+            _image(800 + n).save(photos / f"w{n:02d}.png")
+            n += 1
+        expected = {p.name for p in photos.iterdir()}
+        while {item["path"] for item in Searcher(out).items} != expected:
+            published.clear()
+            assert published.wait(30), lines
+        before = sum("published" in line for line in lines)
+        for k in range(40):  # a copy of 40 photos at once, and one removal
+            _image(900 + k).save(photos / f"copy{k:02d}.png")
+        (photos / "00.png").unlink()
+        expected = {p.name for p in photos.iterdir()}
+        while {item["path"] for item in Searcher(out).items} != expected:
+            published.clear()
+            assert published.wait(30), lines
+        assert sum("published" in line for line in lines) - before <= 3  # a few updates, not 41
+    finally:
+        stop.set()
+        watcher.join(60)
+    assert not watcher.is_alive()
+
+
+def test_the_watch_command_builds_a_missing_index_and_refuses_bad_options(model, photos, tmp_path, capsys):
+    out = str(tmp_path / "idx")
+    watch = ["index", "watch", str(photos), "--index", out]
+    assert main(watch + ["--stop-after", "1"]) == 2  # no index yet, and no model to build it with
+    assert "give --model" in capsys.readouterr().err
+    assert main([*watch, "--model", str(model), "--settle", "-1"]) == 2
+    assert "--settle" in capsys.readouterr().err
+    assert main([*watch, "--model", str(model), "--stop-after", "0"]) == 2
+    options = ["--settle", "0", "--poll", "--on-error", "raise", "--memory-gb", "1", "--stop-after", "1"]
+    assert main([*watch, "--model", str(model), *options]) == 0
+    assert "1 update(s) published" in capsys.readouterr().out
+    meta = json.loads((Path(out) / "index.json").read_text())
+    assert meta["items"] == N and meta["memory_budget_bytes"] == 2**30
+
+
+def test_video_updates_read_only_new_clips_and_another_sampling_needs_a_rebuild(
+    model, tmp_path, monkeypatch, capsys
+):
+    from vlret.data.video import write_video
+
+    clips = tmp_path / "clips"
+    for n in range(2):
+        write_video(
+            clips / f"clip{n}.mp4", [np.full((32, 32, 3), 40 * n + k, np.uint8) for k in range(10)], fps=10
+        )
+    out = str(tmp_path / "idx")
+    watch = [
+        "index",
+        "watch",
+        str(clips),
+        "--index",
+        out,
+        "--model",
+        str(model),
+        "--videos",
+        "--stop-after",
+        "1",
+    ]
+    assert main(watch) == 0  # builds the missing index: one version published
+    assert json.loads((Path(out) / "index.json").read_text())["items"] == 2
+    write_video(clips / "clip2.mp4", [np.full((32, 32, 3), 200, np.uint8) for _ in range(10)], fps=10)
+    read: list[str] = []
+    real = build_module.clip_frames
+    monkeypatch.setattr(
+        build_module, "clip_frames", lambda path, *a: read.append(Path(path).name) or real(path, *a)
+    )
+    build = ["index", "build", "--model", str(model), "--videos", str(clips), "--out", out]
+    assert main(build) == 0
+    assert read == ["clip2.mp4"]
+    capsys.readouterr()
+    assert main([*build, "--video-frames", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "video: {} in the index, {'frames': 4} now" in err and "--rebuild" in err

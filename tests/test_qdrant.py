@@ -140,7 +140,7 @@ def test_an_export_after_a_rebuild_replaces_the_old_vectors_and_search_refuses_t
     build_index(str(tmp_path / "m0"), out, dataset=data, progress=False)
     old = Searcher(out).version_key
     assert main(export) == 0
-    build_index(str(tmp_path / "m1"), out, dataset=data, progress=False)  # a new version of the same index
+    build_index(str(tmp_path / "m1"), out, dataset=data, progress=False, rebuild=True)  # a new version
     new = Searcher(out)
     assert new.version_key != old
     with pytest.raises(

@@ -101,7 +101,7 @@ def _rebuilt_while_searched(url: str, model: Path, index: Path, other_images: Pa
     searching = threading.Thread(target=search_until_stopped)
     searching.start()
     try:
-        new = build_index(str(model), index, images=other_images, progress=False).resolve().name
+        new = build_index(str(model), index, images=other_images, progress=False, rebuild=True).resolve().name
         deadline = time.monotonic() + 300  # bounds a replica that never moves; it takes a second
         in_a_row = 0
         while in_a_row < 10:  # ten answers in a row from the new version, whichever replicas gave them

@@ -246,8 +246,12 @@ def run_demo(
     paths = {k: str(out / f"result_{k}.json") for k in results}
     paths["visa"] = str(out / "visa" / "result.json")
     with clock.stage("index the test images"):
-        index = build_index(
-            str(trainer.ckpt_dir / "best" / "model"), out / "index", dataset=test, progress=False
+        index = build_index(  # the model may be a new one: a full build, not an update
+            str(trainer.ckpt_dir / "best" / "model"),
+            out / "index",
+            dataset=test,
+            progress=False,
+            rebuild=True,
         )
     with clock.stage("index and search real photos with conse"):
         photos = search_real_photos(out / "photos", out / "photos_index")

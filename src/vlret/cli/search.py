@@ -122,6 +122,37 @@ def _index_from_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlret.index.watch import watch_folder
+
+    model = args.model
+    if model is None:
+        meta_file = Path(args.index) / "index.json"
+        if not meta_file.is_file():
+            raise ConfigError(f"{args.index} is not an index yet: give --model to build it from {args.folder}")
+        model = json.loads(meta_file.read_text())["model"]
+    if not args.settle >= 0:
+        raise ConfigError(f"--settle must be a number of seconds >= 0, not {args.settle}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after must be a number of updates >= 1, not {args.stop_after}")
+    print(f"watching {args.folder} for {args.index} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    published = watch_folder(
+        args.folder,
+        args.index,
+        model,
+        videos=args.videos,
+        settle=args.settle,
+        poll=args.poll,
+        max_updates=args.stop_after,
+        on_error=args.on_error,
+        memory_budget_bytes=_memory_budget(args.memory_gb),
+    )
+    print(f"{published} update(s) published to {args.index}")
+    return 0
+
+
 def cmd_index_export(args: argparse.Namespace) -> int:
     if args.format == "qdrant":
         from vlret.index.qdrant import export_to_qdrant
@@ -352,6 +383,33 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_video_option(build)
     add_data_options(build)
     build.set_defaults(func=cmd_index_build)
+
+    watch = index_cmds.add_parser(
+        "watch",
+        help="keep an index up to date with a folder: updates as files arrive, change or leave (Ctrl-C stops)",
+    )
+    watch.add_argument("folder", help="the folder of images (or, with --videos, of videos) to follow")
+    watch.add_argument("--index", required=True, help="the index to keep up to date (built first if missing)")
+    watch.add_argument("--model", help="the model (default: the index's own; needed when it is not built yet)")
+    watch.add_argument("--videos", action="store_true", help="the folder holds videos, not images")
+    watch.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds a file must be left alone before it is read: newer ones are copies still being written",
+    )
+    watch.add_argument(
+        "--poll", action="store_true", help="poll the folder instead of waiting for events (network shares)"
+    )
+    watch.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="skip",
+        help="an unreadable file: skip and report it, or stop the update",
+    )
+    watch.add_argument("--memory-gb", type=float, help="memory budget for the index (chooses compression)")
+    watch.add_argument("--stop-after", type=int, metavar="N", help="stop after N published updates (scripts)")
+    watch.set_defaults(func=cmd_index_watch)
 
     export = index_cmds.add_parser(
         "export",
