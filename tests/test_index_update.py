@@ -571,3 +571,27 @@ def test_video_updates_read_only_new_clips_and_another_sampling_needs_a_rebuild(
     assert main([*build, "--video-frames", "4"]) == 2
     err = capsys.readouterr().err
     assert "video: {} in the index, {'frames': 4} now" in err and "--rebuild" in err
+
+
+def test_the_page_says_when_the_collection_last_changed_and_follows_an_update(model, photos, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from vlret.serve import create_app
+
+    index = _build(model, photos, tmp_path / "idx")
+    app = create_app(index, check_every=0)
+    with TestClient(app) as client:
+        health = client.get("/health").json()
+        assert (
+            health["items"] == N
+            and health["updated"] == json.loads((index / "index.json").read_text())["created"]
+        )
+        assert "last changed" in client.get("/").text
+        _image(1000).save(photos / "99.png")
+        _build(model, photos, tmp_path / "idx")
+        updated = json.loads((index / "index.json").read_text())["updated"]
+        client.get("/api/search", params={"q": "a red circle"})  # starts opening the new version
+        app.state.service.versions._loading.join()
+        health = client.get("/health").json()
+        assert health["reload_error"] is None, health["reload_error"]
+        assert health["items"] == N + 1 and health["updated"] == updated

@@ -348,6 +348,8 @@ def create_app(
         return {
             "version": version.name,  # the index version this replica serves
             "items": len(searcher.items),
+            # when this version's collection last changed: its update, or its build
+            "updated": searcher.meta.get("updated") or searcher.meta.get("created"),
             "captions": searcher.meta["captions"],
             "model": version.model_name,
             "index": searcher.meta["choice"]["kind"],
