@@ -313,3 +313,73 @@ def test_a_parquet_caption_column_of_lists_is_refused_not_read_as_its_repr(tmp_p
     pq.write_table(pa.table({"image": ["a.jpg"], "caption": [["a cat", "a pet"]]}), tmp_path / "t.parquet")
     with pytest.raises(DataError, match="row 1: 'caption' holds a list, not a single value"):
         load_dataset(tmp_path / "t.parquet")
+
+
+def _write_part(folder, n: int, vectors: np.ndarray, ids: list[str], root) -> None:
+    (folder / "img_emb").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata").mkdir(parents=True, exist_ok=True)
+    np.save(folder / "img_emb" / f"img_emb_{n}.npy", vectors)
+    table = pa.table({"image_path": [str(root / f"{i}.jpg") for i in ids], "id": ids})
+    pq.write_table(table, folder / "metadata" / f"metadata_{n}.parquet")
+
+
+def test_an_import_over_an_imported_index_is_an_update_that_keeps_rows_and_labels(tmp_path, monkeypatch):
+    from vlret.index import build as build_module
+    from vlret.index import update as update_module
+    from vlret.index.choice import FAISS_LABELS, IndexChoice
+
+    def ivf(n, dim, budget=None):
+        return IndexChoice("ivf_flat", "IVF2,Flat", 2, 0, "forced for the test")
+
+    import vlret.index.clip_retrieval as clip_module
+
+    monkeypatch.setattr(build_module, "choose_index", ivf)
+    monkeypatch.setattr(update_module, "choose_index", ivf)
+    monkeypatch.setattr(clip_module, "_check_dimension", lambda *a: None)  # random vectors: any model
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((10, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"p{n}" for n in range(10)]
+    emb, root = tmp_path / "emb", tmp_path / "media"
+    _write_part(emb, 0, vectors[:5], ids[:5], root)
+    _write_part(emb, 1, vectors[5:], ids[5:], root)
+    args = ["index", "build", "--model", "tiny-cnn", "--embeddings", str(emb), "--media-root", str(root)]
+    out = tmp_path / "idx"
+    assert main([*args, "--out", str(out)]) == 0
+    first = out.resolve()
+    assert main([*args, "--out", str(out)]) == 0 and out.resolve() == first  # nothing changed: up to date
+    changed = vectors[5:].copy()
+    changed[1] = -changed[1]  # p6's vector changed
+    _write_part(emb, 1, np.concatenate([changed[:4], rng.standard_normal((2, 16)).astype(np.float32)]),
+                ["p5", "p6", "p7", "p8", "q0", "q1"], root)  # fmt: skip
+    trained: list[str] = []
+    monkeypatch.setattr(build_module, "train_ivf", lambda f, v: trained.append(f))
+    assert main([*args, "--out", str(out)]) == 0  # p9 removed, p6 changed, q0 and q1 added
+    assert trained == []
+    version = out.resolve()
+    meta = __import__("json").loads((version / "index.json").read_text())
+    assert meta["update"] == {"unchanged": 8, "new": 2, "edited": 1, "removed": 1}
+    # rows 0..8 kept but p6 (row 6) and p9 (row 9): labels 0-5, 7, 8 kept; p6, q0, q1 take 10, 11, 12
+    assert np.load(version / FAISS_LABELS).tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 10, 11, 12]
+    searcher = Searcher(out)
+    assert [searcher.items[n]["id"] for n in range(len(searcher.items))] == [
+        "p0", "p1", "p2", "p3", "p4", "p5", "p7", "p8", "p6", "q0", "q1"
+    ]  # fmt: skip
+    assert searcher.images.embeddings[0].tobytes() == vectors[0].tobytes()
+    hits = searcher.image_hits(np.asarray(changed[1]), 1)
+    assert hits[0].id == "p6" and abs(hits[0].score - 1) < 1e-5
+    with pytest.raises(ConfigError, match="--retrain"):
+        import_embeddings("tiny-cnn", emb, out, root, on_disk=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(clip_module, "_check_dimension", lambda *a: None)
+    assert main([*args, "--out", str(out), "--retrain", "--on-disk"]) == 0
+    assert not (out.resolve() / FAISS_LABELS).exists()
+    _write_part(emb, 1, vectors[5:6], ["p5"], root)
+    (emb / "img_emb" / "img_emb_0.npy").unlink()
+    (emb / "metadata" / "metadata_0.parquet").unlink()
+    with pytest.raises(ConfigError, match=r"remove 10 of the index's 11 items"):
+        import_embeddings("tiny-cnn", emb, out, root, on_disk=True)
+    assert main([*args, "--out", str(out), "--on-disk", "--allow-mass-removal"]) == 0
+    assert len(Searcher(out).items) == 1
+    assert main([*args, "--out", str(out), "--rebuild"]) == 0
+    assert "update" not in __import__("json").loads((out / "index.json").read_text())

@@ -245,6 +245,16 @@ STAND_INS: dict[str, Step] = {
     'vlret search ~/photos.vlret "a large red circle in the top left" -k 5': AS_WRITTEN,
     "vlret search ~/photos.vlret --image query.jpg --json": AS_WRITTEN,
     "vlret serve ~/photos.vlret --port 8000": AS_WRITTEN,
+    "vlret index build --model runs/demo/train/checkpoints/best/model --images ~/photos --out ~/photos.vlret "
+    "--verify": AS_WRITTEN,
+    "vlret index build --model runs/demo/train/checkpoints/best/model --images ~/photos --out ~/photos.vlret "
+    "--retrain": AS_WRITTEN,
+    "vlret index build --model runs/demo/train/checkpoints/best/model --images ~/photos --out ~/photos.vlret "
+    "--rebuild": AS_WRITTEN,
+    "vlret index watch ~/photos --index ~/photos.vlret": Step(
+        "runs until Ctrl-C: test_index_update.py watches a folder through events and the command line",
+        exempt=True,
+    ),
     "vlret index build --model M --images /data/photos --out /shared/photos.vlret --shard $SLURM_ARRAY_TASK_ID/8": Step(
         "every task of the array, 0 to 7",
         also=tuple({"$SLURM_ARRAY_TASK_ID": str(i)} for i in range(8)),

@@ -109,7 +109,15 @@ def _index_from_embeddings(args: argparse.Namespace) -> int:
 
     budget = _memory_budget(args.memory_gb)
     path = import_embeddings(
-        args.model, args.embeddings, args.out, args.media_root, args.on_disk, memory_budget_bytes=budget
+        args.model,
+        args.embeddings,
+        args.out,
+        args.media_root,
+        args.on_disk,
+        memory_budget_bytes=budget,
+        rebuild=args.rebuild,
+        retrain=args.retrain,
+        allow_mass_removal=args.allow_mass_removal,
     )
     meta = json.loads((path / "index.json").read_text())
     print(f"index {path}: {meta['items']} items from {args.embeddings}, {meta['choice']['kind']}")
@@ -131,7 +139,9 @@ def cmd_index_watch(args: argparse.Namespace) -> int:
     if model is None:
         meta_file = Path(args.index) / "index.json"
         if not meta_file.is_file():
-            raise ConfigError(f"{args.index} is not an index yet: give --model to build it from {args.folder}")
+            raise ConfigError(
+                f"{args.index} is not an index yet: give --model to build it from {args.folder}"
+            )
         model = json.loads(meta_file.read_text())["model"]
     if not args.settle >= 0:
         raise ConfigError(f"--settle must be a number of seconds >= 0, not {args.settle}")
@@ -390,7 +400,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     watch.add_argument("folder", help="the folder of images (or, with --videos, of videos) to follow")
     watch.add_argument("--index", required=True, help="the index to keep up to date (built first if missing)")
-    watch.add_argument("--model", help="the model (default: the index's own; needed when it is not built yet)")
+    watch.add_argument(
+        "--model", help="the model (default: the index's own; needed when it is not built yet)"
+    )
     watch.add_argument("--videos", action="store_true", help="the folder holds videos, not images")
     watch.add_argument(
         "--settle",

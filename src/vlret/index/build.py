@@ -755,11 +755,18 @@ def index_embeddings(
     on_disk: bool = False,
     memory_budget_bytes: int | None = None,
     source: str | None = None,
+    rebuild: bool = False,
+    retrain: bool = False,
+    allow_mass_removal: bool = False,
 ) -> Path:
     """Publish an index over embeddings computed elsewhere (clip-retrieval's, say) for items ``ids`` at
     ``paths`` (relative to ``media_root``); queries are encoded by ``model_name``, which must be the
     model that made the embeddings. Rows are L2-normalised here (those of unit length already are kept as
-    they are); ``source`` is recorded."""
+    they are); ``source`` is recorded.
+
+    Over an index imported before with the same model, it is an update (:func:`vlret.index.update.
+    update_imported`): items with the same id and vector keep their rows, and an IVF index is not trained
+    again. ``rebuild`` replaces the index instead; ``retrain`` makes its search structure again."""
     out = Path(out)
     if out.exists() and not out.is_symlink():
         raise ConfigError(f"{out} exists and is not a vlret index link; choose another path")
@@ -768,10 +775,20 @@ def index_embeddings(
             f"{len(embeddings)} embeddings for {len(ids)} ids and {len(paths)} paths: give one row per item"
         )
     model_name = canonical_model_name(model_name)
+    root = Path(media_root).resolve()
+    previous = None if rebuild else _current_version(out)
+    if previous is not None:
+        problem = _import_problem(
+            read_json(out.resolve() / "index.json"), model_name, root, embeddings.shape[1],
+            on_disk, memory_budget_bytes, retrain,
+        )  # fmt: skip
+        if problem:
+            raise ConfigError(f"{out}: {problem}")
     work = out.with_name(out.name + ".building")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    vectors = open_memmap(work / "embeddings.npy", "w+", np.float32, tuple(embeddings.shape))
+    incoming = work / ("incoming.npy" if previous is not None else "embeddings.npy")
+    vectors = open_memmap(incoming, "w+", np.float32, tuple(embeddings.shape))
     for start in range(0, len(embeddings), 65536):  # a part at a time: the input may be memory-mapped
         part = np.asarray(embeddings[start : start + 65536], dtype=np.float32)
         norms = np.linalg.norm(part, axis=1, keepdims=True)
@@ -783,24 +800,67 @@ def index_embeddings(
         # rows already of unit length are kept bit for bit (an exported index comes back unchanged)
         vectors[start : start + len(part)] = part / np.where(np.abs(norms - 1) <= 1e-6, 1, norms)
     vectors.flush()
-    write_columns(work, "items", {"id": list(ids), "path": list(paths)}, sort_by="id")
-    choice = choose_index(len(vectors), vectors.shape[1], memory_budget_bytes)
-    storage = write_faiss_index(vectors, choice, work, on_disk)
-    meta = _index_meta(
-        model_name,
-        Path(media_root).resolve(),
-        len(vectors),
-        vectors.shape[1],
-        0,
-        choice,
-        storage,
-        memory_budget_bytes,
-    )
+    del vectors
+    n, dim = embeddings.shape
+    if previous is None:
+        vectors = np.load(incoming, mmap_mode="r")
+        write_columns(work, "items", {"id": list(ids), "path": list(paths)}, sort_by="id")
+        choice = choose_index(n, dim, memory_budget_bytes)
+        storage = write_faiss_index(vectors, choice, work, on_disk)
+        meta = _index_meta(model_name, root, n, dim, 0, choice, storage, memory_budget_bytes)
+        meta["trained_on"] = n
+    else:
+        from vlret.index.update import retrain_due, update_imported
+
+        args = (ids, paths, work, on_disk, memory_budget_bytes, retrain, allow_mass_removal)
+        result = update_imported(out.resolve(), incoming, *args)
+        if result is None:
+            shutil.rmtree(work)
+            return out  # up to date
+        fields, _ = result
+        choice, storage = fields.pop("choice"), fields.pop("storage")
+        meta = _index_meta(model_name, root, n, dim, 0, choice, storage, memory_budget_bytes)
+        meta.update({k: v for k, v in fields.items() if v is not None})
+        meta["retrain_due"] = retrain_due(meta["choice"], n, dim, meta["trained_on"], memory_budget_bytes)
     meta["imported_from"] = source
     # paths left absolute lie outside the media root: indexed and searchable, never served
     meta["outside_media_root"] = sum(1 for p in paths if os.path.isabs(p))
     write_json(work / "index.json", meta)
     return _publish(work, out)
+
+
+def _import_problem(
+    meta: dict,
+    model_name: str,
+    root: Path,
+    dim: int,
+    on_disk: bool,
+    memory_budget_bytes: int | None,
+    retrain: bool,
+) -> str | None:
+    """Why an import cannot update the index whose ``index.json`` is ``meta`` (None: it can)."""
+    if meta.get("imported_from") is None:
+        return "it was built from files, not imported from embeddings: replace it with --rebuild"
+    differ = [
+        f"{name}: {before!r} in the index, {now!r} now"
+        for name, before, now in (
+            ("model", meta.get("model"), model_name),
+            ("media root", meta.get("media_root"), str(root)),
+            ("dimension", meta.get("dim"), dim),
+        )
+        if before != now
+    ]
+    if differ:
+        return f"an update must keep the index's model, media root and dimension ({'; '.join(differ)}): run with --rebuild"
+    storage = "on_disk" if on_disk else "memory"
+    if not retrain and (
+        meta.get("storage") != storage or meta.get("memory_budget_bytes") != memory_budget_bytes
+    ):
+        return (
+            f"the index is stored {meta.get('storage')} with memory budget {meta.get('memory_budget_bytes')}, and "
+            f"this import asks {storage} with {memory_budget_bytes}: run with --retrain or --rebuild"
+        )
+    return None
 
 
 def _index_captions(

@@ -119,8 +119,12 @@ def import_embeddings(
     media_root: str | Path | None = None,
     on_disk: bool = False,
     memory_budget_bytes: int | None = None,
+    rebuild: bool = False,
+    retrain: bool = False,
+    allow_mass_removal: bool = False,
 ) -> Path:
-    """Publish a vlret index from a clip-retrieval embeddings folder. Item paths come from
+    """Publish a vlret index from a clip-retrieval embeddings folder (over an index imported before, an
+    update: :func:`~vlret.index.build.index_embeddings`). Item paths come from
     ``image_path`` (relative to ``media_root``, by default the folder all of them share), ids from an
     ``id`` column when there is one, else the paths. The model must be the one that made the embeddings:
     its dimension is checked."""
@@ -155,8 +159,9 @@ def import_embeddings(
     relative = [_relative(p, root) for p in image_paths]
     _check_dimension(model_name, embeddings.shape[1], folder)
     return index_embeddings(
-        model_name, out, embeddings, ids, relative, root, on_disk, memory_budget_bytes, source=str(folder)
-    )
+        model_name, out, embeddings, ids, relative, root, on_disk, memory_budget_bytes, source=str(folder),
+        rebuild=rebuild, retrain=retrain, allow_mass_removal=allow_mass_removal,
+    )  # fmt: skip
 
 
 def _read_vectors(path: Path) -> np.ndarray:

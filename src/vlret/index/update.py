@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vlret.data._io import read_json, write_json
-from vlret.errors import DataError
+from vlret.errors import ConfigError, DataError
 from vlret.evaluate.encode import FeatureTable, encode_texts, read_table
 from vlret.index.build import (
     HEAD_CAPTIONS,
@@ -44,7 +44,7 @@ from vlret.index.build import (
 )
 from vlret.index.choice import FAISS_LABELS, IndexChoice, choose_index
 from vlret.index.columns import StringTable, write_columns
-from vlret.index.sources import Change, FileKey, Records
+from vlret.index.sources import MASS_REMOVAL_SHARE, Change, FileKey, Records
 
 #: growth (or shrinkage) since training past which a retrain is due
 RETRAIN_FACTOR = 2.0
@@ -108,7 +108,9 @@ def assemble_update(job: _Job, folders: list[Path], previous: Path, change: Chan
     n_captions = 0
     if job.dataset is not None and job.dataset.captions:
         n_captions = _update_captions(job, previous, old_meta, {by_path[p] for p in paths})
-    choice, storage, trained_on = _update_search(job, previous, old_meta, embeddings, old_rows, retrain)
+    choice, storage, trained_on = _update_search(
+        previous, old_meta, embeddings, old_rows, work, job.on_disk, job.memory_budget_bytes, retrain
+    )
     meta = index_meta(job, len(embeddings), int(embeddings.shape[1]), n_captions, choice, storage)
     meta["created"] = old_meta.get("created", meta["created"])
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -205,26 +207,29 @@ def _update_captions(job: _Job, previous: Path, old_meta: dict, kept_ids: set[st
 
 
 def _update_search(
-    job: _Job, previous: Path, old_meta: dict, embeddings: np.ndarray, old_rows: np.ndarray, retrain: bool
+    previous: Path,
+    old_meta: dict,
+    embeddings: np.ndarray,
+    old_rows: np.ndarray,
+    work: Path,
+    on_disk: bool,
+    memory_budget_bytes: int | None,
+    retrain: bool,
 ) -> tuple[IndexChoice, str, int]:
-    """Write the new version's search structure; returns its choice, storage and the size it was
-    trained on."""
+    """Write the new version's search structure into ``work``; returns its choice, storage and the size it
+    was trained on. ``old_rows``: the previous version's rows that the new version's first rows are."""
     old_choice = IndexChoice(**old_meta["choice"])
     n, dim = embeddings.shape
     trained_on = int(old_meta.get("trained_on", old_meta["items"]))
     if retrain:
-        choice = choose_index(n, dim, job.memory_budget_bytes)
-        return choice, write_faiss_index(embeddings, choice, job.work, job.on_disk), n
+        choice = choose_index(n, dim, memory_budget_bytes)
+        return choice, write_faiss_index(embeddings, choice, work, on_disk), n
     if old_choice.kind == "exact":
-        return (
-            old_choice,
-            write_faiss_index(embeddings, old_choice, job.work, job.on_disk),
-            trained_on,
-        )
-    if job.on_disk:
-        _refill_on_disk(previous, embeddings, job.work)
+        return old_choice, write_faiss_index(embeddings, old_choice, work, on_disk), trained_on
+    if on_disk:
+        _refill_on_disk(previous, embeddings, work)
         return old_choice, "on_disk", trained_on
-    _add_and_remove(previous, int(old_meta["items"]), embeddings, old_rows, job.work)
+    _add_and_remove(previous, int(old_meta["items"]), embeddings, old_rows, work)
     return old_choice, "memory", trained_on
 
 
@@ -284,3 +289,74 @@ def retrain_due(
             "its lists were cut for another size. Run the update with --retrain"
         )
     return None
+
+
+def update_imported(
+    previous: Path,
+    incoming: Path,
+    ids: list[str],
+    paths: list[str],
+    work: Path,
+    on_disk: bool,
+    memory_budget_bytes: int | None,
+    retrain: bool,
+    allow_mass_removal: bool,
+) -> tuple[dict, dict] | None:
+    """An update of an index imported from embeddings (``--embeddings``): an item whose id the index holds
+    with the same vector keeps its row and label; others are added, ids that are gone removed. The rows
+    of ``incoming`` (normalised) are written into ``work`` in the new order, with the items and the search
+    structure; returns ``(meta fields, counts)``, or None when nothing changed."""
+    from vlret.index.search import ITEM_FIELDS
+
+    old_meta = read_json(previous / "index.json")
+    old_items = StringTable.open(previous, "items", ITEM_FIELDS)
+    old_embeds = np.load(previous / "embeddings.npy", mmap_mode="r")
+    vectors = np.load(incoming, mmap_mode="r")
+    carried: list[tuple[int, int]] = []  # (old row, incoming row)
+    added: list[int] = []
+    for i, item_id in enumerate(ids):
+        try:
+            row = old_items.number_of(item_id)
+        except KeyError:
+            added.append(i)
+            continue
+        if old_embeds[row].tobytes() == vectors[i].tobytes():
+            carried.append((row, i))
+        else:
+            added.append(i)
+    listed = set(ids)
+    removed = sum(1 for item in old_items if item["id"] not in listed)
+    counts = {"unchanged": len(carried), "new": len(added) - (len(old_items) - removed - len(carried)),
+              "edited": len(old_items) - removed - len(carried), "removed": removed}  # fmt: skip
+    if removed > MASS_REMOVAL_SHARE * len(old_items) and not allow_mass_removal:
+        raise ConfigError(
+            f"the update would remove {removed} of the index's {len(old_items)} items "
+            f"({removed / len(old_items):.0%}, more than {MASS_REMOVAL_SHARE:.0%}): are these the right "
+            "embeddings? If the items were deleted on purpose, run again with --allow-mass-removal"
+        )
+    carried.sort()
+    old_paths = {old_items[row]["path"]: row for row, _ in carried}
+    same_paths = all(old_paths.get(paths[i]) == row for row, i in carried)
+    if not added and not removed and same_paths and not retrain:
+        return None
+    order = np.array([i for _, i in carried] + added, dtype=np.int64)
+    join_tables([FeatureTable(_Taken(vectors, order))], work, "ordered")
+    incoming.unlink()
+    os.replace(work / "ordered.embeds.npy", work / "embeddings.npy")
+    embeddings = np.load(work / "embeddings.npy", mmap_mode="r")
+    write_columns(
+        work, "items", {"id": [ids[i] for i in order], "path": [paths[i] for i in order]}, sort_by="id"
+    )
+    old_rows = np.array([row for row, _ in carried], dtype=np.int64)
+    choice, storage, trained_on = _update_search(
+        previous, old_meta, embeddings, old_rows, work, on_disk, memory_budget_bytes, retrain
+    )
+    fields = {
+        "choice": choice,
+        "storage": storage,
+        "trained_on": trained_on,
+        "created": old_meta.get("created"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "update": counts,
+    }
+    return fields, counts
