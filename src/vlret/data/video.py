@@ -38,7 +38,9 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpe
 
 
 def is_video_path(path: str | Path) -> bool:
-    return Path(str(path)).suffix.lower() in VIDEO_SUFFIXES
+    name = os.path.basename(str(path))  # string work: called once per file of a collection
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in VIDEO_SUFFIXES
 
 
 #: the most frames a clip is sampled to: 256 frames of 224 x 224 pixels are 150 MB of float32 per clip (the

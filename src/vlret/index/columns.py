@@ -56,6 +56,11 @@ class StringColumn:
         start, stop = int(self.offsets[n]), int(self.offsets[n + 1])
         return bytes(self.blob[start:stop]).decode("utf-8")
 
+    def all(self) -> list[str]:
+        """Every value, in one read (for a whole-table pass: an update's records)."""
+        blob, offsets = bytes(self.blob), np.asarray(self.offsets).tolist()
+        return [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
 
 class StringTable:
     """Rows of string fields: ``table[n]`` is a dict, ``table.number_of(id)`` the row with that id."""

@@ -17,6 +17,8 @@ another stat at the next update and is read again; its digest then decides.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +53,19 @@ def _holder(path: Path) -> tuple[Path, str | None]:
     return (path, None) if inside is None else inside
 
 
-def file_stat(path: Path) -> tuple[int, int] | None:
+def file_stat(path: str | Path) -> tuple[int, int] | None:
     """``(size, mtime_ns)`` of the file holding ``path`` (following links); None when it is gone."""
-    holder, _ = _holder(path)
     try:
-        st = holder.stat()
+        st = os.stat(path)  # one call for a plain file: an update stats every file of the collection
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size, st.st_mtime_ns
+    except OSError:
+        pass
+    inside = tar_member(Path(path))
+    if inside is None:
+        return None
+    try:
+        st = os.stat(inside[0])
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
@@ -76,11 +86,11 @@ def content_digest(path: Path) -> str | None:
 
 def key_before_reading(path: Path) -> FileKey | None:
     """The key to record for a file about to be read (None when it is gone)."""
-    stat = file_stat(path)
+    found = file_stat(path)
     digest = content_digest(path)
-    if stat is None or digest is None:
+    if found is None or digest is None:
         return None
-    return FileKey(stat[0], stat[1], digest)
+    return FileKey(found[0], found[1], digest)
 
 
 def checked_after_reading(path: Path, key: FileKey | None) -> FileKey | None:
@@ -116,8 +126,7 @@ class Records:
         table = StringTable.open(folder, RECORDS, ("path", "digest"), key=None)
         stats = np.load(folder / f"{RECORDS}.stat.npy")
         rows = np.load(folder / f"{RECORDS}.row.npy")
-        paths = [table.columns["path"][n] for n in range(len(table))]
-        digests = [table.columns["digest"][n] for n in range(len(table))]
+        paths, digests = table.columns["path"].all(), table.columns["digest"].all()
         keys = [FileKey(int(s), int(m), d) for (s, m), d in zip(stats.tolist(), digests, strict=True)]
         return cls(paths, keys, rows)
 
@@ -180,12 +189,12 @@ def plan_change(
             dropped_digests.setdefault(records.keys[n].digest, n)
     keep = np.ones(len(paths), dtype=bool)
     for n, rel in enumerate(paths):
-        stat = file_stat(root / rel)
-        if stat is None:  # gone since it was listed
+        found = file_stat(os.path.join(root, rel))
+        if found is None:  # gone since it was listed
             keep[n] = False
             continue
         r = old.get(rel)
-        if settle_seconds > 0 and now_ns - stat[1] < settle_seconds * 1e9:
+        if settle_seconds > 0 and now_ns - found[1] < settle_seconds * 1e9:
             deferred.append(rel)
             if r is None:
                 keep[n] = False
@@ -197,7 +206,7 @@ def plan_change(
             digest = content_digest(root / rel)
             if digest is not None and digest in dropped_digests:
                 src = dropped_digests.pop(digest)
-                kept[n], keys[n] = _carried(records, src), FileKey(stat[0], stat[1], digest)
+                kept[n], keys[n] = _carried(records, src), FileKey(found[0], found[1], digest)
                 used.add(src)
                 counts["moved"] += 1
             else:
@@ -205,7 +214,7 @@ def plan_change(
                 counts["new"] += 1
             continue
         key = records.keys[r]
-        same_stat = (key.size, key.mtime_ns) == stat
+        same_stat = (key.size, key.mtime_ns) == found
         if same_stat and not verify:
             kept[n], keys[n] = _carried(records, r), key
             used.add(r)
@@ -213,7 +222,7 @@ def plan_change(
             continue
         digest = content_digest(root / rel)
         if digest is not None and digest == key.digest and key.digest != UNSTABLE:
-            kept[n], keys[n] = _carried(records, r), FileKey(stat[0], stat[1], digest)
+            kept[n], keys[n] = _carried(records, r), FileKey(found[0], found[1], digest)
             used.add(r)
             counts["skipped_known" if records.rows[r] < 0 else "unchanged" if same_stat else "touched"] += 1
         else:
