@@ -595,3 +595,20 @@ def test_the_page_says_when_the_collection_last_changed_and_follows_an_update(mo
         health = client.get("/health").json()
         assert health["reload_error"] is None, health["reload_error"]
         assert health["items"] == N + 1 and health["updated"] == updated
+
+
+def test_a_sharded_update_encodes_only_the_changed_files_split_between_the_shards(
+    model, photos, tmp_path, loads
+):
+    index = _build(model, photos, tmp_path / "idx")
+    version = index.resolve()
+    for n in range(20, 30):  # ten new files: chunks of 4 -> chunks 0, 1, 2
+        _image(100 + n).save(photos / f"{n}.png")
+    loads.clear()
+    assert _build(model, photos, tmp_path / "idx", shard=(0, 2)) is None  # chunks 0 and 2; 1 still missing
+    assert sorted(loads) == ["20.png", "21.png", "22.png", "23.png", "28.png", "29.png"]
+    assert index.resolve() == version  # nothing published yet
+    loads.clear()
+    _build(model, photos, tmp_path / "idx", shard=(1, 2))  # the last shard assembles
+    assert sorted(loads) == ["24.png", "25.png", "26.png", "27.png"]
+    assert index.resolve() != version and len(Searcher(index).items) == N + 10
