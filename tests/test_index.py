@@ -1,6 +1,7 @@
 """The index: build from a folder or a dataset, search every direction, resume a killed build, swap atomically."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -281,3 +282,42 @@ def test_an_index_goes_into_folders_not_made_yet(model_dir, synth_data, tmp_path
     images = str(synth_data.parent / "images")
     assert main(["index", "build", "--model", str(model_dir), "--images", images, "--out", "a/b/idx"]) == 0
     assert (tmp_path / "a" / "b" / "idx" / "index.json").is_file()
+
+
+def test_several_queries_share_one_model_load(model_dir, synth_data, tmp_path, capsys, monkeypatch):
+    index = build_index(
+        str(model_dir), tmp_path / "idx", images=synth_data.parent / "images" / "test", progress=False
+    )
+    loads = []
+    real = Searcher._load_model
+    monkeypatch.setattr(Searcher, "_load_model", lambda self, ref: loads.append(ref) or real(self, ref))
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a blue square\n\n  a green triangle  \n")
+    assert main(["search", str(index), "a red circle", "--queries", str(queries), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert len(loads) == 1  # one model for the three queries
+    assert [line for line in out.splitlines() if line.startswith("# ")] == [
+        "# a red circle", "# a blue square", "# a green triangle"
+    ]  # fmt: skip
+    one = Searcher(index).text_to_image("a green triangle", k=2)
+    tail = out.split("# a green triangle")[1].split()
+    assert tail[2] == one[0].path and tail[5] == one[1].path
+    assert main(["search", str(index), "a red circle", "a blue square", "-k", "1", "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [a["query"] for a in answers] == ["a red circle", "a blue square"] and len(answers[0]["hits"]) == 1
+    picture = str(
+        synth_data.parent / "images" / "test" / sorted(os.listdir(synth_data.parent / "images" / "test"))[0]
+    )
+    assert main(["search", str(index), "--image", picture, "--image", picture, "-k", "1", "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert answers[0]["hits"] == answers[1]["hits"] and answers[0]["query"] == picture
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    for args, message in (
+        (["--queries", str(tmp_path / "none.txt")], "none.txt: file not found"),
+        (["--queries", str(empty)], "empty.txt: no query in it"),
+        (["a cat", "--image", picture], "not both"),
+        ([], "not both and not neither"),
+    ):
+        assert main(["search", str(index), *args]) == 2
+        assert message in capsys.readouterr().err

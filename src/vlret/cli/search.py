@@ -204,26 +204,35 @@ def item_vectors(args: argparse.Namespace):
     return partial(QdrantVectors, args.qdrant, args.collection or default_collection(args.index))
 
 
+def _query_texts(args: argparse.Namespace) -> list[str]:
+    """The query texts: those given on the line, then those of ``--queries FILE`` (one per line)."""
+    from pathlib import Path
+
+    texts = list(args.query)
+    if args.queries:
+        path = Path(args.queries)
+        if not path.is_file():
+            raise ConfigError(f"--queries {path}: file not found (one query text per line)")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts += [line.strip() for line in lines if line.strip()]
+        if not any(line.strip() for line in lines):
+            raise ConfigError(f"--queries {path}: no query in it (one query text per line)")
+    return texts
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from vlret.index import Searcher
 
+    texts, images = _query_texts(args), list(args.image or [])
+    if bool(texts) == bool(images):
+        raise ConfigError("give query texts (or --queries FILE) or --image PATH, not both and not neither")
     searcher = Searcher(args.index, item_vectors=item_vectors(args))
-    if (args.query is None) == (args.image is None):
-        raise ConfigError("give a query text or --image PATH (one of them)")
-    if args.image:
-        hits = (
-            searcher.image_to_text(args.image, args.k)
-            if args.target == "captions"
-            else searcher.image_to_image(args.image, args.k)
-        )
-    else:
-        hits = (
-            searcher.text_to_text(args.query, args.k)
-            if args.target == "captions"
-            else searcher.text_to_image(args.query, args.k)
-        )
-    if args.query is not None:
-        unknown = searcher.unknown_words(args.query)
+    # every query is encoded in one model call: the model is loaded once, however many there are
+    queries = searcher.text_queries(texts) if texts else searcher.image_queries(images)
+    find = searcher.caption_hits if args.target == "captions" else searcher.image_hits
+    answers = [(label, find(query, args.k)) for label, query in zip(texts or images, queries, strict=True)]
+    for text in texts:
+        unknown = searcher.unknown_words(text)
         if unknown:
             print(
                 f"note: the model does not know {', '.join(unknown)} (each is read as one unknown word)",
@@ -232,11 +241,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     for warning in searcher.meta.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print_json([h.as_dict() for h in hits])
+        if len(answers) == 1:
+            print_json([h.as_dict() for h in answers[0][1]])
+        else:
+            print_json([{"query": label, "hits": [h.as_dict() for h in hits]} for label, hits in answers])
         return 0
-    for h in hits:
-        first = "" if h.first_stage_score is None else f"  (shortlist {h.first_stage_score:.4f})"
-        print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.text}{first}")
+    for label, hits in answers:
+        if len(answers) > 1:
+            print(f"# {label}")
+        for h in hits:
+            first = "" if h.first_stage_score is None else f"  (shortlist {h.first_stage_score:.4f})"
+            print(f"{h.rank:>3}  {h.score:.4f}  {h.path or h.text}{first}")
     return 0
 
 
@@ -446,8 +461,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     search = commands.add_parser("search", help="search an index by text or by image")
     search.add_argument("index")
-    search.add_argument("query", nargs="?", help="query text")
-    search.add_argument("--image", help="query image file")
+    search.add_argument(
+        "query", nargs="*", help="query texts (several share one model load: 'a cat' 'a red car' ...)"
+    )
+    search.add_argument("--queries", metavar="FILE", help="a file of query texts, one per line")
+    search.add_argument("--image", action="append", help="query image file (repeat for several)")
     search.add_argument("--target", choices=["images", "captions"], default="images", help="what to return")
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--json", action="store_true")

@@ -70,6 +70,8 @@ DEFAULT_SHORTLIST = 100
 #: the tables of the head's features (``{name}.embeds.npy``, ``.tokens.npy``, ``.mask.npy``) in a two-stage index
 HEAD_ITEMS, HEAD_CAPTIONS = "head_items", "head_captions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+#: the folder of a version that holds its model, for a built-in model that is stored with its index
+INDEX_MODEL = "model"
 #: rows copied at a time when tables are joined (a memory-mapped table is never read whole)
 JOIN_ROWS = 65536
 #: the reason a chunk records for a file that was listed and gone when it was read (a removal)
@@ -714,6 +716,9 @@ def index_meta(job: _Job, n_items: int, dim: int, n_captions: int, choice: Index
     meta["build"] = job.settings
     meta["trained_on"] = n_items  # the collection's size when its search structure was made
     meta["warnings"] = [w for w in (untrained_warning(job.model_name),) if w]
+    if store_model(job):
+        job.model.save(job.work / INDEX_MODEL)
+        meta["model_folder"] = INDEX_MODEL
     if job.encoders.head_model is not None:
         meta["two_stage"] = {
             "head": job.model.head.describe(),
@@ -722,6 +727,18 @@ def index_meta(job: _Job, n_items: int, dim: int, n_captions: int, choice: Index
             "token_dtype": job.settings["token_dtype"],
         }
     return meta
+
+
+def store_model(job: _Job) -> bool:
+    """Whether the version keeps a saved copy of its model: a built-in model named as such (not a folder)
+    that computes what a copy holds, used unwrapped and alone (:attr:`RetrievalModel.stored_with_index`)."""
+    model = job.model
+    return (
+        model.stored_with_index
+        and job.video is None
+        and job.first_stage is None
+        and not Path(job.model_name).exists()
+    )
 
 
 def _index_meta(

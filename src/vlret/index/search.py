@@ -281,6 +281,11 @@ class Searcher:
         from vlret.models import create_model
         from vlret.models.registry import is_model_reference
 
+        stored = self.meta.get("model_folder")
+        if stored is not None and reference == self.meta["model"] and (self.path / stored).is_dir():
+            from vlret.models import load_model
+
+            return load_model(self.path / stored).eval()  # a built-in model the build saved here
         if "/" in reference and not is_model_reference(reference) and not Path(reference).exists():
             raise ConfigError(
                 f"{self.path}: the index was built with the model saved in {reference}, which is gone (a "

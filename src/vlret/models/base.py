@@ -60,6 +60,9 @@ class RetrievalModel(nn.Module, ABC):
     backbone_prefixes: tuple[str, ...] = ()
     #: where the weights came from: "initialised" (untrained), "pretrained:<hub id>" or "folder:<path>"
     origin: str = "initialised"
+    #: a built-in model whose making computes what a saved copy holds (``conse``'s class embeddings): an
+    #: index named after it keeps a saved copy, which its searches load instead of making it again
+    stored_with_index: bool = False
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -64,11 +64,12 @@ class ConSEModel(RetrievalModel):
     name = "conse"
     image_transform = TRANSFORM
     origin = "pretrained:efficientnet-lite0+minilm"
+    # its class embeddings take 8 s to compute on 2 cores: an index keeps the model, and searches load it
+    stored_with_index = True
 
     def __init__(self, config: ConSEConfig, class_embeddings: torch.Tensor | None = None):
         super().__init__()
         self.config = config
-        self.classifier = load_pretrained()
         self.text_tower = SentenceTower(max_length=config.max_text_length)
         self.classnames = imagenet_classes()
         if class_embeddings is None:
@@ -98,6 +99,19 @@ class ConSEModel(RetrievalModel):
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> Features:
         return Features(F.normalize(self.text_tower(batch).embeds, dim=-1), None, None)
+
+    @property
+    def classifier(self) -> torch.nn.Module:
+        """The ImageNet classifier, read from its package on first use: a text query never needs it, and
+        reading it is a second of a cold search's time."""
+        if "image_classifier" not in self._modules:
+            classifier = load_pretrained().eval().requires_grad_(False)
+            self.add_module("image_classifier", classifier.to(self.class_embeddings.device))
+        return self._modules["image_classifier"]
+
+    def fingerprint(self) -> str:
+        self.classifier  # noqa: B018 - the fingerprint covers the classifier's weights: read them first
+        return super().fingerprint()
 
     def class_probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """The classifier's ImageNet probabilities ``[B, 1000]``."""

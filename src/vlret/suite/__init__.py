@@ -5,6 +5,13 @@ one row under one seed, :mod:`.summary` aggregates over seeds and :mod:`.page` d
 :func:`run_suite` (:mod:`.run`) ties them together.
 """
 
-from vlret.suite.run import SuiteSettings, run_suite
-
 __all__ = ["SuiteSettings", "run_suite"]
+
+
+def __getattr__(name: str):
+    # imported on first use: the command line reads the row names (:mod:`.rows`) without loading torch
+    if name in __all__:
+        from vlret.suite import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'vlret.suite' has no attribute {name!r}")
