@@ -40,9 +40,11 @@ test-integration: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/vlret demo
 
-# the documentation site on http://127.0.0.1:8000/, rebuilt as pages change
+# the documentation site on http://127.0.0.1:$(DOCS_PORT)/, rebuilt as pages change; not vlret serve's 8000,
+# so both run at once (make docs DOCS_PORT=9000 for another)
+DOCS_PORT ?= 8001
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 HF_HUB_OFFLINE=1 $(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 HF_HUB_OFFLINE=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench docs

@@ -79,7 +79,9 @@ def test_simple_queries_find_their_photo(photos, tmp_path, capsys):
     assert ranked.index("rocket.jpg") < 3
     capsys.readouterr()
     assert main(["search", str(tmp_path / "idx"), "a cat", "-k", "1"]) == 0
-    assert "cat.png" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "cat.png" in said.out
+    assert "Loading weights" not in said.err  # transformers' bars are silenced unless --verbose
 
 
 def test_saved_and_loaded_it_embeds_alike(conse, photos, tmp_path):

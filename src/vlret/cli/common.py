@@ -15,7 +15,13 @@ from vlret.data.video import MAX_FRAMES
 #: how every --model option reads its value (one resolver: vlret.models.create_model)
 MODEL_HELP = (
     "a saved vlret model folder, hf:<hub id or folder> (CLIP, SigLIP; a bare transformers folder too), "
-    "openclip:<arch>/<tag>, composed[:IMAGE+TEXT], or tiny-cnn / tiny-vit (fresh)"
+    "openclip:<arch>/<tag>, conse (real photos offline, no training), composed[:IMAGE+TEXT], or "
+    "tiny-cnn / tiny-vit (fresh)"
+)
+#: what ``--model`` takes where a trained model is needed (an index, a search)
+TRAINED_MODEL_HELP = (
+    "conse (real photos, offline, no training), a saved vlret model folder (a training run's "
+    "RUN/checkpoints/best/model), hf:<hub id or folder> (CLIP, SigLIP) or openclip:<arch>/<tag>"
 )
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from vlret.cli.common import (
+    TRAINED_MODEL_HELP,
     add_data_options,
     add_engine_options,
     add_video_option,
@@ -326,7 +327,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--model",
         required=True,
-        help="a trained model: a saved vlret model folder, hf:<hub id or folder> or openclip:<arch>/<tag>",
+        help=TRAINED_MODEL_HELP,
     )
     build.add_argument(
         "--shard",
@@ -474,8 +475,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     serve = commands.add_parser("serve", help="serve an index over HTTP with a web page")
     serve.add_argument("index")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: every interface, not only this machine)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
         "--workers",
         type=int,

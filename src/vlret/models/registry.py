@@ -160,7 +160,34 @@ def _what_was_tried(name: str) -> str:
     else:
         tried.append(f"a folder: {folder} does not exist")
     tried.append("a prefixed name: hf:<hub id or folder>, openclip:<arch>/<pretrained tag>")
-    return f"unknown model {name!r}; tried " + "; ".join(tried)
+    return f"unknown model {name!r}; tried " + "; ".join(tried) + "." + did_you_mean(name)
+
+
+#: the built-in names a model can be given by (besides folders and prefixed names)
+BUILT_IN_NAMES = (*TINY_ARCHS, "conse", "composed")
+
+
+def close_name(name: str) -> str | None:
+    """The built-in or prefixed name ``name`` is probably a typo of (``cones`` -> ``conse``); None if none."""
+    import difflib
+
+    head, colon, rest = name.partition(":")
+    if colon and "/" not in head:  # a prefixed name
+        prefixes = ["hf:", "openclip:", "composed:"]
+        if head + ":" in prefixes:
+            return None
+        found = difflib.get_close_matches(head + ":", prefixes, n=1, cutoff=0.5)
+        return found[0] + rest if found else None
+    if "/" in name:
+        return None  # a path: a missing folder is said as such
+    found = difflib.get_close_matches(name, BUILT_IN_NAMES, n=1, cutoff=0.6)
+    return found[0] if found and found[0] != name else None
+
+
+def did_you_mean(name: str) -> str:
+    """`` Did you mean 'conse'?`` for a close built-in name, else nothing."""
+    close = close_name(name)
+    return f" Did you mean {close!r}?" if close else ""
 
 
 def canonical_model_name(name: str) -> str:

