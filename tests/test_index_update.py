@@ -612,3 +612,36 @@ def test_a_sharded_update_encodes_only_the_changed_files_split_between_the_shard
     _build(model, photos, tmp_path / "idx", shard=(1, 2))  # the last shard assembles
     assert sorted(loads) == ["24.png", "25.png", "26.png", "27.png"]
     assert index.resolve() != version and len(Searcher(index).items) == N + 10
+
+
+def test_a_photo_folder_with_broken_files_builds_by_default_and_says_what_it_skipped(
+    model, photos, tmp_path, capsys
+):
+    for n in range(5):
+        (photos / f"{n:02d}.png").write_bytes(b"not a picture")
+    out = str(tmp_path / "idx")
+    assert main(["index", "build", "--model", str(model), "--images", str(photos), "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 5 unreadable file(s): 00.png: cannot decode image" in err
+    assert "04.png" not in err and "and 2 more" in err  # the first three named, the rest counted
+    assert f"{out}/index.json" in err and "--on-error raise" in err
+    assert len(json.loads((Path(out) / "index.json").read_text())["skipped"]) == 5
+    strict = ["index", "build", "--model", str(model), "--images", str(photos), "--out", str(tmp_path / "b")]
+    assert main([*strict, "--on-error", "raise"]) == 2
+    assert "cannot decode" in capsys.readouterr().err
+    # a dataset stays strict: a missing test image changes the protocol
+    (tmp_path / "pairs.csv").write_text(
+        "image,caption\nphotos/00.png,a broken picture\nphotos/05.png,a picture\n"
+    )
+    data = [
+        "index",
+        "build",
+        "--model",
+        str(model),
+        "--data",
+        str(tmp_path / "pairs.csv"),
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert main(data) == 2
+    assert "cannot decode" in capsys.readouterr().err

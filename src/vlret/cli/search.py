@@ -20,9 +20,34 @@ from vlret.cli.common import (
 from vlret.errors import ConfigError
 
 
+def on_error_for(args: argparse.Namespace) -> str:
+    """``--on-error`` as given, else ``skip`` for a folder of images or videos and ``raise`` for a dataset."""
+    if args.on_error is not None:
+        return args.on_error
+    return "skip" if (args.images or args.videos) else "raise"
+
+
+#: skipped files named on the terminal; the rest are in index.json
+SKIPPED_SHOWN = 3
+
+
+def report_skipped(path, skipped: list[dict]) -> None:
+    """How many files the build skipped, the first few with why, and where the full list is."""
+    if not skipped:
+        return
+    shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:SKIPPED_SHOWN])
+    more = f"; and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    print(
+        f"skipped {len(skipped)} unreadable file(s): {shown}{more}. The full list is under \"skipped\" in "
+        f"{path}/index.json; --on-error raise stops at the first instead",
+        file=sys.stderr,
+    )
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
     from vlret.index import build_index
 
+    args.on_error = on_error_for(args)
     if args.embeddings:
         return _index_from_embeddings(args)
     dataset = None
@@ -87,8 +112,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         print(
             f"two-stage: {stage['shortlist']} candidates by cosine, re-scored by the {stage['head']['name']} head"
         )
-    for s in meta["skipped"]:
-        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    report_skipped(path, meta["skipped"])
     for warning in meta.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -408,6 +432,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_video_option(build)
     add_data_options(build)
+    on_error = next(a for a in build._actions if a.dest == "on_error")
+    on_error.default = None  # resolved by the source: see on_error_for
+    on_error.help = (
+        "an unreadable, oversized or bomb file: skip it and report, or stop the build (default: skip for "
+        "--images and --videos, a folder of one's own photos nearly always holds one; raise for --data and "
+        "--webdataset, where a missing test image changes the protocol)"
+    )
     build.set_defaults(func=cmd_index_build)
 
     watch = index_cmds.add_parser(
