@@ -149,6 +149,22 @@ def captions_url(captioned_index):
     yield from _serve(create_app(captioned_index[0]))
 
 
+def test_a_query_in_the_address_runs_and_the_address_follows_the_search(base_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(base_url + "/?q=a%20blue%20square")
+        expect(page.locator("#query")).to_have_value("a blue square")
+        expect(page.locator("figure.hit").first).to_be_visible()
+        expect(page.locator("#collection")).to_contain_text("6 items, last changed")
+        page.fill("#query", "a red circle")
+        page.click("#search")
+        page.wait_for_function("() => new URLSearchParams(location.search).get('q') === 'a red circle'")
+        browser.close()
+
+
 def test_an_uploaded_image_finds_captions_in_the_page(captions_url, synth_data, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

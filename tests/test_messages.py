@@ -153,3 +153,13 @@ def test_library_progress_bars_are_silenced_unless_verbose(monkeypatch, tmp_path
     assert "HF_HUB_DISABLE_PROGRESS_BARS" not in __import__("os").environ
     assert main(["--verbose", "data", "stats", str(tmp_path / "missing.json")]) == 2
     assert transformers_logging.is_progress_bar_enabled()
+
+
+def test_the_page_names_a_built_in_model_by_what_it_is():
+    from vlret.serve.app import public_model_name
+
+    assert public_model_name("conse", "conse", "pretrained:efficientnet-lite0+minilm") == (
+        "conse (pretrained:efficientnet-lite0+minilm)"
+    )
+    assert public_model_name("/home/me/runs/demo/model", "tiny-cnn", "initialised") == "tiny-cnn (demo/model)"
+    assert public_model_name("hf:openai/clip-vit-base-patch32", "hf", "") == "hf:openai/clip-vit-base-patch32"

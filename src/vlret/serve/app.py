@@ -59,10 +59,14 @@ VISA_TIMEOUT = 60.0  # seconds one request may spend on VISA before the base ran
 log = logging.getLogger("vlret.serve")
 
 
-def public_model_name(reference: str, model_name: str) -> str:
-    """How ``/health`` names the model: a hub id as is, a folder by its last two parts (no absolute path)."""
+def public_model_name(reference: str, model_name: str, origin: str = "") -> str:
+    """How ``/health`` and the page name the model: a hub id as is, a built-in name with where its weights
+    come from (``conse (pretrained:efficientnet-lite0+minilm)``), a folder by its last two parts (never an
+    absolute path)."""
     if reference.startswith("hf:") and not Path(reference[3:]).is_absolute():
         return reference
+    if "/" not in reference and ":" not in reference:  # a built-in name, not a folder
+        return f"{reference} ({origin})" if origin else reference
     folder = Path(reference.removeprefix("hf:"))
     return f"{model_name.split(':')[0]} ({folder.parent.name}/{folder.name})"
 
@@ -91,7 +95,7 @@ def open_version(
     """Open an index version with its models loaded, ready to answer its first query at once;
     ``item_vectors`` as :class:`~vlret.index.search.Searcher` takes it."""
     searcher = Searcher(folder, item_vectors=item_vectors)
-    model_name = public_model_name(searcher.meta["model"], searcher.model.name)
+    model_name = public_model_name(searcher.meta["model"], searcher.model.name, searcher.model.origin)
     searcher.first_stage_model  # noqa: B018 - loaded here, not on the first query
     classes = None if prompts is None else ClassSearch(searcher, prompts)
     return IndexVersion(searcher, classes, model_name)
