@@ -146,3 +146,42 @@ def test_stage_clock_estimates_what_is_left_from_this_machines_pace(monkeypatch)
     with clock.stage("one"):
         pass
     assert printed.getvalue().splitlines() == ["[1/2] one ...", "[1/2] one: 20 s; about 1 min 00 s left"]
+
+
+def test_stage_clock_times_a_stage_by_its_own_measured_pace(monkeypatch):
+    """A 100-step stage typically 30 s, then a 10 s stage. Steps 0..10 take 2 s each (a machine three times
+    slower than the 1 s/step the typical time says... 20 s for 10 steps): at 10% the clock says 90 steps x
+    2 s = 3 min 00 s left in the stage, and the later stage scaled by the same pace (200/30 = 6.7, capped at
+    4: 40 s): 3 min 40 s in all. Nothing is said before the warm steps, nor twice for one share."""
+    import io
+
+    from vlret import demo
+
+    clock_now = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock_now[0])
+    printed = io.StringIO()
+    clock = demo.StageClock([("train", 30.0), ("index", 10.0)], stream=printed)
+    with clock.stage("train"):
+        for step in range(0, 12):
+            clock_now[0] = 2.0 * step
+            clock.progress(step, 100)
+    lines = printed.getvalue().splitlines()
+    assert (
+        lines[1] == "    10/100 steps at 2.00 s each: about 3 min 00 s left in this stage, 3 min 40 s in all"
+    )
+    assert len(lines) == 3  # start, the 10% report, the end (11 steps is still under 25%)
+    printed.truncate(0)
+    printed.seek(0)
+    clock = demo.StageClock([("train", 30.0), ("index", 10.0)], stream=printed)
+    with clock.stage("train"):
+        clock_now[0] = 0.0
+        clock.progress(50, 100)  # a resumed run: its pace is measured from here
+        clock_now[0] = 4.0
+        clock.progress(52, 100)  # 2 steps: still warming up
+        clock_now[0] = 10.0
+        clock.progress(55, 100)  # 5 steps in 10 s: 2 s each, 45 steps left
+    assert (
+        printed.getvalue()
+        .splitlines()[1]
+        .startswith("    55/100 steps at 2.00 s each: about 1 min 30 s left")
+    )

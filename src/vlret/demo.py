@@ -141,27 +141,63 @@ DEMO_STAGES = (
 )
 
 
+#: the shares of a stage's work at which its measured pace is reported (after its first steps)
+PROGRESS_REPORTS = (0.1, 0.25, 0.5, 0.75)
+#: steps a stage's pace is measured over before the first estimate (the first steps warm up)
+WARM_STEPS = 5
+
+
 class StageClock:
     """Prints each stage as it starts (``[2/7] ...``) and when it ends, with the time it took and an estimate
-    of what is left: the typical time of the remaining stages, scaled by how this machine compared so far."""
+    of what is left: the typical time of the remaining stages, scaled by how this machine compared so far.
+
+    A stage that reports its progress (:meth:`progress`: training, step by step) is timed by its own
+    measured pace: at 10%, 25%, 50% and 75% of its steps the clock says how long the stage still needs at
+    that pace, and the whole demo with the later stages scaled alike."""
 
     def __init__(self, stages=DEMO_STAGES, enabled: bool = True, stream=None) -> None:
         self.stages, self.enabled, self.stream = list(stages), enabled, stream or sys.stderr
         self.started = time.perf_counter()
         self.done = 0
         self.typical_done = 0.0
+        self.current = 0
+        self._pace_from: tuple[float, int] | None = None
+        self._reports = list(PROGRESS_REPORTS)
 
     @contextmanager
     def stage(self, what: str) -> Iterator[None]:
         n = next(i for i, (name, _) in enumerate(self.stages) if name == what)
         self._say(f"[{n + 1}/{len(self.stages)}] {what} ...")
         began = time.perf_counter()
+        self.current, self._pace_from, self._reports = n, None, list(PROGRESS_REPORTS)
         yield
         self.typical_done += self.stages[n][1]
         self.done = n + 1
         left = self.estimate_left()
         tail = f"; about {_duration(left)} left" if left else ""
         self._say(f"[{n + 1}/{len(self.stages)}] {what}: {_duration(time.perf_counter() - began)}{tail}")
+
+    def progress(self, done: int, total: int) -> None:
+        """The stage in progress has done ``done`` of its ``total`` steps: at the next share of
+        :data:`PROGRESS_REPORTS`, say what is left at the pace measured since its first steps."""
+        now = time.perf_counter()
+        if self._pace_from is None:
+            self._pace_from = (now, done)  # steps done before (a resumed run) are not this process's pace
+            return
+        began, first = self._pace_from
+        if done - first < WARM_STEPS or not self._reports or done / total < self._reports[0]:
+            return
+        while self._reports and done / total >= self._reports[0]:
+            self._reports.pop(0)
+        per_step = (now - began) / (done - first)
+        stage_left = per_step * (total - done)
+        typical = self.stages[self.current][1]
+        pace = (per_step * (total - first)) / typical if typical else 1.0  # this stage against its typical time
+        later = sum(seconds for _, seconds in self.stages[self.current + 1 :]) * min(max(pace, 0.5), 4.0)
+        self._say(
+            f"    {done}/{total} steps at {per_step:.2f} s each: about {_duration(stage_left)} left in this "
+            f"stage, {_duration(stage_left + later)} in all"
+        )
 
     def estimate_left(self) -> float:
         typical_left = sum(seconds for _, seconds in self.stages[self.done :])
@@ -203,6 +239,7 @@ def run_demo(
     )
     with clock.stage("train the tiny dual encoder"):
         trainer = Trainer(recipe, resume=not overwrite, progress=progress, overwrite=overwrite)
+        trainer.on_step = clock.progress  # estimates from the measured pace of the training itself
         summary = trainer.fit()
     best, _ = load_checkpoint(trainer.ckpt_dir, "best")
     test = trainer.data.split("test")

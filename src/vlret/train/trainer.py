@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +214,8 @@ class Trainer:
             )
         self.recipe = recipe
         self.progress = progress
+        #: called as ``on_step(step, total_steps)`` after each optimiser step (the demo's time estimates)
+        self.on_step: Callable[[int, int], None] | None = None
         self.device = pick_device(recipe.train.device)
         self.info = init_from_env(self.device.type)
         if self.info.enabled and self.device.type == "cuda":
@@ -532,6 +535,8 @@ class Trainer:
                 logged = self.train_step([next(loader) for _ in range(k)], epoch)
                 window = (window[0], window[1] + r.train.batch_size * k)
                 bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self.step, self.total_steps)
                 if self.step % r.train.log_every_steps == 0 or self.step == self.total_steps:
                     self._log(logged, window, bar)
                     window = (time.perf_counter(), 0)
