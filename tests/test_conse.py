@@ -181,3 +181,27 @@ def test_backbone_predict_names_the_classes(photos, capsys):
     assert main(["backbone", "predict", "efficientnet-lite0", str(photos / "cat.png"), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "cat" in out.splitlines()[1]  # Egyptian cat, tabby or tiger cat first
+
+
+def test_an_index_keeps_its_conse_and_one_built_before_is_searched_as_it_was_made(
+    photos, tmp_path, monkeypatch
+):
+    import json
+
+    index = tmp_path / "idx"
+    assert main(["index", "build", "--model", "conse", "--images", str(photos), "--out", str(index)]) == 0
+    meta = json.loads((index / "index.json").read_text())
+    assert meta["model_folder"] == "model" and (index / "model" / "class_embeddings.safetensors").is_file()
+    made: list[tuple] = []
+    import vlret.models as models
+
+    real = models.create_model
+    monkeypatch.setattr(models, "create_model", lambda *a, **k: made.append((a, k)) or real(*a, **k))
+    searcher = Searcher(index)
+    assert (
+        searcher.model.config.centre and made == []
+    )  # loaded from the index: class embeddings not made again
+    del meta["model_folder"]  # as an index of an earlier vlret
+    (index / "index.json").write_text(json.dumps(meta))
+    old = Searcher(index)
+    assert not old.model.config.centre and made == [(("conse",), {"centre": False})]

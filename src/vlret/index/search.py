@@ -286,6 +286,9 @@ class Searcher:
             from vlret.models import load_model
 
             return load_model(self.path / stored).eval()  # a built-in model the build saved here
+        if reference == "conse" and stored is None:
+            # built before indexes kept their conse (and before conse centred by default): as it was made
+            return create_model("conse", centre=False).eval()
         if "/" in reference and not is_model_reference(reference) and not Path(reference).exists():
             raise ConfigError(
                 f"{self.path}: the index was built with the model saved in {reference}, which is gone (a "
