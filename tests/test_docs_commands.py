@@ -244,6 +244,7 @@ STAND_INS: dict[str, Step] = {
     ),
     'vlret search ~/photos.vlret "a large red circle in the top left" -k 5': AS_WRITTEN,
     "vlret search ~/photos.vlret --image query.jpg --json": AS_WRITTEN,
+    'vlret search ~/photos.vlret "a large red circle" "a small blue square" -k 3': AS_WRITTEN,
     "vlret serve ~/photos.vlret --port 8000": AS_WRITTEN,
     "vlret index build --model runs/demo/train/checkpoints/best/model --images ~/photos --out ~/photos.vlret "
     "--verify": AS_WRITTEN,
