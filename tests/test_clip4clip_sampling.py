@@ -78,3 +78,56 @@ def test_pooling_ignores_the_padding(pooling):
     assert torch.isfinite(pooled).all()
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)
     assert model.sampling == FrameSampling.clip4clip(12)
+
+
+NTSC = 30000 / 1001  # 29.97 frames a second
+
+
+def test_at_2997_fps_clip4clip_steps_29_frames_as_its_extractor_does():
+    """CLIP4Clip's extractor reads fps as int(29.97) = 29 and takes frames sec * 29 while they exist: a
+    599-frame clip has 21 candidates (0, 29, ..., 580), not the 20 whole seconds; linspace(0, 20, 12)
+    truncated picks candidates 0 1 3 5 7 9 10 12 14 16 18 20, i.e. frames 29 times those."""
+    times = sample_times(599 / NTSC, FrameSampling.clip4clip(12), fps=NTSC, frame_count=599)
+    assert [round(t * NTSC) for t in times] == [0, 29, 87, 145, 203, 261, 290, 348, 406, 464, 522, 580]
+
+
+@pytest.mark.parametrize("duration, seconds", [(20.5, 21), (20.0, 20), (5.0, 5)])
+def test_at_a_whole_frame_rate_counting_frames_gives_the_whole_seconds(duration, seconds):
+    sampling = FrameSampling.clip4clip(64)
+    by_frames = sample_times(duration, sampling, fps=30.0, frame_count=int(duration * 30))
+    assert by_frames == sample_times(duration, sampling) == [float(s) for s in range(seconds)]
+
+
+@pytest.mark.parametrize("duration, released, whole", [(37.3, 32, 38), (300.0, 32, 64)])
+def test_didemo_reads_seconds_0_to_31_as_its_released_loader(duration, released, whole):
+    """start 0, end 31: the seconds 0..31 inclusive, 32 frames (64 allowed); the whole video otherwise."""
+    frame_count = int(duration * 30)
+    window = sample_times(
+        duration, FrameSampling.clip4clip(64, max_seconds=31), fps=30.0, frame_count=frame_count
+    )
+    assert len(window) == released and window[-1] == 31.0
+    assert (
+        len(sample_times(duration, FrameSampling.clip4clip(64), fps=30.0, frame_count=frame_count)) == whole
+    )
+    from vlret.train import load_recipe
+    from vlret.train.recipe import builtin_recipe
+
+    recipe = load_recipe(builtin_recipe("clip4clip_didemo"), [])
+    assert recipe.model.video["max_seconds"] == 31 and recipe.train.batch_size == 128
+
+
+def test_a_wanted_time_past_the_last_frame_gets_the_last_frame(tmp_path):
+    """150 frames at 29.97 fps (the container says 5.005 s; the last frame is at 4.9716 s), one frame a
+    second: times 0..5 s take frames 0, 30, 60, 90, 120 and, past the end, the last one, 149 (the decoder
+    used to repeat the frame picked before, 120)."""
+    from fractions import Fraction
+
+    from vlret.data.video import load_video_frames
+
+    frames = [np.full((32, 32, 3), 50 + k, np.uint8) for k in range(150)]
+    path = write_video(tmp_path / "ntsc.mp4", frames, fps=Fraction(30000, 1001), keyframe_every=30)
+    got = load_video_frames(path, FrameSampling(frames=None, fps=1.0, max_frames=32))
+    levels = [round(float(np.asarray(im).mean())) - 50 for im in got]
+    assert len(levels) == 6
+    for level, want in zip(levels, [0, 30, 60, 90, 120, 149], strict=True):
+        assert abs(level - want) <= 1, levels  # near-lossless H.264: a grey level off by one at most

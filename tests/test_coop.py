@@ -216,3 +216,18 @@ def test_context_per_word_as_coop_or_per_token(tmp_path, context, n_ctx):
     assert torch.equal(prompt[1 + n_ctx :], embeddings[1 + n_ctx :]) and torch.equal(prompt[0], embeddings[0])
     with pytest.raises(ConfigError, match="context must be one of per_word, per_token"):
         PromptLearner(model, ["red circle"], "a photo of a", "per_phrase")
+
+
+def test_a_context_phrase_is_read_as_coops_released_code_reads_it():
+    """CoOp's released code: ``ctx_init.replace("_", " ")`` and ``n_ctx = len(ctx_init.split(" "))``.
+    "a_photo_of_a" is four words there (our earlier reading gave one); a phrase with an empty word would
+    take the end-of-text token as a context word, so it is refused."""
+    model = _model()
+    classes = ["red circle", "blue square"]
+    underscored = PromptLearner(model, classes, init="a_red")
+    spaced = PromptLearner(model, classes, init="a red")
+    assert underscored.n_ctx == spaced.n_ctx == 2 and underscored.init == "a red"
+    torch.testing.assert_close(underscored.class_embeddings(model), spaced.class_embeddings(model))
+    for phrase in ("a  red", "a__red", "a_red_", " a red", "_"):
+        with pytest.raises(ConfigError, match="empty word|no words"):
+            PromptLearner(model, classes, init=phrase)

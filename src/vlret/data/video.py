@@ -63,6 +63,8 @@ class FrameSampling:
     fps: float | None = None
     max_frames: int = 32
     pad: bool = False
+    #: only frames at or before this second (DiDeMo's released loader reads seconds 0 to 31); None: all
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
@@ -75,34 +77,64 @@ class FrameSampling:
             raise ConfigError(f"frame sampling: max_frames must be 1 to {MAX_FRAMES}, not {self.max_frames}")
         if self.pad and self.fps is None:
             raise ConfigError("frame sampling: pad (CLIP4Clip's rule) goes with fps sampling")
+        if self.max_seconds is not None and not self.max_seconds >= 0:
+            raise ConfigError(f"frame sampling: max_seconds must be >= 0, not {self.max_seconds}")
 
     @classmethod
-    def clip4clip(cls, max_frames: int = 12) -> FrameSampling:
+    def clip4clip(cls, max_frames: int = 12, max_seconds: float | None = None) -> FrameSampling:
         """CLIP4Clip's sampling: one frame a second, ``max_frames`` of them picked evenly, short clips padded."""
-        return cls(frames=None, fps=1.0, max_frames=max_frames, pad=True)
+        return cls(frames=None, fps=1.0, max_frames=max_frames, pad=True, max_seconds=max_seconds)
 
     def key(self) -> str:
         fields = asdict(self)
-        if not self.pad:
-            del fields["pad"]  # keys written before the option stay valid
+        for name in ("pad", "max_seconds"):
+            if not fields[name]:
+                del fields[name]  # keys written before the option stay valid
         return json.dumps(fields, sort_keys=True)
 
 
-def sample_times(duration: float, sampling: FrameSampling) -> list[float]:
-    """The times (seconds) of the frames to take from a clip of ``duration`` seconds."""
+def sample_times(
+    duration: float, sampling: FrameSampling, fps: float | None = None, frame_count: int | None = None
+) -> list[float]:
+    """The times (seconds) of the frames to take from a clip of ``duration`` seconds (``fps`` frames a
+    second, ``frame_count`` of them, when known: CLIP4Clip's rule counts frames, not seconds)."""
     if not duration > 0:
         return [0.0]
     if sampling.frames is not None:
         n = sampling.frames
         return [(k + 0.5) * duration / n for k in range(n)]
-    step = 1.0 / sampling.fps
-    count = max(1, math.ceil(duration / step - 1e-9))  # the frames at 0, step, 2 step, ... before the end
-    times = [k * step for k in range(count)]
+    if sampling.pad and fps:
+        times = _clip4clip_times(duration, sampling, fps, frame_count)
+    else:
+        step = 1.0 / sampling.fps
+        count = max(1, math.ceil(duration / step - 1e-9))  # the frames at 0, step, 2 step, ... before the end
+        times = [k * step for k in range(count)]
+        if sampling.max_seconds is not None:
+            times = [t for t in times if t <= sampling.max_seconds + 1e-9] or [0.0]
     if len(times) > sampling.max_frames:
         picks = np.linspace(0, len(times) - 1, sampling.max_frames)
         picks = picks.astype(int) if sampling.pad else picks.round().astype(int)
         times = [times[p] for p in picks]
     return times
+
+
+def _clip4clip_times(
+    duration: float, sampling: FrameSampling, fps: float, frame_count: int | None
+) -> list[float]:
+    """The candidate frames of CLIP4Clip's extractor, as times: it reads the frame rate as a whole number
+    (``int(cap.get(CAP_PROP_FPS))``: 29 at 29.97 fps) and takes frame ``sec * 29 + i`` for each second
+    ``sec`` and each of ``sampling.fps`` offsets ``i`` a second apart by ``29 // sampling.fps``, while such a
+    frame exists; so it steps 0.968 s, not 1 s, at 29.97 fps. At a whole frame rate this is whole seconds."""
+    whole = max(1, int(fps))
+    per_second = max(1, int(sampling.fps))
+    offsets = list(range(0, whole, max(1, whole // per_second)))[:per_second]
+    count = frame_count if frame_count else math.floor(duration * fps + 1e-6)
+    last_second = math.inf if sampling.max_seconds is None else math.floor(sampling.max_seconds + 1e-9)
+    numbers, second = [], 0
+    while second * whole < count and second <= last_second:
+        numbers += [second * whole + i for i in offsets if second * whole + i < count]
+        second += 1
+    return [n / fps for n in numbers] or [0.0]
 
 
 def stack_clip(frames: list[np.ndarray], sampling: FrameSampling | None) -> np.ndarray:
@@ -185,9 +217,11 @@ def load_video_frames(
     """The sampled RGB frames of a video file (see the module docstring); the file is opened once."""
     path = Path(path)
     with _open(path, record) as container:
-        duration = _duration(container, container.streams.video[0])
+        stream = container.streams.video[0]
+        duration = _duration(container, stream)
         if duration > 0:
-            return _decode(container, sample_times(duration, sampling), path, record)
+            times = sample_times(duration, sampling, _fps(stream), stream.frames or None)
+            return _decode(container, times, path, record)
     return _decode_forward(path, sampling, record)
 
 
@@ -207,7 +241,7 @@ def _decode_forward(path: Path, sampling: FrameSampling, record: str | None) -> 
         if not times:
             raise DataError(path, record, "no frame could be decoded (truncated or corrupt video?)")
         step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / fps
-        wanted = sample_times(times[-1] + step, sampling)
+        wanted = sample_times(times[-1] + step, sampling, fps, len(times))
         picked: list[Image.Image] = []
         with _open(path, record) as container:
             for n, frame in enumerate(container.decode(container.streams.video[0])):
@@ -235,8 +269,8 @@ def _decode(container, times: list[float], path: Path, record: str | None) -> li
     try:
         for t in times:
             frame = reader.frame_at(t)
-            if frame is None:  # past the end: the last frame there is
-                frame = frames[-1] if frames else _last_frame(container, stream)
+            if frame is None:  # past the end: the last frame there is (not the one picked before)
+                frame = reader.last_image() or _last_frame(container, stream)
             if frame is None:
                 break
             frames.append(frame)
@@ -261,6 +295,11 @@ class _ForwardReader:
         self.position: float | None = None  # time of the frame decoded last
         self.last_key: float | None = None
         self.keyframe_gap = 0.0
+        self.last_seen = None  # the frame decoded last: the stream's last one once the decoding has ended
+
+    def last_image(self) -> Image.Image | None:
+        """The stream's last frame, once :meth:`frame_at` has decoded to the end (None before)."""
+        return None if self.last_seen is None else self.last_seen.to_image()
 
     def frame_at(self, t: float) -> Image.Image | None:
         """The first frame shown at or after ``t``, or None past the end."""
@@ -273,6 +312,7 @@ class _ForwardReader:
                     self.keyframe_gap = max(self.keyframe_gap, frame.time - self.last_key)
                 self.last_key = frame.time
             self.position = frame.time if frame.time is not None else self.position
+            self.last_seen = frame
             if frame.time is None or frame.time + self.slack >= t:
                 return frame.to_image()
         return None
@@ -283,6 +323,7 @@ class _ForwardReader:
         self.container.seek(target, stream=stream, backward=True, any_frame=False)
         self.frames = self.container.decode(stream)
         self.last_key = None  # the keyframes skipped over are unknown: no interval spans the seek
+        self.last_seen = None  # a frame before the seek is not the stream's last
 
 
 def _last_frame(container, stream) -> Image.Image | None:

@@ -7,7 +7,7 @@ class embeddings are exactly the encoder's embeddings of the plain prompts. Only
 every weight of the model stays frozen.
 
 ``n_ctx`` follows CoOp's released code by default (``context="per_word"``): one vector per *word* of
-``init``. When the tokenizer splits a word into several tokens, CoOp still learns one vector per word, taken
+``init``, read as the released code reads it (``_`` is a space: ``a_photo_of_a`` is four words). When the tokenizer splits a word into several tokens, CoOp still learns one vector per word, taken
 from the first tokens, and the remaining tokens of ``init`` stay in the prompt as frozen embeddings.
 ``context="per_token"`` learns one vector per token of ``init`` instead. The two agree when every word is one
 token ("a photo of a" is four tokens in CLIP's BPE).
@@ -56,6 +56,22 @@ def init_token_span(model: RetrievalModel, init: str) -> tuple[int, int]:
     raise ConfigError(f"{model.name}: cannot find the tokens of {init!r} in its tokenization")
 
 
+def context_phrase(init: str) -> str:
+    """The context initialisation as CoOp's released code reads it: ``_`` is a space (``a_photo_of_a`` is
+    four words), and words are what ``split(" ")`` gives. A phrase with an empty word (two spaces or
+    underscores in a row, or one at an end) is refused: the released code counts it as a context word and
+    takes the end-of-text token's embedding for it, which pushes the class name out of the prompt."""
+    phrase = init.replace("_", " ")
+    if not phrase.strip():
+        raise ConfigError(f"the context initialisation {init!r} has no words")
+    if "" in phrase.split(" "):
+        raise ConfigError(
+            f"the context initialisation {init!r} has an empty word (two spaces or underscores in a row, or "
+            "one at an end); write its words with one space or underscore between them"
+        )
+    return phrase
+
+
 class PromptLearner(nn.Module):
     """Learnt context vectors and the class prompts they complete; see the module docstring."""
 
@@ -72,11 +88,10 @@ class PromptLearner(nn.Module):
             raise ConfigError("prompt learning needs at least one class name")
         if context not in CONTEXT_MODES:
             raise ConfigError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {context!r}")
-        if not init.split():
-            raise ConfigError(f"the context initialisation {init!r} has no words")
+        init = context_phrase(init)
         self.init, self.classnames, self.context = init, list(classnames), context
         self.start, init_tokens = init_token_span(model, init)
-        self.n_ctx = len(init.split()) if context == "per_word" else init_tokens
+        self.n_ctx = len(init.split(" ")) if context == "per_word" else init_tokens
         if self.n_ctx > init_tokens:
             raise ConfigError(f"{model.name}: {init!r} has more words than tokens; use context per_token")
         prompts = [f"{init} {name.replace('_', ' ')}." for name in classnames]

@@ -50,6 +50,8 @@ class VideoConfig:
     # "centres": the centres of `frames` equal segments; "clip4clip": one frame a second, `frames` of them
     # picked by CLIP4Clip's truncated linspace, shorter clips padded and masked
     sampling_rule: str = "centres"
+    # clip4clip: only frames at or before this second (DiDeMo's released loader reads seconds 0 to 31)
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -58,6 +60,8 @@ class VideoConfig:
             raise ConfigError(
                 f"model.video.sampling_rule must be one of {', '.join(SAMPLINGS)}, not {self.sampling_rule!r}"
             )
+        if self.max_seconds is not None and self.sampling_rule != "clip4clip":
+            raise ConfigError("model.video.max_seconds goes with sampling_rule: clip4clip")
         if self.frames > MAX_FRAMES:
             raise ConfigError(f"model.video.frames must be at most {MAX_FRAMES}, not {self.frames}")
         for name in ("frames", "layers", "heads"):
@@ -67,7 +71,7 @@ class VideoConfig:
     @property
     def sampling(self) -> FrameSampling:
         if self.sampling_rule == "clip4clip":
-            return FrameSampling.clip4clip(self.frames)
+            return FrameSampling.clip4clip(self.frames, self.max_seconds)
         return FrameSampling(frames=self.frames)
 
 
