@@ -30,11 +30,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             cache_dir=args.cache_dir,
             score_dir=args.score_dir,
+            ties=args.ties,
         )
     elif args.scores:
         scores = load_score_matrix(args.scores)
         result = evaluate_scores(
-            scores, dataset, args.protocol, args.split, args.direction, args.scores, args.item_to_text
+            scores,
+            dataset,
+            args.protocol,
+            args.split,
+            args.direction,
+            args.scores,
+            args.item_to_text,
+            args.ties,
         )
     else:
         model = model_for(args.model, dataset, args.split or "test", args.video_frames)
@@ -53,6 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             relevance=args.relevance,
             mixed_mode=args.mixed_mode,
             item_rule=args.item_to_text,
+            ties=args.ties,
         )
     if args.out:
         write_json(args.out, result)
@@ -108,6 +117,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=["captions", "items"],
         help="item->text ranks: captions (every wrong caption counts; images' default, VSE++/SCAN) or items "
         "(one entry per other item; videos' default, CLIP4Clip's MSVD video->text)",
+    )
+    ev.add_argument(
+        "--ties",
+        choices=["pessimistic", "optimistic", "released"],
+        default="pessimistic",
+        help="a wrong entry scoring the same as the right one: counts against the model (pessimistic), does "
+        "not count (optimistic), or as the protocol's released code ranks it (released: SCAN's argsort for "
+        "images, CLIP4Clip's compute_metrics for videos)",
     )
     ev.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU when one is visible"

@@ -18,6 +18,7 @@ from vlret.evaluate.packaging import (
     item_rank_rule,
     package_result,
     select_split,
+    tie_rules,
 )
 from vlret.evaluate.protocols import DIRECTIONS, Fold, get_protocol, prepare
 from vlret.evaluate.ranking import (
@@ -53,10 +54,12 @@ def evaluate_embeddings(
     folds: list[Fold],
     chunk: int = DEFAULT_CHUNK,
     item_rule: str | None = None,
+    ties: str = "pessimistic",
 ) -> list[Ranks]:
     """Ranks per fold under the dot product of normalised embeddings (in ``selected`` order); item->text by
-    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``)."""
+    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``), ties by ``ties`` (:func:`tie_rules`)."""
     item_rule = item_rule or item_rank_rule(selected)
+    rules = tie_rules(ties, selected)
     items, texts = torch.from_numpy(item_embeds), torch.from_numpy(text_embeds)
     cap_item = selected.caption_to_item
     out = []
@@ -66,7 +69,7 @@ def evaluate_embeddings(
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
         hint = pairwise_dot(fold_texts, fold_items, t2i)
         block_fn = dot_block_fn(fold_texts, fold_items)
-        out.append(rank_blocks(block_fn, t2i, len(fold_items), chunk, hint, item_rule))
+        out.append(rank_blocks(block_fn, t2i, len(fold_items), chunk, hint, item_rule, rules))
     return out
 
 
@@ -79,20 +82,22 @@ def evaluate_with_head(
     budget: int | None = None,
     scores: ScoreMatrix | None = None,
     item_rule: str | None = None,
+    ties: str = "pessimistic",
 ) -> list[Ranks]:
     """Ranks per fold under a similarity head, scored in blocks bounded over both axes; item->text by
-    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``).
+    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``), ties by ``ties``.
 
     With ``scores`` (a stored ``[captions, items]`` matrix of ``selected``), each fold's block is read from
     it where already computed and computed into it where not; the ranks are the same either way."""
     item_rule = item_rule or item_rank_rule(selected)
     if head.is_dot_product:
         return evaluate_embeddings(
-            encoded.item_embeds, encoded.text_embeds, selected, folds, chunk, item_rule
+            encoded.item_embeds, encoded.text_embeds, selected, folds, chunk, item_rule, ties
         )
     if scores is not None:
         fill_score_matrix(head, encoded, folds, scores, chunk, budget)
-        return rank_stored_scores([scores], selected, folds, chunk, item_rule)
+        return rank_stored_scores([scores], selected, folds, chunk, item_rule, ties)
+    rules = tie_rules(ties, selected)
     cap_item = selected.caption_to_item
     out = []
     for f in folds:
@@ -101,7 +106,7 @@ def evaluate_with_head(
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
         hint = head_positive_scores(head, texts, items, t2i)
         block_fn = head_block_fn(head, texts, items, chunk, budget)
-        out.append(rank_blocks(block_fn, t2i, len(items), chunk, hint, item_rule))
+        out.append(rank_blocks(block_fn, t2i, len(items), chunk, hint, item_rule, rules))
     return out
 
 
@@ -135,10 +140,12 @@ def rank_stored_scores(
     folds: list[Fold],
     chunk: int = DEFAULT_CHUNK,
     item_rule: str | None = None,
+    ties: str = "pessimistic",
 ) -> list[Ranks]:
     """Ranks per fold under the mean of stored ``[captions, items]`` matrices of ``selected`` (one matrix:
     its own scores; several: an ensemble, e.g. SGRAF = (SGR + SAF) / 2)."""
     item_rule = item_rule or item_rank_rule(selected)
+    rules = tie_rules(ties, selected)
     cap_item = selected.caption_to_item
     out = []
     for f in folds:
@@ -151,9 +158,8 @@ def rank_stored_scores(
 
         rows = np.arange(f.caption_start, f.caption_stop)
         hint = np.mean([np.asarray(m.array[rows, t2i + f.item_start]) for m in matrices], axis=0)
-        out.append(
-            rank_blocks(block_fn, t2i, f.item_stop - f.item_start, chunk, torch.from_numpy(hint), item_rule)
-        )
+        n_items, hint = f.item_stop - f.item_start, torch.from_numpy(hint)
+        out.append(rank_blocks(block_fn, t2i, n_items, chunk, hint, item_rule, rules))
     return out
 
 
@@ -181,6 +187,7 @@ def evaluate_ensemble(
     score_dir: str | Path | None = None,
     progress: bool = True,
     token_dtype: str = "float32",
+    ties: str = "pessimistic",
 ) -> dict:
     """Run ``protocol`` on the mean of the models' score matrices (SGRAF = SGR and SAF, trained apart).
 
@@ -204,7 +211,7 @@ def evaluate_ensemble(
             check_finite_features(encoded, selected, model.name)
             fill_score_matrix(model.head, encoded, folds, matrix)
         matrices.append(matrix)
-    ranks = rank_stored_scores(matrices, selected, folds)
+    ranks = rank_stored_scores(matrices, selected, folds, ties=ties)
     done = time.perf_counter()
     return package_result(
         ranks,
@@ -213,6 +220,7 @@ def evaluate_ensemble(
         proto,
         split_name,
         direction,
+        ties=ties,
         model={"name": "ensemble", "members": [m.identity() for m in models]},
         features={"scores": [str(m.folder) for m in matrices]},
         seconds={"total": round(done - started, 3)},
@@ -236,6 +244,7 @@ def evaluate_model(
     relevance: str | None = None,
     mixed_mode: str = "clean",
     item_rule: str | None = None,
+    ties: str = "pessimistic",
 ) -> dict:
     """Encode a split with ``model`` and run ``protocol`` on it, scoring with the model's head.
 
@@ -247,8 +256,14 @@ def evaluate_model(
     result records both stages. ``relevance`` (``"rouge-l"`` or a ``.npy`` file) adds single-modal and
     mixed-gallery NDCG (:mod:`vlret.evaluate.graded`; ``mixed_mode`` clean or compat). ``item_rule`` counts
     item->text ranks by ``"captions"`` or ``"items"`` (default: the field's convention for the data,
-    :func:`item_rank_rule`)."""
+    :func:`item_rank_rule`). ``ties``: how a wrong entry tied with the right one is ranked
+    (:func:`~vlret.evaluate.packaging.tie_rules`: pessimistic, optimistic, or the protocol's released code)."""
     _check_direction(direction)
+    if model.head.reranks and ties != "pessimistic":
+        raise ConfigError(
+            f"{model.name}: a re-ranking head (ITM) ranks its shortlist with ties against the model; --ties "
+            "applies to models scored by their own head"
+        )
     if model.head.reranks:  # a cross-encoder (ITM): the embeddings' top-k_test, re-scored by the head
         return evaluate_reranked(
             model,
@@ -279,7 +294,9 @@ def evaluate_model(
     if use_cache and not model.head.is_dot_product:
         stored = stored_scores(model, selected, token_dtype, score_dir)
     try:
-        ranks = evaluate_with_head(model.head, encoded, selected, folds, scores=stored, item_rule=item_rule)
+        ranks = evaluate_with_head(
+            model.head, encoded, selected, folds, scores=stored, item_rule=item_rule, ties=ties
+        )
     except NonFiniteScoreError as exc:
         raise VlretError(
             f"{model.name}: the {model.head.name} head gave a non-finite score ({exc.value}) for caption "
@@ -301,6 +318,7 @@ def evaluate_model(
         split_name,
         direction,
         item_rule,
+        ties,
         **extra,
         model=model.identity(),
         features={
@@ -325,9 +343,10 @@ def evaluate_scores(
     direction: str = "both",
     source: str | None = None,
     item_rule: str | None = None,
+    ties: str = "pessimistic",
 ) -> dict:
     """Run ``protocol`` on a precomputed (texts x items) score matrix of one split (item->text ranks by
-    ``item_rule``; default: the data's, :func:`item_rank_rule`).
+    ``item_rule``; default: the data's, :func:`item_rank_rule`; ties by ``ties``).
 
     Rows are the split's captions in the order the annotations list them, columns the split's items in order
     (higher = more similar). A numpy memmap (``np.load(path, mmap_mode="r")``) is read block by block.
@@ -346,6 +365,7 @@ def evaluate_scores(
         )
     selected, keep, folds = prepare(split_data, proto)
     item_rule = item_rule or item_rank_rule(selected)
+    rules = tie_rules(ties, selected)
     keep_rows = np.asarray(keep)
     cap_item = selected.caption_to_item
     dtype = ranking_dtype(scores.dtype)  # rank in the input's precision
@@ -362,7 +382,12 @@ def evaluate_scores(
         try:
             ranks.append(
                 rank_blocks(
-                    block_fn, t2i, f.item_stop - f.item_start, positive_hint=hint, item_rule=item_rule
+                    block_fn,
+                    t2i,
+                    f.item_stop - f.item_start,
+                    positive_hint=hint,
+                    item_rule=item_rule,
+                    ties=rules,
                 )
             )
         except NonFiniteScoreError as exc:
@@ -381,6 +406,7 @@ def evaluate_scores(
         split_name,
         direction,
         item_rule,
+        ties,
         model={"name": "precomputed scores", "scores": source},
         seconds={"score": round(done - started, 3), "total": round(done - started, 3)},
     )

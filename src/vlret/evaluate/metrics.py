@@ -32,10 +32,24 @@ def median_rank(ranks: np.ndarray, rule: str = "floor") -> float:
     raise ValueError(f"median rule must be one of {list(MEDIAN_RULES)}, not {rule!r}")
 
 
-def direction_metrics(ranks: np.ndarray, prefix: str, median: str = "floor") -> dict[str, float]:
-    """``{prefix}_r1/r5/r10`` (fractions), ``{prefix}_medr`` (by the ``median`` rule), ``{prefix}_meanr``
-    (mean + 1)."""
+def tie_entries(ranks: np.ndarray, ties: np.ndarray | None) -> np.ndarray:
+    """The ranks the metrics count: ``ranks`` as they are, or with ``ties``, ``rank, rank + 1, ..., rank +
+    ties`` for each query: one entry per tied position, as CLIP4Clip's compute_metrics keeps them
+    (:mod:`vlret.evaluate.ranking`, the ``entries`` tie rule)."""
     ranks = np.asarray(ranks)
+    if ties is None:
+        return ranks
+    counts = np.asarray(ties) + 1
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(ranks, counts) + (np.arange(int(counts.sum())) - first)
+
+
+def direction_metrics(
+    ranks: np.ndarray, prefix: str, median: str = "floor", ties: np.ndarray | None = None
+) -> dict[str, float]:
+    """``{prefix}_r1/r5/r10`` (fractions), ``{prefix}_medr`` (by the ``median`` rule), ``{prefix}_meanr``
+    (mean + 1); with ``ties``, over the entries of :func:`tie_entries`."""
+    ranks = tie_entries(ranks, ties)
     if ranks.size == 0:
         raise ValueError("no queries to score")
     out = {f"{prefix}_r{k}": float(np.mean(ranks < k)) for k in RECALL_KS}
@@ -45,15 +59,20 @@ def direction_metrics(ranks: np.ndarray, prefix: str, median: str = "floor") -> 
 
 
 def retrieval_metrics(
-    t2i_ranks: np.ndarray, i2t_ranks: np.ndarray | None, medians: tuple[str, str] = ("floor", "floor")
+    t2i_ranks: np.ndarray,
+    i2t_ranks: np.ndarray | None,
+    medians: tuple[str, str] = ("floor", "floor"),
+    t2i_ties: np.ndarray | None = None,
+    i2t_ties: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Both directions and rsum (the sum of the six recalls), or text->item only when ``i2t_ranks`` is None;
-    ``medians``: the median rule of each direction (text->item, item->text)."""
-    out = direction_metrics(t2i_ranks, "t2i", medians[0])
+    ``medians``: the median rule of each direction (text->item, item->text); ``*_ties``: tied entries
+    counted apart (the ``entries`` tie rule)."""
+    out = direction_metrics(t2i_ranks, "t2i", medians[0], t2i_ties)
     if i2t_ranks is None:
         out["t2i_rsum"] = sum(out[f"t2i_r{k}"] for k in RECALL_KS)
         return out
-    out.update(direction_metrics(i2t_ranks, "i2t", medians[1]))
+    out.update(direction_metrics(i2t_ranks, "i2t", medians[1], i2t_ties))
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in RECALL_KS)
     return out
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from vlret.data.records import RetrievalDataset
 from vlret.data.video import is_video_path
-from vlret.errors import DataError, VlretError
+from vlret.errors import ConfigError, DataError, VlretError
 from vlret.evaluate.encode import EncodedDataset
 from vlret.evaluate.metrics import MEDIAN_RULES, mean_metrics, retrieval_metrics
 from vlret.evaluate.protocols import Fold, Protocol
@@ -49,11 +49,39 @@ def item_rank_rule(dataset: RetrievalDataset) -> str:
     return "items" if media_kind(dataset) == "video" else "captions"
 
 
+#: how ties between a wrong entry and the right one are ranked (``--ties``)
+TIE_CHOICES = ("pessimistic", "optimistic", "released")
+TIE_NOTES = {
+    "pessimistic": "a wrong entry scoring the same as the right one counts against the model",
+    "optimistic": "only wrong entries scoring strictly higher count",
+    "last-first": "tied entries ranked by SCAN's np.argsort(...)[::-1]: the higher index first",
+    "first-first": "tied entries ranked the lower index first (CLIP4Clip's multi-sentence text->video argsort)",
+    "entries": "one entry per tied position, as CLIP4Clip's compute_metrics keeps them",
+}
+
+
+def tie_rules(ties: str, dataset: RetrievalDataset) -> tuple[str, str]:
+    """The tie rule of each direction (text->item, item->text) that ``ties`` names for ``dataset``:
+    ``released`` follows the protocol's own code, CLIP4Clip's for videos (its multi-sentence text->video
+    argsort when a video has several captions, else compute_metrics' entries) and SCAN's for images."""
+    if ties not in TIE_CHOICES:
+        raise ConfigError(f"ties must be one of {', '.join(TIE_CHOICES)}, not {ties!r}")
+    if ties != "released":
+        return ties, ties
+    if media_kind(dataset) == "video":
+        several = any(len(caps) > 1 for caps in dataset.item_to_captions)
+        return ("first-first" if several else "entries"), "entries"
+    return "last-first", "last-first"
+
+
 def fold_metrics(
     ranks: list[Ranks], direction: str, medians: tuple[str, str] = ("floor", "floor")
 ) -> tuple[dict, list[dict]]:
     """(the metrics, averaged over folds where there are several; each fold's metrics)."""
-    per_fold = [retrieval_metrics(r.t2i, None if direction == "t2i" else r.i2t, medians) for r in ranks]
+    per_fold = [
+        retrieval_metrics(r.t2i, None if direction == "t2i" else r.i2t, medians, r.t2i_ties, r.i2t_ties)
+        for r in ranks
+    ]
     return (per_fold[0] if len(per_fold) == 1 else mean_metrics(per_fold)), per_fold
 
 
@@ -65,6 +93,7 @@ def package_result(
     split: str,
     direction: str,
     item_rule: str | None = None,
+    ties: str = "pessimistic",
     **fields,
 ) -> dict:
     """The result dict of an evaluation: metrics from ``ranks``, counts, protocol, plus ``fields``;
@@ -89,6 +118,10 @@ def package_result(
             "captions_per_item": captions_per_item,
             "median_rank": {"t2i": MEDIAN_RULES[medians[0]], "i2t": MEDIAN_RULES[medians[1]]},
             "i2t_rank": ITEM_RULE_NOTES[item_rule or item_rank_rule(selected)],
+            "ties": {
+                "rule": ties,
+                **{d: TIE_NOTES[r] for d, r in zip(("t2i", "i2t"), tie_rules(ties, selected), strict=True)},
+            },
         },
         metrics=metrics,
         folds=per_fold if len(folds) > 1 else None,

@@ -18,6 +18,16 @@ best of its texts, so a video is not pushed down by the many captions of one nea
 scores ``[[.5, .1], [.4, .2], [.9, .95], [.8, .7]]`` (texts x items), texts of items ``[0, 0, 1, 1]``: by
 captions the ranks are ``[2, 0]``, by items ``[1, 0]``. ``"items"`` keeps an ``[items, items]`` matrix.
 
+**Other tie rules** (``ties`` of :func:`rank_blocks`, one per direction; ``pessimistic`` is the rule
+above): ``optimistic`` counts only wrong entries strictly above; ``last-first`` ranks tied entries with the
+higher index first, as SCAN's ``np.argsort(...)[::-1]`` does; ``first-first`` ranks them with the lower
+index first (CLIP4Clip's multi-sentence text->video argsort); ``entries`` is CLIP4Clip's
+``compute_metrics``, which keeps one entry per tied position: the rank is the count strictly above and
+:attr:`Ranks` records how many wrong entries tie, so that the metrics count ``ties + 1`` entries, at ranks
+``rank .. rank + ties``. Example (text->item, one text per item) ``[[.5, .5, .1], [.2, .9, .3], [.1, .2,
+.8]]``: pessimistic ranks ``[1, 0, 0]`` (R@1 2/3), optimistic ``[0, 0, 0]``, entries ``[0, 1, 0, 0]``
+(R@1 3/4, mean rank 1.25).
+
 **Non-finite scores** (NaN, +-inf) are refused with :class:`~vlret.errors.NonFiniteScoreError`, which
 names the row and column of the first one; a NaN compared with anything is false, and would otherwise
 turn into a hit.
@@ -36,6 +46,9 @@ import torch
 from vlret.errors import NonFiniteScoreError
 
 ITEM_RANK_RULES = ("captions", "items")
+#: how a wrong entry that ties with the right one is ranked, per direction (see the module docstring)
+TIE_RULES = ("pessimistic", "optimistic", "last-first", "first-first", "entries")
+PESSIMISTIC = ("pessimistic", "pessimistic")
 BlockFn = Callable[[int, int], torch.Tensor]  # (row_start, row_stop) -> scores [stop - start, n_gallery]
 DEFAULT_CHUNK = 512  # rows per block: small enough that the passes after the matmul run from cache
 # Half-width, in units of the scores' precision, of the band around an estimated threshold inside which
@@ -50,6 +63,10 @@ class Ranks:
 
     t2i: np.ndarray  # [n_texts]
     i2t: np.ndarray  # [n_items]
+    # under the ``entries`` tie rule: how many wrong entries tie with each query's right one (its metrics
+    # count one entry per tied position, CLIP4Clip's compute_metrics); None under the other rules
+    t2i_ties: np.ndarray | None = None
+    i2t_ties: np.ndarray | None = None
 
 
 def iter_blocks(
@@ -167,9 +184,11 @@ def rank_blocks(
     chunk: int = DEFAULT_CHUNK,
     positive_hint: torch.Tensor | None = None,
     item_rule: str = "captions",
+    ties: tuple[str, str] = PESSIMISTIC,
 ) -> Ranks:
-    """Ranks in both directions from row blocks of the (texts x items) score matrix, by the tie rule above
-    and the item->text ``item_rule`` (``"captions"`` or ``"items"``, see the module docstring).
+    """Ranks in both directions from row blocks of the (texts x items) score matrix, by the tie rule of each
+    direction (``ties``: text->item, item->text; see the module docstring) and the item->text ``item_rule``
+    (``"captions"`` or ``"items"``).
 
     ``positive_hint[t]`` (optional) estimates the score of text ``t`` with its own item; it only saves a
     second pass over the blocks for the image->text direction and never changes a rank. ``block_fn`` must be
@@ -177,6 +196,10 @@ def rank_blocks(
     """
     if item_rule not in ITEM_RANK_RULES:
         raise ValueError(f"item_rule must be one of {ITEM_RANK_RULES}, not {item_rule!r}")
+    if any(rule not in TIE_RULES for rule in ties):
+        raise ValueError(f"tie rules must be among {TIE_RULES}, not {ties!r}")
+    if tuple(ties) != PESSIMISTIC:
+        return _rank_with_ties(block_fn, text_to_item, n_items, chunk, item_rule, tuple(ties))
     if item_rule == "items":
         return _rank_by_items(block_fn, text_to_item, n_items, chunk)
     text_item = torch.as_tensor(np.asarray(text_to_item), dtype=torch.long)
@@ -232,6 +255,120 @@ def _rank_by_items(block_fn: BlockFn, text_to_item: np.ndarray, n_items: int, ch
     has_texts[text_item] = True
     counts[~has_texts] = n_texts
     return Ranks(t2i_ranks.numpy(), counts.numpy())
+
+
+def _by_rule(
+    rule: str, greater: torch.Tensor, before: torch.Tensor, after: torch.Tensor, tied: torch.Tensor
+) -> torch.Tensor:
+    """A rank from the wrong entries strictly above the right one, those tied with it (``tied``), and of
+    those the ones placed before it by a lower (``before``) or a higher (``after``) index."""
+    if rule == "pessimistic":
+        return greater + tied
+    if rule == "last-first":
+        return greater + after
+    if rule == "first-first":
+        return greater + before
+    return greater  # optimistic; entries (its tied positions are counted by the metrics)
+
+
+def _rank_with_ties(
+    block_fn: BlockFn,
+    text_to_item: np.ndarray,
+    n_items: int,
+    chunk: int,
+    item_rule: str,
+    ties: tuple[str, str],
+) -> Ranks:
+    """:func:`rank_blocks` under other tie rules: each query's wrong entries strictly above its right one
+    and those tied with it before and after its index, counted apart (plain passes: these rules are for
+    comparing with a paper's table, not the everyday path)."""
+    text_item = torch.as_tensor(np.asarray(text_to_item), dtype=torch.long)
+    n_texts = len(text_item)
+    t2i = torch.empty(n_texts, dtype=torch.int64)
+    t2i_tied = torch.empty(n_texts, dtype=torch.int64)
+    own_scores: torch.Tensor | None = None
+    best_of_owner: torch.Tensor | None = None
+    columns = torch.arange(n_items)
+    for start, block in iter_blocks(block_fn, n_texts, chunk):
+        rows = torch.arange(block.shape[0])
+        own_item = text_item[start : start + len(rows)]
+        own = block[rows, own_item]
+        equal = block == own[:, None]
+        equal[rows, own_item] = False  # the right entry is not a tie with itself
+        before = (equal & (columns[None, :] < own_item[:, None])).sum(1)
+        after = equal.sum(1) - before
+        greater = (block > own[:, None]).sum(1)
+        t2i[start : start + len(rows)] = _by_rule(ties[0], greater, before, after, before + after)
+        t2i_tied[start : start + len(rows)] = before + after
+        if own_scores is None:
+            own_scores = torch.empty(n_texts, dtype=block.dtype)
+        own_scores[start : start + len(rows)] = own
+        if item_rule == "items":
+            if best_of_owner is None:
+                best_of_owner = torch.full((n_items, n_items), -torch.inf, dtype=block.dtype)
+            best_of_owner.scatter_reduce_(0, own_item[:, None].expand_as(block), block, reduce="amax")
+    has_texts = torch.zeros(n_items, dtype=torch.bool)
+    has_texts[text_item] = True
+    if own_scores is None:
+        return Ranks(t2i.numpy(), np.full(n_items, n_texts, dtype=np.int64))
+    if item_rule == "items":
+        greater, before, after, i2t_tied = _owner_counts(best_of_owner)
+    else:
+        greater, before, after, i2t_tied = _caption_counts(block_fn, text_item, own_scores, n_items, chunk)
+    i2t = _by_rule(ties[1], greater, before, after, i2t_tied)
+    i2t[~has_texts] = n_texts
+    i2t_tied[~has_texts] = 0
+    return Ranks(
+        t2i.numpy(),
+        i2t.numpy(),
+        t2i_tied.numpy() if ties[0] == "entries" else None,
+        i2t_tied.numpy() if ties[1] == "entries" else None,
+    )
+
+
+def _owner_counts(best_of_owner: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Item->text by items: for each item, the other owners whose best text scores above its own best,
+    and those tying with it at a lower or a higher owner index."""
+    n = len(best_of_owner)
+    own_best = best_of_owner.diagonal()
+    greater = (best_of_owner > own_best[None, :]).sum(0)
+    equal = best_of_owner == own_best[None, :]
+    equal.fill_diagonal_(False)
+    owner, item = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    before, tied = (equal & (owner < item)).sum(0), equal.sum(0)
+    return greater, before, tied - before, tied
+
+
+def _caption_counts(
+    block_fn: BlockFn, text_item: torch.Tensor, own_scores: torch.Tensor, n_items: int, chunk: int
+) -> tuple[torch.Tensor, ...]:
+    """Item->text by captions: for each item, the wrong texts above its best own text, those tying with
+    it before its first own text at that score (lower index), after its last (higher index), and in all."""
+    n_texts = len(text_item)
+    best = torch.full((n_items,), -torch.inf, dtype=own_scores.dtype)
+    best = best.scatter_reduce(0, text_item, own_scores, reduce="amax")
+    at_best = own_scores == best[text_item]
+    index = torch.arange(n_texts)
+    first = torch.full((n_items,), n_texts, dtype=torch.int64).scatter_reduce(
+        0, text_item[at_best], index[at_best], reduce="amin"
+    )
+    last = torch.full((n_items,), -1, dtype=torch.int64).scatter_reduce(
+        0, text_item[at_best], index[at_best], reduce="amax"
+    )
+    greater = torch.zeros(n_items, dtype=torch.int64)
+    before = torch.zeros(n_items, dtype=torch.int64)
+    after = torch.zeros(n_items, dtype=torch.int64)
+    total = torch.zeros(n_items, dtype=torch.int64)
+    for start, block in iter_blocks(block_fn, n_texts, chunk):
+        rows = start + torch.arange(block.shape[0])
+        wrong = text_item[rows][:, None] != torch.arange(n_items)[None, :]
+        threshold = best.to(block.dtype)[None, :]
+        greater += ((block > threshold) & wrong).sum(0)
+        tied = (block == threshold) & wrong
+        before += (tied & (rows[:, None] < first[None, :])).sum(0)
+        after += (tied & (rows[:, None] > last[None, :])).sum(0)
+        total += tied.sum(0)
+    return greater, before, after, total
 
 
 def stable_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,6 +93,15 @@ def _name(result: dict, names: list[str] | None, n: int) -> str:
     return names[n] if names else result.get("model", {}).get("name", f"run {n}")
 
 
+def _protocol_cell(result: dict) -> str:
+    """The protocol's name, and its tie rule when it is not the default (``flickr30k-1k, ties released``):
+    two results under other tie rules are not the same figures."""
+    protocol = result.get("protocol", {})
+    ties = protocol.get("ties", {}).get("rule", "pessimistic")
+    name = protocol.get("name", "?")
+    return name if ties == "pessimistic" else f"{name}, ties {ties}"
+
+
 def results_table(results: list[dict], names: list[str] | None = None) -> str:
     """A markdown table of recalls (in %) and rsum, one row per result; NDCG@10 columns are added when
     some result has single-modal or mixed metrics. Video results (every item a clip) get a table of their
@@ -124,7 +133,7 @@ def _video_table(rows: list[tuple[str, dict]]) -> str:
     lines = [header, "|" + "---|" * (len(VIDEO_COLUMNS) + 2)]
     for name, result in rows:
         metrics = result.get("metrics", {})
-        protocol = result.get("protocol", {}).get("name", "?")
+        protocol = _protocol_cell(result)
         cells = [_cell(metrics, key, scale) for key, _, scale in VIDEO_COLUMNS]
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -137,7 +146,7 @@ def _retrieval_table(rows: list[tuple[str, dict]]) -> str:
     lines = [header, "|" + "---|" * (len(labels) + 2)]
     for name, result in rows:
         metrics = result.get("metrics", {})
-        protocol = result.get("protocol", {}).get("name", "?")
+        protocol = _protocol_cell(result)
         cells = [_cell(metrics, key) for key, _ in TABLE_COLUMNS]
         cells += [_cell(result.get(section, {}), key, 1.0) for section, key, _ in graded]
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
@@ -150,7 +159,7 @@ def _classification_table(rows: list[tuple[str, dict]]) -> str:
     lines = [header, "|" + "---|" * (len(columns) + 2)]
     for name, result in rows:
         metrics = result.get("classification", {})
-        protocol = result.get("protocol", {}).get("name", "?")
+        protocol = _protocol_cell(result)
         cells = [_cell(metrics, key, 1.0, 2) for key, _ in columns]  # the papers' two decimals
         lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
