@@ -55,6 +55,9 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    # adamw (torch's), or bertadam (CLIP4Clip's released optimiser: no bias correction, the gradient clipped
+    # per tensor to clip_grad_norm inside the step, decay by parameter name; vlret.train.bertadam)
+    name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -68,7 +71,9 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    name: str = "cosine"  # cosine, linear, step, constant
+    # cosine, linear, step, constant; warmup_cosine_clip4clip: CLIP4Clip's (a cosine over the whole run,
+    # linear warm-up below warmup_fraction of it: the rate jumps where the warm-up ends)
+    name: str = "cosine"
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # of all steps; used when warmup_steps is 0
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak
@@ -263,6 +268,7 @@ def _check_data(data: DataSection) -> None:
 
 
 def _check_optim(opt: OptimSection) -> None:
+    _require(opt.name in ("adamw", "bertadam"), "optim.name", "adamw or bertadam", opt.name)
     for key in ("lr", "weight_decay", "backbone_lr_factor"):
         value = getattr(opt, key)
         _require(math.isfinite(value) and value >= 0, f"optim.{key}", "a finite number >= 0", value)
@@ -284,9 +290,9 @@ def _check_optim(opt: OptimSection) -> None:
 
 def _check_schedule(sched: ScheduleSection) -> None:
     _require(
-        sched.name in ("cosine", "linear", "step", "constant"),
+        sched.name in ("cosine", "linear", "step", "constant", "warmup_cosine_clip4clip"),
         "schedule.name",
-        "cosine, linear, step or constant",
+        "cosine, linear, step, constant or warmup_cosine_clip4clip",
         sched.name,
     )
     _require(sched.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", sched.warmup_steps)

@@ -35,6 +35,7 @@ from vlret.losses import LOSSES
 from vlret.losses.base import LossContext
 from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
+from vlret.train.bertadam import BertAdam, released_no_decay
 from vlret.train.data import EpochBatches, PairSource, epoch_loader
 from vlret.train.distributed import (
     DistInfo,
@@ -177,7 +178,8 @@ def parameter_groups(model: RetrievalModel, recipe: Recipe, loss: WeightedLoss |
         if not param.requires_grad:
             continue
         backbone = any(name.startswith(p) for p in model.backbone_prefixes)
-        decay = param.ndim >= 2
+        # AdamW: no decay on biases, norms and scalars; bertadam: CLIP4Clip's rule, by name
+        decay = not released_no_decay(name) if opt.name == "bertadam" else param.ndim >= 2
         groups.setdefault((backbone, decay), []).append(param)
     return [
         {
@@ -188,6 +190,16 @@ def parameter_groups(model: RetrievalModel, recipe: Recipe, loss: WeightedLoss |
         }
         for (backbone, decay), params in sorted(groups.items())
     ]
+
+
+def make_optimizer(groups: list[dict], opt) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``groups`` (:func:`parameter_groups`): AdamW, or CLIP4Clip's BertAdam
+    with ``clip_grad_norm`` as its per-tensor clip."""
+    if opt.name == "bertadam":
+        return BertAdam(
+            groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, max_grad_norm=opt.clip_grad_norm or 0.0
+        )
+    return torch.optim.AdamW(groups, betas=tuple(opt.betas), eps=opt.eps)
 
 
 class Trainer:
@@ -281,11 +293,7 @@ class Trainer:
         self.total_steps = recipe.train.epochs * self.steps_per_epoch
         if recipe.train.max_steps is not None:
             self.total_steps = min(self.total_steps, recipe.train.max_steps)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, recipe, self.loss),
-            betas=tuple(recipe.optim.betas),
-            eps=recipe.optim.eps,
-        )
+        self.optimizer = make_optimizer(parameter_groups(self.model, recipe, self.loss), recipe.optim)
         factor = lr_multiplier(
             recipe.schedule, recipe.train.epochs * self.steps_per_epoch, self.steps_per_epoch
         )
@@ -426,7 +434,9 @@ class Trainer:
         average_gradients(params, self.info)
         if not self.recipe.optim.compat_amp_clip:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        if self.recipe.optim.clip_grad_norm:
+        if (
+            self.recipe.optim.clip_grad_norm and self.recipe.optim.name != "bertadam"
+        ):  # bertadam clips per tensor
             logged["grad_norm"] = float(
                 torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.clip_grad_norm)
             )
