@@ -353,7 +353,9 @@ def test_an_import_over_an_imported_index_is_an_update_that_keeps_rows_and_label
     _write_part(emb, 1, np.concatenate([changed[:4], rng.standard_normal((2, 16)).astype(np.float32)]),
                 ["p5", "p6", "p7", "p8", "q0", "q1"], root)  # fmt: skip
     trained: list[str] = []
-    monkeypatch.setattr(build_module, "train_ivf", lambda f, v: trained.append(f))
+    import vlret.index.layout as layout
+
+    monkeypatch.setattr(layout, "train_ivf", lambda f, v: trained.append(f))
     assert main([*args, "--out", str(out)]) == 0  # p9 removed, p6 changed, q0 and q1 added
     assert trained == []
     version = out.resolve()

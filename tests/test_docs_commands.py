@@ -220,7 +220,7 @@ STAND_INS: dict[str, Step] = {
             "--gpus-per-worker 1": "--gpus-per-worker 0",
         },
     ),
-    "vlret index build --model M --images /data/photos --out /shared/photos.vlret --on-disk": AS_WRITTEN,
+    "vlret index build --model M --images /data/photos --out /shared/photos-disk.vlret --on-disk": AS_WRITTEN,
     "vlret rerank visa --model M --data D --out /shared/visa --shard 0/4": Step(
         "the other three tasks of the array run too",
         also=({}, {"0/4": "1/4"}, {"0/4": "2/4"}, {"0/4": "3/4"}),

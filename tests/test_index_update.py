@@ -210,7 +210,7 @@ def test_an_update_killed_at_any_stage_leaves_the_served_version_and_resumes(
         elif stage == "assembling":
             patch.setattr(update_module, "_update_search", lambda *a, **k: (_ for _ in ()).throw(Killed()))
         else:
-            patch.setattr(update_module, "_publish", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+            patch.setattr(update_module, "publish_version", lambda *a, **k: (_ for _ in ()).throw(Killed()))
         with pytest.raises(Killed):
             _build(model, photos, tmp_path / "idx")
     assert index.resolve() == version and len(Searcher(index).items) == N  # the served version is untouched
@@ -268,14 +268,16 @@ def test_an_inverted_file_index_is_updated_without_training_and_answers_as_a_fre
     _change(photos)
     (photos / "05.png").unlink()
     trained: list[str] = []
-    real_train = build_module.train_ivf
+    import vlret.index.layout as layout
     import vlret.index.ondisk as ondisk
+
+    real_train = ondisk.train_ivf
 
     def counting(factory, vectors, *a, **k):
         trained.append(factory)
         return real_train(factory, vectors, *a, **k)
 
-    monkeypatch.setattr(build_module, "train_ivf", counting)
+    monkeypatch.setattr(layout, "train_ivf", counting)
     monkeypatch.setattr(ondisk, "train_ivf", counting)
     _build(model, photos, tmp_path / "idx", on_disk=on_disk)
     assert trained == []  # nothing trained again

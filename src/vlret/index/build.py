@@ -19,11 +19,8 @@ import hashlib
 import json
 import os
 import shutil
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +29,6 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from tqdm.auto import tqdm
 
-import vlret
 from vlret.data._io import read_json, write_json
 from vlret.data._policy import ErrorPolicy, OnError
 from vlret.data.image_files import load_image
@@ -48,10 +44,22 @@ from vlret.evaluate.encode import (
     table_from_features,
     write_table,
 )
-from vlret.index.choice import IndexChoice, choose_index
+from vlret.index.choice import choose_index
 from vlret.index.chunks import ChunkClaims, chunk_name, encode_claimed
 from vlret.index.columns import write_columns
-from vlret.index.ondisk import build_on_disk, train_ivf
+from vlret.index.layout import (
+    HEAD_CAPTIONS,
+    HEAD_ITEMS,
+    VANISHED,
+    BuildJob,
+    chunk_keys,
+    common_meta,
+    index_meta,
+    join_tables,
+    kept_items,
+    publish_version,
+    write_faiss_index,
+)
 from vlret.index.sources import (
     FileKey,
     Records,
@@ -62,28 +70,18 @@ from vlret.index.sources import (
     mass_removal_problem,
     plan_change,
 )
+from vlret.index.update import assemble_update, retrain_due, update_imported
 from vlret.models.base import RetrievalModel
 from vlret.models.registry import (
     canonical_model_name,
     create_model,
     did_you_mean,
     is_model_reference,
-    untrained_warning,
 )
 
 #: candidates a two-stage index re-scores with the model's head, per query, unless the build says otherwise
 DEFAULT_SHORTLIST = 100
-#: the tables of the head's features (``{name}.embeds.npy``, ``.tokens.npy``, ``.mask.npy``) in a two-stage index
-HEAD_ITEMS, HEAD_CAPTIONS = "head_items", "head_captions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-#: the folder of a version that holds its model, for a built-in model that is stored with its index
-INDEX_MODEL = "model"
-#: rows copied at a time when tables are joined (a memory-mapped table is never read whole)
-JOIN_ROWS = 65536
-#: the reason a chunk records for a file that was listed and gone when it was read (a removal)
-VANISHED = "vanished before it was read"
-#: rows added per shard of an on-disk index (about 512 MiB of 512-d float32 vectors at a time)
-ONDISK_SHARD_ROWS = 256 * 1024
 
 
 def images_in(folder: Path, suffixes: set[str] | tuple[str, ...] = tuple(IMAGE_SUFFIXES)) -> list[str]:
@@ -190,15 +188,6 @@ def _encode_chunks(
     return folders
 
 
-def kept_items(folders: list[Path], n_paths: int) -> tuple[np.ndarray, list[dict]]:
-    """The indices of the encoded items, and the skipped ones (files that vanished left out), from the
-    chunks' records."""
-    skipped = [s for folder in folders for s in read_json(folder / "skipped.json")]
-    dropped = {s["index"] for s in skipped}
-    kept = np.array([i for i in range(n_paths) if i not in dropped], dtype=np.int64)
-    return kept, [s for s in skipped if s["reason"] != VANISHED]
-
-
 def _encode_chunk(
     encoders: _Encoders, root: Path, part: list[str], batch_size: int, on_error: OnError
 ) -> tuple[dict[str, FeatureTable], list[dict], list[FileKey | None]]:
@@ -229,59 +218,6 @@ def _encode_chunk(
                 root / kept[int(bad[0])], None, "the model gives a non-finite embedding for this image"
             )
     return tables, skipped, keys
-
-
-def chunk_keys(folders: list[Path]) -> list[FileKey | None]:
-    """The keys of the encoded files, in order, from the chunks."""
-    return [None if k is None else FileKey(*k) for folder in folders for k in read_json(folder / "keys.json")]
-
-
-def join_tables(parts: list[FeatureTable], out: Path, name: str) -> FeatureTable:
-    """Concatenate ``parts`` into ``out/{name}.*.npy`` a part at a time (tokens are padded to the longest
-    part; a memory-mapped part is read in pieces); returns the result memory-mapped."""
-    parts = [p for p in parts if len(p)]
-    n = sum(len(p) for p in parts)
-    embeds = open_memmap(out / f"{name}.embeds.npy", "w+", np.float32, (n, parts[0].embeds.shape[1]))
-    tokens = mask = None
-    if parts[0].tokens is not None:
-        length = max(p.tokens.shape[1] for p in parts)
-        shape = (n, length, parts[0].tokens.shape[2])
-        tokens = open_memmap(out / f"{name}.tokens.npy", "w+", parts[0].tokens.dtype, shape)
-        mask = open_memmap(out / f"{name}.mask.npy", "w+", np.bool_, (n, length))
-    row = 0
-    for p in parts:
-        for start in range(0, len(p), JOIN_ROWS):
-            stop = min(start + JOIN_ROWS, len(p))
-            at = slice(row + start, row + stop)
-            embeds[at] = p.embeds[start:stop]
-            if tokens is not None:
-                width = p.tokens.shape[1]
-                tokens[at, :width] = p.tokens[start:stop]
-                tokens[at, width:] = 0
-                mask[at] = False
-                mask[at, :width] = p.mask[start:stop]
-        row += len(p)
-    for array in (embeds, tokens, mask):
-        if array is not None:
-            array.flush()
-    return read_table(out, name)
-
-
-def write_faiss_index(embeddings: np.ndarray, choice: IndexChoice, folder: Path, on_disk: bool) -> str:
-    """Write ``folder/faiss.index`` for the chosen index; returns where its vectors live (``memory`` or
-    ``on_disk``). On disk, an inverted-file index is added shard by shard and merged into
-    :data:`~vlret.index.ondisk.IVF_DATA`; an exact one is not written at all: it is searched from the
-    memory-mapped ``embeddings.npy`` (a FAISS flat index would hold a second copy in memory)."""
-    if on_disk:
-        if choice.kind != "exact":
-            build_on_disk(choice.factory, embeddings, folder, ONDISK_SHARD_ROWS)
-        return "on_disk"
-    import faiss
-
-    index = train_ivf(choice.factory, embeddings)
-    index.add(np.ascontiguousarray(embeddings))
-    faiss.write_index(index, str(folder / "faiss.index"))
-    return "memory"
 
 
 def build_index(
@@ -405,7 +341,7 @@ def build_index(
         "token_dtype": token_dtype if encoders.keep_tokens else None,
         "video": video,
     }
-    job = _Job(
+    job = BuildJob(
         out, out.with_name(out.name + ".building"), root, paths, ids, dataset, encoders, model, model_name,
         first_stage, shortlist, memory_budget_bytes, video, settings, progress, on_disk,
     )  # fmt: skip
@@ -447,13 +383,11 @@ def build_index(
             return out.resolve()
         if change is None:
             return _assemble(job, folders)
-        from vlret.index.update import assemble_update
-
         return assemble_update(job, folders, out.resolve(), change, retrain)
 
 
 def _plan_update(
-    job: _Job, previous: Path, verify: bool, settle: float, allow_mass_removal: bool, retrain: bool
+    job: BuildJob, previous: Path, verify: bool, settle: float, allow_mass_removal: bool, retrain: bool
 ):
     """What an update of the index at ``previous`` encodes, keeps and removes (:mod:`vlret.index.sources`);
     None when an item list with repeated paths needs a full build. Settings that differ are refused."""
@@ -483,7 +417,7 @@ def _plan_update(
     return change
 
 
-def _same_items(job: _Job, previous: Path, change) -> bool:
+def _same_items(job: BuildJob, previous: Path, change) -> bool:
     """Whether the published version lists the same items (ids, paths) and captions as this build."""
     from vlret.index.columns import StringTable
     from vlret.index.search import ITEM_FIELDS
@@ -541,33 +475,6 @@ def update_problem(
             "run with --retrain (the embeddings are kept) or --rebuild"
         )
     return None
-
-
-@dataclass
-class _Job:
-    """One build as :func:`build_index` resolved it: what the encoders and the assembler need."""
-
-    out: Path
-    work: Path
-    root: Path
-    paths: list[str]
-    ids: list[str]
-    dataset: RetrievalDataset | None
-    encoders: _Encoders
-    model: RetrievalModel
-    model_name: str
-    first_stage: str | None
-    shortlist: int
-    memory_budget_bytes: int | None
-    video: dict | None
-    settings: dict
-    progress: bool
-    on_disk: bool
-
-    def report(self, line: str) -> None:
-        """A line for the person running the build (on stderr, when progress is shown)."""
-        if self.progress:
-            print(line, file=sys.stderr, flush=True)
 
 
 def _start_or_join(work: Path, manifest: dict, locks: BuildLocks, out: Path | None = None) -> int | None:
@@ -684,7 +591,7 @@ class BuildLocks:
             pass
 
 
-def _assemble(job: _Job, folders: list[Path]) -> Path:
+def _assemble(job: BuildJob, folders: list[Path]) -> Path:
     """Join the chunks, encode the captions, build the FAISS index and publish the version."""
     work, paths, ids, dataset = job.work, job.paths, job.ids, job.dataset
     kept, skipped = kept_items(folders, len(paths))
@@ -710,70 +617,7 @@ def _assemble(job: _Job, folders: list[Path]) -> Path:
     meta = index_meta(job, len(embeddings), int(embeddings.shape[1]), n_captions, choice, storage)
     meta["skipped"] = [{"file": s["file"], "reason": s["reason"]} for s in skipped]
     write_json(work / "index.json", meta)
-    return _publish(work, job.out)
-
-
-def index_meta(job: _Job, n_items: int, dim: int, n_captions: int, choice: IndexChoice, storage: str) -> dict:
-    """``index.json`` of a build or update of ``job``."""
-    meta = _index_meta(
-        job.model_name, job.root, n_items, dim, n_captions, choice, storage, job.memory_budget_bytes
-    )
-    meta["video"] = job.video
-    meta["model_fingerprint"] = job.settings["model_fingerprint"]
-    meta["build"] = job.settings
-    meta["trained_on"] = n_items  # the collection's size when its search structure was made
-    meta["warnings"] = [w for w in (untrained_warning(job.model_name),) if w]
-    if store_model(job):
-        job.model.save(job.work / INDEX_MODEL)
-        meta["model_folder"] = INDEX_MODEL
-    if job.encoders.head_model is not None:
-        meta["two_stage"] = {
-            "head": job.model.head.describe(),
-            "first_stage": job.first_stage,
-            "shortlist": job.shortlist,
-            "token_dtype": job.settings["token_dtype"],
-        }
-    return meta
-
-
-def store_model(job: _Job) -> bool:
-    """Whether the version keeps a saved copy of its model: a built-in model named as such (not a folder)
-    that computes what a copy holds, used unwrapped and alone (:attr:`RetrievalModel.stored_with_index`)."""
-    model = job.model
-    return (
-        model.stored_with_index
-        and job.video is None
-        and job.first_stage is None
-        and not Path(job.model_name).exists()
-    )
-
-
-def _index_meta(
-    model_name: str,
-    root: Path,
-    n_items: int,
-    dim: int,
-    n_captions: int,
-    choice: IndexChoice,
-    storage: str,
-    memory_budget_bytes: int | None,
-) -> dict:
-    """``index.json``'s common fields."""
-    return {
-        "model": model_name,
-        "media_root": str(root),
-        "items": n_items,
-        "captions": n_captions,
-        "dim": dim,
-        "choice": choice.as_dict(),
-        "storage": storage,
-        "memory_budget_bytes": memory_budget_bytes,
-        "video": None,
-        "skipped": [],
-        "warnings": [],
-        "vlret_version": vlret.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    return publish_version(work, job.out)
 
 
 def index_embeddings(
@@ -838,11 +682,9 @@ def index_embeddings(
         write_columns(work, "items", {"id": list(ids), "path": list(paths)}, sort_by="id")
         choice = choose_index(n, dim, memory_budget_bytes)
         storage = write_faiss_index(vectors, choice, work, on_disk)
-        meta = _index_meta(model_name, root, n, dim, 0, choice, storage, memory_budget_bytes)
+        meta = common_meta(model_name, root, n, dim, 0, choice, storage, memory_budget_bytes)
         meta["trained_on"] = n
     else:
-        from vlret.index.update import retrain_due, update_imported
-
         args = (ids, paths, work, on_disk, memory_budget_bytes, retrain, allow_mass_removal)
         result = update_imported(out.resolve(), incoming, *args)
         if result is None:
@@ -850,14 +692,14 @@ def index_embeddings(
             return out  # up to date
         fields, _ = result
         choice, storage = fields.pop("choice"), fields.pop("storage")
-        meta = _index_meta(model_name, root, n, dim, 0, choice, storage, memory_budget_bytes)
+        meta = common_meta(model_name, root, n, dim, 0, choice, storage, memory_budget_bytes)
         meta.update({k: v for k, v in fields.items() if v is not None})
         meta["retrain_due"] = retrain_due(meta["choice"], n, dim, meta["trained_on"], memory_budget_bytes)
     meta["imported_from"] = source
     # paths left absolute lie outside the media root: indexed and searchable, never served
     meta["outside_media_root"] = sum(1 for p in paths if os.path.isabs(p))
     write_json(work / "index.json", meta)
-    return _publish(work, out)
+    return publish_version(work, out)
 
 
 def _import_problem(
@@ -914,27 +756,3 @@ def _index_captions(
         write_table(work, HEAD_CAPTIONS, table)
     write_columns(work, "captions", {"text": texts, "item_id": [c.item_id for c in captions]})
     return len(texts)
-
-
-def _publish(work: Path, out: Path) -> Path:
-    """Move the finished ``work`` folder into place as the new version and point ``out`` at it; its build
-    files (chunks, manifest) are removed after, so a build killed before the switch finds them and
-    assembles again without encoding."""
-    versions = out.with_name(out.name + ".versions")
-    versions.mkdir(exist_ok=True)
-    version = versions / f"v-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
-    os.replace(work, version)
-    link = out.with_name(f".{out.name}.link")
-    link.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(version, out.parent), link)
-    previous = out.resolve() if out.is_symlink() else None
-    os.replace(link, out)  # atomic: readers see the old version or the new one
-    shutil.rmtree(version / "chunks", ignore_errors=True)
-    (version / "manifest.json").unlink(missing_ok=True)
-    # the version before stays on disk, so that every replica of a server resolves the links any of them
-    # gave out from it; older ones go (readers that opened them keep their open files)
-    keep = {version.resolve(), previous}
-    for old in versions.iterdir():
-        if old.is_dir() and old.name.startswith("v-") and old.resolve() not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-    return out

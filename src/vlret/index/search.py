@@ -24,10 +24,9 @@ from vlret.evaluate.encode import FeatureTable, read_table
 from vlret.evaluate.ranking import stable_topk
 from vlret.index.choice import FAISS_LABELS
 from vlret.index.columns import StringTable
+from vlret.index.layout import HEAD_CAPTIONS, HEAD_ITEMS, ITEM_FIELDS
 from vlret.index.ondisk import read_on_disk
 from vlret.models.base import Features
-
-ITEM_FIELDS = ("id", "path")  # the string columns an index keeps per item
 
 
 @dataclass
@@ -172,8 +171,6 @@ class Searcher:
             self._open_two_stage(shortlist)
 
     def _open_two_stage(self, shortlist: int | None) -> None:
-        from vlret.index.build import HEAD_CAPTIONS, HEAD_ITEMS
-
         try:
             self.shortlist = int(shortlist or self.two_stage["shortlist"])
         except (KeyError, TypeError, ValueError) as exc:

@@ -30,20 +30,21 @@ import numpy as np
 from vlret.data._io import read_json, write_json
 from vlret.errors import ConfigError, DataError
 from vlret.evaluate.encode import FeatureTable, encode_texts, read_table
-from vlret.index.build import (
+from vlret.index.choice import FAISS_LABELS, IndexChoice, choose_index
+from vlret.index.columns import StringTable, write_columns
+from vlret.index.layout import (
     HEAD_CAPTIONS,
     HEAD_ITEMS,
+    ITEM_FIELDS,
     ONDISK_SHARD_ROWS,
-    _Job,
-    _publish,
+    BuildJob,
     chunk_keys,
     index_meta,
     join_tables,
     kept_items,
+    publish_version,
     write_faiss_index,
 )
-from vlret.index.choice import FAISS_LABELS, IndexChoice, choose_index
-from vlret.index.columns import StringTable, write_columns
 from vlret.index.sources import MASS_REMOVAL_SHARE, Change, FileKey, Records
 
 #: growth (or shrinkage) since training past which a retrain is due
@@ -77,7 +78,9 @@ def _chunk_tables(folders: list[Path], side: str) -> list[FeatureTable]:
     return [read_table(f, side) for f in folders if (f / f"{side}.embeds.npy").is_file()]
 
 
-def assemble_update(job: _Job, folders: list[Path], previous: Path, change: Change, retrain: bool) -> Path:
+def assemble_update(
+    job: BuildJob, folders: list[Path], previous: Path, change: Change, retrain: bool
+) -> Path:
     """Make and publish the new version: ``previous``'s kept rows and the chunks' new ones."""
     work = job.work
     old_meta = read_json(previous / "index.json")
@@ -125,7 +128,7 @@ def assemble_update(job: _Job, folders: list[Path], previous: Path, change: Chan
         meta["choice"], len(embeddings), int(embeddings.shape[1]), trained_on, job.memory_budget_bytes
     )
     write_json(work / "index.json", meta)
-    return _publish(work, job.out)
+    return publish_version(work, job.out)
 
 
 def _write_records(work: Path, change: Change, new_row: np.ndarray, encoded_keys: list) -> None:
@@ -170,7 +173,7 @@ def _mixed_table(old: FeatureTable | None, new: FeatureTable | None, from_old, r
     return FeatureTable(field("embeds"), field("tokens"), field("mask"))
 
 
-def _update_captions(job: _Job, previous: Path, old_meta: dict, kept_ids: set[str]) -> int:
+def _update_captions(job: BuildJob, previous: Path, old_meta: dict, kept_ids: set[str]) -> int:
     """The captions of the kept items: a text the index holds keeps its embedding, others are encoded."""
     captions = [c for c in job.dataset.captions if c.item_id in kept_ids]
     texts = [c.text for c in captions]
@@ -306,8 +309,6 @@ def update_imported(
     with the same vector keeps its row and label; others are added, ids that are gone removed. The rows
     of ``incoming`` (normalised) are written into ``work`` in the new order, with the items and the search
     structure; returns ``(meta fields, counts)``, or None when nothing changed."""
-    from vlret.index.search import ITEM_FIELDS
-
     old_meta = read_json(previous / "index.json")
     old_items = StringTable.open(previous, "items", ITEM_FIELDS)
     old_embeds = np.load(previous / "embeddings.npy", mmap_mode="r")
