@@ -192,7 +192,9 @@ class StageClock:
         per_step = (now - began) / (done - first)
         stage_left = per_step * (total - done)
         typical = self.stages[self.current][1]
-        pace = (per_step * (total - first)) / typical if typical else 1.0  # this stage against its typical time
+        pace = (
+            (per_step * (total - first)) / typical if typical else 1.0
+        )  # this stage against its typical time
         later = sum(seconds for _, seconds in self.stages[self.current + 1 :]) * min(max(pace, 0.5), 4.0)
         self._say(
             f"    {done}/{total} steps at {per_step:.2f} s each: about {_duration(stage_left)} left in this "

@@ -38,7 +38,7 @@ def report_skipped(path, skipped: list[dict]) -> None:
     shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:SKIPPED_SHOWN])
     more = f"; and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
     print(
-        f"skipped {len(skipped)} unreadable file(s): {shown}{more}. The full list is under \"skipped\" in "
+        f'skipped {len(skipped)} unreadable file(s): {shown}{more}. The full list is under "skipped" in '
         f"{path}/index.json; --on-error raise stops at the first instead",
         file=sys.stderr,
     )
