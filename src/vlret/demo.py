@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vlret.data._io import write_json
 from vlret.data.synth import SceneObject, SynthConfig, read_scenes, write_benchmark
@@ -210,8 +211,9 @@ class StageClock:
         return time.perf_counter() - self.started
 
     def _say(self, line: str) -> None:
-        if self.enabled:
-            print(line, file=self.stream, flush=True)
+        if self.enabled:  # through tqdm: a line said while the training's bar is drawn goes above the bar
+            tqdm.write(line, file=self.stream)
+            self.stream.flush()
 
 
 def _duration(seconds: float) -> str:
