@@ -129,16 +129,16 @@ def load_scenes(data_dir: Path) -> dict[str, list[SceneObject]] | None:
     return {path: [SceneObject(**o) for o in s["objects"]] for path, s in read_scenes(file).items()}
 
 
-#: each stage of ``make demo`` and about how long it takes on a 2-core CPU (2026-12-01; with the set-up
-#: of a fresh clone, 2 to 3 minutes, the demo's estimate of about 10 minutes in the README and ``--help``)
+#: each stage of ``make demo`` and about how long it takes on a 2-core CPU (a fresh clone on 2026-12-05 took
+#: 21 min 41 s with 2 min 45 s of set-up); training is timed by its own pace once it runs (:meth:`progress`)
 DEMO_STAGES = (
     ("write the synthetic benchmark", 20.0),
-    ("train the tiny dual encoder", 270.0),
-    ("evaluate it and the untrained model", 5.0),
-    ("re-rank with VISA (offline backends)", 80.0),
+    ("train the tiny dual encoder", 920.0),
+    ("evaluate it and the untrained model", 8.0),
+    ("re-rank with VISA (offline backends)", 165.0),
     ("write the report", 2.0),
     ("index the test images", 3.0),
-    ("index and search real photos with conse", 10.0),
+    ("index and search real photos with conse", 17.0),
 )
 
 

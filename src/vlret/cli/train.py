@@ -116,7 +116,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser(
         "demo",
-        help="synthesise, train the tiny model, evaluate, re-rank, report, then search real photos (about 10 min "
+        help="synthesise, train the tiny model, evaluate, re-rank, report, then search real photos (22 min "
         "from a fresh clone on 2 cores, set-up included; a cached benchmark and a finished run are reused)",
     )
     demo.add_argument("--out", help="run folder (default runs/demo, runs/demo_video with --video)")
