@@ -465,16 +465,20 @@ def update_problem(
             f"an update must use the index's own model and settings, and these differ ({'; '.join(differ)}); "
             "a full build is needed: run with --rebuild"
         )
+    return _storage_problem(meta, on_disk, memory_budget_bytes, retrain)
+
+
+def _storage_problem(meta: dict, on_disk: bool, memory_budget_bytes: int | None, retrain: bool) -> str | None:
+    """Why the index's search structure cannot take this build's storage and budget as it is (None: it
+    can, or ``retrain`` makes it again)."""
     storage = "on_disk" if on_disk else "memory"
-    if not retrain and (
-        meta.get("storage") != storage or meta.get("memory_budget_bytes") != memory_budget_bytes
-    ):
-        return (
-            f"the index is stored {meta.get('storage')} with memory budget {meta.get('memory_budget_bytes')}, and "
-            f"this build asks {storage} with {memory_budget_bytes}: its search structure must be made again; "
-            "run with --retrain (the embeddings are kept) or --rebuild"
-        )
-    return None
+    if retrain or (meta.get("storage"), meta.get("memory_budget_bytes")) == (storage, memory_budget_bytes):
+        return None
+    return (
+        f"the index is stored {meta.get('storage')} with memory budget {meta.get('memory_budget_bytes')}, and "
+        f"this build asks {storage} with {memory_budget_bytes}: its search structure must be made again; "
+        "run with --retrain (the embeddings are kept) or --rebuild"
+    )
 
 
 def _start_or_join(work: Path, manifest: dict, locks: BuildLocks, out: Path | None = None) -> int | None:
@@ -725,15 +729,7 @@ def _import_problem(
     ]
     if differ:
         return f"an update must keep the index's model, media root and dimension ({'; '.join(differ)}): run with --rebuild"
-    storage = "on_disk" if on_disk else "memory"
-    if not retrain and (
-        meta.get("storage") != storage or meta.get("memory_budget_bytes") != memory_budget_bytes
-    ):
-        return (
-            f"the index is stored {meta.get('storage')} with memory budget {meta.get('memory_budget_bytes')}, and "
-            f"this import asks {storage} with {memory_budget_bytes}: run with --retrain or --rebuild"
-        )
-    return None
+    return _storage_problem(meta, on_disk, memory_budget_bytes, retrain)
 
 
 def _index_captions(
