@@ -68,6 +68,14 @@ class VideoConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.video.{name} must be at least 1, not {getattr(self, name)}")
 
+    def as_dict(self) -> dict:
+        """The settings as saved and as the model's identity; ``max_seconds`` only when set, so the
+        identities (and cache keys) of models made before it stay as they were."""
+        fields = asdict(self)
+        if fields["max_seconds"] is None:
+            del fields["max_seconds"]
+        return fields
+
     @property
     def sampling(self) -> FrameSampling:
         if self.sampling_rule == "clip4clip":
@@ -141,6 +149,14 @@ class VideoModel(RetrievalModel):
             )
         super().set_head(head)
 
+    def as_dict(self) -> dict:
+        """The settings as saved and as the model's identity; ``max_seconds`` only when set, so the
+        identities (and cache keys) of models made before it stay as they were."""
+        fields = asdict(self)
+        if fields["max_seconds"] is None:
+            del fields["max_seconds"]
+        return fields
+
     @property
     def sampling(self) -> FrameSampling:
         """How frames are taken from each clip."""
@@ -151,7 +167,7 @@ class VideoModel(RetrievalModel):
         return self.frame_model.logit_scale
 
     def identity(self) -> dict:
-        return {**super().identity(), "video": asdict(self.config), "frames": self.frame_model.identity()}
+        return {**super().identity(), "video": self.config.as_dict(), "frames": self.frame_model.identity()}
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.frame_model.tokenize(texts)
@@ -192,7 +208,7 @@ class VideoModel(RetrievalModel):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.frame_model.save(folder / FRAME_MODEL_FOLDER)
-        meta = {"kind": "video", "config": asdict(self.config), "head": self.save_head(folder)}
+        meta = {"kind": "video", "config": self.config.as_dict(), "head": self.save_head(folder)}
         (folder / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if self.temporal is not None:
             state = {k: v.detach().contiguous() for k, v in self.temporal.state_dict().items()}
