@@ -149,14 +149,6 @@ class VideoModel(RetrievalModel):
             )
         super().set_head(head)
 
-    def as_dict(self) -> dict:
-        """The settings as saved and as the model's identity; ``max_seconds`` only when set, so the
-        identities (and cache keys) of models made before it stay as they were."""
-        fields = asdict(self)
-        if fields["max_seconds"] is None:
-            del fields["max_seconds"]
-        return fields
-
     @property
     def sampling(self) -> FrameSampling:
         """How frames are taken from each clip."""
