@@ -528,6 +528,8 @@ def test_the_watch_command_builds_a_missing_index_and_refuses_bad_options(model,
     assert main([*watch, "--model", str(model), "--settle", "-1"]) == 2
     assert "--settle" in capsys.readouterr().err
     assert main([*watch, "--model", str(model), "--stop-after", "0"]) == 2
+    assert main(["index", "watch", str(tmp_path / "gone"), "--index", out, "--model", str(model)]) == 2
+    assert "gone: not a folder" in capsys.readouterr().err
     options = ["--settle", "0", "--poll", "--on-error", "raise", "--memory-gb", "1", "--stop-after", "1"]
     assert main([*watch, "--model", str(model), *options]) == 0
     assert "1 update(s) published" in capsys.readouterr().out

@@ -26,7 +26,10 @@ def test_overrides_and_types(tmp_path):
         ("losses.triplet={weight: 1}", "unknown loss 'triplet'; valid: infonce, hinge"),
         ("losses.hinge={margn: 1}", "losses.hinge: unknown key 'margn'; valid keys: weight, margin"),
         ("data.val_split=test", "never chosen on the test split"),
-        ("schedule.name=exponential", "schedule.name: expected cosine, linear, step, constant or warmup_cosine_clip4clip"),
+        (
+            "schedule.name=exponential",
+            "schedule.name: expected cosine, linear, step, constant or warmup_cosine_clip4clip",
+        ),
         ("bogus=1", "unknown key 'bogus'; valid keys: model, data, losses"),
         ("losses.infonce.weight=0", "every term has weight 0"),
     ],

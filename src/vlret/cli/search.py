@@ -168,6 +168,10 @@ def cmd_index_watch(args: argparse.Namespace) -> int:
                 f"{args.index} is not an index yet: give --model to build it from {args.folder}"
             )
         model = json.loads(meta_file.read_text())["model"]
+    if not Path(args.folder).is_dir():
+        raise ConfigError(
+            f"{args.folder}: not a folder (vlret index watch follows a folder of images or videos)"
+        )
     if not args.settle >= 0:
         raise ConfigError(f"--settle must be a number of seconds >= 0, not {args.settle}")
     if args.stop_after is not None and args.stop_after < 1:
@@ -237,7 +241,8 @@ def _query_texts(args: argparse.Namespace) -> list[str]:
     if args.queries:
         path = Path(args.queries)
         if not path.is_file():
-            raise ConfigError(f"--queries {path}: file not found (one query text per line)")
+            what = "a folder, not a file" if path.is_dir() else "file not found"
+            raise ConfigError(f"--queries {path}: {what} (one query text per line)")
         lines = path.read_text(encoding="utf-8").splitlines()
         texts += [line.strip() for line in lines if line.strip()]
         if not any(line.strip() for line in lines):
