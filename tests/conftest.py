@@ -149,9 +149,8 @@ def swin_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory):
     """A one-layer BERT with a 12-word WordPiece vocabulary."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from hf_tiny import make_bert
 
-    folder = tmp_path_factory.mktemp("bert")
     words = [
         "[PAD]",
         "[UNK]",
@@ -166,15 +165,4 @@ def bert_dir(tmp_path_factory):
         "on",
         "the",
     ]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    return make_bert(tmp_path_factory.mktemp("bert"), words)

@@ -126,3 +126,22 @@ def make_cross_encoder(folder: Path, hidden: int = 32) -> Path:
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_bert(folder: Path, words: list[str], layers: int = 1, heads: int = 2) -> Path:
+    """A BERT encoder of width 16 with random weights (seed 0) and a WordPiece tokenizer over ``words``
+    (the special tokens first), saved as transformers saves them."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder

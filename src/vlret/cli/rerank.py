@@ -199,7 +199,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge.set_defaults(func=cmd_visa_merge)
 
     from vlret.evaluate.protocols import DIRECTIONS, PROTOCOLS
-    from vlret.rerank.head import DEFAULT_K
+    from vlret.rerank.defaults import DEFAULT_K
 
     head = rerank_cmds.add_parser(
         "head",

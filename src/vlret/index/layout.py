@@ -22,14 +22,13 @@ from numpy.lib.format import open_memmap
 
 import vlret
 from vlret.data._io import read_json
-from vlret.evaluate.encode import FeatureTable, read_table
 from vlret.index.choice import IndexChoice
 from vlret.index.ondisk import build_on_disk, train_ivf
 from vlret.index.sources import FileKey
-from vlret.models.registry import untrained_warning
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch's modules: the searcher reads this module's names without torch
     from vlret.data.records import RetrievalDataset
+    from vlret.evaluate.encode import FeatureTable
     from vlret.models.base import RetrievalModel
 
 ITEM_FIELDS = ("id", "path")  # the string columns an index keeps per item
@@ -90,6 +89,8 @@ def chunk_keys(folders: list[Path]) -> list[FileKey | None]:
 def join_tables(parts: list[FeatureTable], out: Path, name: str) -> FeatureTable:
     """Concatenate ``parts`` into ``out/{name}.*.npy`` a part at a time (tokens are padded to the longest
     part; a memory-mapped part is read in pieces); returns the result memory-mapped."""
+    from vlret.evaluate.encode import read_table
+
     parts = [p for p in parts if len(p)]
     n = sum(len(p) for p in parts)
     embeds = open_memmap(out / f"{name}.embeds.npy", "w+", np.float32, (n, parts[0].embeds.shape[1]))
@@ -139,6 +140,8 @@ def index_meta(
     job: BuildJob, n_items: int, dim: int, n_captions: int, choice: IndexChoice, storage: str
 ) -> dict:
     """``index.json`` of a build or update of ``job``."""
+    from vlret.models.registry import untrained_warning
+
     meta = common_meta(
         job.model_name, job.root, n_items, dim, n_captions, choice, storage, job.memory_budget_bytes
     )

@@ -6,27 +6,37 @@ A two-stage index (a model whose head is not a dot product) answers text -> imag
 steps: a shortlist by the cosine of global embeddings, then the head's exact score of each candidate, which
 is the score the hits carry (``first_stage_score`` keeps the shortlist's). Image -> image and text -> text
 compare two items or two texts, which a text-to-item head cannot score: they rank by the cosine alone.
+
+A one-stage index whose model embeds texts without torch (conse: :mod:`vlret.models.text_queries`) answers
+text queries without importing torch, which is most of a cold ``vlret search``'s time; torch and the model
+are loaded when something needs them (an image query, a head's score).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vlret.errors import ConfigError, VlretError
-from vlret.evaluate.encode import FeatureTable, read_table
-from vlret.evaluate.ranking import stable_topk
 from vlret.index.choice import FAISS_LABELS
 from vlret.index.columns import StringTable
 from vlret.index.layout import HEAD_CAPTIONS, HEAD_ITEMS, ITEM_FIELDS
 from vlret.index.ondisk import read_on_disk
-from vlret.models.base import Features
+from vlret.models.files import MODEL_CONFIG_FILE
+from vlret.models.text_queries import numpy_text_queries
+
+if TYPE_CHECKING:  # torch's: imported where a model or a head is used, not to answer a text query
+    import torch
+
+    from vlret.evaluate.encode import FeatureTable
+    from vlret.models.base import Features
 
 
 @dataclass
@@ -42,24 +52,64 @@ class Hit:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def _check_texts(texts: list[str]) -> None:
+    if any(not t.strip() for t in texts):
+        raise ConfigError("empty query text")
+
+
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a whole number of results >= 1, not {k!r}")
 
 
+NON_FINITE_QUERY = "the model gives a non-finite embedding for this query (NaN or infinity in its weights?)"
+
+
+def _without_gradients(method):
+    """``torch.no_grad()`` around ``method``, torch imported when it runs."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return method(*args, **kwargs)
+
+    return run
+
+
 def _checked(features: Features) -> Features:
     """Query features with normalised float32 embeddings; non-finite outputs are refused."""
+    import torch
+
+    from vlret.models.base import Features
+
     embeds = torch.nn.functional.normalize(features.embeds.float(), dim=-1)
     for x in (embeds, features.tokens):
         if x is not None and not torch.isfinite(x).all():
-            raise VlretError(
-                "the model gives a non-finite embedding for this query (NaN or infinity in its weights?)"
-            )
+            raise VlretError(NON_FINITE_QUERY)
     return Features(embeds, features.tokens, features.mask)
+
+
+def stable_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best of ``scores``, best first; ties go to the lower position, also at the
+    ``k``-th place (the rule of :func:`vlret.evaluate.ranking.stable_topk`)."""
+    n = len(scores)
+    k = min(k, n)
+    candidates = np.arange(n)
+    if 0 < k < n:  # every position scoring at least the k-th best value: the ties at the k-th place too
+        kth_best = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= kth_best)
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    return candidates[order]
 
 
 def _best(scores: torch.Tensor, k: int) -> list[int]:
     """Positions of the ``k`` best head scores, ties to the lower position; non-finite scores are refused."""
+    import torch
+
+    from vlret.evaluate.ranking import stable_topk
+
     if not torch.isfinite(scores).all():
         raise VlretError("the model's head gives a non-finite score for this query")
     _, top = stable_topk(scores[None].float(), min(k, len(scores)))
@@ -103,9 +153,9 @@ class _Vectors:
         k = min(k, len(self.embeddings))
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         if self.faiss_index is None:
-            scores = torch.from_numpy(np.asarray(self.embeddings @ query[0]))[None]
-            values, top = stable_topk(scores, k)
-            return values[0].numpy(), top[0].numpy()
+            scores = np.asarray(self.embeddings @ query[0])
+            top = stable_top(scores, k)
+            return scores[top], top
         fetch = k * self.refine if self.refine else k
         scores, ids = self.faiss_index.search(query, min(fetch, len(self.embeddings)))
         ids = ids[0][ids[0] >= 0]
@@ -176,6 +226,8 @@ class Searcher:
         except (KeyError, TypeError, ValueError) as exc:
             self._damaged("index.json", f"two_stage is malformed ({exc})")
         _check_k(self.shortlist)
+        from vlret.evaluate.encode import read_table
+
         self.head_items = self._read(f"{HEAD_ITEMS}.embeds.npy", lambda _: read_table(self.path, HEAD_ITEMS))
         if len(self.head_items) != len(self.items):
             self._damaged(f"{HEAD_ITEMS}.*.npy", "its number of items differs from items.json")
@@ -294,10 +346,31 @@ class Searcher:
             )
         return create_model(reference, video=self.meta.get("video")).eval()
 
+    @functools.cached_property
+    def numpy_texts(self):
+        """The torch-free text encoder of the index's model (:mod:`vlret.models.text_queries`), or None. It
+        serves a one-stage index whose model is a saved folder (kept with the index, or named by its path)
+        of a kind that has one, unless a model was given to the searcher."""
+        if self.two_stage is not None or self._model is not None:
+            return None
+        reference, stored = self.meta["model"], self.meta.get("model_folder")
+        if stored is not None and (self.path / stored).is_dir():
+            return numpy_text_queries(self.path / stored)
+        if (Path(reference) / MODEL_CONFIG_FILE).is_file():
+            return numpy_text_queries(reference)
+        return None
+
     # ----- embeddings -----------------------------------------------------------------------------------
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Normalised shortlist embeddings ``[n, D]`` of query texts, in one model call."""
-        return self._encode_texts(self.first_stage_model, texts).embeds.numpy()
+        encoder = self.numpy_texts
+        if encoder is None:
+            return self._encode_texts(self.first_stage_model, texts).embeds.numpy()
+        _check_texts(texts)
+        vectors = encoder.embed(list(texts))
+        if not np.isfinite(vectors).all():
+            raise VlretError(NON_FINITE_QUERY)
+        return vectors
 
     def embed_text(self, text: str) -> np.ndarray:
         return self.embed_texts([text])[0]
@@ -311,6 +384,8 @@ class Searcher:
 
     def text_queries(self, texts: list[str]) -> list[Query]:
         """Encoded query texts: what :meth:`image_hits` takes (one call per model)."""
+        if self.numpy_texts is not None:
+            return [Query("text", v) for v in self.embed_texts(texts)]
         return self._queries("text", texts, self._encode_texts)
 
     def image_queries(self, images: list[Image.Image | str | Path]) -> list[Query]:
@@ -325,14 +400,15 @@ class Searcher:
         head = shortlist if self.first_stage_model is self.model else encode(self.model, inputs)
         return [Query(kind, v, head.rows(n, n + 1)) for n, v in enumerate(vectors)]
 
-    @torch.no_grad()
+    @_without_gradients
     def _encode_texts(self, model, texts: list[str]) -> Features:
-        if any(not t.strip() for t in texts):
-            raise ConfigError("empty query text")
+        _check_texts(texts)
         return _checked(model.encode_texts(model.tokenize(list(texts))))
 
-    @torch.no_grad()
+    @_without_gradients
     def _encode_images(self, model, images: list[Image.Image | str | Path]) -> Features:
+        import torch
+
         from vlret.data.image_files import load_image, size_problem
 
         loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
@@ -344,7 +420,6 @@ class Searcher:
         return _checked(model.encode_images(pixels))
 
     # ----- queries --------------------------------------------------------------------------------------
-    @torch.no_grad()
     def image_hits(self, query: Query | np.ndarray, k: int) -> list[Hit]:
         """The ``k`` indexed images that best match a query (from :meth:`text_queries` or
         :meth:`image_queries`; a bare embedding is accepted by one-stage indexes)."""
@@ -356,12 +431,11 @@ class Searcher:
                 self._image_hit(r, s, i) for r, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
             ]
         first, ids = self._shortlist(self.images, query.vector, k)
-        scores = self.model.head.score(query.features, self._head_rows(self.head_items, ids))[0]
+        scores = self._head_score(query.features, self._head_rows(self.head_items, ids))[0]
         return [
             self._image_hit(r, scores[n], ids[n], first[n]) for r, n in enumerate(_best(scores, k), start=1)
         ]
 
-    @torch.no_grad()
     def caption_hits(self, query: Query | np.ndarray, k: int) -> list[Hit]:
         """The ``k`` indexed captions that best match a query (needs an index built from a dataset)."""
         _check_k(k)
@@ -374,10 +448,14 @@ class Searcher:
                 self._caption_hit(r, s, i) for r, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
             ]
         first, ids = self._shortlist(self.caption_vectors, query.vector, k)
-        scores = self.model.head.score(self._head_rows(self.head_captions, ids), query.features)[:, 0]
+        scores = self._head_score(self._head_rows(self.head_captions, ids), query.features)[:, 0]
         return [
             self._caption_hit(r, scores[n], ids[n], first[n]) for r, n in enumerate(_best(scores, k), start=1)
         ]
+
+    @_without_gradients
+    def _head_score(self, texts: Features, items: Features) -> torch.Tensor:
+        return self.model.head.score(texts, items)
 
     def _as_query(self, query: Query | np.ndarray) -> Query:
         if isinstance(query, Query):
@@ -411,6 +489,8 @@ class Searcher:
     def unknown_words(self, text: str) -> list[str]:
         """The words of a query text that the index's model (or its first stage) does not know: a
         word-level model reads each as one unknown token, so a query of them finds nothing in particular."""
+        if self.numpy_texts is not None:
+            return self.numpy_texts.unknown_words(text)
         models = [self.first_stage_model] + ([self.model] if self.two_stage is not None else [])
         return list(dict.fromkeys(w for m in models for w in m.unknown_query_words(text)))
 

@@ -38,7 +38,6 @@ from vlret.errors import ConfigError, NonFiniteScoreError
 from vlret.models.features import Features
 from vlret.models.heads import CosineHead, build_head
 
-MODEL_CONFIG_FILE = "vlret_model.json"
 HF_MODEL_TYPES = ("clip", "siglip")  # the transformers model types vlret reads as dual encoders
 HEAD_WEIGHTS_FILE = "head.safetensors"
 

@@ -37,7 +37,8 @@ from torch import nn
 
 from vlret.models.avse import RadialBiasSampler, drop_tokens, encode_views
 from vlret.models.backbones import IMAGE_TOWERS, TEXT_TOWERS, build_image_tower, build_text_tower
-from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+from vlret.models.base import Features, RetrievalModel
+from vlret.models.files import MODEL_CONFIG_FILE
 from vlret.models.pooling import GPO
 from vlret.models.word_augment import augment_words
 from vlret.models.word_tokenizer import words_outside

@@ -35,9 +35,8 @@ from vlret.errors import ConfigError
 from vlret.models.backbones.efficientnet_lite import TRANSFORM, load_pretrained
 from vlret.models.backbones.minilm import SentenceTower
 from vlret.models.backbones.packages import require_packages
-from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
-
-CLASS_EMBEDDINGS_FILE = "class_embeddings.safetensors"
+from vlret.models.base import Features, RetrievalModel
+from vlret.models.files import CLASS_EMBEDDINGS_FILE, MODEL_CONFIG_FILE
 
 
 def imagenet_classes() -> list[str]:

@@ -19,7 +19,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 
 from vlret.data.transforms import ImageTransform
 from vlret.errors import ConfigError
-from vlret.models.base import HF_MODEL_TYPES, MODEL_CONFIG_FILE, Features, RetrievalModel
+from vlret.models.base import HF_MODEL_TYPES, Features, RetrievalModel
+from vlret.models.files import MODEL_CONFIG_FILE
 
 _PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from vlret.data.transforms import ImageTransform
 from vlret.errors import ConfigError
-from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+from vlret.models.base import Features, RetrievalModel
+from vlret.models.files import MODEL_CONFIG_FILE
 
 PREFIX = "openclip:"
 

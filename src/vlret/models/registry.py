@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from vlret.errors import ConfigError
-from vlret.models.base import HF_MODEL_TYPES, MODEL_CONFIG_FILE, RetrievalModel
+from vlret.models.base import HF_MODEL_TYPES, RetrievalModel
+from vlret.models.files import MODEL_CONFIG_FILE
 from vlret.models.heads import build_head
 from vlret.models.tiny import TINY_ARCHS, TinyDualEncoder
 from vlret.models.video import FRAME_MODEL_FOLDER, VideoModel, as_video_model

@@ -20,7 +20,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vlret.data.transforms import ImageTransform
-from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+from vlret.models.base import Features, RetrievalModel
+from vlret.models.files import MODEL_CONFIG_FILE
 from vlret.models.word_tokenizer import configure, train_word_tokenizer, words_outside
 
 TINY_ARCHS = ("tiny-cnn", "tiny-vit")

@@ -30,7 +30,8 @@ from torch import nn
 
 from vlret.data.video import MAX_FRAMES, FrameSampling
 from vlret.errors import ConfigError
-from vlret.models.base import MODEL_CONFIG_FILE, Features, RetrievalModel
+from vlret.models.base import Features, RetrievalModel
+from vlret.models.files import MODEL_CONFIG_FILE
 from vlret.schema import build_dataclass
 
 POOLINGS = ("mean", "transformer")

@@ -39,10 +39,8 @@ from vlret.evaluate.ranking import (
 from vlret.evaluate.scoring import fold_table, score_candidates
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
+from vlret.rerank.defaults import DEFAULT_K
 from vlret.rerank.first_stage import first_stage_topk, ranks_within_topk
-
-#: candidates per query the head re-scores unless told otherwise (RVLR's Flickr30K k_test is 128)
-DEFAULT_K = 128
 
 
 def rerank_fold(

@@ -182,7 +182,7 @@ def _check_losses(losses: dict) -> None:
 
 
 def _check_model(model: ModelSection) -> None:
-    from vlret.models.base import MODEL_CONFIG_FILE
+    from vlret.models.files import MODEL_CONFIG_FILE
     from vlret.models.heads import build_head
     from vlret.models.tiny import TINY_ARCHS, TinyConfig
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlret.errors import ConfigError
-from vlret.models.backbones.base import ImageTower, TextTower
+
+if TYPE_CHECKING:  # the towers import torch, which the numpy query encoder of this package does without
+    from vlret.models.backbones.base import ImageTower, TextTower
 
 IMAGE_TOWERS = ("efficientnet-lite0", "regions", "hf-vision", "tiny-vit")
 TEXT_TOWERS = ("minilm", "bigru", "hf-text")
@@ -96,6 +99,14 @@ def build_text_tower(
             raise ConfigError("text_options.source: the hf-text tower needs a hub id or folder")
         return HFTextTower(options["source"], max_length, pooling=pooling)
     raise ConfigError(f"unknown text tower {name!r}; expected one of {TEXT_TOWERS}")
+
+
+def __getattr__(name: str):
+    if name in ("ImageTower", "TextTower"):
+        from vlret.models.backbones import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'vlret.models.backbones' has no attribute {name!r}")
 
 
 __all__ = ["IMAGE_TOWERS", "TEXT_TOWERS", "ImageTower", "TextTower", "build_image_tower", "build_text_tower"]

