@@ -11,10 +11,10 @@ from vlret.data import load_dataset
 from vlret.data.image_files import load_image
 from vlret.errors import VlretError
 from vlret.evaluate import evaluate_model
+from vlret.evaluate.first_stage import ranks_within_topk
+from vlret.evaluate.reranked import evaluate_reranked
 from vlret.models import create_model
 from vlret.models.heads import CosineHead
-from vlret.rerank.first_stage import ranks_within_topk
-from vlret.rerank.head import evaluate_reranked
 
 
 def test_ranks_within_the_top_k_by_hand():

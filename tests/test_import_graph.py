@@ -91,6 +91,46 @@ def test_no_module_imports_one_that_imports_it_back():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert len(graph) > 100  # the graph was read, function-level imports included:
-    assert {"vlret.rerank.head", "vlret.evaluate.packaging"} <= graph["vlret.evaluate.api"]
+    assert {"vlret.evaluate.reranked", "vlret.evaluate.packaging"} <= graph["vlret.evaluate.api"]
     assert "vlret.models.conse" in graph["vlret.models.registry"]
     assert _cycles(graph) == []
+
+
+#: vlret's packages from the lowest floor to the highest (docs/architecture.md); the modules at the package's
+#: top (errors, schema, claims, locks, ...) are floor 0. A module imports only from its own floor or lower.
+FLOORS = [
+    "data",
+    "models",
+    "losses",
+    "evaluate",
+    "rerank",
+    "train",
+    "index",
+    "serve",
+    "report",
+    "demo",
+    "suite",
+    "cli",
+]
+
+
+def _floor(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    return FLOORS.index(part) + 1 if part in FLOORS else 0
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _floor(b) > _floor(a))
+
+
+def test_the_floor_check_finds_a_planted_upward_import():
+    assert _floor("vlret.errors") == 0 and _floor("vlret.evaluate.api") < _floor("vlret.rerank.visa.run")
+    graph = {"vlret.evaluate.api": {"vlret.rerank.visa.run", "vlret.models.base"}, "vlret.models.base": set()}
+    assert _upward(graph) == ["vlret.evaluate.api -> vlret.rerank.visa.run"]
+
+
+def test_no_module_imports_from_a_higher_floor():
+    modules = _modules()
+    assert {m.split(".")[1] for m in modules if m.count(".") >= 2} <= set(FLOORS)  # every package has a floor
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert _upward(graph) == []

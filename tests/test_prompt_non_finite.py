@@ -76,17 +76,17 @@ def test_the_cli_refuses_a_nan_learning_rate_before_any_work(class_bench, tmp_pa
 
 
 def test_a_loss_that_becomes_nan_stops_training_and_saves_nothing(class_bench, tmp_path, monkeypatch):
-    from vlret.models.prompt_classifier import PromptClassifier
+    import vlret.train.prompt_trainer as prompt_trainer
 
     data, clip = class_bench
-    real = PromptClassifier.training_losses
+    real = prompt_trainer.prompt_losses
 
-    def poisoned(self, pixels, labels):
-        terms = real(self, pixels, labels)
+    def poisoned(classifier, pixels, labels):
+        terms = real(classifier, pixels, labels)
         terms["total"] = terms["total"] * float("nan")
         return terms
 
-    monkeypatch.setattr(PromptClassifier, "training_losses", poisoned)
+    monkeypatch.setattr(prompt_trainer, "prompt_losses", poisoned)
     run = PromptRun(model=str(clip), method="coop", shots=2, epochs=1, batch_size=16)
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: the loss is not finite .*no epoch was saved"):
         train_prompts(run, data, tmp_path / "run")

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import vlret.data.region_features as region_module
+import vlret.models.region_features as region_module
 from vlret.cli import main
 from vlret.data import load_dataset
 from vlret.data.image_files import load_image
-from vlret.data.region_features import RegionSettings, fill, grid_boxes, scene_boxes, write_region_features
 from vlret.data.transforms import ImageTransform
 from vlret.models.backbones.efficientnet_lite import load_pretrained
+from vlret.models.region_features import RegionSettings, fill, grid_boxes, scene_boxes, write_region_features
 
 
 def test_boxes_by_hand():

@@ -37,7 +37,7 @@ def cmd_backbone_predict(args: argparse.Namespace) -> int:
 def cmd_features_regions(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vlret.data.region_features import RegionSettings, write_region_features
+    from vlret.models.region_features import RegionSettings, write_region_features
 
     settings = RegionSettings(
         boxes=args.boxes,

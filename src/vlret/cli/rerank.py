@@ -126,8 +126,8 @@ def cmd_visa_merge(args: argparse.Namespace) -> int:
 def cmd_head(args: argparse.Namespace) -> int:
     from vlret.data._io import write_json
     from vlret.evaluate import results_table
+    from vlret.evaluate.reranked import evaluate_reranked
     from vlret.evaluate.score_files import load_score_matrix
-    from vlret.rerank.head import evaluate_reranked
 
     dataset = load_data(args)
     split = args.split or "test"
@@ -198,8 +198,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_data_options(merge)
     merge.set_defaults(func=cmd_visa_merge)
 
+    from vlret.evaluate.defaults import DEFAULT_K
     from vlret.evaluate.protocols import DIRECTIONS, PROTOCOLS
-    from vlret.rerank.defaults import DEFAULT_K
 
     head = rerank_cmds.add_parser(
         "head",

@@ -29,6 +29,7 @@ from vlret.evaluate.ranking import (
     rank_blocks,
     ranking_dtype,
 )
+from vlret.evaluate.reranked import evaluate_reranked
 from vlret.evaluate.score_cache import ScoreMatrix, default_score_dir
 from vlret.evaluate.scoring import (
     block_shape,
@@ -39,7 +40,6 @@ from vlret.evaluate.scoring import (
 )
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
-from vlret.rerank.head import evaluate_reranked
 
 
 def _check_direction(direction: str) -> None:
@@ -252,7 +252,7 @@ def evaluate_model(
     memory) and is evaluated block by block over both axes. A head that is not a dot product also keeps its
     score matrix (in ``score_dir``, by default next to the feature cache), so that another protocol on the
     same captions or an ensemble reads it instead of scoring again. A re-ranking head (ITM) is evaluated
-    on the top-``k_test`` of the model's own embeddings (:func:`vlret.rerank.head.evaluate_reranked`); the
+    on the top-``k_test`` of the model's own embeddings (:func:`vlret.evaluate.reranked.evaluate_reranked`); the
     result records both stages. ``relevance`` (``"rouge-l"`` or a ``.npy`` file) adds single-modal and
     mixed-gallery NDCG (:mod:`vlret.evaluate.graded`; ``mixed_mode`` clean or compat). ``item_rule`` counts
     item->text ranks by ``"captions"`` or ``"items"`` (default: the field's convention for the data,

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlret.losses.textrefiner import refinement_regulariser, semantic_loss, semantic_tokens
 from vlret.models.base import RetrievalModel
 from vlret.models.coop import DEFAULT_INIT, PromptLearner
 from vlret.models.textrefiner import Aggregation, FeatureAlignment, LocalCache
@@ -97,25 +96,3 @@ class PromptClassifier(nn.Module):
         with torch.no_grad():
             image = F.normalize(self.model.encode_images(pixels).embeds, dim=-1)
         return self.model.logit_scale.exp() * image @ self.class_embeddings().T
-
-    def training_losses(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The step's terms (``ce``; with TextRefiner also ``semantic`` and ``regulariser``, already weighted
-        in ``total``); the cache is written after they are formed."""
-        scale = self.model.logit_scale.exp()
-        text = self.prompts.class_embeddings(self.model)
-        if not self.refines:
-            with torch.no_grad():
-                image = F.normalize(self.model.encode_images(pixels).embeds, dim=-1)
-            ce = F.cross_entropy(scale * image @ text.T, labels)
-            return {"ce": ce, "total": ce}
-        with torch.no_grad():
-            tokens, attention = self.model.local_tokens(pixels)
-        image = F.normalize(tokens[:, 0], dim=-1)
-        refined = self._refine(text)
-        aligned = self.alignment(tokens)
-        ce = F.cross_entropy(scale * image @ refined.T, labels)
-        sem = semantic_loss(semantic_tokens(aligned, attention), text, labels, float(scale))
-        reg = refinement_regulariser(refined, text)
-        total = ce + sem / self.refiner.semantic_divisor + self.refiner.regulariser_weight * reg
-        self.cache.write(aligned.reshape(-1, aligned.shape[-1]))
-        return {"ce": ce, "semantic": sem, "regulariser": reg, "total": total}

@@ -235,7 +235,7 @@ def _ensemble_cell(row: EnsembleRow, seed: int, ctx: CellContext) -> dict:
 
 
 def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
-    from vlret.rerank.head import evaluate_reranked
+    from vlret.evaluate.reranked import evaluate_reranked
 
     first = _member(row.first, seed, ctx)
     head_cell = _member(row.head_from, seed, ctx)
@@ -269,9 +269,8 @@ def _itm_cell(row: ItmRow, seed: int, ctx: CellContext) -> dict:
 
 
 def _visa_cell(row: VisaRow, seed: int, ctx: CellContext, folder: Path) -> dict:
-    from vlret.rerank.first_stage import base_from_scores
     from vlret.rerank.visa.config import VisaConfig, load_visa_config
-    from vlret.rerank.visa.run import run_visa
+    from vlret.rerank.visa.run import base_from_scores, run_visa
 
     first = _member(row.first, seed, ctx)
     test = _test_split(ctx.data.media(first["data"]), ctx.data.test_split)
@@ -356,9 +355,9 @@ def _reranked_scores(model: RetrievalModel, test: RetrievalDataset, ctx: CellCon
     the head's scores plus one constant (which VISA's per-query min-max fusion removes)."""
     import torch
 
+    from vlret.evaluate.first_stage import first_stage_topk
     from vlret.evaluate.ranking import dot_block_fn
     from vlret.evaluate.scoring import score_candidates
-    from vlret.rerank.first_stage import first_stage_topk
 
     encoded = encode_dataset(model, test, cache_dir=ctx.features, progress=False)
     texts, items = torch.from_numpy(encoded.text_embeds), torch.from_numpy(encoded.item_embeds)

@@ -216,8 +216,8 @@ def _run_claimed(
 
 def prepare_data(rows, data_dir: Path, images: int | None, progress: bool) -> SuiteData:
     """The synthetic benchmark, and the region and teacher features when some row reads them."""
-    from vlret.data.region_features import RegionSettings
     from vlret.data.synth import SynthConfig, write_benchmark
+    from vlret.models.region_features import RegionSettings
 
     name = "synth" if images is None else f"synth_{images}"
     config = SynthConfig() if images is None else replace(SynthConfig(), images=images)
@@ -277,7 +277,7 @@ def add_dataset_features(rows: list, data: SuiteData, data_dir: Path, progress: 
     key = f"{slug(data.images.path.stem)}-{dataset_fingerprint(dataset)}"
     trained = [r for r in rows if isinstance(r, TrainRow)]
     if any(r.data == "precomp" for r in trained):
-        from vlret.data.region_features import RegionSettings
+        from vlret.models.region_features import RegionSettings
 
         _add_region_features(data, data_dir / f"{key}_regions", RegionSettings(), None, progress)
     if any(r.teacher for r in trained):
@@ -287,7 +287,7 @@ def add_dataset_features(rows: list, data: SuiteData, data_dir: Path, progress: 
 def _add_region_features(data: SuiteData, out: Path, regions, scenes: Path | None, progress: bool) -> None:
     """Region features of the suite's images in ``out`` (reused when finished, resumed when not), and
     their shape, which the region rows' recipes take."""
-    from vlret.data.region_features import write_region_features
+    from vlret.models.region_features import write_region_features
 
     write_region_features(data.load("images"), out, regions, scenes, progress=progress)
     data.precomp = out

@@ -33,6 +33,7 @@ from vlret.data.image_files import load_image
 from vlret.devices import DEVICE_CHOICES, pick_device
 from vlret.errors import ConfigError, TrainingError
 from vlret.evaluate.classification import class_retrieval_map, top1_accuracy
+from vlret.losses.textrefiner import prompt_losses
 from vlret.models import create_model
 from vlret.models.coop import CONTEXT_MODES
 from vlret.models.prompt_classifier import PromptClassifier, RefinerConfig
@@ -313,7 +314,7 @@ def train_prompts(
             labels = torch.tensor([i.label for i in chunk], device=device)
             seeds = [(run.seed, epoch, int(i)) for i in picked]
             pixels = _pixels(classifier, train_data, chunk, augment, seeds)
-            terms = classifier.training_losses(pixels, labels)
+            terms = prompt_losses(classifier, pixels, labels)
             if not torch.isfinite(terms["total"]):
                 raise TrainingError(_non_finite_message(epoch, step, terms, state_file))
             optimizer.zero_grad(set_to_none=True)

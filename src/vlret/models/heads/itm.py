@@ -9,7 +9,7 @@ score of a pair is the raw match logit, as RVLR ranks by it.
 
 A fusion encoder costs a forward pass per pair, so it is a **re-ranker** (``reranks``): training losses
 that read batch scores use the global embeddings' dot product (ITC), and the evaluator scores only the
-top-``k_test`` candidates of that first stage per query (:mod:`vlret.rerank.head`). ``score`` over a
+top-``k_test`` candidates of that first stage per query (:mod:`vlret.evaluate.reranked`). ``score`` over a
 whole block still works (every pair fused) for small galleries and tests.
 """
 

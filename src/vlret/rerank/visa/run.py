@@ -13,19 +13,59 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vlret.data._io import read_json, write_json
 from vlret.data.records import RetrievalDataset
+from vlret.errors import DataError, NonFiniteScoreError
+from vlret.evaluate.first_stage import final_ranks, first_stage_topk
 from vlret.evaluate.metrics import MEDIAN_RULES, direction_metrics
 from vlret.evaluate.packaging import media_kind, median_rules
+from vlret.evaluate.ranking import dot_block_fn, matrix_block_fn, pairwise_dot, ranking_dtype
 from vlret.evaluate.results import make_result
-from vlret.rerank.first_stage import base_from_embeddings, base_from_scores, final_ranks
 from vlret.rerank.visa.config import VisaConfig
-from vlret.rerank.visa.fusion import compat_ranking, fuse, rerank_topk
+from vlret.rerank.visa.fusion import compat_ranking, fuse, official_top_k, rerank_topk
 from vlret.rerank.visa.pipeline import Candidate, Roles, Visa
 from vlret.rerank.visa.store import merge_stage
 
 __all__ = ["base_from_embeddings", "base_from_scores", "final_ranks", "merge_visa", "run_visa"]
+
+
+def base_from_scores(
+    scores: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False, source: str = "scores"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidates, their base scores, the base rank of each query's answer) from a score matrix; ``compat``
+    picks the candidates as the official script does."""
+    cap_item = split.caption_to_item
+    hint = torch.from_numpy(
+        np.asarray(scores[np.arange(len(cap_item)), cap_item], dtype=ranking_dtype(scores.dtype))
+    )
+    try:
+        top, values, ranks = first_stage_topk(
+            matrix_block_fn(scores), cap_item, scores.shape[1], k, hint, official_top_k if compat else None
+        )
+    except NonFiniteScoreError as exc:
+        raise DataError(
+            source, f"row {exc.row}, column {exc.column}", f"non-finite score {exc.value}"
+        ) from None
+    return top, values, ranks.t2i
+
+
+def base_from_embeddings(
+    text: np.ndarray, items: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same from normalised embeddings (cosine scores, computed block by block)."""
+    cap_item = split.caption_to_item
+    t, g = torch.from_numpy(text), torch.from_numpy(items)
+    top, values, ranks = first_stage_topk(
+        dot_block_fn(t, g),
+        cap_item,
+        len(g),
+        k,
+        pairwise_dot(t, g, cap_item),
+        official_top_k if compat else None,
+    )
+    return top, values, ranks.t2i
 
 
 def _queries_of_shard(n_queries: int, shard: tuple[int, int]) -> np.ndarray:

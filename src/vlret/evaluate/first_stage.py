@@ -8,20 +8,17 @@ which is at least K: everything the re-ranker did not see ranks after everything
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from vlret.data.records import RetrievalDataset
-from vlret.errors import DataError, NonFiniteScoreError, VlretError
+from vlret.errors import VlretError
 from vlret.evaluate.ranking import (
     BlockFn,
     Ranks,
-    dot_block_fn,
     iter_blocks,
-    matrix_block_fn,
-    pairwise_dot,
     rank_blocks,
-    ranking_dtype,
     topk_blocks,
 )
 
@@ -32,56 +29,24 @@ def first_stage_topk(
     n_items: int,
     k: int,
     positive_hint: torch.Tensor | None = None,
-    compat: bool = False,
+    select: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Ranks]:
     """(top-``k`` items per text ``[n_texts, k]``, their scores, the base ranks in both directions).
 
-    ``compat`` selects the candidates as VISA's official script does (see :mod:`vlret.rerank.visa.fusion`).
+    ``select(rows, k)``, when given, picks each row's candidates instead of the stable top-k (VISA's
+    official script picks them otherwise: :func:`vlret.rerank.visa.fusion.official_top_k`).
     """
-    from vlret.rerank.visa.fusion import official_top_k
-
     ranks = rank_blocks(block_fn, text_to_item, n_items, positive_hint=positive_hint)
-    if not compat:
+    if select is None:
         values, indices = topk_blocks(block_fn, len(text_to_item), k)
         return indices, values, ranks
     indices, values = [], []
     for _, block in iter_blocks(block_fn, len(text_to_item)):
         rows = block.numpy()
-        top = official_top_k(rows, k)
+        top = select(rows, k)
         indices.append(top)
         values.append(np.take_along_axis(rows, top, axis=1))
     return np.concatenate(indices), np.concatenate(values), ranks
-
-
-def base_from_scores(
-    scores: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False, source: str = "scores"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(candidates, their base scores, the base rank of each query's answer) from a score matrix."""
-    cap_item = split.caption_to_item
-    hint = torch.from_numpy(
-        np.asarray(scores[np.arange(len(cap_item)), cap_item], dtype=ranking_dtype(scores.dtype))
-    )
-    try:
-        top, values, ranks = first_stage_topk(
-            matrix_block_fn(scores), cap_item, scores.shape[1], k, hint, compat
-        )
-    except NonFiniteScoreError as exc:
-        raise DataError(
-            source, f"row {exc.row}, column {exc.column}", f"non-finite score {exc.value}"
-        ) from None
-    return top, values, ranks.t2i
-
-
-def base_from_embeddings(
-    text: np.ndarray, items: np.ndarray, split: RetrievalDataset, k: int, compat: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The same from normalised embeddings (cosine scores, computed block by block)."""
-    cap_item = split.caption_to_item
-    t, g = torch.from_numpy(text), torch.from_numpy(items)
-    top, values, ranks = first_stage_topk(
-        dot_block_fn(t, g), cap_item, len(g), k, pairwise_dot(t, g, cap_item), compat
-    )
-    return top, values, ranks.t2i
 
 
 def final_ranks(reranked: np.ndarray, base_ranks: np.ndarray, answers: np.ndarray) -> np.ndarray:

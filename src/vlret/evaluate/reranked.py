@@ -3,7 +3,7 @@ X-VLM and RVLR).
 
 The first stage (a model's global embeddings, by default the re-ranking model's own, or a score matrix)
 ranks every query against the whole gallery and keeps its top-``k``; the head scores only those ``k`` pairs
-per query, in both directions. Ranks follow :mod:`vlret.rerank.first_stage`: inside the top-``k`` by the
+per query, in both directions. Ranks follow :mod:`vlret.evaluate.first_stage`: inside the top-``k`` by the
 head's score, outside it the base rank (after everything re-scored). The result records both stages.
 """
 
@@ -18,7 +18,9 @@ import torch
 from vlret.data.images import check_media
 from vlret.data.records import RetrievalDataset
 from vlret.errors import ConfigError, DataError, NonFiniteScoreError
+from vlret.evaluate.defaults import DEFAULT_K
 from vlret.evaluate.encode import FeatureTable, encode_dataset
+from vlret.evaluate.first_stage import first_stage_topk, ranks_within_topk
 from vlret.evaluate.graded import graded_results
 from vlret.evaluate.packaging import (
     check_finite_features,
@@ -39,8 +41,6 @@ from vlret.evaluate.ranking import (
 from vlret.evaluate.scoring import fold_table, score_candidates
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
-from vlret.rerank.defaults import DEFAULT_K
-from vlret.rerank.first_stage import first_stage_topk, ranks_within_topk
 
 
 def rerank_fold(
