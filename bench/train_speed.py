@@ -2,8 +2,9 @@
 steps on batches already in memory, in one run. Target: ratio >= 0.85 (the pipeline must not starve the model).
 
 Both sides run ``Trainer.train_step`` (forward, loss, backward, clip, AdamW); only where the batches come from
-differs: a list in memory, or the trainer's own loader (``epoch_loader``, with the background prefetch it
-uses when ``data.num_workers`` is 0). Rounds are interleaved (memory, pipeline, memory, ...) and the best
+differs: a list in memory, or the trainer's own loader (``epoch_loader`` with the workers
+``data.num_workers`` gives: ``auto`` is the background prefetch thread when the images are cached or the
+model trains on the CPU, and half the cores when an accelerator trains on images decoded at every step). Rounds are interleaved (memory, pipeline, memory, ...) and the best
 round of each is kept (see timing.py). The ratio is printed last.
 
     .venv/bin/python bench/train_speed.py [--steps 8] [--repeats 3] [--no-cache-images]
@@ -21,7 +22,7 @@ from timing import best, interleaved, parse_args, spread
 from vlret.data.prefetch import prefetch
 from vlret.data.synth import SynthConfig, write_benchmark
 from vlret.train import Trainer, load_recipe
-from vlret.train.data import EpochBatches, epoch_loader
+from vlret.train.data import EpochBatches, epoch_loader, loader_workers
 
 #: --smoke: sizes that run in seconds
 SMOKE = {"steps": 2, "repeats": 1, "images": 40, "batch_size": 8}
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", default="auto", help="auto, or a number of loader processes")
     parser.add_argument(
         "--no-cache-images", action="store_true", help="decode every image from disk each step"
     )
@@ -52,6 +53,7 @@ def main() -> None:
             ],
         )
         trainer = Trainer(recipe, progress=False)
+        workers = loader_workers(recipe.data.num_workers, trainer.source, trainer.device.type)
         batches = EpochBatches(trainer.source, trainer.model.tokenize, args.batch_size, 0, 0, trainer.info)
         steps = min(args.steps, len(batches))
         in_memory = [batches[j] for j in range(steps)]
@@ -65,8 +67,8 @@ def main() -> None:
 
         def through_pipeline() -> float:
             start = time.perf_counter()
-            loader = iter(epoch_loader(batches, args.num_workers))
-            loader = prefetch(loader) if args.num_workers == 0 else loader
+            loader = iter(epoch_loader(batches, workers))
+            loader = prefetch(loader) if workers == 0 else loader
             for batch in itertools.islice(loader, steps):
                 trainer.train_step([batch], 0)
             return steps * args.batch_size / (time.perf_counter() - start)
@@ -74,7 +76,8 @@ def main() -> None:
         rates = interleaved({"memory": from_memory, "pipeline": through_pipeline}, args.repeats)
 
     print(
-        f"cache_images={not args.no_cache_images} num_workers={args.num_workers} batch={args.batch_size} "
+        f"cache_images={not args.no_cache_images} num_workers={args.num_workers} ({workers}) "
+        f"batch={args.batch_size} "
         f"steps per round={steps}"
     )
     print(spread("batches in memory", rates["memory"], "samples/s", higher_is_better=True))

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from vlret.data.synth import SynthConfig, write_benchmark
 from vlret.evaluate import evaluate_model
 from vlret.train import Trainer, load_recipe
+from vlret.train.data import PairSource, loader_workers
 from vlret.train.logger import read_metrics
 
 
@@ -52,8 +53,11 @@ def test_killed_run_resumes_to_identical_weights(synth_data, tmp_path):
     total_steps = summary["steps"]
     assert total_steps == 3 * (240 // 8)
 
+    # the killed run reads its images from disk at every step, on a loader process:
+    # its batches, and the resumed run's, must be those of the cached run above
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "vlret.cli", "train", "--quiet", *_overrides(synth_data, killed)]
+    uncached = [*_overrides(synth_data, killed), "data.cache_images=false", "data.num_workers=1"]
+    cmd = [sys.executable, "-m", "vlret.cli", "train", "--quiet", *uncached]
     # the same thread count as this process: float reductions, and so the weights, depend on it
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -65,7 +69,9 @@ def test_killed_run_resumes_to_identical_weights(synth_data, tmp_path):
     stopped_at = _last_step(killed)
     assert 8 <= stopped_at < total_steps, f"the run was not killed mid-way (last checkpoint {stopped_at})"
 
-    Trainer(load_recipe(None, _overrides(synth_data, killed)), resume=True, progress=False).fit()
+    resumed = Trainer(load_recipe(None, uncached), resume=True, progress=False)
+    assert loader_workers(resumed.recipe.data.num_workers, resumed.source) == 1
+    resumed.fit()
     assert _last_step(killed) == total_steps
     a, b = _weights(whole), _weights(killed)
     assert a.keys() == b.keys()
@@ -125,3 +131,34 @@ def test_gradient_accumulation_counts_optimiser_steps(synth_data, tmp_path):
     assert summary["steps"] == (240 // 8) // 3  # 30 micro-batches -> 10 optimiser steps
     train = [r for r in read_metrics(tmp_path / "acc" / "metrics.jsonl") if r["kind"] == "train"]
     assert train[-1]["step"] == 10 and train[-1]["samples_per_s"] > 0
+
+
+class _Source:
+    def __init__(self, decodes: bool):
+        self.decodes_each_step = decodes
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8), (17, 8), (64, 8)])
+def test_auto_workers_are_half_the_cores_when_a_gpu_trains_on_images_decoded_each_step(
+    monkeypatch, cores, expected
+):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert loader_workers("auto", _Source(decodes=True), "cuda") == expected
+    assert loader_workers("auto", _Source(decodes=False), "cuda") == 0
+    assert loader_workers("auto", _Source(decodes=True), "cpu") == 0  # the model's threads use the cores
+    assert (
+        loader_workers(3, _Source(decodes=False)) == 3
+        and loader_workers(0, _Source(decodes=True), "cuda") == 0
+    )
+
+
+def test_a_source_decodes_each_step_only_without_its_cache(synth_data):
+    from vlret.data import load_dataset
+    from vlret.data.transforms import ImageTransform
+    from vlret.train.recipe import DataSection
+
+    split = load_dataset(synth_data).split("train")
+    transform = ImageTransform(32, 32, (0.5,) * 3, (0.5,) * 3)
+    assert not PairSource(split, transform, DataSection(cache_images=True)).decodes_each_step
+    assert not PairSource(split, transform, DataSection(cache_images=True, hflip=True)).decodes_each_step
+    assert PairSource(split, transform, DataSection(cache_images=False)).decodes_each_step

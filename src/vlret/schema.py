@@ -55,7 +55,16 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        hint = next(h for h in options if h is not type(None))
+        options = [h for h in options if h is not type(None)]
+        if len(options) > 1:  # int | str: the first type the value is
+            for option in options:
+                try:
+                    return _check_type(value, option, where)
+                except ConfigError:
+                    continue
+            names = " or ".join(getattr(h, "__name__", str(h)) for h in options)
+            raise ConfigError(f"{where}: expected {names}, got {value!r}")
+        hint = options[0]
         origin = typing.get_origin(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

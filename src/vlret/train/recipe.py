@@ -47,7 +47,9 @@ class DataSection:
     cache_images: bool = True  # keep decoded training images in memory (small datasets)
     crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random-resized-crop area range
     hflip: bool = False  # off by default: captions say "left" and "right"
-    num_workers: int = 0
+    # processes that read and augment batches: "auto" is none (a prefetch thread) when the images are cached
+    # or the model trains on the CPU, and half the cores, 1 to 8, on an accelerator decoding every step
+    num_workers: int | str = "auto"
     # epoch: every pair once per epoch, shuffled; resampled: an epoch's pairs drawn with replacement
     # (open_clip's --dataset-resampled, for webdataset shards too large to go through evenly)
     sampling: str = "epoch"
@@ -257,7 +259,12 @@ def _check_data(data: DataSection) -> None:
         "[low, high] with 0 < low <= high <= 1",
         lo_hi,
     )
-    _require(data.num_workers >= 0, "data.num_workers", "an integer >= 0", data.num_workers)
+    _require(
+        data.num_workers == "auto" or (isinstance(data.num_workers, int) and data.num_workers >= 0),
+        "data.num_workers",
+        "auto or an integer >= 0",
+        data.num_workers,
+    )
     _require(data.sampling in ("epoch", "resampled"), "data.sampling", "epoch or resampled", data.sampling)
     for key in ("train_split", "val_split"):
         _require(bool(getattr(data, key)), f"data.{key}", "a split name", getattr(data, key))

@@ -36,7 +36,7 @@ from vlret.losses.base import LossContext
 from vlret.models import RetrievalModel, create_model
 from vlret.models.base import Features
 from vlret.train.bertadam import BertAdam, released_no_decay
-from vlret.train.data import EpochBatches, PairSource, epoch_loader
+from vlret.train.data import EpochBatches, PairSource, epoch_loader, loader_workers
 from vlret.train.distributed import (
     DistInfo,
     average_gradients,
@@ -531,8 +531,9 @@ class Trainer:
             step_in_epoch * k,
             r.data.sampling,
         )
-        loader = epoch_loader(batches, r.data.num_workers)
-        loader = prefetch(iter(loader)) if r.data.num_workers == 0 else iter(loader)
+        workers = loader_workers(r.data.num_workers, self.source, self.device.type)
+        loader = epoch_loader(batches, workers)
+        loader = prefetch(iter(loader)) if workers == 0 else iter(loader)
         steps_left = min(self.steps_per_epoch - step_in_epoch, self.total_steps - self.step)
         bar = tqdm(
             total=steps_left,
