@@ -30,6 +30,19 @@ def test_a_hand_worked_block():
     assert found.columns[0].tolist() == [0, 2, 1] and found.columns[1].tolist() == [1, 3, 2]
     # own entries (0,0)=.5, (1,1)=.9, (2,2)=.8: > thresholds [F, T, T]; >= [T, T, T]
     assert found.own[0].tolist() == [False, True, True] and found.own[1].tolist() == [True, True, True]
+    # between: passing >= and not >, i.e. equal to the column's threshold: (0,0)=.5, (1,2)=.3, (2,1)=.2
+    assert found.between is None
+    thresholds = torch.tensor([0.5, 0.2, 0.3])
+    band = count_block(
+        block,
+        None,
+        [ColumnThreshold(thresholds, True), ColumnThreshold(thresholds, False)],
+        own,
+        between=(0, 1),
+    )
+    rows, columns, values = band.between
+    assert rows.tolist() == [0, 1, 2] and columns.tolist() == [0, 2, 1]
+    np.testing.assert_allclose(values, [0.5, 0.3, 0.2])
 
 
 def _plain(block: np.ndarray, rows: np.ndarray, columns: np.ndarray, own: np.ndarray):
@@ -48,7 +61,9 @@ def test_counts_equal_whole_block_comparisons_with_ties(dtype, n_rows):
     own = rng.integers(0, 37, n_rows)
     rows = block[torch.arange(n_rows), torch.from_numpy(own)]
     columns = torch.from_numpy(rng.integers(0, 6, 37) / 5).to(dtype)
-    found = count_block(block, rows, [ColumnThreshold(columns, True), ColumnThreshold(columns, False)], own)
+    found = count_block(
+        block, rows, [ColumnThreshold(columns, True), ColumnThreshold(columns, False)], own, between=(0, 1)
+    )
     without_rows = count_block(block, None, [ColumnThreshold(columns, False)], own)
     expected = _plain(block.double().numpy(), rows.double().numpy(), columns.double().numpy(), own)
     assert found.rows.tolist() == expected[0].tolist()
@@ -58,6 +73,12 @@ def test_counts_equal_whole_block_comparisons_with_ties(dtype, n_rows):
     )
     assert found.own[0].tolist() == expected[3].tolist() and found.own[1].tolist() == expected[4].tolist()
     assert without_rows.rows is None and without_rows.columns[0].tolist() == expected[2].tolist()
+    on_threshold = np.argwhere(block.double().numpy() == columns.double().numpy()[None, :])  # >= and not >
+    rows_found, columns_found, values = found.between
+    assert sorted(zip(rows_found.tolist(), columns_found.tolist(), strict=True)) == [
+        tuple(x) for x in on_threshold.tolist()
+    ]
+    np.testing.assert_array_equal(values.astype(np.float64), columns.double().numpy()[columns_found])
 
 
 def test_reused_blocks_share_one_buffer_and_fresh_ones_do_not():

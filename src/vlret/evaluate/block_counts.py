@@ -41,6 +41,8 @@ class BlockCounts:
     rows: torch.Tensor | None  # [n] int64: entries of each row at or above the row's threshold
     columns: list[torch.Tensor]  # per column threshold: [n_columns] int64, the entries passing it
     own: list[np.ndarray]  # per column threshold: [n] bool, whether each row's own entry passes it
+    # with ``between=(i, j)``: the entries passing threshold j but not threshold i, as (rows, columns, values)
+    between: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def count_block(
@@ -48,12 +50,15 @@ def count_block(
     row_threshold: torch.Tensor | None,
     column_thresholds: list[ColumnThreshold],
     own_columns: np.ndarray,
+    between: tuple[int, int] | None = None,
 ) -> BlockCounts:
     """Counts of ``block`` ``[n, m]``: per row, the entries ``>= row_threshold[row]`` (None: not counted);
     per column threshold, the entries of each column passing it, and whether the entry of each row in its
-    own column (``own_columns[row]``) passes it."""
+    own column (``own_columns[row]``) passes it. ``between=(i, j)`` also returns the entries that pass
+    column threshold ``j`` and not ``i`` (a narrow band under ``i``), found slab by slab among the columns
+    whose counts differ, while the slab is in cache."""
     if block.device.type != "cpu" or block.dtype not in (torch.float32, torch.float64):
-        return _count_with_torch(block, row_threshold, column_thresholds, own_columns)
+        return _count_with_torch(block, row_threshold, column_thresholds, own_columns, between)
     values = block.numpy()
     rows = None if row_threshold is None else row_threshold.to(block.dtype).numpy()
     columns = [(c.values.to(block.dtype).numpy()[None, :], c.strict) for c in column_thresholds]
@@ -62,6 +67,7 @@ def count_block(
     row_counts = None if rows is None else np.empty(n, dtype=np.int64)
     column_counts = [np.zeros(width, dtype=np.int64) for _ in columns]
     own = [np.empty(n, dtype=np.bool_) for _ in columns]
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for lo in range(0, n, SLAB_ROWS):
         hi = min(lo + SLAB_ROWS, n)
         slab, slab_mask = values[lo:hi], mask[: hi - lo]
@@ -69,15 +75,42 @@ def count_block(
         if rows is not None:
             np.greater_equal(slab, rows[lo:hi, None], out=slab_mask)
             row_counts[lo:hi] = as_bytes.sum(1, dtype=np.int32)
+        slab_counts = []
         for k, (thresholds, strict) in enumerate(columns):
             (np.greater if strict else np.greater_equal)(slab, thresholds, out=slab_mask)
-            column_counts[k] += as_bytes.sum(0, dtype=np.int32)
+            slab_counts.append(as_bytes.sum(0, dtype=np.int32))
+            column_counts[k] += slab_counts[-1]
             own[k][lo:hi] = slab_mask[np.arange(hi - lo), own_columns[lo:hi]]
+        if between is not None:
+            found.append(_between(slab, lo, columns, slab_counts, *between))
     return BlockCounts(
         None if row_counts is None else torch.from_numpy(row_counts),
         [torch.from_numpy(c) for c in column_counts],
         own,
+        None if between is None else tuple(np.concatenate(part) for part in zip(*found, strict=True)),
     )
+
+
+def _passes(values: np.ndarray, thresholds: np.ndarray, strict: bool) -> np.ndarray:
+    return values > thresholds if strict else values >= thresholds
+
+
+def _between(
+    slab: np.ndarray,
+    row_offset: int,
+    columns: list[tuple[np.ndarray, bool]],
+    slab_counts: list[np.ndarray],
+    upper: int,
+    lower: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of ``slab`` passing column threshold ``lower`` and not ``upper``: only the columns whose
+    two counts differ are looked at."""
+    picked = np.flatnonzero(slab_counts[lower] != slab_counts[upper])
+    sub = slab[:, picked]
+    (low, low_strict), (high, high_strict) = columns[lower], columns[upper]
+    inside = _passes(sub, low[:, picked], low_strict) & ~_passes(sub, high[:, picked], high_strict)
+    r, c = np.nonzero(inside)
+    return r + row_offset, picked[c], sub[r, c]
 
 
 def _count_with_torch(
@@ -85,16 +118,21 @@ def _count_with_torch(
     row_threshold: torch.Tensor | None,
     column_thresholds: list[ColumnThreshold],
     own_columns: np.ndarray,
+    between: tuple[int, int] | None = None,
 ) -> BlockCounts:
     rows = None
     if row_threshold is not None:
         rows = (block >= row_threshold.to(block.dtype)[:, None]).sum(1).cpu()
     index = torch.arange(len(block), device=block.device)
     own_index = torch.as_tensor(own_columns, device=block.device)
-    counts, own = [], []
+    counts, own, passed = [], [], []
     for c in column_thresholds:
         t = c.values.to(block.device, block.dtype)[None, :]
-        passed = block > t if c.strict else block >= t
-        counts.append(passed.sum(0).cpu())
-        own.append(passed[index, own_index].cpu().numpy())
-    return BlockCounts(rows, counts, own)
+        passed.append(block > t if c.strict else block >= t)
+        counts.append(passed[-1].sum(0).cpu())
+        own.append(passed[-1][index, own_index].cpu().numpy())
+    found = None
+    if between is not None:
+        r, c = (passed[between[1]] & ~passed[between[0]]).nonzero(as_tuple=True)
+        found = (r.cpu().numpy(), c.cpu().numpy(), block[r, c].cpu().numpy())
+    return BlockCounts(rows, counts, own, found)

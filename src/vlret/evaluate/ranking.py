@@ -136,23 +136,16 @@ class _ItemCounter:
             return []
         return [ColumnThreshold(self.high, strict=True), ColumnThreshold(self.low, strict=False)]
 
-    def add(self, block: torch.Tensor, own_item: torch.Tensor, counts: BlockCounts) -> None:
-        """Take in one block, with its :meth:`thresholds` counted."""
+    def add(self, own_item: torch.Tensor, counts: BlockCounts) -> None:
+        """Take in one block, counted with :meth:`thresholds` and the entries between them (``between``)."""
         if not self.active:
             return
-        low, high = self.low.to(block.dtype), self.high.to(block.dtype)
-        n_above = counts.columns[0]
-        self.counts += n_above
+        self.counts += counts.columns[0]
         self.counts.index_add_(0, own_item, -torch.from_numpy(counts.own[0].astype(np.int64)))  # not wrong
-        n_in_band = counts.columns[1] - n_above
-        columns = n_in_band.nonzero().flatten()
-        if len(columns) == 0:
-            return
-        sub = block[:, columns]
-        r, c = ((sub >= low[columns]) & (sub <= high[columns])).nonzero(as_tuple=True)
-        wrong = own_item[r] != columns[c]
-        self.band_items.append(columns[c][wrong])
-        self.band_values.append(sub[r, c][wrong])
+        rows, columns, values = counts.between
+        wrong = own_item.numpy()[rows] != columns
+        self.band_items.append(torch.from_numpy(columns[wrong].astype(np.int64)))
+        self.band_values.append(torch.from_numpy(values[wrong]))
         self.band_size += int(wrong.sum())
         if self.band_size > _MAX_BAND_ENTRIES:
             self.active = False  # give up: a second pass is cheaper than this much bookkeeping
@@ -224,9 +217,10 @@ def rank_blocks(
             own_scores = torch.empty(n_texts, dtype=block.dtype)
         own_scores[start : start + len(rows)] = own
         # text -> item: entries at or above the correct one, which counts itself (hence -1).
-        counts = count_block(block, own, item_counter.thresholds(), own_item.numpy())
+        between = (0, 1) if item_counter.active else None  # the entries inside the band
+        counts = count_block(block, own, item_counter.thresholds(), own_item.numpy(), between)
         t2i_ranks[start : start + len(rows)] = counts.rows - 1
-        item_counter.add(block, own_item, counts)
+        item_counter.add(own_item, counts)
     if own_scores is None:
         return Ranks(t2i_ranks.numpy(), np.full(n_items, n_texts, dtype=np.int64))
     best = torch.full((n_items,), -torch.inf, dtype=own_scores.dtype)
