@@ -133,8 +133,10 @@ def test_non_finite_weights_are_never_saved(synth_data, tmp_path):
         ("optim.eps=0", "optim.eps: expected a finite number > 0"),
         ("data.crop_scale=[0.5, 1.5]", "data.crop_scale: expected [low, high] with 0 < low <= high <= 1"),
         ("data.crop_scale=[0.9, 0.5]", "data.crop_scale"),
-        ("data.num_workers=-1", "data.num_workers: expected auto or an integer >= 0"),
-        ("data.num_workers=many", "data.num_workers: expected auto or an integer >= 0"),
+        ("data.num_workers=-1", "data.num_workers: expected auto or an integer from 0 to 64"),
+        ("data.num_workers=65", "data.num_workers: expected auto or an integer from 0 to 64"),
+        ("data.num_workers=many", "data.num_workers: expected auto or an integer from 0 to 64"),
+        ("data.num_workers=.nan", "data.num_workers: expected int or str, got nan"),
         ("data.num_workers=1.5", "data.num_workers: expected int or str, got 1.5"),
         ("data.format=xml", "data.format: expected auto or one of karpathy"),
         ("train.device=tpu", "train.device: expected auto, cpu, cuda or cuda:N"),
@@ -157,6 +159,11 @@ def test_every_recipe_value_is_checked_before_work(override, message):
     with pytest.raises(ConfigError) as info:
         load_recipe("demo_tiny", [override])
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("workers", ["auto", "0", "64"])
+def test_loader_workers_within_the_limit_are_taken(workers):
+    assert str(load_recipe("demo_tiny", [f"data.num_workers={workers}"]).data.num_workers) == workers
 
 
 def test_no_cuda_no_cuda_device():

@@ -145,6 +145,8 @@ RESUME_SAFE_KEYS = (
     "output_dir",  # the recipe is read from the folder itself: a run folder that was moved is the same run
 )
 RECIPE_FILE = "recipe.json"
+#: the most loader processes a recipe may ask for (each is a copy of the training process)
+MAX_LOADER_WORKERS = 64
 
 
 def _require(ok: bool, key: str, expected: str, value) -> None:
@@ -260,9 +262,10 @@ def _check_data(data: DataSection) -> None:
         lo_hi,
     )
     _require(
-        data.num_workers == "auto" or (isinstance(data.num_workers, int) and data.num_workers >= 0),
+        data.num_workers == "auto"
+        or (isinstance(data.num_workers, int) and 0 <= data.num_workers <= MAX_LOADER_WORKERS),
         "data.num_workers",
-        "auto or an integer >= 0",
+        f"auto or an integer from 0 to {MAX_LOADER_WORKERS}",
         data.num_workers,
     )
     _require(data.sampling in ("epoch", "resampled"), "data.sampling", "epoch or resampled", data.sampling)
