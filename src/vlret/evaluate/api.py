@@ -25,6 +25,7 @@ from vlret.evaluate.ranking import (
     DEFAULT_CHUNK,
     Ranks,
     dot_block_fn,
+    dot_chunk,
     pairwise_dot,
     rank_blocks,
     ranking_dtype,
@@ -52,12 +53,13 @@ def evaluate_embeddings(
     text_embeds: np.ndarray,
     selected: RetrievalDataset,
     folds: list[Fold],
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     item_rule: str | None = None,
     ties: str = "pessimistic",
 ) -> list[Ranks]:
-    """Ranks per fold under the dot product of normalised embeddings (in ``selected`` order); item->text by
-    ``item_rule`` (default: :func:`item_rank_rule` of ``selected``), ties by ``ties`` (:func:`tie_rules`)."""
+    """Ranks per fold under the dot product of normalised embeddings (in ``selected`` order), in blocks of
+    ``chunk`` rows (default: :func:`dot_chunk`); item->text by ``item_rule`` (default:
+    :func:`item_rank_rule` of ``selected``), ties by ``ties`` (:func:`tie_rules`)."""
     item_rule = item_rule or item_rank_rule(selected)
     rules = tie_rules(ties, selected)
     items, texts = torch.from_numpy(item_embeds), torch.from_numpy(text_embeds)
@@ -68,8 +70,9 @@ def evaluate_embeddings(
         fold_items = items[f.item_start : f.item_stop]
         t2i = cap_item[f.caption_start : f.caption_stop] - f.item_start
         hint = pairwise_dot(fold_texts, fold_items, t2i)
-        block_fn = dot_block_fn(fold_texts, fold_items)
-        out.append(rank_blocks(block_fn, t2i, len(fold_items), chunk, hint, item_rule, rules))
+        block_fn = dot_block_fn(fold_texts, fold_items, reuse=True)
+        rows = chunk or dot_chunk(len(fold_items), texts.element_size())
+        out.append(rank_blocks(block_fn, t2i, len(fold_items), rows, hint, item_rule, rules))
     return out
 
 
@@ -78,7 +81,7 @@ def evaluate_with_head(
     encoded: EncodedDataset,
     selected: RetrievalDataset,
     folds: list[Fold],
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     budget: int | None = None,
     scores: ScoreMatrix | None = None,
     item_rule: str | None = None,
@@ -88,12 +91,14 @@ def evaluate_with_head(
     ``item_rule`` (default: :func:`item_rank_rule` of ``selected``), ties by ``ties``.
 
     With ``scores`` (a stored ``[captions, items]`` matrix of ``selected``), each fold's block is read from
-    it where already computed and computed into it where not; the ranks are the same either way."""
+    it where already computed and computed into it where not; the ranks are the same either way.
+    ``chunk``: rows per block (default: :func:`dot_chunk` for a dot product, else :data:`DEFAULT_CHUNK`)."""
     item_rule = item_rule or item_rank_rule(selected)
     if head.is_dot_product:
         return evaluate_embeddings(
             encoded.item_embeds, encoded.text_embeds, selected, folds, chunk, item_rule, ties
         )
+    chunk = chunk or DEFAULT_CHUNK
     if scores is not None:
         fill_score_matrix(head, encoded, folds, scores, chunk, budget)
         return rank_stored_scores([scores], selected, folds, chunk, item_rule, ties)

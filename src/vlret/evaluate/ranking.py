@@ -43,15 +43,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vlret.errors import NonFiniteScoreError
-from vlret.evaluate.block_counts import BlockCounts, ColumnThreshold, count_block
+from vlret.evaluate.block_counts import BlockCounts, ColumnThreshold, check_finite, count_block
 
 ITEM_RANK_RULES = ("captions", "items")
 #: how a wrong entry that ties with the right one is ranked, per direction (see the module docstring)
 TIE_RULES = ("pessimistic", "optimistic", "last-first", "first-first", "entries")
 PESSIMISTIC = ("pessimistic", "pessimistic")
 BlockFn = Callable[[int, int], torch.Tensor]  # (row_start, row_stop) -> scores [stop - start, n_gallery]
-DEFAULT_CHUNK = 512  # rows per block: small enough that the passes after the matmul run from cache
+DEFAULT_CHUNK = 512  # rows per block of a scorer or a stored matrix
+# Rows per block of a dot product, at most: the matrix product packs the gallery once per call, so taller
+# blocks cost less per row (25,000 x 5,000 x 512: 2.05 s in blocks of 512 rows, 1.96 s in blocks of 2,048)
+_MAX_DOT_CHUNK = 4096
+_DOT_BLOCK_BYTES = 1 << 26  # 64 MB: a block of up to this size (2,048 rows of 5,000 float32 scores)
 # Half-width, in units of the scores' precision, of the band around an estimated threshold inside which
 # image->text entries are kept and compared exactly once the true threshold is known (see _ItemCounter).
 _BAND_ULPS = 256
@@ -71,25 +74,15 @@ class Ranks:
 
 
 def iter_blocks(
-    block_fn: BlockFn, n_rows: int, chunk: int = DEFAULT_CHUNK
+    block_fn: BlockFn, n_rows: int, chunk: int = DEFAULT_CHUNK, check: bool = True
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, block)`` for consecutive row blocks; every block is checked for non-finite values."""
+    """``(start, block)`` for consecutive row blocks; every block is checked for non-finite values, unless
+    ``check`` is False because the caller's :func:`count_block` checks each block in its own pass."""
     for start in range(0, n_rows, chunk):
         block = block_fn(start, min(start + chunk, n_rows))
-        check_finite(block, start)
+        if check:
+            check_finite(block, start)
         yield start, block
-
-
-def check_finite(block: torch.Tensor, row_offset: int = 0) -> None:
-    """Raise :class:`NonFiniteScoreError` at the first NaN or infinite entry of ``block``."""
-    # One summation is far cheaper than an element-wise test; a NaN or inf anywhere makes the sum
-    # non-finite. Only then (or when large finite values overflow the sum) are the entries looked at.
-    if block.numel() == 0 or torch.isfinite(block.sum()):
-        return
-    bad = (~torch.isfinite(block)).nonzero()
-    if len(bad):
-        row, col = (int(x) for x in bad[0])
-        raise NonFiniteScoreError(row_offset + row, col, float(block[row, col]))
 
 
 def ranking_dtype(dtype: np.dtype) -> np.dtype:
@@ -169,9 +162,9 @@ def _count_item_ranks(
     """Image->text counts against known thresholds ``best``: one more pass over the blocks."""
     counts = torch.zeros(len(best), dtype=torch.int64)
     threshold = [ColumnThreshold(best, strict=False)]
-    for start, block in iter_blocks(block_fn, len(text_item), chunk):
+    for start, block in iter_blocks(block_fn, len(text_item), chunk, check=False):
         own_item = text_item[start : start + block.shape[0]]
-        found = count_block(block, None, threshold, own_item.numpy())
+        found = count_block(block, None, threshold, own_item.numpy(), row_offset=start)
         counts += found.columns[0]
         counts.index_add_(0, own_item, -torch.from_numpy(found.own[0].astype(np.int64)))  # own: not wrong
     return counts
@@ -209,7 +202,7 @@ def rank_blocks(
     t2i_ranks = torch.empty(n_texts, dtype=torch.int64)
     own_scores: torch.Tensor | None = None
     item_counter = _ItemCounter(text_item, n_items, positive_hint)
-    for start, block in iter_blocks(block_fn, n_texts, chunk):
+    for start, block in iter_blocks(block_fn, n_texts, chunk, check=False):  # count_block checks
         rows = torch.arange(block.shape[0])
         own_item = text_item[start : start + len(rows)]
         own = block[rows, own_item]
@@ -218,7 +211,8 @@ def rank_blocks(
         own_scores[start : start + len(rows)] = own
         # text -> item: entries at or above the correct one, which counts itself (hence -1).
         between = (0, 1) if item_counter.active else None  # the entries inside the band
-        counts = count_block(block, own, item_counter.thresholds(), own_item.numpy(), between)
+        thresholds = item_counter.thresholds()
+        counts = count_block(block, own, thresholds, own_item.numpy(), between, row_offset=start)
         t2i_ranks[start : start + len(rows)] = counts.rows - 1
         item_counter.add(own_item, counts)
     if own_scores is None:
@@ -439,9 +433,30 @@ def dot_block_fn(queries: torch.Tensor, gallery: torch.Tensor, reuse: bool = Fal
     return block
 
 
-def pairwise_dot(queries: torch.Tensor, gallery: torch.Tensor, query_to_item: np.ndarray) -> torch.Tensor:
-    """``queries[t] . gallery[query_to_item[t]]``: the estimate of each correct score :func:`rank_blocks` takes."""
-    return (queries * gallery[torch.as_tensor(query_to_item)]).sum(1)
+def dot_chunk(n_gallery: int, itemsize: int = 4) -> int:
+    """Rows per block of a dot-product ranking: the tallest power of two from :data:`DEFAULT_CHUNK` to
+    4,096 whose block of ``n_gallery`` scores per row stays within 64 MB (never below DEFAULT_CHUNK)."""
+    rows = DEFAULT_CHUNK
+    while rows < _MAX_DOT_CHUNK and 2 * rows * n_gallery * itemsize <= _DOT_BLOCK_BYTES:
+        rows *= 2
+    return rows
+
+
+def pairwise_dot(
+    queries: torch.Tensor, gallery: torch.Tensor, query_to_item: np.ndarray, chunk: int = 1024
+) -> torch.Tensor:
+    """``queries[t] . gallery[query_to_item[t]]``: the estimate of each correct score :func:`rank_blocks` takes.
+
+    Computed ``chunk`` queries at a time, so that the gathered gallery rows stay in cache (three times
+    faster than gathering all 25,000 at once here)."""
+    index = torch.as_tensor(np.asarray(query_to_item), dtype=torch.long)
+    if len(index) == 0:
+        return queries.new_empty(0)
+    parts = [
+        torch.linalg.vecdot(queries[start : start + chunk], gallery[index[start : start + chunk]])
+        for start in range(0, len(index), chunk)
+    ]
+    return torch.cat(parts)
 
 
 def rank_matrix(
@@ -458,14 +473,19 @@ def rank_matrix(
 
 
 def rank_embeddings(
-    text_embeds: torch.Tensor, item_embeds: torch.Tensor, text_to_item: np.ndarray, chunk: int = DEFAULT_CHUNK
+    text_embeds: torch.Tensor,
+    item_embeds: torch.Tensor,
+    text_to_item: np.ndarray,
+    chunk: int | None = None,
 ) -> Ranks:
-    """Ranks under the dot product of (already normalised) embeddings, without forming the whole matrix."""
+    """Ranks under the dot product of (already normalised) embeddings, without forming the whole matrix,
+    in blocks of ``chunk`` rows (default: :func:`dot_chunk`)."""
     hint = pairwise_dot(text_embeds, item_embeds, text_to_item)
+    itemsize = torch.empty(0, dtype=torch.result_type(text_embeds, item_embeds)).element_size()
     return rank_blocks(
         dot_block_fn(text_embeds, item_embeds, reuse=True),
         text_to_item,
         len(item_embeds),
-        chunk,
+        chunk or dot_chunk(len(item_embeds), itemsize),
         positive_hint=hint,
     )
