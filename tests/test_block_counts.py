@@ -275,3 +275,34 @@ def test_pairwise_dot_across_chunk_edges():
     got = pairwise_dot(queries, gallery, owner, chunk=1024).double()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert pairwise_dot(queries[:0], gallery, owner[:0]).shape == (0,)
+
+
+def test_without_a_writable_cache_the_loop_is_compiled_in_the_process(monkeypatch):
+    import numba
+
+    calls, real_njit = [], numba.njit
+
+    def njit(**options):
+        calls.append(options["cache"])
+        if options["cache"]:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_njit(**options)
+
+    compiled_counts.compiled_kernel.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(numba, "njit", njit)
+            run = compiled_counts.compiled_kernel()
+    finally:
+        compiled_counts.compiled_kernel.cache_clear()
+    assert calls == [True, False] and run is not None
+    block, own, columns = _grid(40, 6)
+    counts = [np.zeros(6, np.int32), np.zeros(6, np.int32)]
+    values, at_least = block.numpy(), columns.numpy()
+    n_band, first_bad = run(
+        values, np.full(40, np.inf, np.float32), at_least, at_least, own, False,
+        np.empty(40, np.int32), *counts, np.empty(40, bool), np.empty(40, bool),
+        np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32),
+    )  # fmt: skip
+    assert (n_band, first_bad) == (0, -1)
+    assert counts[0].tolist() == (values >= at_least).sum(0).tolist() == counts[1].tolist()
