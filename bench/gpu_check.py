@@ -8,6 +8,9 @@ README with the date.
    the scores must agree (max abs difference < 1e-5) and the target speed-up is >= 20x.
 3. Every AMP path finite: two training steps and the validation of the tiny model and of an SGR model (a
    composed tiny ViT + bi-GRU) under fp16 and under bf16 autocast.
+4. Training without the image cache on the GPU (``train_speed.py --no-cache-images``: ``data.num_workers:
+   auto`` gives loader processes there), against batches in memory (target >= 0.85): the case where the
+   model outruns one decoding thread, which a CPU cannot show.
 
 On a machine without a GPU it says so and exits 0; ``--smoke`` runs the same code on tiny sizes (on the CPU
 when there is no GPU), which is what the test suite does.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +102,15 @@ def sgraf_check(args, device: torch.device) -> list[str]:
         assert diff < 1e-5, f"{name}: the scores differ by {diff}"
         lines.append(f"{name.upper()} speed-up {speedup:.1f}x (max abs diff {diff:.1e})")
     return lines
+
+
+def pipeline_check(args) -> str:
+    """``train_speed.py --no-cache-images`` in its own process (the device its recipe picks: the GPU)."""
+    script = Path(__file__).resolve().parent / "train_speed.py"
+    command = [sys.executable, str(script), "--no-cache-images"] + (["--smoke"] if args.smoke else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    lines = done.stdout.strip().splitlines()
+    return f"training without the image cache: {lines[0]}; {lines[-1]} of batches in memory"
 
 
 def amp_check(device: torch.device) -> str:
@@ -181,7 +194,12 @@ def main() -> int:
         device = torch.device("cuda")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)"
     print(f"device: {name}; torch {torch.__version__}")
-    lines = [encoding_check(args, device), *sgraf_check(args, device), amp_check(device)]
+    lines = [
+        encoding_check(args, device),
+        *sgraf_check(args, device),
+        amp_check(device),
+        pipeline_check(args),
+    ]
     for line in lines:
         print(line)
     print(f"gpu check ({name}): {len(lines)} checks passed")

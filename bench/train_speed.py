@@ -8,6 +8,12 @@ model trains on the CPU, and half the cores when an accelerator trains on images
 round of each is kept (see timing.py). The ratio is printed last.
 
     .venv/bin/python bench/train_speed.py [--steps 8] [--repeats 3] [--no-cache-images]
+
+``--loader-only`` leaves the model out: the batches the loader delivers per second with ``--num-workers``
+processes (a number), against the prefetch thread alone. That is what a model faster than one decoding
+thread (a GPU) waits on; the ratio is how much the workers add, bounded by the cores they get.
+
+    .venv/bin/python bench/train_speed.py --loader-only --num-workers 2 --no-cache-images
 """
 
 from __future__ import annotations
@@ -38,7 +44,12 @@ def main() -> None:
     parser.add_argument(
         "--no-cache-images", action="store_true", help="decode every image from disk each step"
     )
+    parser.add_argument(
+        "--loader-only", action="store_true", help="no model: the loader's workers against the thread"
+    )
     args = parse_args(parser, SMOKE)
+    if args.loader_only and not args.num_workers.isdigit():
+        parser.error("--loader-only compares a number of --num-workers with the thread: give a number")
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=args.images, seed=0))
@@ -56,6 +67,16 @@ def main() -> None:
         workers = loader_workers(recipe.data.num_workers, trainer.source, trainer.device.type)
         batches = EpochBatches(trainer.source, trainer.model.tokenize, args.batch_size, 0, 0, trainer.info)
         steps = min(args.steps, len(batches))
+        if args.loader_only:
+            rates = interleaved(
+                {"thread": loader_rate(batches, 0, steps), "workers": loader_rate(batches, workers, steps)},
+                args.repeats,
+            )
+            print(f"cache_images={not args.no_cache_images} batch={args.batch_size} steps per round={steps}")
+            print(spread("prefetch thread", rates["thread"], "samples/s", higher_is_better=True))
+            print(spread(f"{workers} worker processes", rates["workers"], "samples/s", higher_is_better=True))
+            print(f"ratio: {best(rates['workers'], True) / best(rates['thread'], True):.2f}")
+            return
         in_memory = [batches[j] for j in range(steps)]
         trainer.train_step([in_memory[0]], 0)  # warm-up
 
@@ -83,6 +104,19 @@ def main() -> None:
     print(spread("batches in memory", rates["memory"], "samples/s", higher_is_better=True))
     print(spread("through the data pipeline", rates["pipeline"], "samples/s", higher_is_better=True))
     print(f"ratio: {best(rates['pipeline'], True) / best(rates['memory'], True):.2f}")
+
+
+def loader_rate(batches: EpochBatches, workers: int, steps: int):
+    """A round that takes ``steps`` batches from the loader (the prefetch thread when ``workers`` is 0)."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        loader = iter(epoch_loader(batches, workers))
+        loader = prefetch(loader) if workers == 0 else loader
+        taken = sum(len(batch["pixels"]) for batch in itertools.islice(loader, steps))
+        return taken / (time.perf_counter() - start)
+
+    return run
 
 
 if __name__ == "__main__":

@@ -28,3 +28,26 @@ def test_the_benchmark_runs_in_smoke_mode(script, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     last = [line for line in done.stdout.splitlines() if line.strip()][-1]
     assert re.search(r":.*\d", last), last  # "name: value": the ratio is printed last
+
+
+def _run(script: str, *options: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLRET_CACHE": str(cwd / "cache")}
+    command = [sys.executable, str(BENCH / script), "--smoke", *options]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_train_speed_compares_the_loaders_workers_with_its_thread_without_a_model(tmp_path):
+    done = _run("train_speed.py", "--loader-only", "--num-workers", "1", "--no-cache-images", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("cache_images=False batch=8")
+    assert lines[1].startswith("prefetch thread: best") and lines[2].startswith("1 worker processes: best")
+    assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1])
+    refused = _run("train_speed.py", "--loader-only", cwd=tmp_path)  # --num-workers auto is not a number
+    assert refused.returncode == 2 and "give a number" in refused.stderr
+
+
+def test_train_speed_through_loader_processes_without_the_image_cache(tmp_path):
+    done = _run("train_speed.py", "--num-workers", "1", "--no-cache-images", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[0].startswith("cache_images=False num_workers=1 (1)")
