@@ -208,8 +208,8 @@ def test_a_band_larger_than_the_room_kept_for_it_is_found_whole():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_a_band_whose_edges_cross_is_still_found_exactly(kernel):
-    """``between=(i, j)`` with threshold i below j in some columns: the compiled loop cannot find such a
-    band by its counts and hands the block to the slabs."""
+    """``between=(i, j)`` with threshold i below j in some columns (no entry can be in the band there,
+    although the two counts move apart) and above it in others."""
     block, own, _ = _grid(40, 9, seed=5)
     first = torch.tensor([0.2, 0.8, 0.4, 0.6, 0.0, 1.0, 0.4, 0.4, 0.2])
     second = torch.tensor([0.6, 0.2, 0.4, 0.6, 0.8, 0.0, 0.2, 0.6, 0.2])

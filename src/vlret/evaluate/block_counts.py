@@ -95,9 +95,7 @@ def count_block(
 
     A NaN or infinite entry raises :class:`NonFiniteScoreError` with its row (``row_offset`` added) and
     column. ``kernel`` is ``auto`` (see :func:`kernel_for`) or one of ``compiled``, ``slabs``, ``torch``;
-    all give the same counts (the band's entries in any order). The compiled loop finds the band only when
-    threshold ``i`` is at or above threshold ``j`` in every column, as a band's upper edge is; otherwise
-    the slabs count the block."""
+    all give the same counts (the band's entries in any order)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
     if kernel == "auto":
@@ -139,9 +137,6 @@ def _count_compiled(
     order = list(between) if between is not None else list(range(len(column_thresholds)))
     slots = [_as_at_least(column_thresholds[k], block.dtype) for k in order]
     slots += [np.full(width, np.inf, dtype=dtype)] * (2 - len(slots))
-    if between is not None and not np.all(slots[0] >= slots[1]):  # the loop's band needs them ordered
-        check_finite(block, row_offset)
-        return _count_in_slabs(block, row_threshold, column_thresholds, own_columns, between)
     if row_threshold is None:
         rows = np.full(n, np.inf, dtype=dtype)
     else:

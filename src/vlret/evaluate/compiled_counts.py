@@ -37,9 +37,10 @@ def _count_rows_and_columns(
     ``>= first[c]`` and ``second_counts[c]`` entries ``>= second[c]`` (added to what the arrays hold);
     ``own_first[r]`` and ``own_second[r]``: whether the entry in the row's own column passes each.
 
-    The band (``want_band``) needs ``first >= second`` in every column, so that an entry passing ``first``
-    passes ``second``: then a column holds band entries in a slab of rows exactly when its two counts
-    moved apart over the slab, and only those columns of the slab are read again."""
+    The band (``want_band``) is found without a test per entry: in a column where ``first >= second``, an
+    entry passing ``first`` passes ``second``, so the column holds band entries in a slab of rows exactly
+    when its two counts moved apart over the slab; where ``first < second`` no entry can be in the band.
+    Only the columns whose counts moved apart are read again, for the slab's rows."""
     n, m = values.shape
     capacity = band_rows.shape[0]
     n_band = 0
