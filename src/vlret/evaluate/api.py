@@ -32,6 +32,7 @@ from vlret.evaluate.ranking import (
 )
 from vlret.evaluate.reranked import evaluate_reranked
 from vlret.evaluate.score_cache import ScoreMatrix, default_score_dir
+from vlret.evaluate.score_files import check_score_shape
 from vlret.evaluate.scoring import (
     block_shape,
     fold_table,
@@ -360,14 +361,7 @@ def evaluate_scores(
     proto = get_protocol(protocol)
     started = time.perf_counter()
     split_data, split_name = select_split(dataset, split, proto)
-    expected = (len(split_data.captions), len(split_data.items))
-    if scores.ndim != 2 or tuple(scores.shape) != expected:
-        raise DataError(
-            source or "scores",
-            None,
-            f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} "
-            f"for split {split_name!r}",
-        )
+    check_score_shape(scores, len(split_data.captions), len(split_data.items), split_name, source)
     selected, keep, folds = prepare(split_data, proto)
     item_rule = item_rule or item_rank_rule(selected)
     rules = tie_rules(ties, selected)

@@ -158,7 +158,7 @@ def _count_compiled(
     if between is not None:
         found = tuple(part[:n_band] for part in band)
         if n_band > room:  # more entries in the band than there was room for: find them again
-            found = _between_whole(values, *(_at_least_pair(column_thresholds, between, block.dtype)))
+            found = _between_whole(values, slots[0], slots[1])  # the slots are in ``between``'s order
     return BlockCounts(
         None if row_threshold is None else torch.from_numpy(row_counts.astype(np.int64)),
         [
@@ -168,13 +168,6 @@ def _count_compiled(
         [own[by_threshold[k]] for k in range(len(column_thresholds))],
         found,
     )
-
-
-def _at_least_pair(
-    column_thresholds: list[ColumnThreshold], between: tuple[int, int], dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    upper, lower = between
-    return _as_at_least(column_thresholds[upper], dtype), _as_at_least(column_thresholds[lower], dtype)
 
 
 def _between_whole(

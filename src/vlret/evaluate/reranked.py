@@ -38,6 +38,7 @@ from vlret.evaluate.ranking import (
     ranking_dtype,
     topk_blocks,
 )
+from vlret.evaluate.score_files import check_score_shape
 from vlret.evaluate.scoring import fold_table, score_candidates
 from vlret.models.base import RetrievalModel
 from vlret.models.heads import SimilarityHead
@@ -138,14 +139,8 @@ def evaluate_reranked(
     started = time.perf_counter()
     split_data, split_name = select_split(dataset, split, proto)
     if isinstance(first_stage, np.ndarray):
-        expected = (len(split_data.captions), len(split_data.items))
-        if first_stage.ndim != 2 or tuple(first_stage.shape) != expected:
-            raise DataError(
-                scores_source or "scores",
-                None,
-                f"score matrix has shape {tuple(first_stage.shape)}; expected (captions, items) = {expected} "
-                f"for split {split_name!r}",
-            )
+        counts = (len(split_data.captions), len(split_data.items))
+        check_score_shape(first_stage, *counts, split_name, scores_source)
     split_data = check_media(split_data, on_error)  # type: ignore[arg-type]
     selected, keep, folds = prepare(split_data, proto)
     encoded = encode_dataset(model, selected, batch_size, cache_dir, use_cache, progress, token_dtype)

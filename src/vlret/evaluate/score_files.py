@@ -32,3 +32,16 @@ def load_score_matrix(path: str | Path) -> np.ndarray:
     if scores.ndim != 2 or 0 in scores.shape:
         raise DataError(path, None, f"has shape {scores.shape}; expected {_EXPECTED}")
     return scores
+
+
+def check_score_shape(scores: np.ndarray, captions: int, items: int, split: str, source: str | None) -> None:
+    """Refuse a score matrix that is not ``[captions, items]`` of the split it is evaluated on, naming
+    ``source`` (the file) and both shapes."""
+    expected = (captions, items)
+    if scores.ndim != 2 or tuple(scores.shape) != expected:
+        raise DataError(
+            source or "scores",
+            None,
+            f"score matrix has shape {tuple(scores.shape)}; expected (captions, items) = {expected} "
+            f"for split {split!r}",
+        )
