@@ -27,6 +27,7 @@ from pathlib import Path
 from timing import best, interleaved, parse_args, spread
 from vlret.data.prefetch import prefetch
 from vlret.data.synth import SynthConfig, write_benchmark
+from vlret.errors import ConfigError
 from vlret.train import Trainer, load_recipe
 from vlret.train.data import EpochBatches, epoch_loader, loader_workers
 
@@ -48,21 +49,21 @@ def main() -> None:
         "--loader-only", action="store_true", help="no model: the loader's workers against the thread"
     )
     args = parse_args(parser, SMOKE)
-    if args.loader_only and not args.num_workers.isdigit():
-        parser.error("--loader-only compares a number of --num-workers with the thread: give a number")
+    if args.loader_only and not (args.num_workers.isdigit() and int(args.num_workers) >= 1):
+        parser.error("--loader-only compares --num-workers processes with the thread: give a number from 1")
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_benchmark(Path(tmp) / "synth", SynthConfig(images=args.images, seed=0))
-        recipe = load_recipe(
-            "demo_tiny",
-            [
+        try:
+            recipe = load_recipe("demo_tiny", [
                 f"data.path={data}",
                 f"output_dir={Path(tmp) / 'run'}",
                 f"train.batch_size={args.batch_size}",
                 f"data.cache_images={str(not args.no_cache_images).lower()}",
                 f"data.num_workers={args.num_workers}",
-            ],
-        )
+            ])  # fmt: skip
+        except ConfigError as exc:  # --num-workers or --batch-size out of range: one line, not a traceback
+            parser.error(str(exc).rsplit("): ", 1)[-1])
         trainer = Trainer(recipe, progress=False)
         workers = loader_workers(recipe.data.num_workers, trainer.source, trainer.device.type)
         batches = EpochBatches(trainer.source, trainer.model.tokenize, args.batch_size, 0, 0, trainer.info)

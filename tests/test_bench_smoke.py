@@ -44,7 +44,16 @@ def test_train_speed_compares_the_loaders_workers_with_its_thread_without_a_mode
     assert lines[1].startswith("prefetch thread: best") and lines[2].startswith("1 worker processes: best")
     assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1])
     refused = _run("train_speed.py", "--loader-only", cwd=tmp_path)  # --num-workers auto is not a number
-    assert refused.returncode == 2 and "give a number" in refused.stderr
+    assert refused.returncode == 2 and "give a number from 1" in refused.stderr
+    no_processes = _run(
+        "train_speed.py", "--loader-only", "--num-workers", "0", cwd=tmp_path
+    )  # the thread twice
+    assert no_processes.returncode == 2 and "give a number from 1" in no_processes.stderr
+    too_many = _run("train_speed.py", "--loader-only", "--num-workers", "65", cwd=tmp_path)
+    assert too_many.returncode == 2
+    assert too_many.stderr.splitlines()[-1] == (
+        "train_speed.py: error: data.num_workers: expected auto or an integer from 0 to 64, got 65"
+    )
 
 
 def test_train_speed_through_loader_processes_without_the_image_cache(tmp_path):
